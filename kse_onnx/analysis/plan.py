@@ -1,0 +1,153 @@
+"""KSE plan of one Conv weight: scores, levels, shared kernels and the effective weight.
+
+Degenerate layers are never an error: they come back unchanged (every channel whole,
+``W_hat == W``) with ``reason`` saying why, so callers report them and move on:
+- ``N <= knn_k``: too few kernels per channel for the entropy's k nearest neighbours;
+- ``C == 1`` or every channel's indicator ties: nothing ranks one channel below another;
+- every channel lands on the top level (e.g. ``G == 1`` with ties): nothing to do;
+- non-finite weights: scores would be meaningless.
+``G == 2`` prunes without clustering; ``G == 1`` keeps only the channels with v = 1.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..options import KSEOptions
+from . import kse
+from .cluster import kmeans, ward_tree
+
+# Upper bound on the float64 working set of one k-means batch (points x centres).
+_KMEANS_BATCH_ELEMENTS = 4_000_000
+
+
+@dataclass
+class LayerPlan:
+    """What KSE does to one weight of shape (N, C, kh, kw)."""
+
+    weight_shape: tuple[int, ...]
+    sparsity: np.ndarray  # (C,)
+    entropy: np.ndarray  # (C,)
+    indicator: np.ndarray  # (C,)
+    levels: np.ndarray  # (C,) 0 = pruned, G-1 = whole
+    q: np.ndarray  # (C,) kernels kept per channel
+    labels: np.ndarray  # (N, C) index into kernels[c]; -1 for pruned channels
+    kernels: list[np.ndarray] = field(repr=False)  # kernels[c]: (q_c, kh, kw)
+    w_hat: np.ndarray = field(repr=False)  # (N, C, kh, kw)
+    reason: str | None = None  # why the layer is left unchanged, None if compressed
+
+    @property
+    def compressed(self) -> bool:
+        return self.reason is None
+
+    @property
+    def kept_channels(self) -> np.ndarray:
+        return np.flatnonzero(self.q > 0)
+
+
+def layer_seed(seed: int, key: str) -> np.random.Generator:
+    """Generator for one layer: independent of the order in which layers are analysed."""
+    return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def plan_layer(weight: np.ndarray, options: KSEOptions, key: str = "") -> LayerPlan:
+    """Score, level and cluster ``weight`` (N, C, kh, kw); ``key`` names the layer for its seed."""
+    if weight.ndim != 4:
+        raise ValueError(f"expected a 4-D Conv weight, got shape {weight.shape}")
+    n, c = weight.shape[:2]
+    if not np.all(np.isfinite(weight)):
+        return _unchanged(weight, options, "weight has NaN or infinite values")
+    if n <= options.knn_k:
+        return _unchanged(weight, options, f"too few output filters (N={n} <= K={options.knn_k}) "
+                                           "for the kernel entropy")
+    if c == 1:
+        return _unchanged(weight, options, "single input channel: nothing to rank")
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return _plan(weight, options, key, pool)
+
+
+def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
+    n, c = weight.shape[:2]
+    channel_sets = kse.channel_kernel_sets(weight)  # (C, N, D)
+    entropy_sets = (kse.official_kernel_sets(weight) if options.entropy == "official"
+                    else channel_sets)
+    densities, trees = [], None
+    if options.kmeans_init == "ward" and channel_sets.shape[2] > 1:
+        # Ward trees do not depend on the levels: build them now, interleaved on the same
+        # threads with the kd-tree queries (which release the GIL the tree building holds).
+        trees = []
+        for entropy_set, channel_set in zip(entropy_sets, channel_sets, strict=True):
+            densities.append(pool.submit(kse.kernel_density, entropy_set, options.knn_k))
+            trees.append(pool.submit(ward_tree, channel_set))
+    else:
+        densities = kse.submit_densities(pool, entropy_sets, options.knn_k)
+    sparsity = kse.kernel_sparsity(weight)
+    entropy = kse.kernel_entropy(entropy_sets, options.knn_k, densities)
+    raw = np.sqrt(kse.minmax(sparsity) / (1.0 + options.alpha * kse.minmax(entropy)))
+    if raw.max() <= raw.min():
+        return _unchanged(weight, options, "every channel's indicator ties", sparsity, entropy)
+    indicator = kse.minmax(raw)
+    levels, q = kse.levels_and_counts(indicator, n, options.G, options.T)
+    if np.all(levels == options.G - 1):
+        return _unchanged(weight, options, "every channel kept whole at this G", sparsity, entropy)
+
+    rng = layer_seed(options.seed, key)
+    labels, kernels = _share_kernels(weight, channel_sets, levels, q, options, rng, trees)
+    w_hat = _effective_weight(weight.shape, weight.dtype, labels, kernels)
+    return LayerPlan(weight.shape, sparsity, entropy, indicator, levels, q, labels, kernels, w_hat)
+
+
+def _share_kernels(weight, sets, levels, q, options, rng, trees):
+    """Labels (N, C) and per-channel kernel lists: whole channels keep their N kernels,
+    clustered channels get k-means centroids, pruned channels none."""
+    n, c, kh, kw = weight.shape
+    labels = np.full((n, c), -1, dtype=np.int64)
+    kernels = [np.zeros((0, kh, kw), weight.dtype) for _ in range(c)]
+    for ch in np.flatnonzero(q == n):
+        labels[:, ch] = np.arange(n)
+        kernels[ch] = weight[:, ch].copy()
+    for level in np.unique(levels[(q > 0) & (q < n)]):
+        channels = np.flatnonzero(levels == level)
+        k = int(q[channels[0]])
+        step = max(1, _KMEANS_BATCH_ELEMENTS // (n * max(k, 8)))
+        for start in range(0, len(channels), step):
+            chunk = channels[start:start + step]
+            result = kmeans(sets[chunk], k, rng, options.kmeans_init, options.kmeans_restarts,
+                            options.kmeans_max_iter,
+                            trees=None if trees is None else [trees[ch] for ch in chunk])
+            for i, ch in enumerate(chunk):
+                labels[:, ch] = result.labels[i]
+                kernels[ch] = result.centroids[i].reshape(k, kh, kw).astype(weight.dtype)
+    return labels, kernels
+
+
+def _effective_weight(shape, dtype, labels, kernels) -> np.ndarray:
+    """``W_hat[n, c] = kernels[c][labels[n, c]]``; zero where the channel is pruned."""
+    w_hat = np.zeros(shape, dtype=dtype)
+    for ch, table in enumerate(kernels):
+        if len(table):
+            w_hat[:, ch] = table[labels[:, ch]]
+    return w_hat
+
+
+def _unchanged(weight, options: KSEOptions, reason: str, sparsity=None, entropy=None) -> LayerPlan:
+    n, c = weight.shape[:2]
+    zeros = np.zeros(c)
+    return LayerPlan(
+        weight_shape=weight.shape,
+        sparsity=zeros if sparsity is None else sparsity,
+        entropy=zeros if entropy is None else entropy,
+        indicator=np.ones(c),
+        levels=np.full(c, options.G - 1, dtype=np.int64),
+        q=np.full(c, n, dtype=np.int64),
+        labels=np.repeat(np.arange(n)[:, None], c, axis=1),
+        kernels=[weight[:, ch].copy() for ch in range(c)],
+        w_hat=weight.copy(),
+        reason=reason,
+    )

@@ -1,0 +1,87 @@
+"""The Python API: each function here is one CLI command, with the same option objects."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .analysis.plan import LayerPlan, plan_layer
+from .errors import OptionError
+from .graph.export import check_model, export_model
+from .graph.io import load_model, save_model
+from .graph.select import ConvSite, conv_sites, import_graph
+from .lowering import lower
+from .options import KSEOptions, LowerOptions, SelectOptions, as_dict
+from .report import ModelReport, layer_report
+
+
+@dataclass
+class Analysis:
+    """A model's graph, its Conv sites and the KSE plan of every eligible one."""
+
+    graph: object  # onnx_graphsurgeon.Graph
+    sites: list[ConvSite]
+    plans: dict[str, LayerPlan]
+    report: ModelReport
+
+
+def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "") -> Analysis:
+    """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
+    graph = import_graph(model)
+    sites = conv_sites(graph, select)
+    plans, layers = {}, []
+    for site in sites:
+        shape = None if site.weight is None else site.weight.shape
+        if site.reason is None:
+            plans[site.name] = plan_layer(site.weight, kse, key=site.name)
+        layers.append(layer_report(site.name, shape if shape and len(shape) == 4 else None,
+                                   site.output_hw, plans.get(site.name), site.reason, kse.G))
+    settings = {"kse_onnx_version": __version__, **as_dict(kse, select)}
+    return Analysis(graph, sites, plans, ModelReport(model_name, settings, layers))
+
+
+def score(path: str | os.PathLike, kse: KSEOptions | None = None,
+          select: SelectOptions | None = None) -> ModelReport:
+    """KSE scores, levels and counts of every Conv of the model at ``path``; writes nothing."""
+    kse, select = kse or KSEOptions(), select or SelectOptions()
+    model = load_model(path)
+    report = analyse(model, kse, select, str(path)).report
+    report.file_size_before = os.path.getsize(path)
+    return report
+
+
+def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
+             kse: KSEOptions | None = None, select: SelectOptions | None = None,
+             lower_options: LowerOptions | None = None, overwrite: bool = False) -> ModelReport:
+    """Compress the model at ``input_path`` and write it to ``output_path``."""
+    kse, select = kse or KSEOptions(), select or SelectOptions()
+    lower_options = lower_options or LowerOptions()
+    _check_paths(input_path, output_path, overwrite)
+    model = load_model(input_path)
+    result = analyse(model, kse, select, str(input_path))
+    lowered = lower(result.graph, result.sites, result.plans, lower_options)
+    settings = {**result.report.settings, **as_dict(lower_options)}
+    optimized = export_model(result.graph, model, settings)
+    check_model(optimized, output_path)
+    save_model(optimized, output_path)
+    report = result.report
+    report.settings = settings
+    for layer in report.layers:
+        if layer.name in lowered:
+            layer.lowering = f"{lower_options.lowering}, input via {lowered[layer.name].input_stage}"
+            layer.lowered_channels = len(lowered[layer.name].keep)
+    report.file_size_before = os.path.getsize(input_path)
+    report.file_size_after = os.path.getsize(output_path)
+    if not lowered:
+        report.extra["note"] = "no Conv was compressed: the output is an unchanged copy"
+    return report
+
+
+def _check_paths(input_path, output_path, overwrite: bool) -> None:
+    src, dst = Path(input_path), Path(output_path)
+    if dst.is_dir():
+        raise OptionError("OUTPUT", f"{dst} is a directory, expected a file path")
+    if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not overwrite:
+        raise OptionError("OUTPUT", f"{dst} is the input file; pass --overwrite to replace it")

@@ -1,0 +1,121 @@
+"""Loading models from untrusted files and writing them atomically.
+
+Loading checks, in order, before anything large is read: the path is a readable file,
+it parses as a ModelProto, external data stays inside the model's folder (no ``..``,
+no absolute path, no symlink leading out) and is as long as declared, then
+``onnx.checker``. Saving writes a temporary file in the target folder and renames it
+into place only once the model is complete, so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper
+
+from ..errors import ModelError
+
+# Protobuf cannot serialise a model over 2 GiB; larger ones keep weights beside it.
+_PROTOBUF_LIMIT = 2**31 - 1
+MIN_OPSET = 11
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read, validate and return the model at ``path`` with its external data loaded."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelError(f"{path}: is a directory, expected an .onnx file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+    if not data:
+        raise ModelError(f"{path}: empty file")
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path}: not an ONNX model (protobuf parse failed)") from None
+    if not model.HasField("graph"):
+        raise ModelError(f"{path}: not an ONNX model (no graph)")
+    _load_external_data(model, path.parent, path)
+    _check(model, path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
+    base_real = base.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = Path(info.location)
+        target = (base / location).resolve()
+        if location.is_absolute() or not target.is_relative_to(base_real):
+            raise ModelError(f"{path}: tensor {tensor.name!r} has external data "
+                             f"{info.location!r} outside the model's folder: refused")
+        if not target.is_file():
+            raise ModelError(f"{path}: external data file {info.location!r} of tensor "
+                             f"{tensor.name!r} is missing")
+        offset = int(info.offset or 0)
+        length = info.length
+        size = target.stat().st_size
+        if length is not None and offset + int(length) > size:
+            raise ModelError(f"{path}: external data {info.location!r} of tensor "
+                             f"{tensor.name!r} is shorter than declared")
+        external_data_helper.load_external_data_for_tensor(tensor, str(base))
+        tensor.data_location = onnx.TensorProto.DEFAULT
+        del tensor.external_data[:]
+
+
+def _check(model: onnx.ModelProto, path: Path) -> None:
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is None or opset < MIN_OPSET:
+        raise ModelError(f"{path}: opset {opset} is below the supported range "
+                         f"(>= {MIN_OPSET}); upgrade it with onnx.version_converter")
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: fails onnx.checker: {first}") from None
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Write ``model`` to ``path`` atomically; over 2 GiB, weights go to ``<name>.data``."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelError(f"{path}: output folder {folder} does not exist")
+    large = model.ByteSize() > _PROTOBUF_LIMIT
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    data_name = f"{path.name}.data"
+    tmp_data = folder / f".{data_name}.tmp"
+    try:
+        if large:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            onnx.save_model(copy, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=tmp_data.name, size_threshold=1024)
+            onnx.checker.check_model(tmp)
+            # the model names its data file; point it at the final name before renaming
+            final = onnx.load_model(tmp, load_external_data=False)
+            for tensor in external_data_helper._get_all_tensors(final):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            with open(tmp, "wb") as f:
+                f.write(final.SerializeToString())
+            os.replace(tmp_data, folder / data_name)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString(deterministic=True))
+        os.replace(tmp, path)
+    except BaseException:
+        for leftover in (Path(tmp), tmp_data):
+            leftover.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,86 @@
+"""Which Conv nodes KSE may compress, and the reason each other Conv is left alone."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..options import SelectOptions
+
+QUANTIZED_CONVS = ("QLinearConv", "ConvInteger")
+
+
+@dataclass
+class ConvSite:
+    """A Conv node of the graph, with its weight when that is a constant."""
+
+    name: str
+    node: gs.Node
+    weight: np.ndarray | None
+    output_hw: int | None  # output height * width, None when shape inference cannot tell
+    reason: str | None  # None: eligible
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """graphsurgeon view of ``model`` with inferred shapes; unnamed nodes get stable names."""
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # a model shape inference cannot handle still gets compressed
+        pass
+    graph = gs.import_onnx(model)
+    for index, node in enumerate(graph.nodes):
+        if not node.name:
+            node.name = f"{node.op}_{index}"
+    return graph
+
+
+def constant_values(tensor) -> np.ndarray | None:
+    """Values of an initializer or of a ``Constant`` node's output, else None."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    producers = getattr(tensor, "inputs", [])
+    if len(producers) == 1 and producers[0].op == "Constant":
+        value = producers[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
+def conv_sites(graph: gs.Graph, options: SelectOptions) -> list[ConvSite]:
+    """Every Conv (and quantized conv) node, in graph order, eligible or with a reason."""
+    graph_inputs = {t.name for t in graph.inputs}
+    sites = []
+    for node in graph.nodes:
+        if node.op in QUANTIZED_CONVS:
+            sites.append(ConvSite(node.name, node, None, None, "quantized conv: not supported"))
+        if node.op != "Conv":
+            continue
+        weight = constant_values(node.inputs[1])
+        sites.append(ConvSite(node.name, node, weight, _output_hw(node),
+                              _reason(node, weight, graph_inputs, options)))
+    return sites
+
+
+def _reason(node, weight, graph_inputs, options: SelectOptions) -> str | None:
+    if weight is None:
+        return "weight is not a constant"
+    if weight.ndim != 4:
+        return f"not a 2-D convolution (weight rank {weight.ndim})"
+    if weight.dtype.kind != "f":
+        return f"weight dtype {weight.dtype} is not floating point"
+    if node.attrs.get("group", 1) != 1:
+        kind = "depthwise" if weight.shape[1] == 1 else "grouped"
+        return f"{kind} conv (group={node.attrs['group']}): out of KSE's scope"
+    if options.keep_first and node.inputs[0].name in graph_inputs:
+        return "first conv (reads a graph input)"
+    return options.wants(node.name)
+
+
+def _output_hw(node) -> int | None:
+    shape = node.outputs[0].shape
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+        return None
+    return int(shape[2]) * int(shape[3])

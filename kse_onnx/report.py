@@ -1,0 +1,173 @@
+"""Per-layer counts and the summary users read: weights, multiply-adds, file sizes.
+
+Counts per Conv with weight (N, C, kh, kw), output H x W, C' kept input channels and
+``Q = sum_c q_c`` kernels kept (kse-spec.md section 6):
+- params: dense ``N*C*kh*kw`` before; ``N*C'*kh*kw`` as a dense Conv over kept channels;
+  ``Q*kh*kw`` in the paper's factored count (each shared kernel stored once);
+- multiply-adds: each of those times ``H*W``; the factored form also needs ``N*C'*H*W``
+  additions to fuse channels, reported apart (``fusion_adds``).
+Biases are not counted (KSE leaves them alone). These are counts, not speed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LayerReport:
+    name: str
+    status: str  # "compressed", "unchanged" (analysed, nothing to gain) or "skipped"
+    reason: str | None
+    shape: list[int]  # N, C, kh, kw (empty when the weight is not a constant)
+    output_hw: int | None
+    channels_per_level: list[int] = field(default_factory=list)
+    q_values: list[int] = field(default_factory=list)  # kernels per channel, by level
+    kept_channels: int = 0
+    lowered_channels: int = 0  # kept channels after alignment (set by the lowering)
+    kept_kernel_fraction: float = 1.0
+    params_before: int = 0
+    params_dense: int = 0
+    params_factored: int = 0
+    lowering: str | None = None
+
+    def macs(self, params: int) -> int | None:
+        return None if self.output_hw is None else params * self.output_hw
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["macs_before"] = self.macs(self.params_before)
+        d["macs_dense"] = self.macs(self.params_dense)
+        d["macs_factored"] = self.macs(self.params_factored)
+        n = self.shape[0] if self.shape else 0
+        d["fusion_adds"] = None if self.output_hw is None else n * self.kept_channels * self.output_hw
+        return d
+
+
+def layer_report(name, weight_shape, output_hw, plan=None, reason=None, G=None) -> LayerReport:
+    """Counts of one Conv: ``plan`` is its LayerPlan, or None when it was skipped."""
+    if weight_shape is None:
+        return LayerReport(name, "skipped", reason, [], output_hw)
+    n, c, kh, kw = (int(d) for d in weight_shape)
+    dense = n * c * kh * kw
+    base = LayerReport(name, "skipped", reason, [n, c, kh, kw], output_hw, kept_channels=c,
+                       lowered_channels=c, params_before=dense, params_dense=dense,
+                       params_factored=dense)
+    if plan is None:
+        return base
+    base.reason = plan.reason
+    base.status = "compressed" if plan.compressed else "unchanged"
+    if not plan.compressed:
+        return base
+    levels = int(G) if G else int(plan.levels.max()) + 1
+    base.channels_per_level = np.bincount(plan.levels, minlength=levels).tolist()
+    base.q_values = [int(plan.q[plan.levels == g][0]) if np.any(plan.levels == g) else 0
+                     for g in range(levels)]
+    kept = int((plan.q > 0).sum())
+    base.kept_channels = base.lowered_channels = kept
+    base.kept_kernel_fraction = float(plan.q.sum()) / (n * c)
+    base.params_dense = n * kept * kh * kw
+    base.params_factored = int(plan.q.sum()) * kh * kw
+    return base
+
+
+@dataclass
+class ModelReport:
+    model: str
+    settings: dict
+    layers: list[LayerReport]
+    file_size_before: int | None = None
+    file_size_after: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def totals(self) -> dict:
+        def total(key):
+            values = [layer.to_dict()[key] for layer in self.layers]
+            return None if any(v is None for v in values) else int(sum(values))
+
+        keys = ("params_before", "params_dense", "params_factored", "macs_before",
+                "macs_dense", "macs_factored", "fusion_adds")
+        return {key: total(key) for key in keys}
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "settings": self.settings,
+                "file_size_before": self.file_size_before,
+                "file_size_after": self.file_size_after, "totals": self.totals(),
+                "layers": [layer.to_dict() for layer in self.layers], **self.extra}
+
+    def write_json(self, path) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    def table(self) -> str:
+        """The readable summary printed by the CLI."""
+        rows = [("layer", "N", "C", "k", "channels/level", "q/level", "kept", "params",
+                 "MACs dense", "MACs factored", "note")]
+        for layer in self.layers:
+            d = layer.to_dict()
+            if layer.status != "compressed":
+                rows.append((layer.name, *_shape_cells(layer), "", "", "", "", "", "",
+                         f"{layer.status}: {layer.reason}"))
+                continue
+            rows.append((layer.name, *_shape_cells(layer),
+                         "/".join(map(str, layer.channels_per_level)),
+                         "/".join(map(str, layer.q_values)),
+                         f"{layer.kept_kernel_fraction:.2f}",
+                         f"{_si(d['params_before'])}->{_si(d['params_factored'])}",
+                         f"{_si(d['macs_before'])}->{_si(d['macs_dense'])}",
+                         _si(d["macs_factored"]), ""))
+        lines = _format(rows)
+        t = self.totals()
+        lines.append("")
+        lines.append(f"conv weights: {_si(t['params_before'])} -> {_si(t['params_dense'])} "
+                     f"stored densely ({_ratio(t['params_dense'], t['params_before'])}), "
+                     f"{_si(t['params_factored'])} shared "
+                     f"({_ratio(t['params_factored'], t['params_before'])})")
+        lines.append(f"conv multiply-adds per image: {_si(t['macs_before'])} -> "
+                     f"{_si(t['macs_dense'])} as dense convs "
+                     f"({_ratio(t['macs_dense'], t['macs_before'])}), "
+                     f"{_si(t['macs_factored'])} factored "
+                     f"({_ratio(t['macs_factored'], t['macs_before'])}) "
+                     f"+ {_si(t['fusion_adds'])} fusion additions")
+        if self.file_size_before and self.file_size_after:
+            lines.append(f"file size: {_si(self.file_size_before)}B -> "
+                         f"{_si(self.file_size_after)}B "
+                         f"({_ratio(self.file_size_after, self.file_size_before)})")
+        lines.append("multiply-adds are counts, not measured speed: "
+                     "time the models with onnxruntime to know the latency.")
+        return "\n".join(lines)
+
+
+def _shape_cells(layer):
+    if not layer.shape:
+        return ("", "", "")
+    n, c, kh, kw = layer.shape
+    return (str(n), str(c), f"{kh}x{kw}")
+
+
+def _format(rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows if len(r) > i) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [str(v).ljust(w) for v, w in zip(r, widths, strict=False)]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def _si(value) -> str:
+    if value is None:
+        return "?"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{unit}"
+    return str(value)
+
+
+def _ratio(after, before) -> str:
+    if not after or not before:
+        return "?"
+    return f"{after / before:.3f}x"

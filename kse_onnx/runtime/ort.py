@@ -1,0 +1,45 @@
+"""onnxruntime sessions and inputs for them."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..errors import ModelError
+
+_NUMPY_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def session(model: onnx.ModelProto | str, threads: int = 1,
+            providers=("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """A session on ``providers``; full graph optimisation, ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    try:
+        return ort.InferenceSession(data, options, providers=list(providers))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot load the model: {first}") from None
+
+
+def random_inputs(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict:
+    """Standard-normal inputs; symbolic dims take ``batch`` (first axis) or 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else (batch if axis == 0 else 1)
+                 for axis, d in enumerate(i.shape)]
+        dtype = _NUMPY_OF.get(i.type)
+        if dtype is None:
+            raise ModelError(f"input {i.name!r} has type {i.type}: give real inputs with --inputs")
+        feeds[i.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds
+
+
+def run(sess: ort.InferenceSession, feeds: dict) -> list[np.ndarray]:
+    return sess.run(None, feeds)

@@ -1,0 +1,125 @@
+"""``kse-onnx verify``: is the optimized model the rewrite it claims, and how close is it
+to the original?
+
+(a) exactness: the optimized model against the *reference*, the original graph with
+    each compressed Conv's weight replaced by W_hat, rebuilt from the settings recorded
+    in the optimized model (the analysis is deterministic, so it is the same W_hat);
+(b) approximation: the optimized model against the original (relative error, top-1
+    agreement) on random inputs and on the user's inputs.
+Relative error is ``||a - b|| / ||b||`` over each output, in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..api import analyse
+from ..errors import ModelError
+from ..graph.export import settings_of
+from ..graph.io import load_model
+from ..options import KSEOptions, SelectOptions
+from .ort import random_inputs, run, session
+
+
+@dataclass
+class Comparison:
+    label: str
+    rel_error: float
+    max_abs: float
+    top1_agreement: float | None
+
+
+@dataclass
+class VerifyResult:
+    rtol: float
+    exactness: list[Comparison] = field(default_factory=list)
+    approximation: list[Comparison] = field(default_factory=list)
+
+    @property
+    def exact(self) -> bool:
+        return all(c.rel_error <= self.rtol for c in self.exactness)
+
+    def summary(self) -> str:
+        lines = []
+        for title, rows in (("rewrite exactness (optimized vs original with W_hat)",
+                             self.exactness),
+                            ("approximation (optimized vs original)", self.approximation)):
+            lines.append(title + ":")
+            for c in rows:
+                agree = "" if c.top1_agreement is None else f", top-1 agreement {c.top1_agreement:.3f}"
+                lines.append(f"  {c.label}: relative error {c.rel_error:.2e}, "
+                             f"max abs {c.max_abs:.2e}{agree}")
+        verdict = "PASS" if self.exact else "FAIL"
+        lines.append(f"{verdict}: rewrite exactness {'within' if self.exact else 'above'} "
+                     f"relative tolerance {self.rtol:g}")
+        return "\n".join(lines)
+
+
+def reference_model(original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
+    """``original`` with each compressed Conv's weight replaced by its W_hat."""
+    kse = KSEOptions(**{k: settings[k] for k in KSEOptions.__dataclass_fields__})
+    select_values = {k: settings[k] for k in SelectOptions.__dataclass_fields__}
+    select = SelectOptions(**{k: tuple(v) if isinstance(v, list) else v
+                              for k, v in select_values.items()})
+    result = analyse(original, kse, select)
+    for site in result.sites:
+        plan = result.plans.get(site.name)
+        if plan is not None and plan.compressed:
+            site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", plan.w_hat)
+    model = gs.export_onnx(result.graph.cleanup())
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    return model
+
+
+def compare(label, outputs, references) -> Comparison:
+    rel, max_abs, agree = 0.0, 0.0, None
+    for out, ref in zip(outputs, references, strict=True):
+        a, b = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+        diff = a - b
+        rel = max(rel, float(np.linalg.norm(diff) / max(np.linalg.norm(b), 1e-30)))
+        max_abs = max(max_abs, float(np.abs(diff).max()) if diff.size else 0.0)
+    first_out, first_ref = outputs[0], references[0]
+    if first_ref.ndim == 2 and first_ref.shape[1] > 1:
+        agree = float(np.mean(first_out.argmax(1) == first_ref.argmax(1)))
+    return Comparison(label, rel, max_abs, agree)
+
+
+def verify(original_path, optimized_path, inputs=None, batch: int = 2,
+           rtol: float = 1e-4, seed: int = 0) -> VerifyResult:
+    original = load_model(original_path)
+    optimized = load_model(optimized_path)
+    settings = settings_of(optimized)
+    if settings is None:
+        raise ModelError(f"{optimized_path}: carries no kse-onnx settings in its metadata; "
+                         "was it written by kse-onnx optimize?")
+    sess_opt = session(optimized)
+    sess_orig = session(original)
+    sess_ref = session(reference_model(original, settings))
+    feeds = [("random", random_inputs(sess_opt, batch, seed))]
+    if inputs is not None:
+        feeds.append(("user inputs", _load_inputs(inputs, sess_opt)))
+    result = VerifyResult(rtol)
+    for label, feed in feeds:
+        out = run(sess_opt, feed)
+        result.exactness.append(compare(label, out, run(sess_ref, feed)))
+        result.approximation.append(compare(label, out, run(sess_orig, feed)))
+    return result
+
+
+def _load_inputs(path, sess) -> dict:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read inputs ({type(exc).__name__})") from None
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) == 1 and names[0] not in data.files and len(data.files) == 1:
+        return {names[0]: data[data.files[0]]}
+    missing = [n for n in names if n not in data.files]
+    if missing:
+        raise ModelError(f"{path}: has no array for input(s) {missing}")
+    return {n: data[n] for n in names}
