@@ -9,6 +9,7 @@ from pathlib import Path
 from . import __version__
 from .analysis.plan import LayerPlan, plan_layer
 from .errors import OptionError
+from .graph.count import conv_macs
 from .graph.export import check_model, export_model
 from .graph.io import load_model, save_model
 from .graph.select import ConvSite, conv_sites, import_graph
@@ -70,10 +71,12 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     report.settings = settings
     for layer in report.layers:
         if layer.name in lowered:
-            layer.lowering = f"{lower_options.lowering}, input via {lowered[layer.name].input_stage}"
+            stage = lowered[layer.name].input_stage
+            layer.lowering = f"{lower_options.lowering}, input via {stage}"
             layer.lowered_channels = len(lowered[layer.name].keep)
     report.file_size_before = os.path.getsize(input_path)
     report.file_size_after = os.path.getsize(output_path)
+    report.extra["graph_conv_macs"] = {"before": conv_macs(model), "after": conv_macs(optimized)}
     if not lowered:
         report.extra["note"] = "no Conv was compressed: the output is an unchanged copy"
     return report

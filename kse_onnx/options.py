@@ -37,7 +37,7 @@ class KSEOptions:
     seed: int = _opt(0, "seed of the k-means initialisation")
     knn_k: int = _opt(5, "neighbours in the kernel density (the authors' K)")
     kmeans_init: str = _opt("ward", "k-means start: 'ward' (deterministic, default) or "
-                                    "'k-means++' (seeded, the authors' flavour)", choices=KMEANS_INITS)
+                            "'k-means++' (seeded, the authors' flavour)", choices=KMEANS_INITS)
     kmeans_restarts: int = _opt(10, "k-means++ restarts per channel; the best objective wins")
     kmeans_max_iter: int = _opt(100, "Lloyd iterations at most per restart")
 

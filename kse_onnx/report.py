@@ -43,7 +43,8 @@ class LayerReport:
         d["macs_dense"] = self.macs(self.params_dense)
         d["macs_factored"] = self.macs(self.params_factored)
         n = self.shape[0] if self.shape else 0
-        d["fusion_adds"] = None if self.output_hw is None else n * self.kept_channels * self.output_hw
+        hw = self.output_hw
+        d["fusion_adds"] = None if hw is None else n * self.kept_channels * hw
         return d
 
 
@@ -133,6 +134,11 @@ class ModelReport:
                      f"{_si(t['macs_factored'])} factored "
                      f"({_ratio(t['macs_factored'], t['macs_before'])}) "
                      f"+ {_si(t['fusion_adds'])} fusion additions")
+        graph_macs = self.extra.get("graph_conv_macs")
+        if graph_macs:
+            lines.append(f"conv multiply-adds the written graph runs: {_si(graph_macs['before'])}"
+                         f" -> {_si(graph_macs['after'])} "
+                         f"({_ratio(graph_macs['after'], graph_macs['before'])})")
         if self.file_size_before and self.file_size_after:
             lines.append(f"file size: {_si(self.file_size_before)}B -> "
                          f"{_si(self.file_size_after)}B "

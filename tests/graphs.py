@@ -93,3 +93,44 @@ def residual_net(width: int = 16, hw: int = 8, seed: int = 0):
         y = b.bn(b.conv(y, width, width), width)
         x = b.relu(b.op("Add", [x, y]))
     return b.model(b.head(x, width))
+
+
+def branchy_net(width: int = 24, hw: int = 8, seed: int = 0, opset: int = 17):
+    """Concat of two branches, a depthwise conv, a Constant-node weight and a Mul by a
+    per-channel constant between a Conv and its consumer."""
+    b = GraphBuilder(3, hw, seed)
+    stem = b.relu(b.conv(b.input.name, 3, width))
+    left = b.relu(b.conv(stem, width, width))
+    right = b.relu(b.conv(stem, width, width, k=1))
+    cat = b.op("Concat", [left, right], axis=1)
+    x = b.relu(b.bn(b.conv(cat, 2 * width, width), width))
+    x = b.conv(x, width, width, group=width)  # depthwise
+    scale = b.const(b.rng.uniform(0.5, 1.5, (1, width, 1, 1)).astype(np.float32))
+    x = b.op("Mul", [b.conv(x, width, width), scale])
+    w = (b.rng.standard_normal((width, width, 3, 3)) * 0.1).astype(np.float32)
+    const_out = b._name("constw")
+    b.nodes.append(helper.make_node("Constant", [], [const_out], name=const_out,
+                                    value=numpy_helper.from_array(w)))
+    x = b.relu(x)
+    x = b.op("Conv", [x, const_out], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return b.model(b.head(x, width), opset)
+
+
+def photo_batch(shape, seed: int = 0) -> np.ndarray:
+    """Crops of scikit-learn's sample photographs, normalised per channel: realistic
+    image statistics (smooth, correlated pixels) for inputs of any (B, C, H, W)."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = [img.astype(np.float32) / 255.0 for img in load_sample_images().images]
+    b, c, h, w = shape
+    out = np.empty(shape, np.float32)
+    for i in range(b):
+        img = photos[i % len(photos)]
+        y, x = rng.integers(0, img.shape[0] - 4 * h), rng.integers(0, img.shape[1] - 4 * w)
+        crop = img[y:y + 4 * h:4, x:x + 4 * w:4]  # (h, w, 3), subsampled
+        for ch in range(c):
+            out[i, ch] = crop[:, :, ch % 3]
+    out -= out.mean(axis=(0, 2, 3), keepdims=True)
+    out /= out.std(axis=(0, 2, 3), keepdims=True) + 1e-6
+    return out

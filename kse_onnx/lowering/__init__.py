@@ -63,7 +63,8 @@ def lower_inputs(graph, node, keep, options, prunes):
     channels = plan_channels(node)
     if len(keep) == channels:
         return "all", x
-    chain = producer_chain(graph, node) if options.prune_producers else None
+    prune = options.prune_producers and options.lowering != "factored"
+    chain = producer_chain(graph, node) if prune else None
     if chain is not None:
         prunes.append((chain, keep))
         return "producer", x

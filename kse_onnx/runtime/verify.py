@@ -50,7 +50,8 @@ class VerifyResult:
                             ("approximation (optimized vs original)", self.approximation)):
             lines.append(title + ":")
             for c in rows:
-                agree = "" if c.top1_agreement is None else f", top-1 agreement {c.top1_agreement:.3f}"
+                agree = ("" if c.top1_agreement is None
+                         else f", top-1 agreement {c.top1_agreement:.3f}")
                 lines.append(f"  {c.label}: relative error {c.rel_error:.2e}, "
                              f"max abs {c.max_abs:.2e}{agree}")
         verdict = "PASS" if self.exact else "FAIL"

@@ -1,0 +1,41 @@
+"""Multiply-adds of the Convs a model file actually contains (batch 1).
+
+The plan-level counts in :mod:`kse_onnx.report` say what KSE keeps; this says what
+the written graph computes, alignment channels, producer pruning and the factored
+form's grouped and 1x1 fusion Convs included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def conv_macs(model: onnx.ModelProto) -> int | None:
+    """Sum over Conv nodes of ``N * C/group * kh * kw * H_out * W_out``; None if a shape
+    is unknown."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.output,
+                                         *inferred.graph.input)}
+    for init in inferred.graph.initializer:
+        shapes[init.name] = list(init.dims)
+    for node in inferred.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    shapes[node.output[0]] = list(numpy_helper.to_array(attr.t).shape)
+    total = 0
+    for node in inferred.graph.node:
+        if node.op_type != "Conv":
+            continue
+        weight, out = shapes.get(node.input[1]), shapes.get(node.output[0])
+        if not weight or not out or any(not isinstance(d, int) for d in [*weight, *out[2:]]):
+            return None
+        total += int(np.prod(weight)) * int(np.prod(out[2:]))
+    return total
+
+
+def _dims(value_info) -> list:
+    shape = value_info.type.tensor_type.shape
+    return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
