@@ -20,6 +20,7 @@ def _add_options(parser: argparse.ArgumentParser, cls) -> None:
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif isinstance(f.default, tuple):
+            kwargs["default"] = list(f.default)
             group.add_argument(flag, action="append", metavar="GLOB", **kwargs)
         else:
             group.add_argument(flag, type=type(f.default), choices=f.metadata.get("choices"),
