@@ -1,0 +1,38 @@
+"""Latency measured side by side: models alternate within each repeat, so drift of a
+noisy machine hits all of them alike, and each model's time is the median."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .ort import random_inputs, session
+
+
+@dataclass
+class Timing:
+    label: str
+    median_ms: float
+    ratio: float  # median over the first model's median
+
+
+def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int = 30,
+                        warmup: int = 3, seed: int = 0) -> list[Timing]:
+    """Median latency of each model (label -> ModelProto or path) on the same input."""
+    sessions = {label: session(m, threads=threads) for label, m in models.items()}
+    first = next(iter(sessions.values()))
+    feeds = random_inputs(first, batch, seed)
+    for sess in sessions.values():
+        for _ in range(warmup):
+            sess.run(None, feeds)
+    samples = {label: [] for label in sessions}
+    for _ in range(repeats):
+        for label, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, feeds)
+            samples[label].append(time.perf_counter() - start)
+    medians = {label: float(np.median(s)) * 1e3 for label, s in samples.items()}
+    base = next(iter(medians.values()))
+    return [Timing(label, ms, ms / base) for label, ms in medians.items()]
