@@ -7,7 +7,7 @@ import dataclasses
 import sys
 
 from . import __version__
-from .errors import KSEError
+from .errors import KSEError, OptionError
 from .options import KSEOptions, LowerOptions, SelectOptions
 
 
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--rtol", type=float, default=1e-4,
                         help="relative error allowed for rewrite exactness")
     verify.set_defaults(run=_run_verify)
+
+    bench = commands.add_parser("bench", help="median latency of models, interleaved")
+    bench.add_argument("models", nargs="+", help=".onnx files; ratios are against the first")
+    bench.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt")
+    bench.add_argument("--batch", default="1", help="comma-separated batch sizes")
+    bench.add_argument("--threads", type=int, default=1, help="intra-op threads")
+    bench.add_argument("--repeats", type=int, default=30, help="timed runs per model")
+    bench.set_defaults(run=_run_bench)
     return parser
 
 
@@ -99,6 +107,32 @@ def _run_verify(args) -> int:
                     rtol=args.rtol)
     print(result.summary())
     return 0 if result.exact else 1
+
+
+def _run_bench(args) -> int:
+    from .graph.io import load_model
+    from .runtime.bench import format_timings, interleaved_latency
+    from .runtime.ort import provider_list
+
+    providers = provider_list(args.provider)
+    batches = _positive_ints(args.batch, "--batch")
+    if args.threads < 1 or args.repeats < 1:
+        raise OptionError("--threads/--repeats", "must be >= 1")
+    models = {path: load_model(path) for path in args.models}
+    rows = [(b, interleaved_latency(models, b, args.threads, args.repeats, providers=providers))
+            for b in batches]
+    print(format_timings(rows, providers))
+    return 0
+
+
+def _positive_ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise OptionError(flag, f"values must be >= 1, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:

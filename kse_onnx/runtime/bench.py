@@ -19,9 +19,12 @@ class Timing:
 
 
 def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int = 30,
-                        warmup: int = 3, seed: int = 0) -> list[Timing]:
-    """Median latency of each model (label -> ModelProto or path) on the same input."""
-    sessions = {label: session(m, threads=threads) for label, m in models.items()}
+                        warmup: int = 3, seed: int = 0,
+                        providers=("CPUExecutionProvider",)) -> list[Timing]:
+    """Median latency of each model (label -> ModelProto or serialized bytes) on the same
+    input."""
+    sessions = {label: session(m, threads=threads, providers=providers)
+                for label, m in models.items()}
     first = next(iter(sessions.values()))
     feeds = random_inputs(first, batch, seed)
     for sess in sessions.values():
@@ -36,3 +39,12 @@ def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int
     medians = {label: float(np.median(s)) * 1e3 for label, s in samples.items()}
     base = next(iter(medians.values()))
     return [Timing(label, ms, ms / base) for label, ms in medians.items()]
+
+
+def format_timings(rows: list[tuple[int, list[Timing]]], providers) -> str:
+    """Table of (batch, timings) rows: median ms and ratio to the first model."""
+    lines = [f"providers: {', '.join(providers)}; ratio = median / first model's median"]
+    for batch, timings in rows:
+        cells = ", ".join(f"{t.label} {t.median_ms:.3f} ms ({t.ratio:.3f}x)" for t in timings)
+        lines.append(f"batch {batch}: {cells}")
+    return "\n".join(lines)

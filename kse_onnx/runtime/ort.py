@@ -6,25 +6,49 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ModelError
+from ..errors import ModelError, OptionError
 
 _NUMPY_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
              "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+
+
+def provider_list(name: str) -> list[str]:
+    """Providers to ask for ``name`` (cpu, cuda, tensorrt); an error if this onnxruntime
+    build lacks it."""
+    if name not in PROVIDERS:
+        raise OptionError("--provider", f"must be one of {sorted(PROVIDERS)}, got {name!r}")
+    wanted = PROVIDERS[name]
+    if wanted not in ort.get_available_providers():
+        raise ModelError(f"provider {name} ({wanted}) is not available in this onnxruntime "
+                         f"build (available: {', '.join(ort.get_available_providers())}); "
+                         "install onnxruntime-gpu in place of onnxruntime on a GPU machine")
+    return [wanted] if name == "cpu" else [wanted, "CPUExecutionProvider"]
+
+
 def session(model: onnx.ModelProto | str, threads: int = 1,
             providers=("CPUExecutionProvider",)) -> ort.InferenceSession:
-    """A session on ``providers``; full graph optimisation, ``threads`` intra-op threads."""
+    """A session on ``providers``; full graph optimisation, ``threads`` intra-op threads.
+
+    onnxruntime silently falls back to CPU when a GPU provider cannot start; that is an
+    error here, so that CPU numbers are never reported as GPU numbers."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     try:
-        return ort.InferenceSession(data, options, providers=list(providers))
+        sess = ort.InferenceSession(data, options, providers=list(providers))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot load the model: {first}") from None
+    if sess.get_providers()[0] != providers[0]:
+        raise ModelError(f"onnxruntime fell back from {providers[0]} to "
+                         f"{sess.get_providers()[0]}: no usable device for it here")
+    return sess
 
 
 def random_inputs(sess: ort.InferenceSession, batch: int, seed: int = 0) -> dict:
