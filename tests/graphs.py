@@ -127,8 +127,10 @@ def photo_batch(shape, seed: int = 0) -> np.ndarray:
     out = np.empty(shape, np.float32)
     for i in range(b):
         img = photos[i % len(photos)]
-        y, x = rng.integers(0, img.shape[0] - 4 * h), rng.integers(0, img.shape[1] - 4 * w)
-        crop = img[y:y + 4 * h:4, x:x + 4 * w:4]  # (h, w, 3), subsampled
+        step = max(1, min(4, (img.shape[0] - 1) // h, (img.shape[1] - 1) // w))
+        y = rng.integers(0, img.shape[0] - step * h)
+        x = rng.integers(0, img.shape[1] - step * w)
+        crop = img[y:y + step * h:step, x:x + step * w:step]  # (h, w, 3), subsampled
         for ch in range(c):
             out[i, ch] = crop[:, :, ch % 3]
     out -= out.mean(axis=(0, 2, 3), keepdims=True)

@@ -1,0 +1,1 @@
+"""Model definitions (torch) and small model files of our own."""

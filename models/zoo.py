@@ -1,0 +1,264 @@
+"""Plain torch definitions of the zoo's CNNs (no torchvision), for structure tests and
+benchmarks. ``build(name, seed)`` gives a randomly initialised model whose BatchNorm
+statistics are random too, so an exported graph keeps non-trivial biases."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CIFAR = (3, 32, 32)
+IMAGENET = (3, 224, 224)
+
+
+class BasicBlockA(nn.Module):
+    """CIFAR ResNet block with the parameter-free "option A" shortcut."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pad = planes // 4 if (stride != 1 or inplanes != planes) else 0
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x
+        if self.pad:
+            shortcut = F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+        return F.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) of He et al. for CIFAR; attribute names match the KSE authors'."""
+
+    def __init__(self, blocks: int, classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        widths, inplanes = (16, 32, 64), 16
+        for i, width in enumerate(widths):
+            layers = []
+            for j in range(blocks):
+                layers.append(BasicBlockA(inplanes, width, 2 if (i > 0 and j == 0) else 1))
+                inplanes = width
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+        self.linear = nn.Linear(64, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def _conv_bn_relu(c_in, c_out, k=3, stride=1, groups=1, act=nn.ReLU):
+    return [nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(c_out), act(inplace=True)]
+
+
+class VGG16BN(nn.Module):
+    CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+           512, 512, 512, "M")
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        layers, c = [], 3
+        for v in self.CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += _conv_bn_relu(c, v)
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(512, classes)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class DenseNet40(nn.Module):
+    """DenseNet-40 (growth 12, 3 blocks of 12 BN-ReLU-Conv3x3 layers, no bottleneck)."""
+
+    def __init__(self, growth: int = 12, per_block: int = 12, classes: int = 10):
+        super().__init__()
+        c = 2 * growth
+        self.conv1 = nn.Conv2d(3, c, 3, 1, 1, bias=False)
+        stages = []
+        for b in range(3):
+            for _ in range(per_block):
+                stages.append(_DenseLayer(c, growth))
+                c += growth
+            if b < 2:
+                stages.append(nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                            nn.Conv2d(c, c, 1, bias=False), nn.AvgPool2d(2)))
+        self.stages = nn.Sequential(*stages)
+        self.bn = nn.BatchNorm2d(c)
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn(self.stages(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class _DenseLayer(nn.Module):
+    def __init__(self, c_in, growth):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c_in)
+        self.conv = nn.Conv2d(c_in, growth, 3, 1, 1, bias=False)
+
+    def forward(self, x):
+        return torch.cat([x, self.conv(F.relu(self.bn(x)))], 1)
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, c_in, c_out, stride, expand):
+        super().__init__()
+        hidden = c_in * expand
+        layers = [] if expand == 1 else _conv_bn_relu(c_in, hidden, 1, act=nn.ReLU6)
+        layers += _conv_bn_relu(hidden, hidden, 3, stride, groups=hidden, act=nn.ReLU6)
+        layers += [nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out)]
+        self.conv = nn.Sequential(*layers)
+        self.use_res = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (width 1.0) with torchvision's layout of ``features`` and ``classifier``."""
+
+    SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        features = [nn.Sequential(*_conv_bn_relu(3, 32, 3, 2, act=nn.ReLU6))]
+        c = 32
+        for t, width, n, s in self.SETTINGS:
+            for i in range(n):
+                features.append(InvertedResidual(c, width, s if i == 0 else 1, t))
+                c = width
+        features.append(nn.Sequential(*_conv_bn_relu(c, 1280, 1, act=nn.ReLU6)))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, classes))
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in, width, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, width * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
+
+
+class ResNet50(nn.Module):
+    """ImageNet ResNet-50 with torchvision's attribute names."""
+
+    def __init__(self, classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c = 64
+        for i, (width, blocks) in enumerate(((64, 3), (128, 4), (256, 6), (512, 3))):
+            layers = []
+            for j in range(blocks):
+                stride = 2 if (i > 0 and j == 0) else 1
+                down = None
+                if j == 0:
+                    down = nn.Sequential(nn.Conv2d(c, width * 4, 1, stride, bias=False),
+                                         nn.BatchNorm2d(width * 4))
+                layers.append(Bottleneck(c, width, stride, down))
+                c = width * 4
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+        self.fc = nn.Linear(2048, classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class SmallCNN(nn.Module):
+    """The README's demo: four 3x3 convs on 1x28x28 images, 10 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn_relu(1, 16), *_conv_bn_relu(16, 32), nn.MaxPool2d(2),
+            *_conv_bn_relu(32, 32), *_conv_bn_relu(32, 64), nn.MaxPool2d(2))
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+BUILDERS = {
+    "resnet20_cifar": (lambda: CifarResNet(3), CIFAR),
+    "resnet56_cifar": (lambda: CifarResNet(9), CIFAR),
+    "vgg16_bn_cifar": (VGG16BN, CIFAR),
+    "densenet40_cifar": (DenseNet40, CIFAR),
+    "mobilenetv2": (MobileNetV2, IMAGENET),
+    "resnet50": (ResNet50, IMAGENET),
+    "small_cnn": (SmallCNN, (1, 28, 28)),
+}
+NAMES = tuple(BUILDERS)
+CONV_COUNTS = {"resnet20_cifar": 19, "resnet56_cifar": 55, "vgg16_bn_cifar": 13,
+               "densenet40_cifar": 39, "mobilenetv2": 52, "resnet50": 53, "small_cnn": 4}
+
+
+def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
+    """Model ``name`` in eval mode with seeded random weights and BN statistics."""
+    factory, input_shape = BUILDERS[name]
+    torch.manual_seed(seed)
+    model = factory()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=gen)
+                                    * (2.0 / fan_in) ** 0.5)
+                if module.bias is not None:
+                    module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.01)
+            elif isinstance(module, nn.BatchNorm2d):
+                c = module.num_features
+                module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(c, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+    return model.eval(), input_shape
+
+
+def load_kse_resnet56(path) -> nn.Module:
+    """The KSE authors' trained CIFAR-10 ResNet-56 (their ``.mask`` keys dropped).
+
+    It expects inputs normalised with mean (0.4914, 0.4822, 0.4465) and std
+    (0.2023, 0.1994, 0.2010); the exported graph takes the normalised input."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = {k: v for k, v in state.items() if not k.endswith(".mask")}
+    model = CifarResNet(9)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
