@@ -9,7 +9,7 @@ from pathlib import Path
 from . import __version__
 from .analysis.plan import LayerPlan, plan_layer
 from .errors import OptionError
-from .graph.count import conv_macs
+from .graph.count import conv_counts
 from .graph.export import check_model, export_model
 from .graph.io import load_model, save_model
 from .graph.select import ConvSite, conv_sites, import_graph
@@ -76,7 +76,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
             layer.lowered_channels = len(lowered[layer.name].keep)
     report.file_size_before = os.path.getsize(input_path)
     report.file_size_after = os.path.getsize(output_path)
-    report.extra["graph_conv_macs"] = {"before": conv_macs(model), "after": conv_macs(optimized)}
+    report.extra["graph_counts"] = {"before": conv_counts(model), "after": conv_counts(optimized)}
     if not lowered:
         report.extra["note"] = "no Conv was compressed: the output is an unchanged copy"
     return report

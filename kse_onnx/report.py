@@ -134,11 +134,14 @@ class ModelReport:
                      f"{_si(t['macs_factored'])} factored "
                      f"({_ratio(t['macs_factored'], t['macs_before'])}) "
                      f"+ {_si(t['fusion_adds'])} fusion additions")
-        graph_macs = self.extra.get("graph_conv_macs")
-        if graph_macs:
-            lines.append(f"conv multiply-adds the written graph runs: {_si(graph_macs['before'])}"
-                         f" -> {_si(graph_macs['after'])} "
-                         f"({_ratio(graph_macs['after'], graph_macs['before'])})")
+        graph = self.extra.get("graph_counts")
+        if graph:
+            before, after = graph["before"], graph["after"]
+            lines.append(f"the written graph runs: conv weights {_si(before['weights'])} -> "
+                         f"{_si(after['weights'])} "
+                         f"({_ratio(after['weights'], before['weights'])}), conv multiply-adds "
+                         f"{_si(before['macs'])} -> {_si(after['macs'])} "
+                         f"({_ratio(after['macs'], before['macs'])})")
         if self.file_size_before and self.file_size_after:
             lines.append(f"file size: {_si(self.file_size_before)}B -> "
                          f"{_si(self.file_size_after)}B "

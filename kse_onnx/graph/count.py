@@ -12,9 +12,9 @@ import onnx
 from onnx import numpy_helper
 
 
-def conv_macs(model: onnx.ModelProto) -> int | None:
-    """Sum over Conv nodes of ``N * C/group * kh * kw * H_out * W_out``; None if a shape
-    is unknown."""
+def conv_counts(model: onnx.ModelProto) -> dict:
+    """``weights``: elements of every Conv weight as the runtime sees it (after any
+    expansion); ``macs``: sum of ``weights * H_out * W_out`` (None if a shape is unknown)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.output,
                                          *inferred.graph.input)}
@@ -25,15 +25,19 @@ def conv_macs(model: onnx.ModelProto) -> int | None:
             for attr in node.attribute:
                 if attr.name == "value":
                     shapes[node.output[0]] = list(numpy_helper.to_array(attr.t).shape)
-    total = 0
+    weights, macs = 0, 0
     for node in inferred.graph.node:
         if node.op_type != "Conv":
             continue
         weight, out = shapes.get(node.input[1]), shapes.get(node.output[0])
-        if not weight or not out or any(not isinstance(d, int) for d in [*weight, *out[2:]]):
-            return None
-        total += int(np.prod(weight)) * int(np.prod(out[2:]))
-    return total
+        if not weight or any(not isinstance(d, int) for d in weight):
+            return {"weights": None, "macs": None}
+        weights += int(np.prod(weight))
+        if macs is not None and out and all(isinstance(d, int) for d in out[2:]):
+            macs += int(np.prod(weight)) * int(np.prod(out[2:]))
+        else:
+            macs = None
+    return {"weights": weights, "macs": macs}
 
 
 def _dims(value_info) -> list:
