@@ -13,8 +13,11 @@ in D = kh*kw <= 49 dimensions, q from 1 to N/2, so clusters hold 2 to N points):
   restarts; Ward builds them bottom-up. On the authors' golden layer it reaches a 6-9%
   lower objective than scikit-learn's k-means++ with n_init=10, with no randomness at
   all, so the same input gives the same output on any machine.
-- 1x1 kernels (D = 1) use a sorted 1-D Lloyd from equal-count quantile groups: in one
-  dimension clusters are intervals, so assignment is a binary search.
+- 1x1 kernels (D = 1) use a sorted 1-D Lloyd from companded quantiles: in one
+  dimension clusters are intervals, so assignment is a binary search. Its objective is
+  within 1.0-1.4x of scikit-learn's (10 restarts) on Gaussian data at q <= N/8 and up to
+  2x at q = N/4, in a few ms per channel; Ward (O(N^2)) would cost 80 ms per channel at
+  N = 2048. Improving it is left open.
 - ``k-means++`` (the authors' flavour): greedy k-means++ seeding, best of ``restarts``
   runs, drawn from the seeded generator; kept for comparison with their code.
 Empty clusters take the point farthest from its centre, so a channel with at least q
@@ -166,9 +169,8 @@ def lloyd_1d(values: np.ndarray, q: int, max_iter: int) -> KMeansResult:
     order = np.argsort(values[:, :, 0], axis=1, kind="stable")
     for b in range(batch):
         x = values[b, order[b], 0]
-        group = (np.arange(n) * q) // n  # equal-count quantile groups as the start
-        centres = np.bincount(group, weights=x, minlength=q) / np.maximum(
-            np.bincount(group, minlength=q), 1)
+        centres = _companded_quantiles(x, q)
+        group = np.full(n, -1)
         for _ in range(max_iter):
             centres = np.sort(centres)
             new_group = np.searchsorted((centres[1:] + centres[:-1]) / 2, x, side="right")
@@ -182,6 +184,19 @@ def lloyd_1d(values: np.ndarray, q: int, max_iter: int) -> KMeansResult:
         centroids[b, :, 0] = centres
     diff = values[:, :, 0] - np.take_along_axis(centroids[:, :, 0], labels, axis=1)
     return KMeansResult(centroids, labels, (diff * diff).sum(axis=1))
+
+
+def _companded_quantiles(sorted_x: np.ndarray, q: int) -> np.ndarray:
+    """q starting centres spread with density proportional to p(x)^(1/3), the point
+    density of an optimal fine scalar quantizer (Panter-Dite). With p ~ 1/gap between
+    sorted neighbours, the measure of each gap is gap^(2/3); centres sit at equal steps
+    of its cumulative sum. Equal-count quantiles, the obvious start, crowd the centres
+    where the data are dense and ended 3-80x above scikit-learn's objective."""
+    measure = np.concatenate([[0.0], np.cumsum(np.diff(sorted_x) ** (2.0 / 3.0))])
+    if measure[-1] <= 0:
+        return np.full(q, sorted_x[0])
+    steps = (np.arange(q) + 0.5) / q * measure[-1]
+    return sorted_x[np.minimum(np.searchsorted(measure, steps), len(sorted_x) - 1)]
 
 
 def kmeans(points: np.ndarray, q: int, rng: np.random.Generator, init: str = "ward",

@@ -116,5 +116,7 @@ def levels_and_counts(indicator: np.ndarray, n_filters: int, G: int, T: int):
             levels[c], counts[c] = G - 1, n_filters
         else:
             g = math.floor(v * G)
-            levels[c], counts[c] = g, math.ceil(n_filters * 2.0 ** (g + 1 - T - G))
+            # v*G == G-1 exactly lands on the top level too; the authors' code keeps it whole
+            q = n_filters if g == G - 1 else math.ceil(n_filters * 2.0 ** (g + 1 - T - G))
+            levels[c], counts[c] = g, q
     return levels, counts
