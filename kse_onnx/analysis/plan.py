@@ -77,16 +77,12 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
     channel_sets = kse.channel_kernel_sets(weight)  # (C, N, D)
     entropy_sets = (kse.official_kernel_sets(weight) if options.entropy == "official"
                     else channel_sets)
-    densities, trees = [], None
+    trees = None
     if options.kmeans_init == "ward" and channel_sets.shape[2] > 1:
-        # Ward trees do not depend on the levels: build them now, interleaved on the same
-        # threads with the kd-tree queries (which release the GIL the tree building holds).
-        trees = []
-        for entropy_set, channel_set in zip(entropy_sets, channel_sets, strict=True):
-            densities.append(pool.submit(kse.kernel_density, entropy_set, options.knn_k))
-            trees.append(pool.submit(ward_tree, channel_set))
-    else:
-        densities = kse.submit_densities(pool, entropy_sets, options.knn_k)
+        # Ward trees do not depend on the levels: build them all now in one task, which
+        # holds the GIL, while the other threads run the kd-tree queries, which release it.
+        trees = pool.submit(lambda: [ward_tree(s) for s in channel_sets])
+    densities = kse.submit_densities(pool, entropy_sets, options.knn_k)
     sparsity = kse.kernel_sparsity(weight)
     entropy = kse.kernel_entropy(entropy_sets, options.knn_k, densities)
     raw = np.sqrt(kse.minmax(sparsity) / (1.0 + options.alpha * kse.minmax(entropy)))
@@ -98,6 +94,7 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
         return _unchanged(weight, options, "every channel kept whole at this G", sparsity, entropy)
 
     rng = layer_seed(options.seed, key)
+    trees = None if trees is None else trees.result()
     labels, kernels = _share_kernels(weight, channel_sets, levels, q, options, rng, trees)
     w_hat = _effective_weight(weight.shape, weight.dtype, labels, kernels)
     return LayerPlan(weight.shape, sparsity, entropy, indicator, levels, q, labels, kernels, w_hat)
