@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("optimized")
     verify.add_argument("--inputs", metavar="NPZ", help="real inputs (.npz, one array per input)")
     verify.add_argument("--batch", type=int, default=2, help="batch of the random inputs")
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     verify.add_argument("--rtol", type=float, default=1e-4,
                         help="relative error allowed for rewrite exactness")
     verify.set_defaults(run=_run_verify)
@@ -103,8 +104,12 @@ def _run_optimize(args) -> int:
 def _run_verify(args) -> int:
     from .runtime.verify import verify
 
+    if args.batch < 1:
+        raise OptionError("--batch", f"must be >= 1, got {args.batch}")
+    if not args.rtol > 0:
+        raise OptionError("--rtol", f"must be > 0, got {args.rtol}")
     result = verify(args.original, args.optimized, inputs=args.inputs, batch=args.batch,
-                    rtol=args.rtol)
+                    rtol=args.rtol, seed=args.seed)
     print(result.summary())
     return 0 if result.exact else 1
 

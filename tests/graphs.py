@@ -136,3 +136,23 @@ def photo_batch(shape, seed: int = 0) -> np.ndarray:
     out -= out.mean(axis=(0, 2, 3), keepdims=True)
     out /= out.std(axis=(0, 2, 3), keepdims=True) + 1e-6
     return out
+
+
+def cast_model(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:
+    """The same model with every float tensor (initializers, inputs, outputs) in
+    ``elem_type`` (TensorProto.FLOAT16, BFLOAT16 or DOUBLE)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+    for i, init in enumerate(out.graph.initializer):
+        if init.data_type == TensorProto.FLOAT:
+            values = numpy_helper.to_array(init).astype(dtype)
+            out.graph.initializer[i].CopyFrom(numpy_helper.from_array(values, init.name))
+    for node in out.graph.node:
+        for attr in node.attribute:
+            if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+                values = numpy_helper.to_array(attr.t).astype(dtype)
+                attr.t.CopyFrom(numpy_helper.from_array(values, attr.t.name))
+    for value in (*out.graph.input, *out.graph.output):
+        value.type.tensor_type.elem_type = elem_type
+    return out

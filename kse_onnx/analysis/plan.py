@@ -59,6 +59,11 @@ def plan_layer(weight: np.ndarray, options: KSEOptions, key: str = "") -> LayerP
     """Score, level and cluster ``weight`` (N, C, kh, kw); ``key`` names the layer for its seed."""
     if weight.ndim != 4:
         raise ValueError(f"expected a 4-D Conv weight, got shape {weight.shape}")
+    if weight.dtype.kind != "f":  # bfloat16 (ml_dtypes): analyse in float32, keep dtype
+        plan = plan_layer(weight.astype(np.float32), options, key)
+        plan.w_hat = plan.w_hat.astype(weight.dtype)
+        plan.kernels = [k.astype(weight.dtype) for k in plan.kernels]
+        return plan
     n, c = weight.shape[:2]
     if not np.all(np.isfinite(weight)):
         return _unchanged(weight, options, "weight has NaN or infinite values")

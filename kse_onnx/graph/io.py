@@ -47,10 +47,43 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def _declared_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's dims and dtype promise (None for strings and unknown types)."""
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except Exception:
+        return None
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return None
+    count = 1
+    for d in tensor.dims:
+        if d < 0:
+            return -1
+        count *= d
+    return count * itemsize
+
+
+def _check_sizes(tensor: onnx.TensorProto, path: Path, available: int | None) -> None:
+    """Refuse, before anything is allocated, a tensor whose dims promise more data than
+    the file holds (a crafted model could otherwise ask for terabytes)."""
+    declared = _declared_bytes(tensor)
+    if declared is None:
+        return
+    if declared < 0:
+        raise ModelError(f"{path}: tensor {tensor.name!r} has a negative dimension")
+    if available is not None and declared > available:
+        raise ModelError(f"{path}: tensor {tensor.name!r} declares {declared} bytes but "
+                         f"its data holds {available}: refused")
+    if tensor.HasField("raw_data") and len(tensor.raw_data) != declared:
+        raise ModelError(f"{path}: tensor {tensor.name!r} declares {declared} bytes but "
+                         f"holds {len(tensor.raw_data)}")
+
+
 def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
     base_real = base.resolve()
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
+            _check_sizes(tensor, path, None)
             continue
         info = external_data_helper.ExternalDataInfo(tensor)
         location = Path(info.location)
@@ -67,6 +100,7 @@ def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
         if length is not None and offset + int(length) > size:
             raise ModelError(f"{path}: external data {info.location!r} of tensor "
                              f"{tensor.name!r} is shorter than declared")
+        _check_sizes(tensor, path, max(0, size - offset) if length is None else int(length))
         external_data_helper.load_external_data_for_tensor(tensor, str(base))
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from ..options import SelectOptions
 
 QUANTIZED_CONVS = ("QLinearConv", "ConvInteger")
+G_LOGGER.severity = G_LOGGER.ERROR  # its warnings concern graphsurgeon, not the model
 
 
 @dataclass
@@ -35,6 +37,14 @@ def import_graph(model: onnx.ModelProto) -> gs.Graph:
         if not node.name:
             node.name = f"{node.op}_{index}"
     return graph
+
+
+def weight_source(tensor) -> str:
+    """What produces a non-constant weight, for the skip reason."""
+    producers = getattr(tensor, "inputs", [])
+    if producers and producers[0].op == "DequantizeLinear":
+        return "quantized conv (weight from DequantizeLinear): not supported"
+    return "weight is not a constant"
 
 
 def constant_values(tensor) -> np.ndarray | None:
@@ -66,10 +76,10 @@ def conv_sites(graph: gs.Graph, options: SelectOptions) -> list[ConvSite]:
 
 def _reason(node, weight, graph_inputs, options: SelectOptions) -> str | None:
     if weight is None:
-        return "weight is not a constant"
+        return weight_source(node.inputs[1])
     if weight.ndim != 4:
         return f"not a 2-D convolution (weight rank {weight.ndim})"
-    if weight.dtype.kind != "f":
+    if weight.dtype.kind != "f" and weight.dtype.name != "bfloat16":
         return f"weight dtype {weight.dtype} is not floating point"
     if node.attrs.get("group", 1) != 1:
         kind = "depthwise" if weight.shape[1] == 1 else "grouped"
