@@ -112,7 +112,7 @@ def _check(model: onnx.ModelProto, path: Path) -> None:
         raise ModelError(f"{path}: opset {opset} is below the supported range "
                          f"(>= {MIN_OPSET}); upgrade it with onnx.version_converter")
     try:
-        onnx.checker.check_model(model, full_check=False)
+        onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path}: fails onnx.checker: {first}") from None

@@ -138,5 +138,7 @@ def _gather(graph, x, positions, tag):
 def _replace_tensor(graph, old, new) -> None:
     """Make every reader of ``old`` (and the graph outputs) read ``new`` instead."""
     for consumer in list(old.outputs):
-        consumer.inputs[:] = [new if t is old else t for t in consumer.inputs]
+        for i, tensor in enumerate(consumer.inputs):
+            if tensor is old:
+                consumer.inputs[i] = new
     graph.outputs = [new if t is old else t for t in graph.outputs]

@@ -1,0 +1,61 @@
+"""Fuzzing: random CNNs through every lowering, mutated bytes through the loader.
+Each case either succeeds (and passes verify) or is refused with a KSEError; anything
+else is a crash and fails the test. tools/fuzz.py runs thousands."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from fuzzgen import mutate, mutate_fields, random_cnn
+from graphs import residual_net
+from kse_onnx.api import optimize
+from kse_onnx.errors import KSEError
+from kse_onnx.options import KSEOptions, LowerOptions
+from kse_onnx.runtime.verify import verify
+
+CASES = 50
+
+
+def run_graph_case(seed: int, folder) -> str:
+    """'ok' or 'refused: ...' for one random CNN through one random lowering."""
+    rng = np.random.default_rng(seed)
+    src, dst = folder / f"g{seed}.onnx", folder / f"g{seed}_out.onnx"
+    onnx.save(random_cnn(seed), src)
+    lowering = str(rng.choice(["dense", "compact", "factored"]))
+    options = KSEOptions(G=int(rng.integers(1, 7)), T=int(rng.integers(0, 3)))
+    try:
+        optimize(src, dst, options, lower_options=LowerOptions(lowering,
+                                                               align=int(rng.choice([1, 8]))))
+        result = verify(src, dst)
+    except KSEError as exc:
+        assert not dst.exists()
+        return f"refused: {exc}"
+    assert result.exact, (seed, lowering, result.summary())
+    return "ok"
+
+
+def run_bytes_case(seed: int, folder, base: onnx.ModelProto) -> str:
+    """Odd seeds: raw byte mutations; even seeds: field mutations that still parse."""
+    src, dst = folder / f"m{seed}.onnx", folder / f"m{seed}_out.onnx"
+    data = mutate(base.SerializeToString(), seed) if seed % 2 else mutate_fields(base, seed)
+    src.write_bytes(data)
+    try:
+        optimize(src, dst)
+    except KSEError as exc:
+        assert not dst.exists()
+        return f"refused: {exc}"
+    return "ok"
+
+
+@pytest.mark.parametrize("block", range(5))
+def test_random_graphs(tmp_path, block):
+    outcomes = [run_graph_case(seed, tmp_path) for seed in range(block * 10, block * 10 + 10)]
+    assert outcomes.count("ok") >= 5  # most random graphs are compressible
+
+
+def test_mutated_bytes(tmp_path):
+    base = residual_net(16)
+    outcomes = [run_bytes_case(seed, tmp_path, base) for seed in range(CASES)]
+    assert any(o.startswith("refused") for o in outcomes)
