@@ -162,28 +162,42 @@ def ward_centres(points: np.ndarray, q: int, trees=None) -> np.ndarray:
 
 
 def lloyd_1d(values: np.ndarray, q: int, max_iter: int) -> KMeansResult:
-    """Lloyd on scalars (B, N, 1): sort once, clusters are intervals between midpoints."""
+    """Lloyd on scalars (B, N, 1): sort once, clusters are intervals between midpoints.
+    An empty cluster restarts at the point farthest from its centre, as in :func:`lloyd`."""
     batch, n, _ = values.shape
     centroids = np.empty((batch, q, 1))
     labels = np.empty((batch, n), dtype=np.int64)
     order = np.argsort(values[:, :, 0], axis=1, kind="stable")
     for b in range(batch):
         x = values[b, order[b], 0]
-        centres = _companded_quantiles(x, q)
-        group = np.full(n, -1)
-        for _ in range(max_iter):
-            centres = np.sort(centres)
-            new_group = np.searchsorted((centres[1:] + centres[:-1]) / 2, x, side="right")
-            counts = np.bincount(new_group, minlength=q)
-            centres = np.where(counts > 0, np.bincount(new_group, weights=x, minlength=q)
-                               / np.maximum(counts, 1), centres)
-            if np.array_equal(new_group, group):
+        group, centres = _sorted_lloyd(x, _companded_quantiles(x, q), max_iter)
+        for _ in range(q):
+            empty = np.flatnonzero(np.bincount(group, minlength=q) == 0)
+            gap = np.abs(x - centres[group])
+            if empty.size == 0 or gap.max() <= 0:
                 break
-            group = new_group
+            centres[empty[0]] = x[gap.argmax()]
+            group, centres = _sorted_lloyd(x, centres, max_iter)
         labels[b, order[b]] = group
         centroids[b, :, 0] = centres
     diff = values[:, :, 0] - np.take_along_axis(centroids[:, :, 0], labels, axis=1)
     return KMeansResult(centroids, labels, (diff * diff).sum(axis=1))
+
+
+def _sorted_lloyd(x: np.ndarray, centres: np.ndarray, max_iter: int):
+    """Lloyd iterations on sorted scalars; returns (cluster of each x, centres)."""
+    q = len(centres)
+    group = np.full(len(x), -1)
+    for _ in range(max_iter):
+        centres = np.sort(centres)
+        new_group = np.searchsorted((centres[1:] + centres[:-1]) / 2, x, side="right")
+        counts = np.bincount(new_group, minlength=q)
+        centres = np.where(counts > 0, np.bincount(new_group, weights=x, minlength=q)
+                           / np.maximum(counts, 1), centres)
+        if np.array_equal(new_group, group):
+            break
+        group = new_group
+    return group, centres
 
 
 def _companded_quantiles(sorted_x: np.ndarray, q: int) -> np.ndarray:
