@@ -50,6 +50,13 @@ class LayerPlan:
         return np.flatnonzero(self.q > 0)
 
 
+def worker_threads() -> int:
+    """Threads for the per-channel work: ``KSE_ONNX_THREADS`` or one per core. The result
+    does not depend on it (tests/test_determinism.py)."""
+    value = os.environ.get("KSE_ONNX_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else (os.cpu_count() or 1)
+
+
 def layer_seed(seed: int, key: str) -> np.random.Generator:
     """Generator for one layer: independent of the order in which layers are analysed."""
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
@@ -73,7 +80,7 @@ def plan_layer(weight: np.ndarray, options: KSEOptions, key: str = "") -> LayerP
     if c == 1:
         return _unchanged(weight, options, "single input channel: nothing to rank")
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=worker_threads()) as pool:
         return _plan(weight, options, key, pool)
 
 
