@@ -42,9 +42,27 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{path}: not an ONNX model (protobuf parse failed)") from None
     if not model.HasField("graph"):
         raise ModelError(f"{path}: not an ONNX model (no graph)")
+    bad = _invalid_text(model)
+    if bad is not None:
+        raise ModelError(f"{path}: text field {bad!r} is not valid UTF-8")
     _load_external_data(model, path.parent, path)
     _check(model, path)
     return model
+
+
+def _invalid_text(model: onnx.ModelProto):
+    """The first text field that is not valid UTF-8 (protobuf hands those back as bytes,
+    which fail later, in the middle of a rewrite), else None."""
+    texts = [model.producer_name, model.producer_version, model.domain, model.doc_string,
+             model.graph.name, model.graph.doc_string]
+    texts += [t for p in model.metadata_props for t in (p.key, p.value)]
+    for node in model.graph.node:
+        texts += [node.name, node.op_type, node.domain, node.doc_string, *node.input,
+                  *node.output, *(a.name for a in node.attribute)]
+    for value in (*model.graph.input, *model.graph.output, *model.graph.value_info,
+                  *model.graph.initializer):
+        texts.append(value.name)
+    return next((t for t in texts if not isinstance(t, str)), None)
 
 
 def _declared_bytes(tensor: onnx.TensorProto) -> int | None:

@@ -1,0 +1,1 @@
+"""Fine-tuning support (torch): data readers and, later, the ONNX -> torch importer."""
