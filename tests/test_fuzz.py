@@ -59,3 +59,9 @@ def test_mutated_bytes(tmp_path):
     base = residual_net(16)
     outcomes = [run_bytes_case(seed, tmp_path, base) for seed in range(CASES)]
     assert any(o.startswith("refused") for o in outcomes)
+
+
+def test_invalid_utf8_name_is_refused(tmp_path):
+    """Found by tools/fuzz.py (seed 1633): protobuf hands invalid UTF-8 back as bytes."""
+    outcome = run_bytes_case(1633, tmp_path, residual_net(16))
+    assert outcome.startswith("refused") and "UTF-8" in outcome
