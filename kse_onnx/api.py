@@ -63,7 +63,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     model = load_model(input_path)
     result = analyse(model, kse, select, str(input_path))
     lowered = lower(result.graph, result.sites, result.plans, lower_options)
-    settings = {**result.report.settings, **as_dict(lower_options)}
+    settings = {**result.report.settings, **as_dict(lower_options),
+                "compressed_layers": sorted(lowered)}
     optimized = export_model(result.graph, model, settings)
     check_model(optimized, output_path)
     save_model(optimized, output_path)
