@@ -8,7 +8,7 @@ import sys
 
 from . import __version__
 from .errors import KSEError, OptionError
-from .options import KSEOptions, LowerOptions, SelectOptions
+from .options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions, SelectOptions
 
 
 def _add_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -68,6 +68,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="relative error allowed for rewrite exactness")
     verify.set_defaults(run=_run_verify)
 
+    finetune = commands.add_parser("finetune", help="recover accuracy by distillation")
+    finetune.add_argument("compressed", help="model written by kse-onnx optimize")
+    finetune.add_argument("output", help="fine-tuned .onnx file")
+    finetune.add_argument("--teacher", required=True, help="the original .onnx model")
+    finetune.add_argument("--data", required=True, help=".npz, IDX images file or folder")
+    finetune.add_argument("--resume", action="store_true",
+                          help="continue from OUTPUT.ckpt/last.pt")
+    _add_options(finetune, FinetuneOptions)
+    _add_options(finetune, DataOptions)
+    finetune.set_defaults(run=_run_finetune)
+
+    evaluate = commands.add_parser("eval", help="top-1/top-5 accuracy with onnxruntime")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--data", required=True, help=".npz, IDX images file or folder")
+    evaluate.add_argument("--compare", metavar="MODEL", help="report top-1 agreement with it")
+    _add_options(evaluate, DataOptions)
+    evaluate.set_defaults(run=_run_eval)
+
     bench = commands.add_parser("bench", help="median latency of models, interleaved")
     bench.add_argument("models", nargs="+", help=".onnx files; ratios are against the first")
     bench.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt")
@@ -112,6 +130,25 @@ def _run_verify(args) -> int:
                     rtol=args.rtol, seed=args.seed)
     print(result.summary())
     return 0 if result.exact else 1
+
+
+def _run_finetune(args) -> int:
+    from .finetune.train import finetune
+
+    result = finetune(args.compressed, args.output, args.teacher, args.data,
+                      _options(args, FinetuneOptions), _options(args, DataOptions),
+                      resume=args.resume)
+    print(f"wrote {args.output}; best validation accuracy: {result['best_val_accuracy']}")
+    return 0
+
+
+def _run_eval(args) -> int:
+    from .finetune.data import load_data
+    from .runtime.evaluate import evaluate
+
+    x, y = load_data(args.data, _options(args, DataOptions))
+    print(evaluate(args.model, x, y, other=args.compare).summary())
+    return 0
 
 
 def _run_bench(args) -> int:

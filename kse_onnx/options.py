@@ -113,3 +113,64 @@ def as_dict(*options) -> dict:
     for opt in options:
         merged.update(dataclasses.asdict(opt))
     return merged
+
+
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Training and evaluation data: preprocessing and augmentation."""
+
+    resize: int = _opt(0, "resize the shorter side to this many pixels (0 = off)")
+    crop: int = _opt(0, "centre-crop to this size (0 = off)")
+    mean: tuple[str, ...] = _opt((), "per-channel mean to subtract (repeat per channel)")
+    std: tuple[str, ...] = _opt((), "per-channel std to divide by (repeat per channel)")
+    pad_crop: int = _opt(0, "augmentation: random crop after zero padding by this much")
+    flip: bool = _opt(False, "augmentation: random horizontal flip")
+
+    def __post_init__(self) -> None:
+        for name in ("resize", "crop", "pad_crop"):
+            _check_int(self, name, low=0)
+        for flag, values in (("--mean", self.mean), ("--std", self.std)):
+            try:
+                numbers = [float(v) for v in values]
+            except ValueError:
+                raise OptionError(flag, f"expected numbers, got {values!r}") from None
+            if flag == "--std" and any(v <= 0 for v in numbers):
+                raise OptionError(flag, "values must be > 0")
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Fine-tuning by distillation from the original model (kse-spec.md section 7)."""
+
+    epochs: int = _opt(1, "passes over the training data")
+    batch: int = _opt(128, "global batch size (split across torchrun processes)")
+    lr: float = _opt(0.01, "SGD learning rate (the authors' CIFAR setting)")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(1e-5, "SGD weight decay (the authors' setting)")
+    schedule: str = _opt("cosine", "learning-rate schedule", choices=SCHEDULES)
+    clip_grad: float = _opt(5.0, "clip the gradient norm to this (0 = off): exported models "
+                                 "have BatchNorm folded into the convs and diverge without it")
+    temperature: float = _opt(4.0, "distillation temperature")
+    label_weight: float = _opt(0.5, "weight of cross-entropy on labels (when labels exist); "
+                                    "the rest is distillation")
+    val_fraction: float = _opt(0.1, "held-out fraction for choosing the best epoch (labels only)")
+    seed: int = _opt(0, "seed of shuffling and augmentation")
+    threads: int = _opt(0, "torch threads per process (0 = torch's default)")
+
+    def __post_init__(self) -> None:
+        for name, low in (("epochs", 1), ("batch", 1), ("seed", 0), ("threads", 0)):
+            _check_int(self, name, low=low)
+        checks = (("lr", self.lr > 0), ("momentum", 0 <= self.momentum < 1),
+                  ("weight_decay", self.weight_decay >= 0), ("clip_grad", self.clip_grad >= 0),
+                  ("temperature", self.temperature > 0),
+                  ("label_weight", 0 <= self.label_weight <= 1),
+                  ("val_fraction", 0 <= self.val_fraction < 1))
+        for name, ok in checks:
+            if not ok:
+                raise OptionError(f"--{name.replace('_', '-')}",
+                                  f"out of range: {getattr(self, name)!r}")
+        if self.schedule not in SCHEDULES:
+            raise OptionError("--schedule", f"must be one of {SCHEDULES}")

@@ -1,0 +1,191 @@
+"""Fine-tuning a compressed model by distillation from the original ONNX model.
+
+Loss per batch: ``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)``
+(distillation only when there are no labels), the teacher run by onnxruntime on the same
+augmented batch. Under ``torchrun`` each process takes its slice of every global batch
+and DistributedDataParallel averages gradients, so K processes follow the same
+trajectory as one (up to float summation order).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ModelError
+from ..graph.io import load_model, save_model
+from ..options import DataOptions, FinetuneOptions
+from ..runtime.ort import session
+from .data import load_data
+from .importer import import_model
+
+
+def augment(x: np.ndarray, data: DataOptions, rng: np.random.Generator) -> np.ndarray:
+    """Random crop after zero padding and horizontal flip, one draw per sample."""
+    if data.pad_crop:
+        p = data.pad_crop
+        n, _, h, w = x.shape
+        padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        dy, dx = rng.integers(0, 2 * p + 1, n), rng.integers(0, 2 * p + 1, n)
+        x = np.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if data.flip:
+        flip = rng.random(len(x)) < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, :, ::-1], x)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def learning_rate(opts: FinetuneOptions, step: int, total: int) -> float:
+    if opts.schedule == "cosine":
+        return opts.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+    if opts.schedule == "step":  # x0.1 at half and three quarters, as the authors did
+        return opts.lr * (0.1 ** (int(step >= total / 2) + int(step >= 3 * total / 4)))
+    return opts.lr
+
+
+def distillation_loss(student, teacher, labels, opts: FinetuneOptions):
+    t = opts.temperature
+    kd = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1),
+                  reduction="batchmean") * t * t
+    if labels is None:
+        return kd
+    return opts.label_weight * F.cross_entropy(student, labels) + (1 - opts.label_weight) * kd
+
+
+class Distributed:
+    """Rank and world size under torchrun (RANK, WORLD_SIZE set), else one process."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module):
+        if self.world == 1:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(module)
+
+    def barrier(self):
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def accuracy(module, x, y, batch: int = 512) -> float:
+    module.eval()
+    with torch.no_grad():
+        pred = np.concatenate([module(torch.from_numpy(x[i:i + batch])).argmax(1).numpy()
+                               for i in range(0, len(x), batch)])
+    module.train()
+    return float((pred == y).mean())
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
+             data: DataOptions, resume: bool = False, log=None) -> dict:
+    """Train ``compressed`` toward ``teacher`` on ``data_path``; write ``output``."""
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    dist = Distributed()
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    output = Path(output)
+    student_model = load_model(compressed)
+    teacher_sess = session(load_model(teacher))
+    teacher_input = teacher_sess.get_inputs()[0].name
+    x, y = load_data(data_path, data)
+    rng = np.random.default_rng(opts.seed)
+    order = rng.permutation(len(x))
+    n_val = int(len(x) * opts.val_fraction) if y is not None else 0
+    val, train = order[:n_val], order[n_val:]
+    if opts.batch % dist.world:
+        raise ModelError(f"--batch {opts.batch} must be a multiple of the {dist.world} "
+                         "torchrun processes")
+    module = import_model(student_model)
+    model = dist.wrap(module)
+    optimizer = torch.optim.SGD(module.parameters(), lr=opts.lr, momentum=opts.momentum,
+                                weight_decay=opts.weight_decay)
+    steps_per_epoch = max(1, len(train) // opts.batch)
+    total = steps_per_epoch * opts.epochs
+    ckpt_dir = Path(f"{output}.ckpt")
+    ckpt = ckpt_dir / "last.pt"
+    start_epoch, best_acc, best_state = 0, -1.0, None
+    if resume and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])
+        best_state = state.get("best")
+        log(f"resumed from {ckpt} at epoch {start_epoch}")
+    good_state = {k: v.clone() for k, v in module.state_dict().items()}
+    history = []
+    per_rank = opts.batch // dist.world
+    for epoch in range(start_epoch, opts.epochs):
+        epoch_rng = np.random.default_rng([opts.seed, epoch])
+        perm = train[epoch_rng.permutation(len(train))]
+        seen, t0, losses = 0, time.perf_counter(), []
+        for step in range(steps_per_epoch):
+            batch_idx = perm[step * opts.batch:(step + 1) * opts.batch]
+            xb = augment(x[batch_idx], data, epoch_rng)
+            teacher_logits = teacher_sess.run(None, {teacher_input: xb})[0]
+            mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+            labels = None if y is None else torch.from_numpy(y[batch_idx][mine])
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(opts, epoch * steps_per_epoch + step, total)
+            loss = distillation_loss(model(torch.from_numpy(xb[mine])),
+                                     torch.from_numpy(teacher_logits[mine]), labels, opts)
+            if not torch.isfinite(loss):
+                module.load_state_dict(good_state)
+                if dist.main:
+                    save_model(module.export(), output)
+                raise ModelError(f"loss became {loss.item()} at epoch {epoch + 1} step "
+                                 f"{step + 1}; the last good model (end of epoch {epoch}) "
+                                 f"was written to {output}. Lower --lr.")
+            optimizer.zero_grad()
+            loss.backward()
+            if opts.clip_grad:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip_grad)
+            optimizer.step()
+            losses.append(loss.item())
+            seen += len(batch_idx)
+            if dist.main and (step % 20 == 0 or step == steps_per_epoch - 1):
+                rate = seen / (time.perf_counter() - t0)
+                log(f"epoch {epoch + 1}/{opts.epochs} step {step + 1}/{steps_per_epoch} "
+                    f"loss {np.mean(losses[-20:]):.4f} {rate:.0f} img/s")
+        good_state = {k: v.clone() for k, v in module.state_dict().items()}
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+                  "seconds": time.perf_counter() - t0}
+        if n_val:
+            record["val_accuracy"] = accuracy(module, x[val], y[val])
+            if record["val_accuracy"] > best_acc:
+                best_acc, best_state = record["val_accuracy"], good_state
+        history.append(record)
+        if dist.main:
+            log(f"epoch {epoch + 1} done: {record}")
+            ckpt_dir.mkdir(exist_ok=True)
+            state = {"module": good_state, "optimizer": optimizer.state_dict(),
+                     "epoch": epoch + 1, "best_acc": best_acc, "best": best_state}
+            _save_checkpoint(ckpt_dir / f"epoch_{epoch + 1:03d}.pt", state)
+            _save_checkpoint(ckpt, state)
+        dist.barrier()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    if dist.main:
+        save_model(module.export(), output)
+    dist.barrier()
+    return {"history": history, "best_val_accuracy": best_acc if n_val else None}

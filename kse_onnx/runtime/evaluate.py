@@ -1,0 +1,46 @@
+"""``kse-onnx eval``: top-1 / top-5 accuracy with onnxruntime, and agreement with a
+second model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..graph.io import load_model
+from .ort import session
+
+
+@dataclass
+class Evaluation:
+    images: int
+    top1: float | None
+    top5: float | None
+    agreement: float | None
+
+    def summary(self) -> str:
+        parts = [f"{self.images} images"]
+        if self.top1 is not None:
+            parts.append(f"top-1 {self.top1:.4f}, top-5 {self.top5:.4f}")
+        if self.agreement is not None:
+            parts.append(f"top-1 agreement with the other model {self.agreement:.4f}")
+        return ", ".join(parts)
+
+
+def logits(model_path, x: np.ndarray, batch: int = 256, threads: int = 0) -> np.ndarray:
+    sess = session(load_model(model_path), threads=threads)
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
+                           for i in range(0, len(x), batch)])
+
+
+def evaluate(model_path, x: np.ndarray, y: np.ndarray | None, other=None) -> Evaluation:
+    out = logits(model_path, x)
+    top1 = top5 = agreement = None
+    if y is not None:
+        top1 = float((out.argmax(1) == y).mean())
+        k = min(5, out.shape[1])
+        top5 = float((np.argsort(-out, axis=1)[:, :k] == y[:, None]).any(1).mean())
+    if other is not None:
+        agreement = float((logits(other, x).argmax(1) == out.argmax(1)).mean())
+    return Evaluation(len(x), top1, top5, agreement)

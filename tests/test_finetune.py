@@ -1,0 +1,95 @@
+"""Fine-tuning: a tiny run trains, resume continues, NaN stops cleanly, and two torchrun
+processes follow the single-process run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from graphs import conv_stack  # noqa: E402
+from kse_onnx.api import optimize  # noqa: E402
+from kse_onnx.cli import main  # noqa: E402
+from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    """A random teacher, its KSE-compressed student and 256 random 'images'."""
+    teacher, student = tmp_path / "teacher.onnx", tmp_path / "student.onnx"
+    onnx.save(conv_stack((3, 16, 24, 24), hw=8), teacher)
+    optimize(teacher, student, KSEOptions(G=5, T=1), lower_options=LowerOptions("compact"))
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npz"
+    np.savez(data, x=rng.standard_normal((256, 3, 8, 8)).astype(np.float32))
+    return tmp_path, teacher, student, data
+
+
+def _args(tmp, teacher, student, data, out, *extra):
+    return ["finetune", str(student), str(out), "--teacher", str(teacher), "--data", str(data),
+            "--batch", "32", "--threads", "1", "--lr", "0.05", *extra]
+
+
+def _weights(path):
+    return {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(path).graph.initializer}
+
+
+def test_distillation_brings_student_closer(setup):
+    tmp, teacher, student, data = setup
+    out = tmp / "tuned.onnx"
+    assert main(_args(tmp, teacher, student, data, out, "--epochs", "3")) == 0
+    from kse_onnx.finetune.data import load_dataset
+    from kse_onnx.runtime.evaluate import logits
+
+    x, _ = load_dataset(data)
+    t = logits(teacher, x)
+    before = np.abs(logits(student, x) - t).mean()
+    after = np.abs(logits(out, x) - t).mean()
+    assert after < 0.8 * before
+    assert [n.op_type for n in onnx.load(out).graph.node] == \
+        [n.op_type for n in onnx.load(student).graph.node]
+
+
+def test_resume_continues_from_checkpoint(setup):
+    tmp, teacher, student, data = setup
+    full, part = tmp / "full.onnx", tmp / "part.onnx"
+    assert main(_args(tmp, teacher, student, data, full, "--epochs", "2")) == 0
+    # an interrupted run: only epoch 1's checkpoint exists
+    (tmp / "part.onnx.ckpt").mkdir()
+    shutil.copy(tmp / "full.onnx.ckpt" / "epoch_001.pt", tmp / "part.onnx.ckpt" / "last.pt")
+    assert main(_args(tmp, teacher, student, data, part, "--epochs", "2", "--resume")) == 0
+    a, b = _weights(full), _weights(part)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_with_last_good_model(setup, capsys):
+    tmp, teacher, student, data = setup
+    out = tmp / "nan.onnx"
+    code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--lr", "1e6",
+                      "--clip-grad", "0"))
+    assert code == 1
+    assert "loss became" in capsys.readouterr().err
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_two_processes_match_one(setup):
+    tmp, teacher, student, data = setup
+    single, double = tmp / "single.onnx", tmp / "double.onnx"
+    assert main(_args(tmp, teacher, student, data, single, "--epochs", "1")) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "kse_onnx.cli", *_args(tmp, teacher, student, data, double, "--epochs", "1")]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = _weights(single), _weights(double)
+    changed = [k for k in a if not np.array_equal(a[k], _weights(student).get(k, a[k]))]
+    assert changed  # training moved weights
+    for k in a:  # same trajectory up to float summation order
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
