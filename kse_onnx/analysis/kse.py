@@ -76,7 +76,7 @@ def kernel_entropy(kernel_sets: np.ndarray, k: int, densities=None) -> np.ndarra
     """
     if densities is None:
         densities = [kernel_density(s, k) for s in kernel_sets]
-    return np.array([density_entropy(getattr(d, "result", lambda d=d: d)())
+    return np.array([density_entropy(d.result() if isinstance(d, Future) else d)
                      for d in densities])
 
 

@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
 from ..graph.channels import ProducerChain, kept_channels, producer_chain, prune_chain
-from ..graph.select import ConvSite
+from ..graph.select import ConvSite, constant_values
 from ..options import LowerOptions
 from . import compact, dense, factored
 
@@ -60,8 +60,7 @@ def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
 def lower_inputs(graph, node, keep, options, prunes):
     """Make ``node``'s data input carry only ``keep``; returns (stage, tensor to read)."""
     x = node.inputs[0]
-    channels = plan_channels(node)
-    if len(keep) == channels:
+    if len(keep) == constant_values(node.inputs[1]).shape[1]:
         return "all", x
     prune = options.prune_producers and options.lowering != "factored"
     chain = producer_chain(graph, node) if prune else None
@@ -73,9 +72,3 @@ def lower_inputs(graph, node, keep, options, prunes):
     graph.nodes.append(gs.Node("Gather", f"{node.name}_kse_gather", {"axis": 1},
                                inputs=[x, indices], outputs=[gathered]))
     return "gather", gathered
-
-
-def plan_channels(node) -> int:
-    """Input channels of a Conv, from its weight."""
-    return int(node.inputs[1].values.shape[1]) if isinstance(node.inputs[1], gs.Constant) \
-        else int(node.inputs[1].inputs[0].attrs["value"].values.shape[1])
