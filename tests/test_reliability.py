@@ -145,3 +145,27 @@ def test_constant_node_weight_is_compressed(tmp_path):
     report = optimize(src, dst)
     assert report.layers[1].status == "compressed"
     assert verify(src, dst).exact
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["bench", "{m}", "--provider", "cuda"], 1, "not available"),
+    (["bench", "{m}", "--provider", "tpu"], 2, "--provider"),
+    (["bench", "{m}", "--batch", "0"], 2, "--batch"),
+    (["bench", "{m}", "--batch", "x"], 2, "--batch"),
+    (["eval", "{m}", "--data", "{tmp}/missing.npz"], 1, "no such data"),
+    (["eval", "{m}", "--data", "{m}"], 1, "unknown data format"),
+    (["finetune", "{m}", "{tmp}/o.onnx", "--teacher", "{m}", "--data", "{tmp}/x.npz"], 1,
+     "no such data"),
+    (["finetune", "{m}", "{tmp}/o.onnx", "--teacher", "{m}", "--data", "{m}", "--lr", "0"], 2,
+     "--lr"),
+    (["finetune", "{m}", "{tmp}/o.onnx", "--teacher", "{m}", "--data", "{m}",
+      "--std", "0"], 2, "--std"),
+])
+def test_other_commands_fail_in_one_line(tmp_path, capsys, argv, code, words):
+    model = tmp_path / "m.onnx"
+    onnx.save(residual_net(16), model)
+    argv = [a.format(m=model, tmp=tmp_path) for a in argv]
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
