@@ -121,3 +121,20 @@ def test_fashion_mnist_fine_tune_recovers_accuracy(tmp_path):
     assert losses[-1] < losses[0]
     before, after = evaluate(student, xt, yt).top1, evaluate(tuned, xt, yt).top1
     assert after > before + 0.02, (before, after)
+
+
+class _Payload:
+    """Pickles to a call of ``os.system``: loading it must not run it."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_malicious_checkpoint_is_refused(setup, capsys, monkeypatch):
+    tmp, teacher, student, data = setup
+    monkeypatch.chdir(tmp)
+    (tmp / "out.onnx.ckpt").mkdir()
+    torch.save({"module": _Payload()}, tmp / "out.onnx.ckpt" / "last.pt")
+    code = main(_args(tmp, teacher, student, data, tmp / "out.onnx", "--resume"))
+    assert code == 1 and "refused" in capsys.readouterr().err
+    assert not (tmp / "PWNED").exists() and not (tmp / "out.onnx").exists()

@@ -126,7 +126,11 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     ckpt = ckpt_dir / "last.pt"
     start_epoch, best_acc, best_state = 0, -1.0, None
     if resume and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only
+        try:  # tensors and plain containers only: nothing in the file is executed
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"{ckpt}: not a kse-onnx checkpoint or holds objects other "
+                             f"than tensors; refused ({type(exc).__name__})") from None
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])
