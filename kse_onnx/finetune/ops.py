@@ -17,13 +17,13 @@ def _ints(t) -> list[int]:
     return [int(v) for v in t.reshape(-1).tolist()]
 
 
-def _pads_2d(pads, rank):
-    """ONNX pads [b1, b2, ..., e1, e2, ...] -> F.pad order (last dim first)."""
+def _torch_pads(pads) -> list[int]:
+    """ONNX pads [b1, b2, ..., e1, e2, ...] -> F.pad order (last axis first)."""
     half = len(pads) // 2
     out = []
     for i in reversed(range(half)):
         out += [pads[i], pads[i + half]]
-    return out[: 2 * (rank - 2)] if rank else out
+    return out
 
 
 def conv(args, a):
@@ -33,7 +33,7 @@ def conv(args, a):
     pads = a.get("pads", [0] * 2 * spatial)
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
         raise NotImplementedError("Conv auto_pad")
-    x = F.pad(x, _pads_2d(pads, 0)) if any(pads) else x
+    x = F.pad(x, _torch_pads(pads)) if any(pads) else x
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
     return fn(x, w, b, a.get("strides", [1] * spatial), 0, a.get("dilations", [1] * spatial),
               a.get("group", 1))
@@ -68,10 +68,10 @@ def pool(kind):
         pads = a.get("pads", [0] * 2 * len(k))
         strides = a.get("strides", [1] * len(k))
         if kind == "max":
-            x = F.pad(x, _pads_2d(pads, 0), value=-math.inf) if any(pads) else x
+            x = F.pad(x, _torch_pads(pads), value=-math.inf) if any(pads) else x
             return F.max_pool2d(x, k, strides, 0, a.get("dilations", [1] * len(k)),
                                 ceil_mode=bool(a.get("ceil_mode", 0)))
-        x = F.pad(x, _pads_2d(pads, 0)) if any(pads) else x
+        x = F.pad(x, _torch_pads(pads)) if any(pads) else x
         return F.avg_pool2d(x, k, strides, 0, ceil_mode=bool(a.get("ceil_mode", 0)),
                             count_include_pad=bool(a.get("count_include_pad", 0)) or not any(pads))
     return run
@@ -103,7 +103,7 @@ def pad(args, a):
     value = float(args[2]) if len(args) > 2 and args[2] is not None else a.get("value", 0.0)
     mode = a.get("mode", b"constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
-    torch_pads = _pads_2d(pads, 0)
+    torch_pads = _torch_pads(pads)
     if mode == "constant":
         return F.pad(args[0], torch_pads, value=value)
     return F.pad(args[0], torch_pads, mode={"reflect": "reflect", "edge": "replicate"}[mode])
