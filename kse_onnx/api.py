@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
 from .analysis.plan import LayerPlan, plan_layer
+from .analysis.target import choose_levels
 from .errors import OptionError
 from .graph.count import conv_counts
-from .graph.export import check_model, export_model
+from .graph.export import check_model, export_model, settings_of
 from .graph.io import load_model, save_model
 from .graph.select import ConvSite, conv_sites, import_graph
 from .lowering import lower
-from .options import KSEOptions, LowerOptions, SelectOptions, as_dict
+from .lowering.auto import choose as choose_forms
+from .options import KSEOptions, LowerOptions, SelectOptions, TargetOptions, as_dict
 from .report import ModelReport, layer_report
 
 
@@ -55,32 +58,66 @@ def score(path: str | os.PathLike, kse: KSEOptions | None = None,
 
 def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
              kse: KSEOptions | None = None, select: SelectOptions | None = None,
-             lower_options: LowerOptions | None = None, overwrite: bool = False) -> ModelReport:
+             lower_options: LowerOptions | None = None, overwrite: bool = False,
+             target: TargetOptions | None = None) -> ModelReport:
     """Compress the model at ``input_path`` and write it to ``output_path``."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
     lower_options = lower_options or LowerOptions()
     _check_paths(input_path, output_path, overwrite)
     model = load_model(input_path)
+    kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
     result = analyse(model, kse, select, str(input_path))
-    lowered = lower(result.graph, result.sites, result.plans, lower_options)
-    settings = {**result.report.settings, **as_dict(lower_options),
-                "compressed_layers": sorted(lowered)}
-    optimized = export_model(result.graph, model, settings)
+    base = {**result.report.settings, **as_dict(lower_options)}
+    base.pop("choices")  # the recorded layer_forms say what it gave: replays match byte for byte
+    if lower_options.lowering == "auto":
+        def build(forms, compact_storage):
+            graph = import_graph(model)
+            done = lower(graph, conv_sites(graph, select), result.plans, lower_options, forms,
+                         compact_storage)
+            settings = {**base, "compressed_layers": sorted(done), "compact_storage":
+                        compact_storage, "layer_forms": {n: f.label for n, f in forms.items()}}
+            return export_model(graph, model, settings), done
+
+        auto = choose_forms(model, result.graph, result.sites, result.plans, lower_options,
+                            build)
+        optimized, lowered = auto.model, auto.lowered
+        result.report.extra["auto"] = auto.to_dict()
+    else:
+        lowered = lower(result.graph, result.sites, result.plans, lower_options)
+        optimized = export_model(result.graph, model,
+                                 {**base, "compressed_layers": sorted(lowered)})
     check_model(optimized, output_path)
     save_model(optimized, output_path)
     report = result.report
-    report.settings = settings
+    report.settings = settings_of(optimized)
     for layer in report.layers:
         if layer.name in lowered:
-            stage = lowered[layer.name].input_stage
-            layer.lowering = f"{lower_options.lowering}, input via {stage}"
-            layer.lowered_channels = len(lowered[layer.name].keep)
+            done = lowered[layer.name]
+            form = done.form.label if lower_options.lowering == "auto" else lower_options.lowering
+            layer.lowering = f"{form}, input via {done.input_stage}"
+            layer.lowered_channels = len(done.keep)
     report.file_size_before = os.path.getsize(input_path)
     report.file_size_after = os.path.getsize(output_path)
     report.extra["graph_counts"] = {"before": conv_counts(model), "after": conv_counts(optimized)}
+    if reached is not None:
+        reached["file_size"] = report.file_size_after / report.file_size_before
+        report.extra["target"] = reached
     if not lowered:
         report.extra["note"] = "no Conv was compressed: the output is an unchanged copy"
     return report
+
+
+def _targeted(model, kse: KSEOptions, select: SelectOptions, target: TargetOptions | None,
+              file_size: int) -> tuple[KSEOptions, dict | None]:
+    """``kse`` with G and T chosen for ``target`` (and what the choice reaches), or as is."""
+    if target is None or not target.active:
+        return kse, None
+    graph = import_graph(model)
+    layers = [(s.name, s.weight, s.output_hw) for s in conv_sites(graph, select)
+              if s.weight is not None and s.weight.ndim == 4]
+    eligible = {s.name for s in conv_sites(graph, select) if s.reason is None}
+    choice = choose_levels(layers, eligible, kse, target, file_size)
+    return dataclasses.replace(kse, G=choice.G, T=choice.T), choice.to_dict()
 
 
 def _check_paths(input_path, output_path, overwrite: bool) -> None:

@@ -8,7 +8,15 @@ import sys
 
 from . import __version__
 from .errors import KSEError, OptionError
-from .options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions, SelectOptions
+from .options import (
+    DataOptions,
+    FinetuneOptions,
+    KSEOptions,
+    LowerOptions,
+    SelectOptions,
+    TargetOptions,
+    batch_list,
+)
 
 
 def _add_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -56,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(optimize, KSEOptions)
     _add_options(optimize, SelectOptions)
     _add_options(optimize, LowerOptions)
+    _add_options(optimize, TargetOptions)
     optimize.set_defaults(run=_run_optimize)
 
     verify = commands.add_parser("verify", help="check an optimized model against its original")
@@ -111,7 +120,7 @@ def _run_optimize(args) -> int:
 
     report = optimize(args.input, args.output, _options(args, KSEOptions),
                       _options(args, SelectOptions), _options(args, LowerOptions),
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, target=_options(args, TargetOptions))
     print(report.table())
     print(f"wrote {args.output}")
     if args.report:
@@ -157,7 +166,7 @@ def _run_bench(args) -> int:
     from .runtime.ort import provider_list
 
     providers = provider_list(args.provider)
-    batches = _positive_ints(args.batch, "--batch")
+    batches = batch_list(args.batch, "--batch")
     if args.threads < 1 or args.repeats < 1:
         raise OptionError("--threads/--repeats", "must be >= 1")
     models = {path: load_model(path) for path in args.models}
@@ -165,16 +174,6 @@ def _run_bench(args) -> int:
             for b in batches]
     print(format_timings(rows, providers))
     return 0
-
-
-def _positive_ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise OptionError(flag, f"values must be >= 1, got {text!r}")
-    return values
 
 
 def main(argv: list[str] | None = None) -> int:

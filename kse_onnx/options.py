@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from .errors import OptionError
 
 ENTROPY_MODES = ("paper", "official")
-LOWERINGS = ("dense", "compact", "factored")
+LOWERINGS = ("auto", "dense", "compact", "factored")
+PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
 KMEANS_INITS = ("ward", "k-means++")
 
 
@@ -83,15 +84,70 @@ class SelectOptions:
 class LowerOptions:
     """How compressed Convs are written back to the graph."""
 
-    lowering: str = _opt("dense", "graph form of a compressed Conv", choices=LOWERINGS)
-    align: int = _opt(8, "round kept channel counts up to a multiple of this (1 = off)")
+    lowering: str = _opt("auto", "graph form of a compressed Conv: 'auto' times the forms of "
+                                 "each layer and keeps the fastest, then checks the whole model "
+                                 "is no slower than the original", choices=LOWERINGS)
+    align: int = _opt(8, "dense/compact/factored: round kept channel counts up to a multiple "
+                         "of this (1 = off)")
     prune_producers: bool = _opt(True, "remove pruned channels from the producing Conv "
                                        "where every consumer drops them")
+    batches: str = _opt("1", "auto: comma-separated batch sizes to time at; a form must be "
+                             "no slower at every one")
+    provider: str = _opt("cpu", "auto: onnxruntime provider to time on", choices=PROVIDER_NAMES)
+    threads: int = _opt(1, "auto: intra-op threads of the timed sessions")
+    tolerance: float = _opt(0.02, "auto: latency ratio above 1 still counted as no slower "
+                                  "(the optimized model must time <= 1 + this x the original)")
+    choices: str = _opt("", "auto: take each layer's form from this earlier output model or "
+                            "JSON report instead of timing (reproducible output)")
 
     def __post_init__(self) -> None:
         if self.lowering not in LOWERINGS:
             raise OptionError("--lowering", f"must be one of {LOWERINGS}, got {self.lowering!r}")
         _check_int(self, "align", low=1)
+        _check_int(self, "threads", low=1)
+        if self.provider not in PROVIDER_NAMES:
+            raise OptionError("--provider", f"must be one of {PROVIDER_NAMES}, "
+                                            f"got {self.provider!r}")
+        batch_list(self.batches)
+        if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
+            raise OptionError("--tolerance", f"must be a number in [0, 1), got {self.tolerance!r}")
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return batch_list(self.batches)
+
+
+def batch_list(text: str, flag: str = "--batches") -> list[int]:
+    """``"1,64"`` -> ``[1, 64]``; an OptionError naming ``flag`` otherwise."""
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise OptionError(flag, f"values must be >= 1, got {text!r}")
+    return values
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """Target-driven settings: choose G and T to reach a target (overrides --G/--T)."""
+
+    target_macs: float = _opt(0.0, "choose G,T so the conv multiply-adds (the paper's count: "
+                                    "each kept channel's shared kernels) are at most this "
+                                    "fraction of the original (0 = off)")
+    target_size: float = _opt(0.0, "choose G,T so the file stored in the compact form is at "
+                                    "most this fraction of the original (0 = off)")
+
+    def __post_init__(self) -> None:
+        for name in ("target_macs", "target_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+                raise OptionError(f"--{name.replace('_', '-')}",
+                                  f"must be a fraction in (0, 1], or 0 for off; got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.target_macs or self.target_size)
 
 
 def _check_int(obj, name: str, low: int) -> None:

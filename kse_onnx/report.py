@@ -107,7 +107,7 @@ class ModelReport:
     def table(self) -> str:
         """The readable summary printed by the CLI."""
         rows = [("layer", "N", "C", "k", "channels/level", "q/level", "kept", "params",
-                 "MACs dense", "MACs factored", "note")]
+                 "MACs dense", "MACs factored", "lowering / note")]
         for layer in self.layers:
             d = layer.to_dict()
             if layer.status != "compressed":
@@ -120,7 +120,7 @@ class ModelReport:
                          f"{layer.kept_kernel_fraction:.2f}",
                          f"{_si(d['params_before'])}->{_si(d['params_factored'])}",
                          f"{_si(d['macs_before'])}->{_si(d['macs_dense'])}",
-                         _si(d["macs_factored"]), ""))
+                         _si(d["macs_factored"]), layer.lowering or ""))
         lines = _format(rows)
         t = self.totals()
         lines.append("")
@@ -146,6 +146,16 @@ class ModelReport:
             lines.append(f"file size: {_si(self.file_size_before)}B -> "
                          f"{_si(self.file_size_after)}B "
                          f"({_ratio(self.file_size_after, self.file_size_before)})")
+        target = self.extra.get("target")
+        if target:
+            lines.append(f"target: multiply-adds <= {target['target_macs'] or '-'}, file <= "
+                         f"{target['target_size'] or '-'} of the original -> G={target['G']}, "
+                         f"T={target['T']}: multiply-adds (paper's count) "
+                         f"{target['macs']:.3f}x, file {target['file_size']:.3f}x "
+                         f"(predicted {target['predicted_file_size']:.3f}x)")
+        auto = self.extra.get("auto")
+        if auto:
+            lines.append(f"auto lowering, measured latency: {auto['verdict']}")
         lines.append("multiply-adds are counts, not measured speed: "
                      "time the models with onnxruntime to know the latency.")
         return "\n".join(lines)

@@ -83,7 +83,9 @@ def test_float16_model_optimizes_and_verifies(tmp_path):
     src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(model, src)
     optimize(src, dst)
-    assert {i.data_type for i in onnx.load(dst).graph.initializer} == {TensorProto.FLOAT16}
+    codes = {TensorProto.UINT8, TensorProto.UINT16, TensorProto.INT64}  # compact codes, indices
+    types = {i.data_type for i in onnx.load(dst).graph.initializer}
+    assert types - codes == {TensorProto.FLOAT16}
     assert verify(src, dst, rtol=1e-2).exact
 
 
@@ -93,7 +95,9 @@ def test_float64_model_keeps_dtype(tmp_path):
     onnx.save(model, src)
     report = optimize(src, dst)
     assert any(layer.status == "compressed" for layer in report.layers)
-    assert {i.data_type for i in onnx.load(dst).graph.initializer} == {TensorProto.DOUBLE}
+    assert "not timed" in report.extra["auto"]["verdict"]  # onnxruntime CPU has no fp64 Conv
+    types = {i.data_type for i in onnx.load(dst).graph.initializer}
+    assert types - {TensorProto.UINT8, TensorProto.UINT16} == {TensorProto.DOUBLE}
 
 
 def test_bfloat16_model_keeps_dtype(tmp_path):

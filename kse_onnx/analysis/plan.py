@@ -94,13 +94,9 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
         # Ward trees do not depend on the levels: build them all now in one task, which
         # holds the GIL, while the other threads run the kd-tree queries, which release it.
         trees = pool.submit(lambda: [ward_tree(s) for s in channel_sets])
-    densities = kse.submit_densities(pool, entropy_sets, options.knn_k)
-    sparsity = kse.kernel_sparsity(weight)
-    entropy = kse.kernel_entropy(entropy_sets, options.knn_k, densities)
-    raw = np.sqrt(kse.minmax(sparsity) / (1.0 + options.alpha * kse.minmax(entropy)))
-    if raw.max() <= raw.min():
+    sparsity, entropy, indicator = _scores(weight, entropy_sets, options, pool)
+    if indicator is None:
         return _unchanged(weight, options, "every channel's indicator ties", sparsity, entropy)
-    indicator = kse.minmax(raw)
     levels, q = kse.levels_and_counts(indicator, n, options.G, options.T)
     if np.all(levels == options.G - 1):
         return _unchanged(weight, options, "every channel kept whole at this G", sparsity, entropy)
@@ -110,6 +106,30 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
     labels, kernels = _share_kernels(weight, channel_sets, levels, q, options, rng, trees)
     w_hat = _effective_weight(weight.shape, weight.dtype, labels, kernels)
     return LayerPlan(weight.shape, sparsity, entropy, indicator, levels, q, labels, kernels, w_hat)
+
+
+def _scores(weight, entropy_sets, options: KSEOptions, pool):
+    """(sparsity, entropy, indicator) of every input channel; indicator None on a tie."""
+    densities = kse.submit_densities(pool, entropy_sets, options.knn_k)
+    sparsity = kse.kernel_sparsity(weight)
+    entropy = kse.kernel_entropy(entropy_sets, options.knn_k, densities)
+    raw = np.sqrt(kse.minmax(sparsity) / (1.0 + options.alpha * kse.minmax(entropy)))
+    if raw.max() <= raw.min():
+        return sparsity, entropy, None
+    return sparsity, entropy, kse.minmax(raw)
+
+
+def layer_indicator(weight: np.ndarray, options: KSEOptions) -> np.ndarray | None:
+    """The KSE indicator v of every input channel of ``weight``, without clustering; None
+    for the degenerate layers :func:`plan_layer` leaves unchanged."""
+    weight = weight if weight.dtype.kind == "f" else weight.astype(np.float32)
+    n, c = weight.shape[:2]
+    if not np.all(np.isfinite(weight)) or n <= options.knn_k or c == 1:
+        return None
+    sets = (kse.official_kernel_sets(weight) if options.entropy == "official"
+            else kse.channel_kernel_sets(weight))
+    with ThreadPoolExecutor(max_workers=worker_threads()) as pool:
+        return _scores(weight, sets, options, pool)[2]
 
 
 def _share_kernels(weight, sets, levels, q, options, rng, trees):

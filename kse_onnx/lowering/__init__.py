@@ -3,12 +3,15 @@
 Every lowering runs the same three phases over the compressed Convs:
 1. input stage (:func:`lower_inputs`): each Conv reads only its kept channels, either
    because its producer will drop the others (recorded, applied in phase 2) or through
-   a Gather on axis 1; then the chosen form replaces the Conv (``dense``: one Conv with
+   a Gather on axis 1; then the layer's form replaces the Conv (``dense``: one Conv with
    W_hat over the kept channels; ``factored``: grouped Convs per level and a 1x1
    channel-fusion Conv);
 2. producer pruning: producers lose the channels no consumer reads. The output node
    of every form is a plain Conv, so this works whatever form the producer took;
-3. storage (``compact`` only): dense weights become codebook + integer codes.
+3. storage (``compact``): dense weights become codebook + integer codes.
+
+Each layer's form is a :class:`LayerForm`; the ``dense``, ``compact`` and ``factored``
+lowerings give every layer the same one, ``auto`` (:mod:`.auto`) chooses per layer.
 """
 
 from __future__ import annotations
@@ -25,44 +28,92 @@ from ..options import LowerOptions
 from . import compact, dense, factored
 
 
+@dataclass(frozen=True)
+class LayerForm:
+    """How one compressed Conv is written: ``form`` is ``dense`` or ``factored``;
+    ``align`` rounds the kept input channel count up to a multiple of it with zero
+    kernels, and 0 keeps every input channel (same shape as the original Conv, W_hat)."""
+
+    form: str = "dense"
+    align: int = 8
+
+    @property
+    def label(self) -> str:
+        if self.align == 0:
+            return "whole"
+        return f"{self.form}/align{self.align}"
+
+    @classmethod
+    def parse(cls, label: str) -> LayerForm:
+        if label == "whole":
+            return cls("dense", 0)
+        form, _, align = label.partition("/align")
+        if form not in ("dense", "factored") or not align.isdigit() or int(align) < 1:
+            raise ValueError(f"unknown layer form {label!r}")
+        return cls(form, int(align))
+
+    def keep(self, plan: LayerPlan) -> np.ndarray:
+        """Input channels the layer reads in this form."""
+        if self.align == 0:
+            return np.arange(len(plan.q))
+        return kept_channels(plan.q, plan.indicator, self.align)
+
+
 @dataclass
 class Lowered:
     """How one compressed Conv was written."""
 
     keep: np.ndarray  # original input channels the lowered Conv reads
     input_stage: str  # "producer", "gather" or "all"
+    form: LayerForm
+
+
+def uniform_form(options: LowerOptions) -> LayerForm:
+    """The form every layer gets under a fixed (non-auto) lowering."""
+    return LayerForm("factored" if options.lowering == "factored" else "dense", options.align)
+
+
+def compressed_sites(sites: list[ConvSite], plans: dict[str, LayerPlan]) -> list[ConvSite]:
+    return [s for s in sites if s.name in plans and plans[s.name].compressed]
 
 
 def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
-          options: LowerOptions) -> dict[str, Lowered]:
-    """Rewrite every compressed Conv of ``graph`` in place; returns what was done."""
+          options: LowerOptions, forms: dict[str, LayerForm] | None = None,
+          compact_storage: bool | None = None) -> dict[str, Lowered]:
+    """Rewrite every compressed Conv of ``graph`` in place; returns what was done.
+
+    ``forms`` gives a layer's form by name (default: :func:`uniform_form`);
+    ``compact_storage`` defaults to ``options.lowering == "compact"``."""
     done: dict[str, Lowered] = {}
     prunes: list[tuple[ProducerChain, np.ndarray]] = []
-    compressed = [s for s in sites if s.name in plans and plans[s.name].compressed]
+    compressed = compressed_sites(sites, plans)
+    default = uniform_form(options)
     for site in compressed:
         plan = plans[site.name]
-        keep = kept_channels(plan.q, plan.indicator, options.align)
-        stage, x = lower_inputs(graph, site.node, keep, options, prunes)
-        done[site.name] = Lowered(keep, stage)
-        if options.lowering == "factored":
+        form = (forms or {}).get(site.name, default)
+        keep = form.keep(plan)
+        stage, x = lower_inputs(graph, site.node, keep, form, options, prunes)
+        done[site.name] = Lowered(keep, stage, form)
+        if form.form == "factored":
             factored.rewrite(graph, site.node, x, plan, keep)
         else:
             dense.rewrite(site.node, x, plan, keep)
     for chain, keep in prunes:
         prune_chain(chain, keep)
-    if options.lowering == "compact":
+    if options.lowering == "compact" if compact_storage is None else compact_storage:
         for site in compressed:
-            compact.rewrite(graph, site.node)
+            if done[site.name].form.form == "dense":  # a factored layer stores its kernels once
+                compact.rewrite(graph, site.node)
     graph.cleanup().toposort()
     return done
 
 
-def lower_inputs(graph, node, keep, options, prunes):
+def lower_inputs(graph, node, keep, form: LayerForm, options: LowerOptions, prunes):
     """Make ``node``'s data input carry only ``keep``; returns (stage, tensor to read)."""
     x = node.inputs[0]
     if len(keep) == constant_values(node.inputs[1]).shape[1]:
         return "all", x
-    prune = options.prune_producers and options.lowering != "factored"
+    prune = options.prune_producers and form.form != "factored"
     chain = producer_chain(graph, node) if prune else None
     if chain is not None:
         prunes.append((chain, keep))

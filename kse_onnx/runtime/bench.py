@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ModelError
 from .ort import random_inputs, session
 
 
@@ -19,17 +20,23 @@ class Timing:
 
 
 def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int = 30,
-                        warmup: int = 3, seed: int = 0,
-                        providers=("CPUExecutionProvider",)) -> list[Timing]:
+                        warmup: int = 3, seed: int = 0, providers=("CPUExecutionProvider",),
+                        budget_s: float | None = None, min_repeats: int = 7) -> list[Timing]:
     """Median latency of each model (label -> ModelProto or serialized bytes) on the same
-    input."""
+    input. With ``budget_s``, the repeats are cut so that the timed loop takes about that
+    long (never fewer than ``min_repeats``, never more than ``repeats``)."""
     sessions = {label: session(m, threads=threads, providers=providers)
                 for label, m in models.items()}
     first = next(iter(sessions.values()))
     feeds = random_inputs(first, batch, seed)
-    for sess in sessions.values():
-        for _ in range(warmup):
-            sess.run(None, feeds)
+    round_s = 0.0
+    for label, sess in sessions.items():
+        for _ in range(max(1, warmup)):
+            start = time.perf_counter()
+            _run(sess, feeds, label)
+        round_s += time.perf_counter() - start
+    if budget_s is not None:
+        repeats = max(min_repeats, min(repeats, int(budget_s / max(round_s, 1e-9))))
     samples = {label: [] for label in sessions}
     for _ in range(repeats):
         for label, sess in sessions.items():
@@ -39,6 +46,15 @@ def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int
     medians = {label: float(np.median(s)) * 1e3 for label, s in samples.items()}
     base = next(iter(medians.values()))
     return [Timing(label, ms, ms / base) for label, ms in medians.items()]
+
+
+def _run(sess, feeds, label) -> None:
+    """One run; a model that loads but fails to run is the model's fault, named."""
+    try:
+        sess.run(None, feeds)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot run {label}: {first}") from None
 
 
 def format_timings(rows: list[tuple[int, list[Timing]]], providers) -> str:

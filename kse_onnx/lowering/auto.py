@@ -1,0 +1,320 @@
+"""``auto``: every compressed layer takes the form that runs fastest on the user's
+runtime, and the whole model is then checked to be no slower than the original.
+
+1. Candidates (:func:`candidate_forms`): ``whole`` (every input channel with W_hat: the
+   original layer's shape, hence its time), dense over the kept channels rounded up to
+   a multiple of 16, 8, 4 and 1 (each distinct count once), and the paper's factored
+   form. Alignment matters because onnxruntime's blocked (NCHWc) CPU convolutions want
+   channel counts that are multiples of the SIMD block (8 with AVX2, 16 with AVX-512);
+   an unaligned count can be slower than the full layer (design.md).
+2. Each candidate is timed as a small graph of that layer at its real input shape; when
+   the form prunes the producing Conv, that Conv and the channel-wise ops between are in
+   the graph too (and in the ``whole`` graph it is compared with). A 1x1 depthwise Conv
+   before and after puts the layer between Convs as in the network, so the layout
+   changes a Gather or an unaligned count forces on its neighbours are timed too. Candidates run
+   interleaved; each time is a median (:func:`~kse_onnx.runtime.bench.interleaved_latency`).
+3. Choice (:func:`pick`): among candidates no slower than ``whole`` (ratio <= 1 + tolerance
+   at every batch), those within the tolerance of the fastest count as tied, and the tie
+   goes to the fewest multiply-adds. So a layer gets fewer multiply-adds only when they
+   cost no time.
+4. Whole-model check (:func:`check_latency`): the original (twice: the spread of the two
+   is the measured noise) and the optimized model, with dense and with compact weight
+   storage, interleaved at every batch. While the optimized model is slower than
+   1 + tolerance, layers go back to ``whole``, least measured gain first, 1, 2, 4, ...
+   at a time. With every layer ``whole`` the graph has the original's shapes.
+Timings depend on the machine, so the chosen forms are recorded in the model; passing
+that model (or its report) as ``choices`` rebuilds the same bytes without timing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..analysis.plan import LayerPlan
+from ..errors import ModelError, OptionError
+from ..graph.channels import producer_chain
+from ..graph.count import conv_counts
+from ..graph.select import ConvSite, constant_values
+from ..options import LowerOptions
+from ..runtime.bench import interleaved_latency
+from ..runtime.ort import provider_list
+from . import LayerForm, Lowered, compressed_sites, lower
+
+AUTO_ALIGNS = (16, 8, 4, 1)
+WHOLE = LayerForm("dense", 0)
+LAYER_BUDGET_S = 0.5  # timed loop per layer and batch, all candidates together
+MODEL_BUDGET_S = 8.0  # timed loop per whole-model check and batch
+MAX_REPEATS = 200
+
+# build(forms, compact_storage) -> (optimized model, what each layer became)
+Builder = Callable[[dict, bool], "tuple[onnx.ModelProto, dict[str, Lowered]]"]
+
+
+@dataclass
+class LayerChoice:
+    """The candidates of one layer, their times and the winner."""
+
+    name: str
+    form: LayerForm
+    times_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # label -> batch -> ms
+    macs: dict[str, int] = field(default_factory=dict)  # label -> multiply-adds per image
+    note: str = ""
+
+    def ratio(self, label: str) -> float:
+        """Mean over batches of the candidate's time over ``whole``'s."""
+        if not self.times_ms:
+            return 1.0
+        base = self.times_ms["whole"]
+        return float(np.mean([t / base[b] for b, t in self.times_ms[label].items()]))
+
+    def to_dict(self) -> dict:
+        return {"chosen": self.form.label, "note": self.note, "macs": self.macs,
+                "times_ms": {label: {str(b): round(t, 4) for b, t in by_batch.items()}
+                             for label, by_batch in self.times_ms.items()}}
+
+
+@dataclass
+class ModelCheck:
+    """One whole-model timing: ratios to the original at one batch."""
+
+    round: int
+    batch: int
+    reverted: int  # layers put back to ``whole`` before this round
+    original_ms: float
+    noise: float  # |1 - ratio of the original's second session to its first|
+    dense: float
+    compact: float
+
+
+@dataclass
+class AutoResult:
+    model: onnx.ModelProto
+    lowered: dict[str, Lowered]
+    choices: list[LayerChoice]
+    checks: list[ModelCheck]
+    compact: bool
+    verdict: str
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "compact_storage": self.compact,
+                "checks": [vars(c) for c in self.checks],
+                "layers": {c.name: c.to_dict() for c in self.choices}}
+
+
+def candidate_forms(plan: LayerPlan) -> list[LayerForm]:
+    """``whole``, dense at each alignment giving a distinct channel count, factored."""
+    forms, counts = [WHOLE], {len(plan.q)}
+    for align in AUTO_ALIGNS:
+        form = LayerForm("dense", align)
+        count = len(form.keep(plan))
+        if count not in counts:
+            forms.append(form)
+            counts.add(count)
+    forms.append(LayerForm("factored", 1))
+    return forms
+
+
+def pick(choice: LayerChoice, tolerance: float) -> LayerForm:
+    """Fastest candidate no slower than ``whole``; ties (within ``tolerance``) go to the
+    fewest multiply-adds."""
+    worst = {label: max(t / choice.times_ms["whole"][b] for b, t in by_batch.items())
+             for label, by_batch in choice.times_ms.items()}
+    fine = [label for label, r in worst.items() if r <= 1 + tolerance]
+    best = min(choice.ratio(label) for label in fine)
+    tied = [label for label in fine if choice.ratio(label) <= best + tolerance]
+    return LayerForm.parse(min(tied, key=lambda lb: (choice.macs[lb], choice.ratio(lb))))
+
+
+def time_layer(graph: gs.Graph, site: ConvSite, plan: LayerPlan, options: LowerOptions,
+               original: onnx.ModelProto, providers) -> LayerChoice:
+    """Time every candidate form of one layer; returns them with the winner."""
+    chain = producer_chain(graph, site.node) if options.prune_producers else None
+    nodes = ([chain.head.inputs[0], *chain.nodes] if chain else []) + [site.node]
+    models, choice = {}, LayerChoice(site.name, WHOLE)
+    for form in candidate_forms(plan):
+        mini = _layer_graph(nodes, graph.opset)
+        if mini is None:
+            choice.note = "input shape unknown: not timed, kept whole"
+            return choice
+        layer = next(n for n in mini.nodes if n.name == site.name)
+        copy = ConvSite(site.name, layer, site.weight, site.output_hw, None)
+        lower(mini, [copy], {site.name: plan}, options, {site.name: form}, False)
+        model = _to_model(mini, original)
+        models[form.label] = model.SerializeToString()
+        choice.macs[form.label] = conv_counts(model)["macs"] or 0
+    for batch in options.batch_sizes:
+        try:
+            timings = interleaved_latency(models, batch, options.threads, MAX_REPEATS,
+                                          providers=providers, budget_s=LAYER_BUDGET_S)
+        except ModelError as exc:  # the original runs (checked first): keep the layer as is
+            choice.times_ms, choice.note = {}, f"not timed, kept whole: {exc}"
+            return choice
+        for t in timings:
+            choice.times_ms.setdefault(t.label, {})[batch] = t.median_ms
+    choice.form = pick(choice, options.tolerance)
+    return choice
+
+
+def check_latency(original: onnx.ModelProto, build: Builder, choices: list[LayerChoice],
+                  options: LowerOptions, providers) -> AutoResult:
+    """Build with the chosen forms; put layers back to ``whole`` until no slower."""
+    forms = {c.name: c.form for c in choices}
+    order = sorted((c for c in choices if c.form != WHOLE), key=lambda c: -c.ratio(
+        c.form.label))  # least measured gain first
+    limit = 1 + options.tolerance
+    checks, reverted, step, round_ = [], 0, 1, 0
+    reference = original.SerializeToString()
+    while True:
+        dense, lowered = build(forms, False)
+        compact, _ = build(forms, True)
+        models = {"original": reference, "original again": reference,
+                  "dense": dense.SerializeToString(), "compact": compact.SerializeToString()}
+        for batch in options.batch_sizes:
+            t = {x.label: x for x in interleaved_latency(
+                models, batch, options.threads, MAX_REPEATS, providers=providers,
+                budget_s=MODEL_BUDGET_S)}
+            checks.append(ModelCheck(round_, batch, reverted, t["original"].median_ms,
+                                     abs(1 - t["original again"].ratio), t["dense"].ratio,
+                                     t["compact"].ratio))
+        this = [c for c in checks if c.round == round_]
+        compact_ok = all(c.compact <= limit for c in this)
+        dense_ok = all(c.dense <= limit for c in this)
+        if compact_ok or dense_ok or reverted == len(order):
+            model = compact if compact_ok or not dense_ok else dense
+            verdict = _verdict(this, compact_ok, dense_ok, reverted, limit)
+            return AutoResult(model, lowered, choices, checks, model is compact, verdict)
+        for c in order[reverted:reverted + step]:
+            forms[c.name] = WHOLE
+            c.note = (c.note + "; " if c.note else "") + \
+                f"put back to whole by the whole-model check (round {round_})"
+        reverted = min(len(order), reverted + step)
+        step, round_ = step * 2, round_ + 1
+
+
+def _verdict(checks, compact_ok, dense_ok, reverted, limit) -> str:
+    kind = "compact" if compact_ok or not dense_ok else "dense"
+    ratios = ", ".join(f"b{c.batch} {getattr(c, kind):.3f}x (noise {c.noise:.3f})"
+                       for c in checks)
+    if not (compact_ok or dense_ok):
+        return (f"still above {limit:.3f}x with every layer whole ({ratios}): measurement "
+                "noise, since the graph then has the original's shapes")
+    storage = "" if kind == "compact" else "; compact storage was slower, weights kept dense"
+    return (f"no slower than the original: {ratios} <= {limit:.3f}x after putting "
+            f"{reverted} layer(s) back to whole{storage}")
+
+
+def choose(original: onnx.ModelProto, graph: gs.Graph, sites: list[ConvSite],
+           plans: dict[str, LayerPlan], options: LowerOptions, build: Builder) -> AutoResult:
+    """The ``auto`` lowering: per-layer timing, then the whole-model check; or, with
+    ``options.choices``, the recorded forms without timing."""
+    compressed = compressed_sites(sites, plans)
+    if options.choices:
+        forms, compact = recorded_forms(options.choices, [s.name for s in compressed])
+        model, lowered = build(forms, compact)
+        choices = [LayerChoice(name, form, note=f"from {options.choices}")
+                   for name, form in forms.items()]
+        return AutoResult(model, lowered, choices, [], compact,
+                          f"forms taken from {options.choices}, not timed")
+    providers = provider_list(options.provider)
+    try:
+        interleaved_latency({"the original model": original.SerializeToString()}, 1,
+                            options.threads, 1, warmup=1, providers=providers)
+    except ModelError as exc:
+        if options.provider != "cpu":
+            raise
+        # e.g. float64 or bfloat16 convs, which onnxruntime's CPU provider does not run
+        forms = {s.name: LayerForm("dense", options.align) for s in compressed}
+        model, lowered = build(forms, True)
+        choices = [LayerChoice(n, f, note="not timed") for n, f in forms.items()]
+        return AutoResult(model, lowered, choices, [], True,
+                          f"not timed ({exc}): every layer dense over its kept channels "
+                          f"aligned to {options.align}, compact storage")
+    if not compressed:
+        model, lowered = build({}, True)
+        return AutoResult(model, lowered, [], [], True, "no compressed layer: nothing timed")
+    choices = [time_layer(graph, s, plans[s.name], options, original, providers)
+               for s in compressed]
+    return check_latency(original, build, choices, options, providers)
+
+
+def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], bool]:
+    """Layer forms and storage recorded by an earlier ``auto`` run (model or report)."""
+    from ..graph.export import settings_of  # graph.io reads untrusted files safely
+    from ..graph.io import load_model
+
+    source = Path(path)
+    if source.suffix == ".json":
+        try:
+            settings = json.loads(source.read_text()).get("settings", {})
+        except (OSError, ValueError, AttributeError) as exc:
+            raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from None
+    else:
+        settings = settings_of(load_model(source)) or {}
+    recorded = settings.get("layer_forms")
+    if not isinstance(recorded, dict):
+        raise OptionError("--choices", f"{path}: records no layer forms (not an auto output)")
+    missing = [n for n in names if n not in recorded]
+    if missing:
+        raise OptionError("--choices", f"{path}: no form recorded for layer {missing[0]!r} "
+                                       "(was it made from this model and these settings?)")
+    try:
+        forms = {n: LayerForm.parse(recorded[n]) for n in names}
+    except ValueError as exc:
+        raise OptionError("--choices", f"{path}: {exc}") from None
+    return forms, bool(settings.get("compact_storage", True))
+
+
+def _layer_graph(nodes: list[gs.Node], opset: int) -> gs.Graph | None:
+    """A new graph of copies of ``nodes`` (a chain ending in the Conv), its input with a
+    symbolic batch; None if the input's other dimensions are unknown."""
+    x = nodes[0].inputs[0]
+    shape = x.shape
+    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[1:]):
+        return None
+    variables: dict[str, gs.Variable] = {}
+
+    def copy(tensor):
+        if not tensor.name:
+            return tensor  # an omitted optional input
+        values = constant_values(tensor)
+        if values is not None:  # a new Constant: the original's consumers stay as they are
+            return gs.Constant(tensor.name, values)
+        if tensor.name not in variables:
+            variables[tensor.name] = gs.Variable(tensor.name, dtype=tensor.dtype or x.dtype)
+        return variables[tensor.name]
+
+    copies = [gs.Node(n.op, n.name, dict(n.attrs), inputs=[copy(t) for t in n.inputs],
+                      outputs=[copy(t) for t in n.outputs]) for n in nodes]
+    source = gs.Variable("kse_context_in", dtype=x.dtype, shape=["batch", *shape[1:]])
+    sink = gs.Variable("kse_context_out", dtype=x.dtype)
+    layer_out = copies[-1].outputs[0]
+    n_out = constant_values(nodes[-1].inputs[1]).shape[0]
+    copies.insert(0, _depthwise("kse_context_before", source, variables[x.name], shape[1]))
+    copies.append(_depthwise("kse_context_after", layer_out, sink, n_out))
+    return gs.Graph(nodes=copies, inputs=[source], outputs=[sink], opset=opset)
+
+
+def _depthwise(name: str, x, y, channels: int) -> gs.Node:
+    """A 1x1 depthwise Conv: the cheapest Conv, it puts the timed layer between two Convs
+    as in the network (so blocked-layout reorders around it are timed too)."""
+    weight = np.ones((channels, 1, 1, 1), dtype=x.dtype or np.float32)
+    return gs.Node("Conv", name, {"group": channels, "kernel_shape": [1, 1]},
+                   inputs=[x, gs.Constant(f"{name}_w", weight)], outputs=[y])
+
+
+def _to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
+    model.ir_version = original.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(original.opset_import)
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # a bug of ours, or an op shape inference does not know
+        raise ModelError(f"auto lowering: cannot build a timing graph ({exc})") from None

@@ -1,0 +1,172 @@
+"""The ``auto`` lowering: candidate forms, the choice rule, the whole-model fallback,
+exactness of what it writes, replay of recorded forms, and provider errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from graphs import photo_batch, residual_net
+from kse_onnx.analysis.plan import plan_layer
+from kse_onnx.api import optimize
+from kse_onnx.cli import main
+from kse_onnx.lowering import LayerForm, auto
+from kse_onnx.options import KSEOptions, LowerOptions
+from kse_onnx.runtime.bench import Timing
+from kse_onnx.runtime.verify import verify
+
+
+def _choice(times, macs):
+    """A LayerChoice with times {label: {batch: ms}} and multiply-adds {label: n}."""
+    return auto.LayerChoice("conv", auto.WHOLE, times, macs)
+
+
+def test_candidates_are_whole_distinct_counts_and_factored():
+    rng = np.random.default_rng(0)
+    plan = plan_layer(rng.standard_normal((32, 32, 3, 3)).astype(np.float32), KSEOptions())
+    forms = auto.candidate_forms(plan)
+    labels = [f.label for f in forms]
+    assert labels[0] == "whole" and labels[-1] == "factored/align1"
+    counts = [len(f.keep(plan)) for f in forms[:-1]]
+    assert len(set(counts)) == len(counts) and counts[0] == 32
+    kept = int((plan.q > 0).sum())
+    assert kept < 32 and kept in counts  # align 1 is always a candidate when it differs
+
+
+@pytest.mark.parametrize("times, chosen", [
+    # fastest wins
+    ({"whole": 1.0, "dense/align8": 0.8, "dense/align1": 0.9}, "dense/align8"),
+    # within the tolerance of the fastest: the fewest multiply-adds
+    ({"whole": 1.0, "dense/align8": 0.9, "dense/align1": 0.91}, "dense/align1"),
+    # slower than whole beyond the tolerance: never chosen, even with fewer MACs
+    ({"whole": 1.0, "dense/align8": 1.05, "dense/align1": 1.2}, "whole"),
+    # equal to whole within the tolerance: fewer multiply-adds at no time
+    ({"whole": 1.0, "dense/align8": 1.01, "dense/align1": 1.3}, "dense/align8"),
+])
+def test_pick_fastest_then_fewest_macs(times, chosen):
+    macs = {"whole": 100, "dense/align8": 90, "dense/align1": 80}
+    choice = _choice({k: {1: v} for k, v in times.items()}, macs)
+    assert auto.pick(choice, 0.02).label == chosen
+
+
+def test_pick_needs_no_slower_at_every_batch():
+    times = {"whole": {1: 1.0, 64: 1.0}, "dense/align1": {1: 0.8, 64: 1.10}}
+    choice = _choice(times, {"whole": 100, "dense/align1": 80})
+    assert auto.pick(choice, 0.02).label == "whole"
+
+
+def test_layer_form_labels_round_trip():
+    for form in (auto.WHOLE, LayerForm("dense", 4), LayerForm("factored", 1)):
+        assert LayerForm.parse(form.label) == form
+    with pytest.raises(ValueError):
+        LayerForm.parse("sparse/align2")
+
+
+def _optimize_auto(tmp_path, name="auto.onnx", **lower):
+    src, dst = tmp_path / "in.onnx", tmp_path / name
+    if not src.exists():
+        onnx.save(residual_net(32, hw=16), src)
+    report = optimize(src, dst, KSEOptions(G=5, T=1), lower_options=LowerOptions(**lower))
+    return src, dst, report
+
+
+def test_auto_output_is_exact_and_reports_every_layer(tmp_path):
+    src, dst, report = _optimize_auto(tmp_path, batches="1,4")
+    photos = tmp_path / "photos.npz"
+    np.savez(photos, x=photo_batch((2, 3, 16, 16)))
+    result = verify(src, dst, inputs=photos, rtol=1e-5)
+    assert result.exact, result.summary()  # random and photo inputs
+    data = report.to_dict()
+    compressed = [x["name"] for x in data["layers"] if x["status"] == "compressed"]
+    layers = data["auto"]["layers"]
+    assert sorted(layers) == sorted(compressed)
+    for name in compressed:
+        entry = layers[name]
+        assert set(entry["times_ms"]["whole"]) == {"1", "4"}
+        assert entry["chosen"] in entry["times_ms"]
+    assert {c["batch"] for c in data["auto"]["checks"]} == {1, 4}
+    assert data["settings"]["layer_forms"] == {n: layers[n]["chosen"] for n in compressed}
+    assert all(x["lowering"] for x in data["layers"] if x["status"] == "compressed")
+
+
+def test_recorded_forms_rebuild_the_same_bytes(tmp_path):
+    src, first, report = _optimize_auto(tmp_path)
+    report.write_json(tmp_path / "report.json")
+    for choices in (first, tmp_path / "report.json"):
+        _, again, replay = _optimize_auto(tmp_path, "again.onnx", choices=str(choices))
+        assert again.read_bytes() == first.read_bytes()
+        assert "not timed" in replay.extra["auto"]["verdict"]
+
+
+def test_choices_from_a_model_without_forms_is_a_usage_error(tmp_path, capsys):
+    src = tmp_path / "in.onnx"
+    onnx.save(residual_net(16), src)
+    dst = tmp_path / "out.onnx"
+    assert main(["optimize", str(src), str(dst), "--choices", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "--choices" in err and "records no layer forms" in err and not dst.exists()
+
+
+def test_unavailable_provider_fails_clearly_and_writes_nothing(tmp_path, capsys):
+    src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(residual_net(16), src)
+    assert main(["optimize", str(src), str(dst), "--provider", "cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "CUDAExecutionProvider" in err and "not available" in err
+    assert len(err.splitlines()) == 1 and not dst.exists()
+
+
+class FakeClock:
+    """Stands in for interleaved_latency: the optimized model is slower than the original
+    by ``slow_per_layer`` for each layer not put back to ``whole``."""
+
+    def __init__(self, slow_per_layer: float):
+        self.slow = slow_per_layer
+        self.rounds = []
+
+    def __call__(self, models, batch, *args, **kwargs):
+        if "original" not in models:  # per-layer timing: every candidate looks fast
+            return [Timing(label, 1.0 if label == "whole" else 0.5, 1.0) for label in models]
+        forms = json.loads(_settings(models["dense"]))["layer_forms"]
+        changed = sum(label != "whole" for label in forms.values())
+        self.rounds.append(changed)
+        ratio = 1 + self.slow * changed
+        return [Timing("original", 1.0, 1.0), Timing("original again", 1.0, 1.0),
+                Timing("dense", ratio, ratio), Timing("compact", ratio, ratio)]
+
+
+def _settings(serialized: bytes) -> str:
+    model = onnx.load_from_string(serialized)
+    return next(p.value for p in model.metadata_props if p.key == "kse_onnx")
+
+
+def test_whole_model_check_puts_layers_back_until_no_slower(tmp_path, monkeypatch):
+    clock = FakeClock(slow_per_layer=0.01)
+    monkeypatch.setattr(auto, "interleaved_latency", clock)
+    src, dst, report = _optimize_auto(tmp_path)
+    changed, expected = clock.rounds, []
+    reverted, step = 0, 1
+    while True:  # 1, 2, 4, ... layers back to whole until 1 + 0.01 * changed <= 1.02
+        expected.append(changed[0] - reverted)
+        if expected[-1] <= 2:
+            break
+        reverted, step = reverted + step, step * 2
+    assert changed[0] > 2 and changed == expected
+    assert f"after putting {reverted} layer(s) back" in report.extra["auto"]["verdict"]
+    assert verify(src, dst, rtol=1e-5).exact
+
+
+def test_whole_model_check_ends_with_every_layer_whole(tmp_path, monkeypatch):
+    clock = FakeClock(slow_per_layer=1.0)  # slower whatever stays changed
+    monkeypatch.setattr(auto, "interleaved_latency", clock)
+    src, dst, report = _optimize_auto(tmp_path)
+    assert clock.rounds[-1] == 0
+    forms = report.settings["layer_forms"]
+    assert set(forms.values()) == {"whole"}
+    convs_in = [n for n in onnx.load(src).graph.node if n.op_type == "Conv"]
+    convs_out = [n for n in onnx.load(dst).graph.node if n.op_type == "Conv"]
+    assert len(convs_in) == len(convs_out)  # the original's graph, W_hat weights
+    assert verify(src, dst, rtol=1e-5).exact
