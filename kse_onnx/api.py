@@ -17,7 +17,15 @@ from .graph.io import load_model, save_model
 from .graph.select import ConvSite, conv_sites, import_graph
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
-from .options import KSEOptions, LowerOptions, SelectOptions, TargetOptions, as_dict
+from .options import (
+    DataOptions,
+    KSEOptions,
+    LowerOptions,
+    QuantizeOptions,
+    SelectOptions,
+    TargetOptions,
+    as_dict,
+)
 from .report import ModelReport, layer_report
 
 
@@ -59,7 +67,8 @@ def score(path: str | os.PathLike, kse: KSEOptions | None = None,
 def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
              kse: KSEOptions | None = None, select: SelectOptions | None = None,
              lower_options: LowerOptions | None = None, overwrite: bool = False,
-             target: TargetOptions | None = None) -> ModelReport:
+             target: TargetOptions | None = None, quantize: QuantizeOptions | None = None,
+             data: DataOptions | None = None) -> ModelReport:
     """Compress the model at ``input_path`` and write it to ``output_path``."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
     lower_options = lower_options or LowerOptions()
@@ -86,9 +95,13 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
         optimized = export_model(result.graph, model,
                                  {**base, "compressed_layers": sorted(lowered)})
+    report = result.report
+    if quantize is not None and quantize.active:
+        from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand
+
+        optimized, report.extra["int8"] = quantize_output(optimized, quantize, data)
     check_model(optimized, output_path)
     save_model(optimized, output_path)
-    report = result.report
     report.settings = settings_of(optimized)
     for layer in report.layers:
         if layer.name in lowered:

@@ -13,6 +13,7 @@ from .options import (
     FinetuneOptions,
     KSEOptions,
     LowerOptions,
+    QuantizeOptions,
     SelectOptions,
     TargetOptions,
     batch_list,
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(optimize, SelectOptions)
     _add_options(optimize, LowerOptions)
     _add_options(optimize, TargetOptions)
+    _add_options(optimize, QuantizeOptions)
+    _add_options(optimize, DataOptions)
     optimize.set_defaults(run=_run_optimize)
 
     verify = commands.add_parser("verify", help="check an optimized model against its original")
@@ -86,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="continue from OUTPUT.ckpt/last.pt")
     _add_options(finetune, FinetuneOptions)
     _add_options(finetune, DataOptions)
+    _add_options(finetune, QuantizeOptions)
     finetune.set_defaults(run=_run_finetune)
 
     evaluate = commands.add_parser("eval", help="top-1/top-5 accuracy with onnxruntime")
@@ -120,7 +124,8 @@ def _run_optimize(args) -> int:
 
     report = optimize(args.input, args.output, _options(args, KSEOptions),
                       _options(args, SelectOptions), _options(args, LowerOptions),
-                      overwrite=args.overwrite, target=_options(args, TargetOptions))
+                      overwrite=args.overwrite, target=_options(args, TargetOptions),
+                      quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions))
     print(report.table())
     print(f"wrote {args.output}")
     if args.report:
@@ -146,8 +151,12 @@ def _run_finetune(args) -> int:
 
     result = finetune(args.compressed, args.output, args.teacher, args.data,
                       _options(args, FinetuneOptions), _options(args, DataOptions),
-                      resume=args.resume)
+                      resume=args.resume, quantize=_options(args, QuantizeOptions))
     print(f"wrote {args.output}; best validation accuracy: {result['best_val_accuracy']}")
+    if "int8" in result:
+        int8 = result["int8"]
+        print(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run as "
+              f"integer kernels; float: {int8['float_convs'] or 'none'}")
     return 0
 
 

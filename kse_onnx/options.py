@@ -171,6 +171,35 @@ def as_dict(*options) -> dict:
     return merged
 
 
+QUANTIZE_MODES = ("none", "int8-dynamic", "int8-static")
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """INT8 after KSE, with onnxruntime's quantizer; the KSE sharing stays in the file."""
+
+    quantize: str = _opt("none", "quantize the output: int8-static (QDQ, calibrated; integer "
+                                 "convs) or int8-dynamic (int8 weights, activations quantized "
+                                 "at run time)", choices=QUANTIZE_MODES)
+    calibration: str = _opt("", "int8-static: calibration inputs (.npz, IDX images or an image "
+                                "folder, read like finetune --data, with the data options); "
+                                "finetune uses its --data when this is empty")
+    calibration_images: int = _opt(256, "int8-static: how many calibration inputs (the first)")
+    short_names: bool = _opt(True, "int8 output: rename internal tensors t0, t1, ... (graph "
+                                   "inputs/outputs and Conv node names kept): the quantizer's "
+                                   "long names are a fifth of a small model's file")
+
+    def __post_init__(self) -> None:
+        if self.quantize not in QUANTIZE_MODES:
+            raise OptionError("--quantize", f"must be one of {QUANTIZE_MODES}, "
+                                            f"got {self.quantize!r}")
+        _check_int(self, "calibration_images", low=1)
+
+    @property
+    def active(self) -> bool:
+        return self.quantize != "none"
+
+
 SCHEDULES = ("cosine", "step", "constant")
 
 

@@ -153,6 +153,13 @@ class ModelReport:
                          f"T={target['T']}: multiply-adds (paper's count) "
                          f"{target['macs']:.3f}x, file {target['file_size']:.3f}x "
                          f"(predicted {target['predicted_file_size']:.3f}x)")
+        int8 = self.extra.get("int8")
+        if int8:
+            floats = "; ".join(f"{name}: {why}" for name, why in int8["float_convs"].items())
+            lines.append(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run "
+                         f"as integer kernels in onnxruntime, {int8['shared_int8_weights']} "
+                         f"weights stored as int8 codebook + codes"
+                         + (f"; float: {floats}" if floats else ""))
         auto = self.extra.get("auto")
         if auto:
             lines.append(f"auto lowering, measured latency: {auto['verdict']}")

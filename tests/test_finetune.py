@@ -58,6 +58,24 @@ def test_distillation_brings_student_closer(setup):
         [n.op_type for n in onnx.load(student).graph.node]
 
 
+def test_finetune_output_quantized_to_int8(setup, capsys):
+    """--quantize on finetune: the trained model is quantized, calibrated on --data."""
+    tmp, teacher, student, data = setup
+    float_out, int8_out = tmp / "tuned_float.onnx", tmp / "tuned_int8.onnx"
+    assert main(_args(tmp, teacher, student, data, float_out)) == 0
+    assert main(_args(tmp, teacher, student, data, int8_out, "--quantize", "int8-static")) == 0
+    assert "convs run as integer kernels" in capsys.readouterr().out
+    ops = {n.op_type for n in onnx.load(int8_out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert int8_out.stat().st_size < 0.7 * float_out.stat().st_size  # a tiny net: names weigh
+    from kse_onnx.finetune.data import load_dataset
+    from kse_onnx.runtime.evaluate import logits
+
+    x, _ = load_dataset(data)
+    agree = (logits(int8_out, x).argmax(1) == logits(float_out, x).argmax(1)).mean()
+    assert agree > 0.9
+
+
 def test_resume_continues_from_checkpoint(setup):
     tmp, teacher, student, data = setup
     full, part = tmp / "full.onnx", tmp / "part.onnx"

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError
 from ..graph.io import load_model, save_model
-from ..options import DataOptions, FinetuneOptions
+from ..options import DataOptions, FinetuneOptions, QuantizeOptions
 from ..runtime.ort import session
 from .data import load_data
 from .importer import import_model
@@ -98,7 +98,8 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 
 
 def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
-             data: DataOptions, resume: bool = False, log=None) -> dict:
+             data: DataOptions, resume: bool = False, log=None,
+             quantize: QuantizeOptions | None = None) -> dict:
     """Train ``compressed`` toward ``teacher`` on ``data_path``; write ``output``."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     dist = Distributed()
@@ -189,7 +190,13 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         dist.barrier()
     if best_state is not None:
         module.load_state_dict(best_state)
+    result = {"history": history, "best_val_accuracy": best_acc if n_val else None}
     if dist.main:
-        save_model(module.export(), output)
+        tuned = module.export()
+        if quantize is not None and quantize.active:
+            from ..quantize.apply import quantize_output
+
+            tuned, result["int8"] = quantize_output(tuned, quantize, data, str(data_path))
+        save_model(tuned, output)
     dist.barrier()
-    return {"history": history, "best_val_accuracy": best_acc if n_val else None}
+    return result

@@ -26,11 +26,9 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> 
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(model, field, getattr(original, field))
     del model.graph.value_info[:]
-    kept = [p for p in original.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(settings, sort_keys=True)
+    model.metadata_props.extend(original.metadata_props)
+    record_settings(model, settings)
     return model
 
 
@@ -50,3 +48,12 @@ def settings_of(model: onnx.ModelProto) -> dict | None:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)
     return None
+
+
+def record_settings(model: onnx.ModelProto, settings: dict) -> None:
+    """Replace the settings kse-onnx records in ``model``'s metadata."""
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(settings, sort_keys=True)

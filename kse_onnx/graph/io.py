@@ -145,6 +145,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     large = model.ByteSize() > _PROTOBUF_LIMIT
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a saved model is an ordinary file
     data_name = f"{path.name}.data"
     tmp_data = folder / f".{data_name}.tmp"
     try:

@@ -1,0 +1,89 @@
+"""Post-training INT8 with ``onnxruntime.quantization``, KSE sharing kept.
+
+Static: QDQ format, uint8 activations and int8 weights (the pair onnxruntime's x86 and
+ARM integer kernels take), MinMax calibration on the first ``images`` inputs, weights
+per output channel except those of KSE-compressed Convs, which get one scale per tensor
+so that their shared kernels stay shared in int8 (:mod:`.shared`). Dynamic: weights
+int8 per tensor, activations quantized at run time (ConvInteger). Compact weights are
+expanded first (onnx-graphsurgeon's constant folding), since the quantizer only
+quantizes initializers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import ModelError
+from .shared import quantized_weight_names, share_int8_weights
+
+MODES = ("none", "int8-dynamic", "int8-static")
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over an array, 32 images a batch."""
+
+    def __init__(self, name: str, x: np.ndarray, batch: int = 32):
+        self.items = [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
+
+    def get_next(self):
+        return self.items.pop(0) if self.items else None
+
+
+def expand_constants(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with constant subgraphs (compact codebook expansions) folded."""
+    graph = gs.import_onnx(model)
+    graph.fold_constants().cleanup()
+    folded = gs.export_onnx(graph)
+    folded.ir_version = model.ir_version
+    del folded.opset_import[:]
+    folded.opset_import.extend(model.opset_import)
+    folded.metadata_props.extend(model.metadata_props)
+    return folded
+
+
+def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
+                  calibration: np.ndarray | None = None) -> tuple[onnx.ModelProto, list[str]]:
+    """(quantized model, weights stored as int8 codebook + codes)."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode not in MODES[1:]:
+        raise ValueError(f"unknown quantization mode {mode!r}")
+    floating = expand_constants(model)
+    weights = {n.input[1] for n in floating.graph.node
+               if n.op_type == "Conv" and n.name in shared_convs}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "int8.onnx"
+        try:
+            if mode == "int8-static":
+                if calibration is None or not len(calibration):
+                    raise ModelError("int8-static needs calibration inputs (--calibration)")
+                name = floating.graph.input[0].name
+                quantize_static(
+                    floating, out, _Batches(name, calibration), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"TensorQuantOverrides": {
+                        w: [{"symmetric": True}] for w in sorted(weights)}})
+            else:
+                quantize_dynamic(floating, out, weight_type=QuantType.QInt8, per_channel=False)
+        except ModelError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"onnxruntime.quantization failed: {first}") from None
+        quantized = onnx.load(out)
+    quantized.metadata_props.extend(p for p in floating.metadata_props
+                                    if p.key not in {q.key for q in quantized.metadata_props})
+    shared = share_int8_weights(quantized, quantized_weight_names(quantized, shared_convs))
+    return quantized, shared
