@@ -87,16 +87,23 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
                         compact_storage, "layer_forms": {n: f.label for n, f in forms.items()}}
             return export_model(graph, model, settings), done
 
+        int8 = None
+        if quantize is not None and quantize.active:  # time the INT8 builds instead
+            from .quantize.apply import Int8Builds
+
+            int8 = Int8Builds(model, quantize, data, build)
         auto = choose_forms(model, result.graph, result.sites, result.plans, lower_options,
-                            build)
+                            int8 or build, int8.reference if int8 else None)
         optimized, lowered = auto.model, auto.lowered
         result.report.extra["auto"] = auto.to_dict()
+        if int8 is not None:
+            result.report.extra["int8"] = int8.report[auto.compact]
     else:
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
         optimized = export_model(result.graph, model,
                                  {**base, "compressed_layers": sorted(lowered)})
     report = result.report
-    if quantize is not None and quantize.active:
+    if quantize is not None and quantize.active and "int8" not in report.extra:
         from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand
 
         optimized, report.extra["int8"] = quantize_output(optimized, quantize, data)

@@ -76,6 +76,40 @@ def test_finetune_output_quantized_to_int8(setup, capsys):
     assert agree > 0.9
 
 
+def test_quantization_aware_epochs_when_int8_loses(setup, monkeypatch):
+    """With labels, INT8 is scored on the held-out split; a loss above the threshold (here
+    forced to -1, so any) runs fake-int8 epochs and quantizes again."""
+    from kse_onnx.finetune import qat
+    from kse_onnx.finetune.train import finetune
+    from kse_onnx.options import DataOptions, FinetuneOptions, QuantizeOptions
+
+    tmp, teacher, student, data = setup
+    x = np.load(data)["x"]
+    labelled = tmp / "labelled.npz"
+    np.savez(labelled, x=x, y=np.random.default_rng(1).integers(0, 10, len(x)))
+    monkeypatch.setattr(qat, "QAT_THRESHOLD", -1.0)
+    out = tmp / "qat.onnx"
+    result = finetune(student, out, teacher, labelled,
+                      FinetuneOptions(batch=32, threads=1, lr=0.05, val_fraction=0.25),
+                      DataOptions(), log=lambda text: None,
+                      quantize=QuantizeOptions("int8-static"))
+    info = result["int8"]
+    assert "quantization-aware epoch" in info["qat"]
+    assert {"val_float", "val_int8"} <= set(info)
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
+
+
+def test_fake_int8_rounds_forward_and_passes_gradient():
+    from kse_onnx.finetune.importer import fake_int8
+
+    w = torch.linspace(-1, 1, 1001, requires_grad=True)
+    q = fake_int8(w)
+    assert len(torch.unique(q.detach())) <= 256
+    assert torch.allclose(q, w, atol=1 / 127.5)
+    q.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
 def test_resume_continues_from_checkpoint(setup):
     tmp, teacher, student, data = setup
     full, part = tmp / "full.onnx", tmp / "part.onnx"

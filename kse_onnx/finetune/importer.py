@@ -43,10 +43,22 @@ class SharedWeight(nn.Module):
         nonzero = np.abs(table).reshape(len(table), -1).sum(1) > 0
         shape = (len(table),) + (1,) * (table.ndim - 1)
         self.keep = nn.Buffer(torch.from_numpy(nonzero.reshape(shape).astype(np.float32)))
+        self.fake_quant = False
 
     def forward(self) -> torch.Tensor:
         table = self.table * self.keep
+        if self.fake_quant:
+            table = fake_int8(table)
         return table if self.codes is None else table[self.codes]
+
+
+def fake_int8(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric per-tensor int8 rounding of ``w`` (the scale kse-onnx's INT8 output gives
+    a compressed layer: ``s = max|w| / 127.5``), with the straight-through estimator: the
+    forward pass sees the rounded kernels, the gradient passes as if unrounded."""
+    scale = (w.detach().abs().max() / 127.5).clamp_min(1e-12)
+    rounded = torch.clamp(torch.round(w / scale), -128, 127) * scale
+    return w + (rounded - w).detach()
 
 
 class OnnxModule(nn.Module):
@@ -92,6 +104,11 @@ class OnnxModule(nn.Module):
             self.params[key] = nn.Parameter(torch.from_numpy(value.astype(np.float32)))
         else:
             self._fixed[name] = torch.from_numpy(np.array(value))
+
+    def set_fake_quant(self, on: bool) -> None:
+        """Fake int8 rounding of every shared (KSE) weight, for quantization-aware epochs."""
+        for weight in self.shared.values():
+            weight.fake_quant = on
 
     def tensor(self, name: str) -> torch.Tensor:
         key = self._key[name]

@@ -97,6 +97,58 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+class EpochRunner:
+    """One pass of distillation over the training split (shared by fine-tuning and its
+    quantization-aware epochs)."""
+
+    def __init__(self, model, module, optimizer, teacher_sess, teacher_input, x, y, train,
+                 opts: FinetuneOptions, data: DataOptions, dist, log):
+        self.model, self.module, self.optimizer = model, module, optimizer
+        self.teacher_sess, self.teacher_input = teacher_sess, teacher_input
+        self.x, self.y, self.train = x, y, train
+        self.opts, self.data, self.dist, self.log = opts, data, dist, log
+        self.steps = max(1, len(train) // opts.batch)
+
+    def epoch(self, epoch: int, lr_at, good_state: dict, output: Path,
+              label: str = "epoch") -> list[float]:
+        """Train one epoch; ``lr_at(step)`` gives the learning rate. A non-finite loss
+        restores ``good_state``, writes it to ``output`` and stops with an error."""
+        opts, dist, module = self.opts, self.dist, self.module
+        per_rank = opts.batch // dist.world
+        epoch_rng = np.random.default_rng([opts.seed, epoch])
+        perm = self.train[epoch_rng.permutation(len(self.train))]
+        seen, t0, losses = 0, time.perf_counter(), []
+        for step in range(self.steps):
+            batch_idx = perm[step * opts.batch:(step + 1) * opts.batch]
+            xb = augment(self.x[batch_idx], self.data, epoch_rng)
+            teacher_logits = self.teacher_sess.run(None, {self.teacher_input: xb})[0]
+            mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+            labels = None if self.y is None else torch.from_numpy(self.y[batch_idx][mine])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            loss = distillation_loss(self.model(torch.from_numpy(xb[mine])),
+                                     torch.from_numpy(teacher_logits[mine]), labels, opts)
+            if not torch.isfinite(loss):
+                module.load_state_dict(good_state)
+                if dist.main:
+                    save_model(module.export(), output)
+                raise ModelError(f"loss became {loss.item()} at {label} {epoch + 1} step "
+                                 f"{step + 1}; the last good model was written to {output}. "
+                                 "Lower --lr.")
+            self.optimizer.zero_grad()
+            loss.backward()
+            if opts.clip_grad:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip_grad)
+            self.optimizer.step()
+            losses.append(loss.item())
+            seen += len(batch_idx)
+            if dist.main and (step % 20 == 0 or step == self.steps - 1):
+                rate = seen / (time.perf_counter() - t0)
+                self.log(f"{label} {epoch + 1} step {step + 1}/{self.steps} "
+                         f"loss {np.mean(losses[-20:]):.4f} {rate:.0f} img/s")
+        return losses
+
+
 def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
              data: DataOptions, resume: bool = False, log=None,
              quantize: QuantizeOptions | None = None) -> dict:
@@ -139,39 +191,12 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         log(f"resumed from {ckpt} at epoch {start_epoch}")
     good_state = {k: v.clone() for k, v in module.state_dict().items()}
     history = []
-    per_rank = opts.batch // dist.world
+    run = EpochRunner(model, module, optimizer, teacher_sess, teacher_input, x, y, train,
+                      opts, data, dist, log)
     for epoch in range(start_epoch, opts.epochs):
-        epoch_rng = np.random.default_rng([opts.seed, epoch])
-        perm = train[epoch_rng.permutation(len(train))]
-        seen, t0, losses = 0, time.perf_counter(), []
-        for step in range(steps_per_epoch):
-            batch_idx = perm[step * opts.batch:(step + 1) * opts.batch]
-            xb = augment(x[batch_idx], data, epoch_rng)
-            teacher_logits = teacher_sess.run(None, {teacher_input: xb})[0]
-            mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
-            labels = None if y is None else torch.from_numpy(y[batch_idx][mine])
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(opts, epoch * steps_per_epoch + step, total)
-            loss = distillation_loss(model(torch.from_numpy(xb[mine])),
-                                     torch.from_numpy(teacher_logits[mine]), labels, opts)
-            if not torch.isfinite(loss):
-                module.load_state_dict(good_state)
-                if dist.main:
-                    save_model(module.export(), output)
-                raise ModelError(f"loss became {loss.item()} at epoch {epoch + 1} step "
-                                 f"{step + 1}; the last good model (end of epoch {epoch}) "
-                                 f"was written to {output}. Lower --lr.")
-            optimizer.zero_grad()
-            loss.backward()
-            if opts.clip_grad:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip_grad)
-            optimizer.step()
-            losses.append(loss.item())
-            seen += len(batch_idx)
-            if dist.main and (step % 20 == 0 or step == steps_per_epoch - 1):
-                rate = seen / (time.perf_counter() - t0)
-                log(f"epoch {epoch + 1}/{opts.epochs} step {step + 1}/{steps_per_epoch} "
-                    f"loss {np.mean(losses[-20:]):.4f} {rate:.0f} img/s")
+        t0 = time.perf_counter()
+        losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
+            opts, e * steps_per_epoch + step, total), good_state, output)
         good_state = {k: v.clone() for k, v in module.state_dict().items()}
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
                   "seconds": time.perf_counter() - t0}
@@ -191,12 +216,13 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if best_state is not None:
         module.load_state_dict(best_state)
     result = {"history": history, "best_val_accuracy": best_acc if n_val else None}
-    if dist.main:
-        tuned = module.export()
-        if quantize is not None and quantize.active:
-            from ..quantize.apply import quantize_output
+    if quantize is not None and quantize.active:
+        from .qat import quantize_tuned  # every rank: the same decision, the same epochs
 
-            tuned, result["int8"] = quantize_output(tuned, quantize, data, str(data_path))
+        tuned, result["int8"] = quantize_tuned(run, quantize, str(data_path), val, output)
+    else:
+        tuned = module.export()
+    if dist.main:
         save_model(tuned, output)
     dist.barrier()
     return result

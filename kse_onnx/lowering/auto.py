@@ -66,6 +66,7 @@ class LayerChoice:
     times_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # label -> batch -> ms
     macs: dict[str, int] = field(default_factory=dict)  # label -> multiply-adds per image
     note: str = ""
+    timed_pick: str = ""  # the form the layer's own timing chose (before the model check)
 
     def ratio(self, label: str) -> float:
         """Mean over batches of the candidate's time over ``whole``'s."""
@@ -75,7 +76,8 @@ class LayerChoice:
         return float(np.mean([t / base[b] for b, t in self.times_ms[label].items()]))
 
     def to_dict(self) -> dict:
-        return {"chosen": self.form.label, "note": self.note, "macs": self.macs,
+        return {"chosen": self.form.label, "timed_pick": self.timed_pick or self.form.label,
+                "note": self.note, "macs": self.macs,
                 "times_ms": {label: {str(b): round(t, 4) for b, t in by_batch.items()}
                              for label, by_batch in self.times_ms.items()}}
 
@@ -159,15 +161,18 @@ def time_layer(graph: gs.Graph, site: ConvSite, plan: LayerPlan, options: LowerO
         for t in timings:
             choice.times_ms.setdefault(t.label, {})[batch] = t.median_ms
     choice.form = pick(choice, options.tolerance)
+    choice.timed_pick = choice.form.label
     return choice
 
 
 def check_latency(original: onnx.ModelProto, build: Builder, choices: list[LayerChoice],
-                  options: LowerOptions, providers) -> AutoResult:
-    """Build with the chosen forms; put layers back to ``whole`` until no slower."""
+                  options: LowerOptions, providers, reference_label: str = "the original"
+                  ) -> AutoResult:
+    """Build with the chosen forms; put layers back to ``whole`` until no slower than
+    ``original`` (the original model, or its INT8 version when the output is INT8)."""
     forms = {c.name: c.form for c in choices}
-    order = sorted((c for c in choices if c.form != WHOLE), key=lambda c: -c.ratio(
-        c.form.label))  # least measured gain first
+    order = sorted((c for c in choices if c.form != WHOLE),
+                   key=lambda c: -c.ratio(c.form.label))  # least measured gain first
     limit = 1 + options.tolerance
     checks, reverted, step, round_ = [], 0, 1, 0
     reference = original.SerializeToString()
@@ -188,17 +193,17 @@ def check_latency(original: onnx.ModelProto, build: Builder, choices: list[Layer
         dense_ok = all(c.dense + c.noise <= limit for c in this)
         if compact_ok or dense_ok or reverted == len(order):
             model = compact if compact_ok or not dense_ok else dense
-            verdict = _verdict(this, compact_ok, dense_ok, reverted, limit)
+            verdict = _verdict(this, compact_ok, dense_ok, reverted, limit, reference_label)
             return AutoResult(model, lowered, choices, checks, model is compact, verdict)
         for c in order[reverted:reverted + step]:
-            forms[c.name] = WHOLE
+            forms[c.name] = c.form = WHOLE
             c.note = (c.note + "; " if c.note else "") + \
                 f"put back to whole by the whole-model check (round {round_})"
         reverted = min(len(order), reverted + step)
         step, round_ = step * 2, round_ + 1
 
 
-def _verdict(checks, compact_ok, dense_ok, reverted, limit) -> str:
+def _verdict(checks, compact_ok, dense_ok, reverted, limit, reference_label) -> str:
     kind = "compact" if compact_ok or not dense_ok else "dense"
     ratios = ", ".join(f"b{c.batch} {getattr(c, kind):.3f}x (noise {c.noise:.3f})"
                        for c in checks)
@@ -206,14 +211,16 @@ def _verdict(checks, compact_ok, dense_ok, reverted, limit) -> str:
         return (f"still above {limit:.3f}x with every layer whole ({ratios}): measurement "
                 "noise, since the graph then has the original's shapes")
     storage = "" if kind == "compact" else "; compact storage was slower, weights kept dense"
-    return (f"no slower than the original: {ratios}, ratio + noise <= {limit:.3f}x after "
+    return (f"no slower than {reference_label}: {ratios}, ratio + noise <= {limit:.3f}x after "
             f"putting {reverted} layer(s) back to whole{storage}")
 
 
 def choose(original: onnx.ModelProto, graph: gs.Graph, sites: list[ConvSite],
-           plans: dict[str, LayerPlan], options: LowerOptions, build: Builder) -> AutoResult:
-    """The ``auto`` lowering: per-layer timing, then the whole-model check; or, with
-    ``options.choices``, the recorded forms without timing."""
+           plans: dict[str, LayerPlan], options: LowerOptions, build: Builder,
+           reference: Callable[[], tuple[onnx.ModelProto, str]] | None = None) -> AutoResult:
+    """The ``auto`` lowering: per-layer timing, then the whole-model check against
+    ``reference()`` ((model, label); default the original); or, with ``options.choices``,
+    the recorded forms without timing."""
     compressed = compressed_sites(sites, plans)
     if options.choices:
         forms, compact = recorded_forms(options.choices, [s.name for s in compressed])
@@ -241,7 +248,8 @@ def choose(original: onnx.ModelProto, graph: gs.Graph, sites: list[ConvSite],
         return AutoResult(model, lowered, [], [], True, "no compressed layer: nothing timed")
     choices = [time_layer(graph, s, plans[s.name], options, original, providers)
                for s in compressed]
-    return check_latency(original, build, choices, options, providers)
+    model, label = reference() if reference else (original, "the original")
+    return check_latency(model, build, choices, options, providers, label)
 
 
 def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], bool]:

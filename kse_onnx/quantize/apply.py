@@ -1,8 +1,11 @@
 """The ``--quantize`` step of ``optimize`` and ``finetune``: calibration data, INT8,
-which convs became integer kernels, recorded settings."""
+which convs became integer kernels, recorded settings; and, for the ``auto`` lowering,
+INT8 builds of each set of layer forms, timed against onnxruntime's INT8 of the original.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from ..errors import OptionError
@@ -11,23 +14,25 @@ from ..options import DataOptions, QuantizeOptions, as_dict
 from .inspect import integer_convs
 from .names import shorten_names
 from .ptq import quantize_int8
+from .shared import quantized_weight_names, share_int8_weights
 
 
-def quantize_output(model: onnx.ModelProto, options: QuantizeOptions,
-                    data: DataOptions | None = None,
-                    default_calibration: str | None = None) -> tuple[onnx.ModelProto, dict]:
-    """(INT8 model, report entry) for an optimized float ``model``."""
-    settings = settings_of(model) or {}
-    calibration = None
-    if options.quantize == "int8-static":
-        source = options.calibration or default_calibration
-        if not source:
-            raise OptionError("--calibration", "int8-static needs calibration inputs")
-        from ..finetune.data import load_data  # numpy readers only
+def calibration_inputs(options: QuantizeOptions, data: DataOptions | None,
+                       default: str | None = None) -> np.ndarray | None:
+    """The first ``calibration_images`` inputs (int8-static), None for int8-dynamic."""
+    if options.quantize != "int8-static":
+        return None
+    source = options.calibration or default
+    if not source:
+        raise OptionError("--calibration", "int8-static needs calibration inputs")
+    from ..finetune.data import load_data  # numpy readers only
 
-        calibration = load_data(source, data or DataOptions())[0][:options.calibration_images]
-    compressed = set(settings.get("compressed_layers", []))
-    quantized, shared = quantize_int8(model, options.quantize, compressed, calibration)
+    return load_data(source, data or DataOptions())[0][:options.calibration_images]
+
+
+def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: dict,
+           calibration, shared: list[str]) -> tuple[onnx.ModelProto, dict]:
+    """Short names, recorded settings and the integer-kernel report of an INT8 model."""
     if options.short_names:
         shorten_names(quantized)
     kernels = integer_convs(quantized)
@@ -41,3 +46,54 @@ def quantize_output(model: onnx.ModelProto, options: QuantizeOptions,
         "float_convs": {k.name: k.reason for k in kernels if not k.integer},
     }
     return quantized, report
+
+
+def quantize_output(model: onnx.ModelProto, options: QuantizeOptions,
+                    data: DataOptions | None = None,
+                    default_calibration: str | None = None) -> tuple[onnx.ModelProto, dict]:
+    """(INT8 model, report entry) for an optimized float ``model``."""
+    settings = settings_of(model) or {}
+    calibration = calibration_inputs(options, data, default_calibration)
+    compressed = set(settings.get("compressed_layers", []))
+    quantized, shared = quantize_int8(model, options.quantize, compressed, calibration)
+    return finish(quantized, options, settings, calibration, shared)
+
+
+class Int8Builds:
+    """INT8 versions of the ``auto`` lowering's float builds, for its whole-model check:
+    ``build(forms, shared)`` quantizes the float model of ``forms`` once (cached) and
+    stores KSE weights as int8 codebook + codes when ``shared``; ``reference()`` is
+    onnxruntime's INT8 of the original, the speed to match."""
+
+    def __init__(self, original: onnx.ModelProto, options: QuantizeOptions,
+                 data: DataOptions | None, build_float):
+        self.original, self.options, self.build_float = original, options, build_float
+        self.calibration = calibration_inputs(options, data)
+        self.cache: dict = {}
+        self.report: dict = {}
+
+    def reference(self) -> tuple[onnx.ModelProto, str]:
+        plain, _ = quantize_int8(self.original, self.options.quantize, set(), self.calibration,
+                                 share=False)
+        return plain, f"onnxruntime's {self.options.quantize} of the original"
+
+    def __call__(self, forms: dict, shared: bool):
+        key = tuple(sorted((name, form.label) for name, form in forms.items()))
+        if key not in self.cache:
+            floating, lowered = self.build_float(forms, False)
+            settings = settings_of(floating) or {}
+            quantized, _ = quantize_int8(floating, self.options.quantize,
+                                         set(settings.get("compressed_layers", [])),
+                                         self.calibration, share=False)
+            self.cache[key] = (quantized, lowered, settings)
+        quantized, lowered, settings = self.cache[key]
+        model = onnx.ModelProto()
+        model.CopyFrom(quantized)
+        names = []
+        if shared:
+            convs = set(settings.get("compressed_layers", []))
+            names = share_int8_weights(model, quantized_weight_names(model, convs))
+        model, self.report[shared] = finish(model, self.options,
+                                            {**settings, "compact_storage": shared},
+                                            self.calibration, names)
+        return model, lowered

@@ -47,8 +47,10 @@ def expand_constants(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
-                  calibration: np.ndarray | None = None) -> tuple[onnx.ModelProto, list[str]]:
-    """(quantized model, weights stored as int8 codebook + codes)."""
+                  calibration: np.ndarray | None = None, share: bool = True
+                  ) -> tuple[onnx.ModelProto, list[str]]:
+    """(quantized model, weights stored as int8 codebook + codes). The Convs named in
+    ``shared_convs`` get per-tensor weights; ``share`` stores theirs as codebook + codes."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -85,5 +87,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
         quantized = onnx.load(out)
     quantized.metadata_props.extend(p for p in floating.metadata_props
                                     if p.key not in {q.key for q in quantized.metadata_props})
-    shared = share_int8_weights(quantized, quantized_weight_names(quantized, shared_convs))
-    return quantized, shared
+    if not share:
+        return quantized, []
+    return quantized, share_int8_weights(quantized,
+                                         quantized_weight_names(quantized, shared_convs))

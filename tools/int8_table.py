@@ -1,0 +1,176 @@
+"""The README's KSE + INT8 table, measured side by side in one run.
+
+    apt-get install dataset-fashion-mnist
+    python tools/int8_table.py [--models fmnist,resnet56] [--epochs 2] [--budget 15]
+        [--out zoo/int8]
+
+Rows per model: the original; onnxruntime's static INT8 of the original (its quantizer
+as a user runs it: QDQ, per-channel weights, uint8 activations, 256 calibration
+images); KSE at G=4,T=0 and G=5,T=1 (``auto`` lowering; Fashion-MNIST: fine-tuned
+``--epochs`` epochs by distillation + labels); the same + INT8 (``--quantize
+int8-static``). Accuracy on the 10k Fashion-MNIST test images; for the authors'
+ResNet-56 (no CIFAR-10 offline) top-1 agreement with the original on 512 crops of
+scikit-learn's sample photographs, normalised as CIFAR-10. Latency: all rows of a model
+interleaved, median of the repeats that fit in ``--budget`` seconds per (batch,
+threads), as a ratio to the original.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kse_onnx.api import optimize  # noqa: E402
+from kse_onnx.finetune.data import FASHION_MNIST, load_data  # noqa: E402
+from kse_onnx.graph.count import conv_counts  # noqa: E402
+from kse_onnx.graph.io import save_model  # noqa: E402
+from kse_onnx.options import (  # noqa: E402
+    DataOptions,
+    FinetuneOptions,
+    KSEOptions,
+    QuantizeOptions,
+)
+from kse_onnx.quantize.apply import quantize_output  # noqa: E402
+from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
+from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
+from kse_onnx.runtime.evaluate import logits  # noqa: E402
+
+SETTINGS = ((4, 0), (5, 1))
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+
+
+def photo_crops(count: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Random crops of scikit-learn's two sample photographs, CIFAR-10 normalised."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    photos = load_sample_images().images
+    out = np.empty((count, 3, size, size), np.float32)
+    for i in range(count):
+        img = photos[i % 2]
+        step = int(rng.integers(1, 8))
+        y = rng.integers(0, img.shape[0] - step * size)
+        x = rng.integers(0, img.shape[1] - step * size)
+        crop = img[y:y + step * size:step, x:x + step * size:step].astype(np.float32) / 255
+        out[i] = ((crop - CIFAR_MEAN) / CIFAR_STD).transpose(2, 0, 1)
+    return out
+
+
+def plain_int8(src: Path, dst: Path, calibration: np.ndarray) -> None:
+    """onnxruntime's static INT8 of a float model, as its quantizer gives it."""
+    model, _ = quantize_int8(onnx.load(src), "int8-static", set(), calibration)
+    save_model(model, dst)
+
+
+def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | None, Path]:
+    """Paths of every row's model and notes; test inputs, labels; the original."""
+    out = args.out
+    if name == "fmnist":
+        original = ROOT / "models" / "fmnist_resnet20.onnx"
+        train = FASHION_MNIST / "train-images-idx3-ubyte.gz"
+        x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", DataOptions())
+        calibration = load_data(train, DataOptions())[0][:256]
+    else:
+        from models.export import export
+        from models.zoo import load_kse_resnet56
+
+        original = out / "kse_resnet56_op17.onnx"
+        if not original.exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                onnx.save(export(load_kse_resnet56(args.weights), (3, 32, 32), 17), original)
+        train, x_test, y_test = None, photo_crops(512, seed=1), None
+        calibration = photo_crops(256, seed=0)
+    rows, notes = {"original": original}, {"original": ""}
+    rows["onnxruntime INT8"] = out / f"{name}_ort_int8.onnx"
+    start = time.perf_counter()
+    plain_int8(original, rows["onnxruntime INT8"], calibration)
+    notes["onnxruntime INT8"] = f"{time.perf_counter() - start:.0f} s"
+    for G, T in SETTINGS:
+        tag = f"KSE G={G},T={T}"
+        kse = out / f"{name}_G{G}T{T}.onnx"
+        optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True)
+        if train is not None:
+            from kse_onnx.finetune.train import finetune
+
+            tuned = out / f"{name}_G{G}T{T}_tuned.onnx"
+            start = time.perf_counter()
+            finetune(kse, tuned, original, train,
+                     FinetuneOptions(epochs=args.epochs, threads=2, val_fraction=0.05),
+                     DataOptions(pad_crop=2, flip=True), log=lambda text: None)
+            notes[tag] = f"fine-tuned {args.epochs} epochs, {time.perf_counter() - start:.0f} s"
+            kse = tuned
+        else:
+            notes[tag] = "not fine-tuned (no CIFAR-10 offline)"
+        rows[tag] = kse
+        int8_path = out / f"{name}_G{G}T{T}_int8.onnx"
+        np.savez(out / f"{name}_calibration.npz", x=calibration)
+        int8, report = quantize_output(onnx.load(kse), QuantizeOptions(
+            "int8-static", calibration=str(out / f"{name}_calibration.npz")))
+        save_model(int8, int8_path)
+        rows[tag + " + INT8"] = int8_path
+        notes[tag + " + INT8"] = (f"{report['integer_convs']}/{report['convs']} integer convs, "
+                                  f"{report['shared_int8_weights']} shared int8 weights")
+    return rows, notes, x_test, y_test, original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fmnist,resnet56")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batches", default="1,64")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--budget", type=float, default=15.0)
+    parser.add_argument("--weights", type=Path,
+                        default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
+    parser.add_argument("--out", type=Path, default=ROOT / "zoo" / "int8")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    batches = [int(b) for b in args.batches.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    print(f"# {os.cpu_count()} cores {platform.machine()}, onnxruntime "
+          f"{onnxruntime.__version__} CPU, {datetime.date.today()}")
+    cols = [f"b{b} t{t}" for t in threads for b in batches]
+    for name in args.models.split(","):
+        rows, notes, x_test, y_test, original = build_rows(name, args)
+        ref = logits(original, x_test)
+        size0 = original.stat().st_size
+        before = conv_counts(onnx.load(original))
+        models = {label: path.read_bytes() for label, path in rows.items()}
+        ratios = {}
+        for t in threads:
+            for b in batches:
+                timings = interleaved_latency(models, b, t, repeats=300,
+                                              budget_s=args.budget, min_repeats=10)
+                ratios[f"b{b} t{t}"] = {x.label: x.ratio for x in timings}
+        quality = "test accuracy" if y_test is not None else "top-1 agreement"
+        print(f"\n## {name}\n")
+        print(f"| model | file | conv MACs (graph) | {quality} | " + " | ".join(
+            f"latency {c}" for c in cols) + " | notes |")
+        print("|" + "---|" * (5 + len(cols)))
+        for label, path in rows.items():
+            out = logits(path, x_test)
+            score = ((out.argmax(1) == y_test).mean() if y_test is not None
+                     else (out.argmax(1) == ref.argmax(1)).mean())
+            counts = conv_counts(onnx.load(path))
+            macs = "-" if counts["macs"] is None else f"{counts['macs'] / before['macs']:.3f}"
+            cells = [label, f"{path.stat().st_size / size0:.3f}", macs, f"{score:.4f}"]
+            cells += [f"{ratios[c][label]:.2f}" for c in cols] + [notes[label]]
+            print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
