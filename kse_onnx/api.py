@@ -96,14 +96,18 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
                             int8 or build, int8.reference if int8 else None)
         optimized, lowered = auto.model, auto.lowered
         result.report.extra["auto"] = auto.to_dict()
-        if int8 is not None:
+        if int8 is not None and quantize.float_output:
+            optimized, lowered = build({c.name: c.form for c in auto.choices}, True)
+            result.report.extra["note"] = "float model; layer forms chosen for its INT8 build"
+        elif int8 is not None:
             result.report.extra["int8"] = int8.report[auto.compact]
     else:
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
         optimized = export_model(result.graph, model,
                                  {**base, "compressed_layers": sorted(lowered)})
     report = result.report
-    if quantize is not None and quantize.active and "int8" not in report.extra:
+    if (quantize is not None and quantize.active and not quantize.float_output
+            and "int8" not in report.extra):
         from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand
 
         optimized, report.extra["int8"] = quantize_output(optimized, quantize, data)

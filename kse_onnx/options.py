@@ -185,6 +185,9 @@ class QuantizeOptions:
                                 "folder, read like finetune --data, with the data options); "
                                 "finetune uses its --data when this is empty")
     calibration_images: int = _opt(256, "int8-static: how many calibration inputs (the first)")
+    float_output: bool = _opt(False, "optimize: write the float model, its layer forms chosen "
+                                     "by timing the INT8 builds (to fine-tune, then "
+                                     "finetune --quantize)")
     short_names: bool = _opt(True, "int8 output: rename internal tensors t0, t1, ... (graph "
                                    "inputs/outputs and Conv node names kept): the quantizer's "
                                    "long names are a fifth of a small model's file")

@@ -147,3 +147,28 @@ def test_sharing_skips_weights_that_do_not_repeat():
         [], "g", [], [onnx.helper.make_tensor_value_info("w", onnx.TensorProto.INT8, None)],
         [numpy_helper.from_array(weight, "w")]))
     assert share_int8_weights(model, {"w"}) == []
+
+
+def test_auto_times_int8_builds_against_int8_of_the_original(compressed):
+    tmp, src, _, calibration = compressed
+    out = tmp / "auto_int8.onnx"
+    report = optimize(src, out, quantize=_quantize("int8-static", calibration=str(calibration)),
+                      overwrite=True)
+    assert "onnxruntime's int8-static of the original" in report.extra["auto"]["verdict"]
+    assert report.extra["int8"]["integer_convs"] == report.extra["int8"]["convs"]
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
+
+
+def test_float_output_keeps_forms_chosen_for_int8(compressed):
+    from kse_onnx.runtime.verify import verify
+
+    tmp, src, _, calibration = compressed
+    out = tmp / "float_for_int8.onnx"
+    report = optimize(src, out, quantize=_quantize("int8-static", calibration=str(calibration),
+                                                   float_output=True), overwrite=True)
+    model = onnx.load(out)
+    assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    forms = settings_of(model)["layer_forms"]
+    assert forms == {name: entry["chosen"] for name, entry in
+                     report.extra["auto"]["layers"].items()}
+    assert verify(src, out, rtol=1e-5).exact

@@ -44,6 +44,7 @@ from kse_onnx.options import (  # noqa: E402
     QuantizeOptions,
 )
 from kse_onnx.quantize.apply import quantize_output  # noqa: E402
+from kse_onnx.quantize.inspect import integer_convs  # noqa: E402
 from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
 from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
 from kse_onnx.runtime.evaluate import logits  # noqa: E402
@@ -98,11 +99,18 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
     rows["onnxruntime INT8"] = out / f"{name}_ort_int8.onnx"
     start = time.perf_counter()
     plain_int8(original, rows["onnxruntime INT8"], calibration)
-    notes["onnxruntime INT8"] = f"{time.perf_counter() - start:.0f} s"
+    kernels = integer_convs(onnx.load(rows["onnxruntime INT8"]))
+    notes["onnxruntime INT8"] = (f"{sum(k.integer for k in kernels)}/{len(kernels)} integer "
+                                 f"convs, {time.perf_counter() - start:.0f} s")
+    cal_path = out / f"{name}_calibration.npz"
+    np.savez(cal_path, x=calibration)
     for G, T in SETTINGS:
         tag = f"KSE G={G},T={T}"
         kse = out / f"{name}_G{G}T{T}.onnx"
-        optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True)
+        # the README's INT8 flow: layer forms chosen by timing the INT8 builds, float
+        # output to fine-tune, then finetune --quantize (here: quantize_output)
+        optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True, quantize=QuantizeOptions(
+            "int8-static", calibration=str(cal_path), float_output=True))
         if train is not None:
             from kse_onnx.finetune.train import finetune
 
@@ -117,9 +125,8 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
             notes[tag] = "not fine-tuned (no CIFAR-10 offline)"
         rows[tag] = kse
         int8_path = out / f"{name}_G{G}T{T}_int8.onnx"
-        np.savez(out / f"{name}_calibration.npz", x=calibration)
         int8, report = quantize_output(onnx.load(kse), QuantizeOptions(
-            "int8-static", calibration=str(out / f"{name}_calibration.npz")))
+            "int8-static", calibration=str(cal_path)))
         save_model(int8, int8_path)
         rows[tag + " + INT8"] = int8_path
         notes[tag + " + INT8"] = (f"{report['integer_convs']}/{report['convs']} integer convs, "
