@@ -110,13 +110,30 @@ def test_choices_from_a_model_without_forms_is_a_usage_error(tmp_path, capsys):
     assert "--choices" in err and "records no layer forms" in err and not dst.exists()
 
 
-def test_unavailable_provider_fails_clearly_and_writes_nothing(tmp_path, capsys):
+@pytest.mark.parametrize("provider, name", [("cuda", "CUDAExecutionProvider"),
+                                            ("tensorrt", "TensorrtExecutionProvider")])
+def test_unavailable_provider_fails_clearly_and_writes_nothing(tmp_path, capsys, provider,
+                                                               name):
     src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(residual_net(16), src)
-    assert main(["optimize", str(src), str(dst), "--provider", "cuda"]) == 1
+    assert main(["optimize", str(src), str(dst), "--provider", provider]) == 1
     err = capsys.readouterr().err.strip()
-    assert "CUDAExecutionProvider" in err and "not available" in err
+    assert name in err and "not available" in err
     assert len(err.splitlines()) == 1 and not dst.exists()
+
+
+def test_silent_fallback_to_cpu_is_an_error(tmp_path, capsys, monkeypatch):
+    """A build that lists CUDA but cannot start it (onnxruntime-gpu without a GPU) runs
+    on the CPU without complaint; kse-onnx refuses to report those times as CUDA's."""
+    from kse_onnx.runtime import ort as ort_module
+
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort_module.ort, "get_available_providers", lambda: listed)
+    src = tmp_path / "in.onnx"
+    onnx.save(residual_net(16), src)
+    assert main(["bench", str(src), "--provider", "cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "fell back from CUDAExecutionProvider" in err and len(err.splitlines()) == 1
 
 
 class FakeClock:

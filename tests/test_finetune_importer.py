@@ -16,7 +16,7 @@ from kse_onnx.finetune.importer import import_model  # noqa: E402
 from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
 from kse_onnx.runtime.ort import session  # noqa: E402
 
-LOWERINGS = ["dense", "compact", "factored"]
+LOWERINGS = ["dense", "compact", "factored", "auto"]
 
 
 def _optimized(tmp_path, model, lowering, align=1):

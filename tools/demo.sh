@@ -5,5 +5,5 @@ cd "$(dirname "$0")/.."
 bash tools/setup_env.sh
 mkdir -p out
 .venv/bin/kse-onnx optimize models/small_cnn.onnx out/small_cnn_kse.onnx \
-  --lowering compact --report out/small_cnn_kse.json "$@"
+  --report out/small_cnn_kse.json "$@"
 .venv/bin/kse-onnx verify models/small_cnn.onnx out/small_cnn_kse.onnx

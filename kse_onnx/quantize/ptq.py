@@ -11,6 +11,8 @@ quantizes initializers.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -32,6 +34,19 @@ class _Batches:
 
     def get_next(self):
         return self.items.pop(0) if self.items else None
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """The quantizer advises pre-processing through the root logger on every call: our
+    graphs are already shape-inferred and folded, so the advice is noise here."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def expand_constants(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -64,7 +79,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
     floating = expand_constants(model)
     weights = {n.input[1] for n in floating.graph.node
                if n.op_type == "Conv" and n.name in shared_convs}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():
         out = Path(tmp) / "int8.onnx"
         try:
             if mode == "int8-static":
