@@ -79,28 +79,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     base = {**result.report.settings, **as_dict(lower_options)}
     base.pop("choices")  # the recorded layer_forms say what it gave: replays match byte for byte
     if lower_options.lowering == "auto":
-        def build(forms, compact_storage):
-            graph = import_graph(model)
-            done = lower(graph, conv_sites(graph, select), result.plans, lower_options, forms,
-                         compact_storage)
-            settings = {**base, "compressed_layers": sorted(done), "compact_storage":
-                        compact_storage, "layer_forms": {n: f.label for n, f in forms.items()}}
-            return export_model(graph, model, settings), done
-
-        int8 = None
-        if quantize is not None and quantize.active:  # time the INT8 builds instead
-            from .quantize.apply import Int8Builds
-
-            int8 = Int8Builds(model, quantize, data, build)
-        auto = choose_forms(model, result.graph, result.sites, result.plans, lower_options,
-                            int8 or build, int8.reference if int8 else None)
-        optimized, lowered = auto.model, auto.lowered
-        result.report.extra["auto"] = auto.to_dict()
-        if int8 is not None and quantize.float_output:
-            optimized, lowered = build({c.name: c.form for c in auto.choices}, True)
-            result.report.extra["note"] = "float model; layer forms chosen for its INT8 build"
-        elif int8 is not None:
-            result.report.extra["int8"] = int8.report[auto.compact]
+        optimized, lowered = _lower_auto(model, result, select, lower_options, base, quantize,
+                                         data)
     else:
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
         optimized = export_model(result.graph, model,
@@ -129,6 +109,34 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     if not lowered:
         report.extra["note"] = "no Conv was compressed: the output is an unchanged copy"
     return report
+
+
+def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: LowerOptions,
+                base: dict, quantize: QuantizeOptions | None, data: DataOptions | None):
+    """The ``auto`` lowering: (optimized model, lowered layers); its report goes into
+    ``result.report.extra`` ("auto", and "int8" when the INT8 builds were timed)."""
+    def build(forms, compact_storage):
+        graph = import_graph(model)
+        done = lower(graph, conv_sites(graph, select), result.plans, lower_options, forms,
+                     compact_storage)
+        settings = {**base, "compressed_layers": sorted(done), "compact_storage":
+                    compact_storage, "layer_forms": {n: f.label for n, f in forms.items()}}
+        return export_model(graph, model, settings), done
+
+    int8 = None
+    if quantize is not None and quantize.active:  # time the INT8 builds instead
+        from .quantize.apply import Int8Builds
+
+        int8 = Int8Builds(model, quantize, data, build)
+    auto = choose_forms(model, result.graph, result.sites, result.plans, lower_options,
+                        int8 or build, int8.reference if int8 else None)
+    result.report.extra["auto"] = auto.to_dict()
+    if int8 is not None and quantize.float_output:
+        result.report.extra["note"] = "float model; layer forms chosen for its INT8 build"
+        return build({c.name: c.form for c in auto.choices}, True)
+    if int8 is not None:
+        result.report.extra["int8"] = int8.report[auto.compact]
+    return auto.model, auto.lowered
 
 
 def _targeted(model, kse: KSEOptions, select: SelectOptions, target: TargetOptions | None,

@@ -91,10 +91,11 @@ class LowerOptions:
                          "of this (1 = off)")
     prune_producers: bool = _opt(True, "remove pruned channels from the producing Conv "
                                        "where every consumer drops them")
-    batches: str = _opt("1", "auto: comma-separated batch sizes to time at; a form must be "
-                             "no slower at every one")
+    batches: str = _opt("1,8", "auto: comma-separated batch sizes to time at; a form must "
+                               "be no slower at every one")
     provider: str = _opt("cpu", "auto: onnxruntime provider to time on", choices=PROVIDER_NAMES)
-    threads: int = _opt(1, "auto: intra-op threads of the timed sessions")
+    threads: str = _opt("1", "auto: comma-separated intra-op thread counts to time with; a "
+                             "form must be no slower with every one")
     tolerance: float = _opt(0.02, "auto: latency ratio above 1 still counted as no slower "
                                   "(the optimized model must time <= 1 + this x the original)")
     choices: str = _opt("", "auto: take each layer's form from this earlier output model or "
@@ -104,17 +105,19 @@ class LowerOptions:
         if self.lowering not in LOWERINGS:
             raise OptionError("--lowering", f"must be one of {LOWERINGS}, got {self.lowering!r}")
         _check_int(self, "align", low=1)
-        _check_int(self, "threads", low=1)
         if self.provider not in PROVIDER_NAMES:
             raise OptionError("--provider", f"must be one of {PROVIDER_NAMES}, "
                                             f"got {self.provider!r}")
         batch_list(self.batches)
+        batch_list(self.threads, "--threads")
         if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
             raise OptionError("--tolerance", f"must be a number in [0, 1), got {self.tolerance!r}")
 
     @property
-    def batch_sizes(self) -> list[int]:
-        return batch_list(self.batches)
+    def timing_points(self) -> list[tuple[int, int]]:
+        """(batch, threads) pairs ``auto`` times at."""
+        return [(b, t) for t in batch_list(self.threads, "--threads")
+                for b in batch_list(self.batches)]
 
 
 def batch_list(text: str, flag: str = "--batches") -> list[int]:

@@ -41,6 +41,7 @@ from kse_onnx.options import (  # noqa: E402
     DataOptions,
     FinetuneOptions,
     KSEOptions,
+    LowerOptions,
     QuantizeOptions,
 )
 from kse_onnx.quantize.apply import quantize_output  # noqa: E402
@@ -109,8 +110,11 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
         kse = out / f"{name}_G{G}T{T}.onnx"
         # the README's INT8 flow: layer forms chosen by timing the INT8 builds, float
         # output to fine-tune, then finetune --quantize (here: quantize_output)
-        optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True, quantize=QuantizeOptions(
-            "int8-static", calibration=str(cal_path), float_output=True))
+        # timed at the table's batches and threads, as a user checks their deployment
+        optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True,
+                 lower_options=LowerOptions(batches=args.batches, threads=args.threads),
+                 quantize=QuantizeOptions("int8-static", calibration=str(cal_path),
+                                          float_output=True))
         if train is not None:
             from kse_onnx.finetune.train import finetune
 

@@ -60,7 +60,7 @@ def original_model(name: str, out: Path, weights: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="kse_resnet56,resnet20_cifar,vgg16_bn_cifar,"
-                                            "mobilenetv2,resnet50")
+                                            "resnet50", help="also: mobilenetv2, densenet40_cifar")
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--provider", default="cpu")

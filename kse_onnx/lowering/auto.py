@@ -63,7 +63,7 @@ class LayerChoice:
 
     name: str
     form: LayerForm
-    times_ms: dict[str, dict[int, float]] = field(default_factory=dict)  # label -> batch -> ms
+    times_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # label -> point -> ms
     macs: dict[str, int] = field(default_factory=dict)  # label -> multiply-adds per image
     note: str = ""
     timed_pick: str = ""  # the form the layer's own timing chose (before the model check)
@@ -78,8 +78,8 @@ class LayerChoice:
     def to_dict(self) -> dict:
         return {"chosen": self.form.label, "timed_pick": self.timed_pick or self.form.label,
                 "note": self.note, "macs": self.macs,
-                "times_ms": {label: {str(b): round(t, 4) for b, t in by_batch.items()}
-                             for label, by_batch in self.times_ms.items()}}
+                "times_ms": {label: {p: round(t, 4) for p, t in by_point.items()}
+                             for label, by_point in self.times_ms.items()}}
 
 
 @dataclass
@@ -88,6 +88,7 @@ class ModelCheck:
 
     round: int
     batch: int
+    threads: int
     reverted: int  # layers put back to ``whole`` before this round
     original_ms: float
     noise: float  # |1 - ratio of the original's second session to its first|
@@ -110,6 +111,11 @@ class AutoResult:
                 "layers": {c.name: c.to_dict() for c in self.choices}}
 
 
+def point_key(batch: int, threads: int) -> str:
+    """How a timing point is named in reports: ``b64t2`` is batch 64 on 2 threads."""
+    return f"b{batch}t{threads}"
+
+
 def candidate_forms(plan: LayerPlan) -> list[LayerForm]:
     """``whole``, dense at each alignment giving a distinct channel count, factored."""
     forms, counts = [WHOLE], {len(plan.q)}
@@ -126,8 +132,8 @@ def candidate_forms(plan: LayerPlan) -> list[LayerForm]:
 def pick(choice: LayerChoice, tolerance: float) -> LayerForm:
     """Fastest candidate no slower than ``whole``; ties (within ``tolerance``) go to the
     fewest multiply-adds."""
-    worst = {label: max(t / choice.times_ms["whole"][b] for b, t in by_batch.items())
-             for label, by_batch in choice.times_ms.items()}
+    worst = {label: max(t / choice.times_ms["whole"][b] for b, t in by_point.items())
+             for label, by_point in choice.times_ms.items()}
     fine = [label for label, r in worst.items() if r <= 1 + tolerance / 2]
     best = min(choice.ratio(label) for label in fine)
     tied = [label for label in fine if choice.ratio(label) <= best + tolerance]
@@ -151,15 +157,15 @@ def time_layer(graph: gs.Graph, site: ConvSite, plan: LayerPlan, options: LowerO
         model = _to_model(mini, original)
         models[form.label] = model.SerializeToString()
         choice.macs[form.label] = conv_counts(model)["macs"] or 0
-    for batch in options.batch_sizes:
+    for batch, threads in options.timing_points:
         try:
-            timings = interleaved_latency(models, batch, options.threads, MAX_REPEATS,
+            timings = interleaved_latency(models, batch, threads, MAX_REPEATS,
                                           providers=providers, budget_s=LAYER_BUDGET_S)
         except ModelError as exc:  # the original runs (checked first): keep the layer as is
             choice.times_ms, choice.note = {}, f"not timed, kept whole: {exc}"
             return choice
         for t in timings:
-            choice.times_ms.setdefault(t.label, {})[batch] = t.median_ms
+            choice.times_ms.setdefault(t.label, {})[point_key(batch, threads)] = t.median_ms
     choice.form = pick(choice, options.tolerance)
     choice.timed_pick = choice.form.label
     return choice
@@ -181,11 +187,11 @@ def check_latency(original: onnx.ModelProto, build: Builder, choices: list[Layer
         compact, _ = build(forms, True)
         models = {"original": reference, "original again": reference,
                   "dense": dense.SerializeToString(), "compact": compact.SerializeToString()}
-        for batch in options.batch_sizes:
+        for batch, threads in options.timing_points:
             t = {x.label: x for x in interleaved_latency(
-                models, batch, options.threads, MAX_REPEATS, providers=providers,
+                models, batch, threads, MAX_REPEATS, providers=providers,
                 budget_s=MODEL_BUDGET_S)}
-            checks.append(ModelCheck(round_, batch, reverted, t["original"].median_ms,
+            checks.append(ModelCheck(round_, batch, threads, reverted, t["original"].median_ms,
                                      abs(1 - t["original again"].ratio), t["dense"].ratio,
                                      t["compact"].ratio))
         this = [c for c in checks if c.round == round_]
@@ -205,8 +211,8 @@ def check_latency(original: onnx.ModelProto, build: Builder, choices: list[Layer
 
 def _verdict(checks, compact_ok, dense_ok, reverted, limit, reference_label) -> str:
     kind = "compact" if compact_ok or not dense_ok else "dense"
-    ratios = ", ".join(f"b{c.batch} {getattr(c, kind):.3f}x (noise {c.noise:.3f})"
-                       for c in checks)
+    ratios = ", ".join(f"{point_key(c.batch, c.threads)} {getattr(c, kind):.3f}x "
+                       f"(noise {c.noise:.3f})" for c in checks)
     if not (compact_ok or dense_ok):
         return (f"still above {limit:.3f}x with every layer whole ({ratios}): measurement "
                 "noise, since the graph then has the original's shapes")
@@ -231,8 +237,8 @@ def choose(original: onnx.ModelProto, graph: gs.Graph, sites: list[ConvSite],
                           f"forms taken from {options.choices}, not timed")
     providers = provider_list(options.provider)
     try:
-        interleaved_latency({"the original model": original.SerializeToString()}, 1,
-                            options.threads, 1, warmup=1, providers=providers)
+        interleaved_latency({"the original model": original.SerializeToString()}, 1, 1, 1,
+                            warmup=1, providers=providers)
     except ModelError as exc:
         if options.provider != "cpu":
             raise
