@@ -2,7 +2,7 @@
 
     apt-get install dataset-fashion-mnist
     python tools/int8_table.py [--models fmnist,resnet56] [--epochs 2] [--budget 15]
-        [--out zoo/int8]
+        [--auto-batches 1 --auto-threads 1] [--out zoo/int8]
 
 Rows per model: the original; onnxruntime's static INT8 of the original (its quantizer
 as a user runs it: QDQ, per-channel weights, uint8 activations, 256 calibration
@@ -110,9 +110,9 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
         kse = out / f"{name}_G{G}T{T}.onnx"
         # the README's INT8 flow: layer forms chosen by timing the INT8 builds, float
         # output to fine-tune, then finetune --quantize (here: quantize_output)
-        # timed at the table's batches and threads, as a user checks their deployment
         optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True,
-                 lower_options=LowerOptions(batches=args.batches, threads=args.threads),
+                 lower_options=LowerOptions(batches=args.auto_batches,
+                                            threads=args.auto_threads),
                  quantize=QuantizeOptions("int8-static", calibration=str(cal_path),
                                           float_output=True))
         if train is not None:
@@ -145,6 +145,10 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--budget", type=float, default=15.0)
+    parser.add_argument("--auto-batches", default="1",
+                        help="batches the auto lowering times the INT8 builds at")
+    parser.add_argument("--auto-threads", default="1",
+                        help="threads the auto lowering times the INT8 builds with")
     parser.add_argument("--weights", type=Path,
                         default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
     parser.add_argument("--out", type=Path, default=ROOT / "zoo" / "int8")
