@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--provider", default="cpu")
+    parser.add_argument("--lowerings", default=",".join(LOWERINGS))
     parser.add_argument("--G", type=int, default=4)
     parser.add_argument("--T", type=int, default=0)
     parser.add_argument("--budget", type=float, default=20.0,
@@ -85,7 +86,8 @@ def main() -> None:
     for name in args.models.split(","):
         src = original_model(name, args.out, args.weights)
         paths, reports, seconds = {}, {}, {}
-        for lowering in LOWERINGS:
+        lowerings = args.lowerings.split(",")
+        for lowering in lowerings:
             paths[lowering] = args.out / f"{name}_G{args.G}T{args.T}_{lowering}.onnx"
             start = time.perf_counter()
             reports[lowering] = optimize(
@@ -101,11 +103,11 @@ def main() -> None:
                                               budget_s=args.budget, min_repeats=5)
                 ratios[f"b{b} t{t}"] = {x.label: x.ratio for x in timings}
         size0 = src.stat().st_size
-        first = reports["dense"]
+        first = reports[lowerings[0]]
         before = first.extra["graph_counts"]["before"]
         print(f"| {name} | original | {_m(before['macs'])} | {_m(before['weights'])} | "
               f"{size0 / 1e6:.2f} MB | - |" + " 1.00 |" * len(cols))
-        for lowering in LOWERINGS:
+        for lowering in lowerings:
             r = reports[lowering]
             graph, totals = r.extra["graph_counts"]["after"], r.totals()
             cells = [name, lowering,
