@@ -144,10 +144,10 @@ def _targeted(model, kse: KSEOptions, select: SelectOptions, target: TargetOptio
     """``kse`` with G and T chosen for ``target`` (and what the choice reaches), or as is."""
     if target is None or not target.active:
         return kse, None
-    graph = import_graph(model)
-    layers = [(s.name, s.weight, s.output_hw) for s in conv_sites(graph, select)
+    sites = conv_sites(import_graph(model), select)
+    layers = [(s.name, s.weight, s.output_hw) for s in sites
               if s.weight is not None and s.weight.ndim == 4]
-    eligible = {s.name for s in conv_sites(graph, select) if s.reason is None}
+    eligible = {s.name for s in sites if s.reason is None}
     choice = choose_levels(layers, eligible, kse, target, file_size)
     return dataclasses.replace(kse, G=choice.G, T=choice.T), choice.to_dict()
 
