@@ -10,7 +10,7 @@ from pathlib import Path
 from . import __version__
 from .analysis.plan import LayerPlan, plan_layer
 from .analysis.target import choose_levels
-from .errors import OptionError
+from .errors import ModelError, OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
 from .graph.io import load_model, save_model
@@ -18,13 +18,16 @@ from .graph.select import ConvSite, conv_sites, import_graph
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
 from .options import (
+    CalibrationOptions,
     DataOptions,
     KSEOptions,
     LowerOptions,
     QuantizeOptions,
+    RefitOptions,
     SelectOptions,
     TargetOptions,
     as_dict,
+    options_from,
 )
 from .report import ModelReport, layer_report
 
@@ -68,19 +71,31 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
              kse: KSEOptions | None = None, select: SelectOptions | None = None,
              lower_options: LowerOptions | None = None, overwrite: bool = False,
              target: TargetOptions | None = None, quantize: QuantizeOptions | None = None,
-             data: DataOptions | None = None) -> ModelReport:
-    """Compress the model at ``input_path`` and write it to ``output_path``."""
+             data: DataOptions | None = None, calibration: CalibrationOptions | None = None,
+             refit: RefitOptions | None = None, log=None) -> ModelReport:
+    """Compress the model at ``input_path`` and write it to ``output_path``. With
+    ``calibration`` images, the compressed layers are refitted to the original's outputs
+    (``refit``, docs/refit.md) before they are written, and int8-static calibrates on
+    the same images."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
     lower_options = lower_options or LowerOptions()
+    refit = refit or RefitOptions()
     _check_paths(input_path, output_path, overwrite)
     model = load_model(input_path)
+    images = _calibration(calibration, data, quantize)
     kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
     result = analyse(model, kse, select, str(input_path))
     base = {**result.report.settings, **as_dict(lower_options)}
     base.pop("choices")  # the recorded layer_forms say what it gave: replays match byte for byte
+    source = model  # the graph the lowering rewrites: the original, or its refitted copy
+    base["refit"] = "none"
+    if images is not None and refit.active:
+        source = _refit(model, result, select, refit, images, log)
+        base.update(as_dict(refit))
+        base["refit_images"] = len(images)
     if lower_options.lowering == "auto":
-        optimized, lowered = _lower_auto(model, result, select, lower_options, base, quantize,
-                                         data)
+        optimized, lowered = _lower_auto(source, result, select, lower_options, base, quantize,
+                                         images)
     else:
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
         optimized = export_model(result.graph, model,
@@ -90,7 +105,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
             and "int8" not in report.extra):
         from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand
 
-        optimized, report.extra["int8"] = quantize_output(optimized, quantize, data)
+        optimized, report.extra["int8"] = quantize_output(optimized, quantize, images)
     check_model(optimized, output_path)
     save_model(optimized, output_path)
     report.settings = settings_of(optimized)
@@ -111,8 +126,61 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     return report
 
 
+def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
+          teacher_path: str | os.PathLike, calibration: CalibrationOptions,
+          options: RefitOptions | None = None, data: DataOptions | None = None,
+          log=None) -> ModelReport:
+    """Refit a float model written earlier by :func:`optimize` from ``teacher_path`` (its
+    original): the same analysis (recorded settings), the same layer forms (replayed),
+    then the refit of :func:`optimize` with ``calibration``. The result does not depend
+    on the compressed model's weights: fine-tuning done since is not kept."""
+    options = options or RefitOptions()
+    if not calibration.calibration:
+        raise OptionError("--calibration", "refit needs calibration images")
+    if not options.active:
+        raise OptionError("--refit", "'none' leaves nothing to do")
+    for path in (compressed_path, teacher_path):
+        _check_paths(path, output_path, overwrite=False)
+    settings = settings_of(load_model(compressed_path))
+    if settings is None:
+        raise ModelError(f"{compressed_path}: carries no kse-onnx settings; was it written by "
+                         "kse-onnx optimize?")
+    if settings.get("quantize", "none") != "none":
+        raise ModelError(f"{compressed_path}: is an INT8 model; refit its float model "
+                         "(optimize --float-output) or run optimize --calibration --quantize")
+    kse = options_from(KSEOptions, settings, compressed_path)
+    select = options_from(SelectOptions, settings, compressed_path)
+    lowering = options_from(LowerOptions, settings, compressed_path, choices=str(
+        compressed_path) if settings.get("lowering") == "auto" else "")
+    return optimize(teacher_path, output_path, kse, select, lowering, calibration=calibration,
+                    refit=options, data=data, log=log)
+
+
+def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None,
+                 quantize: QuantizeOptions | None):
+    """The calibration images (refit and int8-static), None without ``--calibration``."""
+    if calibration is None or not calibration.calibration:
+        return None
+    from .quantize.apply import calibration_inputs
+
+    return calibration_inputs(calibration, data)
+
+
+def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, images,
+           log) -> object:
+    """Refit ``result``'s plans in place; returns the model to lower (the original with
+    the refitted biases and classifier) and points ``result`` at its graph."""
+    from .refit.model import refit_model  # torch: on demand
+
+    fitted = refit_model(model, result.plans, images, refit, log)
+    result.graph = import_graph(fitted.model)
+    result.sites = conv_sites(result.graph, select)
+    result.report.extra["refit"] = fitted.to_dict()
+    return fitted.model
+
+
 def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: LowerOptions,
-                base: dict, quantize: QuantizeOptions | None, data: DataOptions | None):
+                base: dict, quantize: QuantizeOptions | None, images):
     """The ``auto`` lowering: (optimized model, lowered layers); its report goes into
     ``result.report.extra`` ("auto", and "int8" when the INT8 builds were timed)."""
     def build(forms, compact_storage):
@@ -127,7 +195,7 @@ def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: L
     if quantize is not None and quantize.active:  # time the INT8 builds instead
         from .quantize.apply import Int8Builds
 
-        int8 = Int8Builds(model, quantize, data, build)
+        int8 = Int8Builds(model, quantize, images, build)
     auto = choose_forms(model, result.graph, result.sites, result.plans, lower_options,
                         int8 or build, int8.reference if int8 else None)
     result.report.extra["auto"] = auto.to_dict()

@@ -9,11 +9,13 @@ import sys
 from . import __version__
 from .errors import KSEError, OptionError
 from .options import (
+    CalibrationOptions,
     DataOptions,
     FinetuneOptions,
     KSEOptions,
     LowerOptions,
     QuantizeOptions,
+    RefitOptions,
     SelectOptions,
     TargetOptions,
     batch_list,
@@ -66,9 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(optimize, SelectOptions)
     _add_options(optimize, LowerOptions)
     _add_options(optimize, TargetOptions)
+    _add_options(optimize, CalibrationOptions)
+    _add_options(optimize, RefitOptions)
     _add_options(optimize, QuantizeOptions)
     _add_options(optimize, DataOptions)
     optimize.set_defaults(run=_run_optimize)
+
+    refit = commands.add_parser("refit", help="refit a model compressed earlier to its "
+                                "original's outputs on unlabeled calibration images")
+    refit.add_argument("compressed", help="model written by kse-onnx optimize (float)")
+    refit.add_argument("output", help="refitted .onnx file")
+    refit.add_argument("--teacher", required=True, help="the original .onnx model")
+    refit.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    _add_options(refit, CalibrationOptions)
+    _add_options(refit, RefitOptions)
+    _add_options(refit, DataOptions)
+    refit.set_defaults(run=_run_refit)
 
     verify = commands.add_parser("verify", help="check an optimized model against its original")
     verify.add_argument("original")
@@ -90,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(finetune, FinetuneOptions)
     _add_options(finetune, DataOptions)
     _add_options(finetune, QuantizeOptions)
+    _add_options(finetune, CalibrationOptions)
     finetune.set_defaults(run=_run_finetune)
 
     evaluate = commands.add_parser("eval", help="top-1/top-5 accuracy with onnxruntime")
@@ -125,12 +141,27 @@ def _run_optimize(args) -> int:
     report = optimize(args.input, args.output, _options(args, KSEOptions),
                       _options(args, SelectOptions), _options(args, LowerOptions),
                       overwrite=args.overwrite, target=_options(args, TargetOptions),
-                      quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions))
+                      quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions),
+                      calibration=_options(args, CalibrationOptions),
+                      refit=_options(args, RefitOptions))
+    return _written(report, args)
+
+
+def _written(report, args) -> int:
     print(report.table())
     print(f"wrote {args.output}")
     if args.report:
         report.write_json(args.report)
     return 0
+
+
+def _run_refit(args) -> int:
+    from .api import refit
+
+    report = refit(args.compressed, args.output, args.teacher,
+                   _options(args, CalibrationOptions), _options(args, RefitOptions),
+                   _options(args, DataOptions))
+    return _written(report, args)
 
 
 def _run_verify(args) -> int:
@@ -151,7 +182,8 @@ def _run_finetune(args) -> int:
 
     result = finetune(args.compressed, args.output, args.teacher, args.data,
                       _options(args, FinetuneOptions), _options(args, DataOptions),
-                      resume=args.resume, quantize=_options(args, QuantizeOptions))
+                      resume=args.resume, quantize=_options(args, QuantizeOptions),
+                      calibration=_options(args, CalibrationOptions))
     print(f"wrote {args.output}; best validation accuracy: {result['best_val_accuracy']}")
     if "int8" in result:
         int8 = result["int8"]

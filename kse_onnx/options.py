@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 from .errors import OptionError
@@ -166,6 +167,24 @@ def _check_glob(flag: str, pattern: str) -> None:
         raise OptionError(flag, f"malformed glob {pattern!r} (unbalanced brackets)")
 
 
+def options_from(cls, settings: dict, where, **overrides):
+    """``cls`` built from the settings recorded in a model's metadata (untrusted: every
+    value is validated by ``cls``); an OptionError naming ``where`` when one is missing."""
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in overrides:
+            values[f.name] = overrides[f.name]
+        elif f.name in settings:
+            value = settings[f.name]
+            values[f.name] = tuple(value) if isinstance(value, list) else value
+        else:
+            raise OptionError(str(where), f"its recorded settings lack {f.name!r}")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise OptionError(str(where), f"recorded settings are malformed ({exc})") from None
+
+
 def as_dict(*options) -> dict:
     """All settings of several option objects, for reports and model metadata."""
     merged: dict = {}
@@ -175,6 +194,57 @@ def as_dict(*options) -> dict:
 
 
 QUANTIZE_MODES = ("none", "int8-dynamic", "int8-static")
+REFIT_MODES = ("none", "ls", "act", "block")
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """Unlabeled calibration images, for the post-training refit and int8-static."""
+
+    calibration: str = _opt("", "calibration inputs: .npz (array x), IDX images or an image "
+                                "folder, read like finetune --data with the data options; "
+                                "labels are ignored. Turns on the refit (optimize) and "
+                                "calibrates int8-static")
+    calibration_images: int = _opt(1024, "how many calibration inputs (the first)")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "calibration_images", low=1)
+
+
+@dataclass(frozen=True)
+class RefitOptions:
+    """Post-training refit of the shared kernels from calibration images (docs/refit.md)."""
+
+    refit: str = _opt("block", "with --calibration: 'ls' least-squares fit of each compressed "
+                               "Conv's shared kernels and bias to the original's output "
+                               "(residual-aware); 'act' then matches the output after the next "
+                               "activation; 'block' then fits each residual block's Convs "
+                               "jointly to the block output; 'none' skips the refit",
+                      choices=REFIT_MODES)
+    refit_steps: int = _opt(200, "act/block: optimizer steps per layer or block")
+    refit_lr: float = _opt(1e-3, "act/block: Adam learning rate (relative to the weight scale)")
+    refit_batch: int = _opt(64, "act/block: calibration images per optimizer step")
+    refit_classifier: bool = _opt(True, "least-squares refit of the final classifier "
+                                        "(Gemm) to the original's logits")
+    refit_damping: float = _opt(1e-6, "least squares: ridge damping, relative to the mean "
+                                      "diagonal of the normal equations")
+    refit_seed: int = _opt(0, "act/block: seed of the minibatch order")
+
+    def __post_init__(self) -> None:
+        if self.refit not in REFIT_MODES:
+            raise OptionError("--refit", f"must be one of {REFIT_MODES}, got {self.refit!r}")
+        for name in ("refit_steps", "refit_batch", "refit_seed"):
+            _check_int(self, name, low=0 if name != "refit_batch" else 1)
+        for name in ("refit_lr", "refit_damping"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise OptionError(f"--{name.replace('_', '-')}",
+                                  f"must be a finite number > 0, got {value!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.refit != "none"
+
 
 
 @dataclass(frozen=True)
@@ -184,10 +254,6 @@ class QuantizeOptions:
     quantize: str = _opt("none", "quantize the output: int8-static (QDQ, calibrated; integer "
                                  "convs) or int8-dynamic (int8 weights, activations quantized "
                                  "at run time)", choices=QUANTIZE_MODES)
-    calibration: str = _opt("", "int8-static: calibration inputs (.npz, IDX images or an image "
-                                "folder, read like finetune --data, with the data options); "
-                                "finetune uses its --data when this is empty")
-    calibration_images: int = _opt(256, "int8-static: how many calibration inputs (the first)")
     float_output: bool = _opt(False, "optimize: write the float model, its layer forms chosen "
                                      "by timing the INT8 builds (to fine-tune, then "
                                      "finetune --quantize)")
@@ -199,7 +265,6 @@ class QuantizeOptions:
         if self.quantize not in QUANTIZE_MODES:
             raise OptionError("--quantize", f"must be one of {QUANTIZE_MODES}, "
                                             f"got {self.quantize!r}")
-        _check_int(self, "calibration_images", low=1)
 
     @property
     def active(self) -> bool:

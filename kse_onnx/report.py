@@ -160,12 +160,36 @@ class ModelReport:
                          f"as integer kernels in onnxruntime, {int8['shared_int8_weights']} "
                          f"weights stored as int8 codebook + codes"
                          + (f"; float: {floats}" if floats else ""))
+        refit = self.extra.get("refit")
+        if refit:
+            lines.extend(refit_lines(refit))
         auto = self.extra.get("auto")
         if auto:
             lines.append(f"auto lowering, measured latency: {auto['verdict']}")
         lines.append("multiply-adds are counts, not measured speed: "
                      "time the models with onnxruntime to know the latency.")
         return "\n".join(lines)
+
+
+def refit_lines(refit: dict) -> list[str]:
+    """Per-layer reconstruction errors of a refit (relative, on the calibration set)."""
+    lines = [f"refit ({refit['mode']}, {refit['images']} calibration images, "
+             f"{refit['seconds']:.1f} s): relative error of each compressed conv's output "
+             "before -> after"]
+    for f in refit["layers"]:
+        extra = ("" if f["act_error_after"] is None else
+                 f"; after its activation {f['act_error_before']:.4f} -> "
+                 f"{f['act_error_after']:.4f}")
+        lines.append(f"  {f['name']}: {f['error_before']:.4f} -> {f['error_after']:.4f} "
+                     f"({f['target']}, {f['solver']}, {f['seconds']:.2f} s){extra}")
+    for b in refit["blocks"]:
+        lines.append(f"  block {b['first']} .. {b['last']} ({b['convs']} convs, joint): "
+                     f"{b['error_before']:.4f} -> {b['error_after']:.4f} ({b['seconds']:.2f} s)")
+    c = refit.get("classifier")
+    if c:
+        lines.append(f"  classifier {c['name']} (least squares to the original's logits): "
+                     f"{c['error_before']:.4f} -> {c['error_after']:.4f}")
+    return lines
 
 
 def _shape_cells(layer):

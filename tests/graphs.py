@@ -156,3 +156,18 @@ def cast_model(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:
     for value in (*out.graph.input, *out.graph.output):
         value.type.tensor_type.elem_type = elem_type
     return out
+
+
+def folded_resnet(width: int = 16, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """BatchNorm-folded residual net as exporters write it: stem, an identity block
+    (conv-relu-conv-Add-relu) and a downsampling block whose shortcut is a strided 1x1
+    conv (both branches of its Add end in a Conv), then the classifier head."""
+    b = GraphBuilder(3, hw, seed)
+    x = b.relu(b.conv(b.input.name, 3, width))
+    y = b.conv(b.relu(b.conv(x, width, width)), width, width)
+    x = b.relu(b.op("Add", [x, y]))
+    wide = 2 * width
+    y = b.conv(b.relu(b.conv(x, width, wide, stride=2)), wide, wide)
+    shortcut = b.conv(x, width, wide, k=1, stride=2)
+    x = b.relu(b.op("Add", [shortcut, y]))
+    return b.model(b.head(x, wide))

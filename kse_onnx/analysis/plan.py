@@ -104,7 +104,7 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
     rng = layer_seed(options.seed, key)
     trees = None if trees is None else trees.result()
     labels, kernels = _share_kernels(weight, channel_sets, levels, q, options, rng, trees)
-    w_hat = _effective_weight(weight.shape, weight.dtype, labels, kernels)
+    w_hat = effective_weight(weight.shape, weight.dtype, labels, kernels)
     return LayerPlan(weight.shape, sparsity, entropy, indicator, levels, q, labels, kernels, w_hat)
 
 
@@ -156,7 +156,7 @@ def _share_kernels(weight, sets, levels, q, options, rng, trees):
     return labels, kernels
 
 
-def _effective_weight(shape, dtype, labels, kernels) -> np.ndarray:
+def effective_weight(shape, dtype, labels, kernels) -> np.ndarray:
     """``W_hat[n, c] = kernels[c][labels[n, c]]``; zero where the channel is pruned."""
     w_hat = np.zeros(shape, dtype=dtype)
     for ch, table in enumerate(kernels):

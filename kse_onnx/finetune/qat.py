@@ -33,11 +33,12 @@ def onnx_accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray,
     return float((pred == y).mean())
 
 
-def quantize_tuned(run: EpochRunner, quantize: QuantizeOptions, data_path: str,
+def quantize_tuned(run: EpochRunner, quantize: QuantizeOptions, calibration,
                    val: np.ndarray, output) -> tuple[onnx.ModelProto, dict]:
-    """(INT8 model, report entry) of the fine-tuned ``run.module``."""
+    """(INT8 model, report entry) of the fine-tuned ``run.module``; ``calibration``: the
+    int8-static calibration inputs."""
     module, opts = run.module, run.opts
-    int8, info = quantize_output(module.export(), quantize, run.data, data_path)
+    int8, info = quantize_output(module.export(), quantize, calibration)
     if run.y is None or not len(val) or quantize.quantize != "int8-static":
         return int8, info
     x_val, y_val = run.x[val], run.y[val]
@@ -53,7 +54,7 @@ def quantize_tuned(run: EpochRunner, quantize: QuantizeOptions, data_path: str,
         run.epoch(opts.epochs + epoch, lambda step: opts.qat_lr, good, output,
                   label="quantization-aware epoch")
     module.set_fake_quant(False)
-    retrained, again = quantize_output(module.export(), quantize, run.data, data_path)
+    retrained, again = quantize_output(module.export(), quantize, calibration)
     again["val_float"] = info["val_float"]
     again["val_int8_before_qat"] = info["val_int8"]
     again["val_int8"] = onnx_accuracy(retrained, x_val, y_val)

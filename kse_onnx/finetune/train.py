@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError
 from ..graph.io import load_model, save_model
-from ..options import DataOptions, FinetuneOptions, QuantizeOptions
+from ..options import CalibrationOptions, DataOptions, FinetuneOptions, QuantizeOptions
 from ..runtime.ort import session
 from .data import load_data
 from .importer import import_model
@@ -151,7 +151,8 @@ class EpochRunner:
 
 def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
              data: DataOptions, resume: bool = False, log=None,
-             quantize: QuantizeOptions | None = None) -> dict:
+             quantize: QuantizeOptions | None = None,
+             calibration: CalibrationOptions | None = None) -> dict:
     """Train ``compressed`` toward ``teacher`` on ``data_path``; write ``output``."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     dist = Distributed()
@@ -217,9 +218,11 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         module.load_state_dict(best_state)
     result = {"history": history, "best_val_accuracy": best_acc if n_val else None}
     if quantize is not None and quantize.active:
+        from ..quantize.apply import calibration_inputs
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs
 
-        tuned, result["int8"] = quantize_tuned(run, quantize, str(data_path), val, output)
+        images = calibration_inputs(calibration, data, default=str(data_path))
+        tuned, result["int8"] = quantize_tuned(run, quantize, images, val, output)
     else:
         tuned = module.export()
     if dist.main:

@@ -10,24 +10,39 @@ import onnx
 
 from ..errors import OptionError
 from ..graph.export import record_settings, settings_of
-from ..options import DataOptions, QuantizeOptions, as_dict
+from ..options import CalibrationOptions, DataOptions, QuantizeOptions, as_dict
 from .inspect import integer_convs
 from .names import shorten_names
 from .ptq import quantize_int8
 from .shared import quantized_weight_names, share_int8_weights
 
 
-def calibration_inputs(options: QuantizeOptions, data: DataOptions | None,
-                       default: str | None = None) -> np.ndarray | None:
-    """The first ``calibration_images`` inputs (int8-static), None for int8-dynamic."""
-    if options.quantize != "int8-static":
-        return None
-    source = options.calibration or default
+def calibration_inputs(calibration: CalibrationOptions | None, data: DataOptions | None,
+                       default: str | None = None, flag: str = "--calibration"
+                       ) -> np.ndarray | None:
+    """The first ``calibration_images`` inputs of ``calibration.calibration`` (or of
+    ``default``), preprocessed by ``data``; None when neither names a source."""
+    calibration = calibration or CalibrationOptions()
+    source = calibration.calibration or default
     if not source:
-        raise OptionError("--calibration", "int8-static needs calibration inputs")
+        return None
     from ..finetune.data import load_data  # numpy readers only
 
-    return load_data(source, data or DataOptions())[0][:options.calibration_images]
+    x = load_data(source, data or DataOptions())[0][:calibration.calibration_images]
+    if not len(x):
+        raise OptionError(flag, f"{source}: holds no images")
+    if not np.all(np.isfinite(x)):
+        raise OptionError(flag, f"{source}: images hold NaN or infinite values")
+    return x
+
+
+def _static_inputs(options: QuantizeOptions, calibration: np.ndarray | None):
+    """Calibration inputs for ``options``' mode: needed by int8-static only."""
+    if options.quantize != "int8-static":
+        return None
+    if calibration is None:
+        raise OptionError("--calibration", "int8-static needs calibration inputs")
+    return calibration
 
 
 def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: dict,
@@ -49,11 +64,11 @@ def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: dict,
 
 
 def quantize_output(model: onnx.ModelProto, options: QuantizeOptions,
-                    data: DataOptions | None = None,
-                    default_calibration: str | None = None) -> tuple[onnx.ModelProto, dict]:
-    """(INT8 model, report entry) for an optimized float ``model``."""
+                    calibration: np.ndarray | None = None) -> tuple[onnx.ModelProto, dict]:
+    """(INT8 model, report entry) for an optimized float ``model``; ``calibration``:
+    the inputs int8-static calibrates on (see :func:`calibration_inputs`)."""
     settings = settings_of(model) or {}
-    calibration = calibration_inputs(options, data, default_calibration)
+    calibration = _static_inputs(options, calibration)
     compressed = set(settings.get("compressed_layers", []))
     quantized, shared = quantize_int8(model, options.quantize, compressed, calibration)
     return finish(quantized, options, settings, calibration, shared)
@@ -66,9 +81,9 @@ class Int8Builds:
     onnxruntime's INT8 of the original, the speed to match."""
 
     def __init__(self, original: onnx.ModelProto, options: QuantizeOptions,
-                 data: DataOptions | None, build_float):
+                 calibration: np.ndarray | None, build_float):
         self.original, self.options, self.build_float = original, options, build_float
-        self.calibration = calibration_inputs(options, data)
+        self.calibration = _static_inputs(options, calibration)
         self.cache: dict = {}
         self.report: dict = {}
 

@@ -21,7 +21,12 @@ from ..api import analyse
 from ..errors import ModelError
 from ..graph.export import settings_of
 from ..graph.io import load_model
-from ..options import KSEOptions, SelectOptions
+from ..graph.select import constant_values, import_graph
+from ..lowering import LayerForm, uniform_form
+from ..lowering.readback import read_weight
+from ..options import KSEOptions, LowerOptions, SelectOptions
+from ..refit.graph_walk import classifier_gemms, node_names
+from ..refit.normal import SharedLayout
 from .ort import random_inputs, run, session
 
 
@@ -64,21 +69,69 @@ class VerifyResult:
         return "\n".join(lines)
 
 
-def reference_model(original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
-    """``original`` with each compressed Conv's weight replaced by its W_hat."""
+def reference_model(original: onnx.ModelProto, settings: dict,
+                    optimized: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """``original`` with each compressed Conv's weight replaced by its W_hat. For a
+    refitted model (``refit`` in ``settings``), W_hat is rebuilt from the plan's codes
+    and the kernel values read back from ``optimized``, and the compressed Convs' biases
+    and the refitted classifier's weights are taken from ``optimized`` too (docs/refit.md)."""
     kse = KSEOptions(**{k: settings[k] for k in KSEOptions.__dataclass_fields__})
     select_values = {k: settings[k] for k in SelectOptions.__dataclass_fields__}
     select = SelectOptions(**{k: tuple(v) if isinstance(v, list) else v
                               for k, v in select_values.items()})
     result = analyse(original, kse, select)
+    refitted = settings.get("refit", "none") != "none" and optimized is not None
+    written = import_graph(optimized) if refitted else None
     for site in result.sites:
         plan = result.plans.get(site.name)
-        if plan is not None and plan.compressed:
-            site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", plan.w_hat)
+        if plan is None or not plan.compressed:
+            continue
+        w_hat = plan.w_hat
+        if refitted:
+            w_hat, bias = _read_back(written, site.name, plan, settings)
+            if bias is not None:
+                _set_input(site.node, 2, gs.Constant(f"{site.name}_refit_bias", bias))
+        site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
+    if refitted and settings.get("refit_classifier"):
+        _copy_classifier(original, result.graph, written)
     model = gs.export_onnx(result.graph.cleanup())
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
     return model
+
+
+def _read_back(graph, name: str, plan, settings: dict):
+    """(W_hat from the plan's codes and the kernels stored in ``graph``, bias)."""
+    forms = settings.get("layer_forms") or {}
+    form = (LayerForm.parse(forms[name]) if name in forms
+            else uniform_form(LowerOptions(settings.get("lowering", "dense"),
+                                           settings.get("align", 8))))
+    weight, bias = read_weight(graph, name, plan, form)
+    layout = SharedLayout.from_labels(plan.labels, plan.q)
+    n, c, kh, kw = plan.weight_shape
+    flat = weight.reshape(n, c, kh * kw).astype(np.float64)
+    w_hat = layout.expand(layout.kernels_of(flat)).reshape(plan.weight_shape)
+    return w_hat.astype(plan.w_hat.dtype), bias
+
+
+def _set_input(node, index: int, tensor) -> None:
+    while len(node.inputs) <= index:
+        node.inputs.append(gs.Variable.empty())
+    node.inputs[index] = tensor
+
+
+def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs.Graph):
+    """The refitted classifier's constants, taken from the optimized graph."""
+    names = set(node_names(original)[i] for i in classifier_gemms(original))
+    mine = {n.name: n for n in written.nodes if n.op == "Gemm" and n.name in names}
+    for node in reference.nodes:
+        if node.name not in mine:
+            continue
+        for index in (1, 2):
+            if index < len(node.inputs) and index < len(mine[node.name].inputs):
+                values = constant_values(mine[node.name].inputs[index])
+                if values is not None:
+                    node.inputs[index] = gs.Constant(f"{node.name}_refit_{index}", values)
 
 
 def compare(label, outputs, references) -> Comparison:
@@ -105,7 +158,7 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     sess_opt = session(optimized)
     sess_orig = session(original)
     quantized = settings.get("quantize", "none") != "none"
-    sess_ref = None if quantized else session(reference_model(original, settings))
+    sess_ref = None if quantized else session(reference_model(original, settings, optimized))
     feeds = [("random", random_inputs(sess_opt, batch, seed))]
     if inputs is not None:
         feeds.append(("user inputs", _load_inputs(inputs, sess_opt)))

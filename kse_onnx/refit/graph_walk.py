@@ -1,0 +1,122 @@
+"""The order in which the refit walks a graph, and where it may cut it into blocks.
+
+Order: topological, but a compressed Conv whose output feeds a residual ``Add`` waits
+until everything else that is ready has run, so the other inputs of its Add (the skip
+branch) exist in the student when the Conv is fitted (residual-aware target).
+
+Cuts: after node i of that order, the tensors still needed later are the "live" set;
+when it is a single tensor produced by node i, the graph up to i and the graph after
+it meet only there (between two residual blocks of a ResNet, say). A block is the run
+of nodes between two cuts.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import onnx
+
+
+def node_names(model: onnx.ModelProto) -> list[str]:
+    """Names of the graph's nodes as kse-onnx's graph import gives them (unnamed nodes
+    get ``{op}_{index}``), so plans keyed by Conv site name match."""
+    return [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node)]
+
+
+CLASSIFIER_TAIL = {"Softmax", "LogSoftmax", "Identity", "Flatten"}
+
+
+def classifier_gemms(model: onnx.ModelProto) -> list[int]:
+    """Indices of the Gemm nodes (constant weight, no transA) whose output reaches a
+    graph output only through ``CLASSIFIER_TAIL`` ops: the classifiers the refit may fit."""
+    graph = model.graph
+    constant = {t.name for t in graph.initializer} | {
+        n.output[0] for n in graph.node if n.op_type == "Constant"}
+    outputs = {o.name for o in graph.output}
+    found = []
+    for i, node in enumerate(graph.node):
+        if node.op_type != "Gemm" or node.input[1] not in constant:
+            continue
+        if any(a.name == "transA" and a.i for a in node.attribute):
+            continue
+        if len(node.input) > 2 and node.input[2] and node.input[2] not in constant:
+            continue
+        tensor = node.output[0]
+        while tensor not in outputs:
+            readers = [n for n in graph.node if tensor in n.input]
+            if len(readers) != 1 or readers[0].op_type not in CLASSIFIER_TAIL:
+                break
+            tensor = readers[0].output[0]
+        if tensor in outputs:
+            found.append(i)
+    return found
+
+
+@dataclass
+class Walk:
+    order: list[int]  # node indices, Constant nodes excluded
+    consumers: dict[str, int]  # tensor -> number of reads along the order
+    residual_add: dict[int, int]  # compressed Conv index -> index of the Add it feeds
+    cuts: list[int]  # positions in ``order`` after which one tensor is live
+
+
+def walk(model: onnx.ModelProto, compressed: set[int]) -> Walk:
+    nodes = model.graph.node
+    produced_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            if name:
+                readers.setdefault(name, []).append(i)
+    residual = {}
+    for i in compressed:
+        users = readers.get(nodes[i].output[0], [])
+        if len(users) == 1 and nodes[users[0]].op_type == "Add":
+            residual[i] = users[0]
+    runnable = [i for i, n in enumerate(nodes) if n.op_type != "Constant"]
+    waits = {i: {produced_by[t] for t in nodes[i].input
+                 if t in produced_by and nodes[produced_by[t]].op_type != "Constant"}
+             for i in runnable}
+    dependants: dict[int, list[int]] = {}
+    for i, deps in waits.items():
+        for d in deps:
+            dependants.setdefault(d, []).append(i)
+    ready = [(int(i in residual), i) for i in runnable if not waits[i]]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(i)
+        for j in dependants.get(i, []):
+            waits[j].discard(i)
+            if not waits[j]:
+                heapq.heappush(ready, (int(j in residual), j))
+    if len(order) != len(runnable):
+        raise ValueError("the graph has a cycle")
+    consumers: dict[str, int] = {}
+    for i in order:
+        for name in nodes[i].input:
+            if name:
+                consumers[name] = consumers.get(name, 0) + 1
+    return Walk(order, consumers, residual, _cuts(model, order, consumers))
+
+
+def _cuts(model, order, consumers) -> list[int]:
+    nodes = model.graph.node
+    outputs = {o.name for o in model.graph.output}
+    remaining = dict(consumers)
+    initializers = {t.name for t in model.graph.initializer}
+    live = {t.name for t in model.graph.input if t.name not in initializers}
+    cuts = []
+    for pos, i in enumerate(order):
+        for name in nodes[i].input:
+            if name in remaining:
+                remaining[name] -= 1
+                if remaining[name] == 0:
+                    live.discard(name)
+        made = [o for o in nodes[i].output if o and (remaining.get(o, 0) or o in outputs)]
+        live.update(made)
+        if len(live) == 1 and len(made) == 1 and made[0] not in outputs:
+            cuts.append(pos)
+    return cuts

@@ -1,0 +1,159 @@
+"""One compressed Conv during the refit: its shared kernels as free values, its patches,
+its least-squares fit, and a gradient fit of a few nodes around it (docs/refit.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+
+from ..analysis.plan import LayerPlan, effective_weight
+from ..finetune import ops
+from .normal import NormalEquations, SharedLayout, SharedLeastSquares, Solution
+
+# Patch rows per normal-equation batch are capped at this many float32 values.
+_PATCH_ELEMENTS = 32_000_000
+
+
+def attributes(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class SharedConv:
+    """A compressed Conv whose weight is ``kernels[slot(n, c)]`` (zero where pruned)."""
+
+    def __init__(self, node: onnx.NodeProto, plan: LayerPlan, bias: np.ndarray | None):
+        self.node, self.plan = node, plan
+        n, c, kh, kw = plan.weight_shape
+        self.shape = (n, c, kh, kw)
+        self.layout = SharedLayout.from_labels(plan.labels, plan.q)
+        self.kernels = np.concatenate([plan.kernels[ch].reshape(-1, kh * kw)
+                                       for ch in range(c) if plan.q[ch] > 0]).astype(np.float64)
+        self.bias = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(n)
+        self.had_bias = bias is not None
+        attrs = attributes(node)
+        self.attrs = {k: attrs[k] for k in ("pads", "strides", "dilations") if k in attrs}
+        slots = self.layout.offsets[None, :] + plan.labels
+        slots[plan.labels < 0] = self.layout.slots  # the zero row
+        self.index = torch.from_numpy(slots.reshape(-1).astype(np.int64))
+
+    def weight(self, kernels: torch.Tensor) -> torch.Tensor:
+        padded = torch.cat([kernels, kernels.new_zeros(1, kernels.shape[1])])
+        return padded[self.index].reshape(self.shape)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.from_numpy(self.kernels.astype(np.float32)),
+                torch.from_numpy(self.bias.astype(np.float32)))
+
+    def forward(self, x: torch.Tensor, kernels=None, bias=None) -> torch.Tensor:
+        if kernels is None:
+            kernels, bias = self.tensors()
+        return ops.conv([x, self.weight(kernels), bias], self.attrs)
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """im2col of ``x``: (images, C*kh*kw, positions), rows in the weight's order."""
+        n, c, kh, kw = self.shape
+        pads = self.attrs.get("pads", [0] * 4)
+        x = F.pad(x, ops._torch_pads(pads)) if any(pads) else x
+        (dh, dw), (sh, sw) = self.attrs.get("dilations", [1, 1]), self.attrs.get("strides", [1, 1])
+        # windows as strided views, then one copy (F.unfold is ~15x slower on the CPU)
+        views = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
+        views = views[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
+        return views.permute(0, 1, 4, 5, 2, 3).reshape(len(x), c * kh * kw, -1)
+
+    def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float) -> Solution:
+        """Fit kernels and bias so ``conv(x) ~ target`` (both full calibration tensors)."""
+        n, c, kh, kw = self.shape
+        eq = NormalEquations(c * kh * kw, n)
+        positions = target.shape[2] * target.shape[3]
+        step = max(1, _PATCH_ELEMENTS // max(1, positions * c * kh * kw))
+        for start in range(0, len(x), step):
+            cols = self.patches(x[start:start + step])  # (B, CD, P)
+            ys = target[start:start + step].reshape(len(cols), n, -1)  # (B, N, P)
+            eq.add_batched(cols, ys)
+        solution = SharedLeastSquares(self.layout, eq, kh * kw, damping).solve(
+            self.kernels, self.bias)
+        self.kernels, self.bias = solution.kernels, solution.bias
+        return solution
+
+    def commit(self) -> np.ndarray:
+        """Write the kernels into the plan (codes unchanged); returns the bias."""
+        plan = self.plan
+        n, c, kh, kw = self.shape
+        dtype = plan.w_hat.dtype
+        for ch in range(c):
+            q = int(plan.q[ch])
+            if q:
+                start = int(self.layout.offsets[ch])
+                plan.kernels[ch] = self.kernels[start:start + q].reshape(q, kh, kw).astype(dtype)
+        plan.w_hat = effective_weight(plan.weight_shape, dtype, plan.labels, plan.kernels)
+        return self.bias.astype(dtype)
+
+
+def run_node(node: onnx.NodeProto, args: list, convs: dict | None = None, params=None):
+    """Outputs of ``node`` (a tuple); a compressed Conv in ``convs`` uses ``params``."""
+    if convs is not None and node.name in convs:
+        conv = convs[node.name]
+        kernels, bias = params[node.name] if params is not None else conv.tensors()
+        out = conv.forward(args[0], kernels, bias)
+    else:
+        out = ops.OPS[node.op_type](args, attributes(node))
+    return out if isinstance(out, tuple) else (out,)
+
+
+def relative_error(out: torch.Tensor, target: torch.Tensor) -> float:
+    diff = (out.double() - target.double()).square().sum()
+    return float(torch.sqrt(diff / target.double().square().sum().clamp_min(1e-30)))
+
+
+def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],
+                constants: dict[str, torch.Tensor], convs: dict[str, SharedConv],
+                output: str, target: torch.Tensor, steps: int, lr: float, batch: int,
+                seed: int) -> tuple[float, float]:
+    """Adam on the kernels and biases of ``convs`` so that running ``nodes`` from
+    ``inputs`` gives ``target`` at ``output`` (mean squared error over the target's
+    energy). Keeps the new values only if the error over every calibration image fell.
+    Returns (relative error before, after)."""
+    def run(select, params):
+        env = {name: value[select] for name, value in inputs.items()}
+        for node in nodes:
+            args = [None if not n else env[n] if n in env else constants[n] for n in node.input]
+            for name, value in zip(node.output, run_node(node, args, convs, params),
+                                   strict=False):
+                env[name] = value
+        return env[output]
+
+    def full_error(params) -> float:
+        with torch.no_grad():
+            chunks = [slice(s, s + 256) for s in range(0, len(target), 256)]
+            sq = sum(float((run(c, params).double() - target[c].double()).square().sum())
+                     for c in chunks)
+            return float(np.sqrt(sq / max(float(target.double().square().sum()), 1e-30)))
+
+    start = {name: conv.tensors() for name, conv in convs.items()}
+    before = full_error(start)
+    params = {name: (k.clone().requires_grad_(True), b.clone().requires_grad_(True))
+              for name, (k, b) in start.items()}
+    groups = []
+    for k, b in params.values():
+        scale = float(k.detach().square().mean().sqrt()) or 1.0
+        groups.append({"params": [k, b], "lr": lr * scale})
+    optimizer = torch.optim.Adam(groups)
+    generator = torch.Generator().manual_seed(seed)
+    energy = target.square().mean().clamp_min(1e-30)
+    n = len(target)
+    for _ in range(steps):
+        pick = torch.randint(0, n, (min(batch, n),), generator=generator)
+        loss = (run(pick, params) - target[pick]).square().mean() / energy
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    fitted = {name: (k.detach(), b.detach()) for name, (k, b) in params.items()}
+    after = full_error(fitted)
+    if after < before:
+        for name, (k, b) in fitted.items():
+            convs[name].kernels = k.double().numpy()
+            convs[name].bias = b.double().numpy()
+        return before, after
+    return before, before

@@ -1,0 +1,350 @@
+"""Post-training refit of a whole model: teacher and student run side by side, node by
+node, over the calibration images (docs/refit.md).
+
+The teacher is the original model. The student is the same graph with each compressed
+Conv's weight replaced by its shared kernels (``W_hat``); it is refitted as it goes, so
+every Conv is fitted on the activations of the model refitted so far and errors do not
+accumulate. Per compressed Conv, in the walk's order (:mod:`.graph_walk`):
+- ``ls``: least squares of its shared kernels and bias (:mod:`.normal`), the target
+  being the teacher's output of that Conv or, when the Conv feeds a residual Add, the
+  teacher's Add output minus the student's other Add inputs (residual-aware);
+- ``act``: then a gradient fit of the same values to the teacher's output after the
+  activation that follows (through the Add when there is one);
+- ``block``: after the least squares of each Conv, a joint gradient fit of all the
+  Convs between two cuts of the graph (a residual block) to the teacher's block output.
+Last, with ``refit_classifier``, the final Gemm is refitted by least squares to the
+teacher's logits. Codes, pruned channels and the sharing never change.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from ..analysis.plan import LayerPlan
+from ..errors import ModelError, first_line
+from ..options import RefitOptions
+from .graph_walk import classifier_gemms, node_names, walk
+from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
+
+ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh",
+               "Elu", "Selu", "Softplus"}
+
+
+@dataclass
+class LayerFit:
+    name: str
+    target: str  # "conv output" or "residual Add"
+    solver: str
+    error_before: float  # relative error ||y - target|| / ||target|| on the calibration set
+    error_after: float
+    seconds: float
+    act_error_before: float | None = None  # after the activation ("act" mode)
+    act_error_after: float | None = None
+
+
+@dataclass
+class RefitResult:
+    mode: str
+    images: int
+    layers: list[LayerFit] = field(default_factory=list)
+    blocks: list[dict] = field(default_factory=list)
+    classifier: dict | None = None
+    seconds: float = 0.0
+    model: onnx.ModelProto | None = None  # the original with refitted biases/classifier
+
+    def to_dict(self) -> dict:
+        return {"mode": self.mode, "images": self.images, "seconds": round(self.seconds, 3),
+                "layers": [asdict(layer) for layer in self.layers], "blocks": self.blocks,
+                "classifier": self.classifier}
+
+
+def refit_model(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarray,
+                options: RefitOptions, log=None) -> RefitResult:
+    """Refit the compressed layers of ``plans`` (changed in place) from calibration
+    inputs ``x``; the result's ``model`` is ``model`` with the refitted biases (and
+    classifier), to be lowered with the changed plans."""
+    return _Refit(model, plans, x, options, log or _stderr).run()
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class _Refit:
+    def __init__(self, model, plans, x, options: RefitOptions, log):
+        self.model, self.options, self.log = model, options, log
+        graph = model.graph
+        inputs = [i for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+        if len(inputs) != 1:
+            raise ModelError(f"refit needs a model with one input, this one has {len(inputs)}")
+        self.input = inputs[0].name
+        elem = inputs[0].type.tensor_type.elem_type
+        if elem != onnx.TensorProto.FLOAT:
+            raise ModelError(f"input {self.input!r}: refit supports float32 models only")
+        dims = [d.dim_value if d.HasField("dim_value") else None
+                for d in inputs[0].type.tensor_type.shape.dim]
+        if len(dims) != x.ndim or any(d and d != s for d, s in zip(dims[1:], x.shape[1:],
+                                                                    strict=False)):
+            shown = ["?" if d is None else d for d in dims]
+            raise ModelError(f"calibration images of shape {tuple(x.shape[1:])} do not fit "
+                             f"input {self.input!r} of shape {shown[1:]}: check "
+                             "--resize/--crop and the channels")
+        self.x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        self.names = node_names(model)
+        self.plans = {i: plans[name] for i, name in enumerate(self.names)
+                      if name in plans and plans[name].compressed
+                      and model.graph.node[i].op_type == "Conv"}
+        for i, plan in self.plans.items():
+            if plan.w_hat.dtype != np.float32:
+                raise ModelError(f"node {self.names[i]!r}: refit supports float32 weights "
+                                 f"only, not {plan.w_hat.dtype}")
+        self.constants = self._constants()
+        self.walk = walk(model, set(self.plans))
+        self.classifiers = set(classifier_gemms(model)) if options.refit_classifier else set()
+        self.result = RefitResult(options.refit, len(x))
+        self.biases: dict[int, np.ndarray] = {}
+        self.classifier: dict[str, np.ndarray] = {}
+        self.convs: dict[int, SharedConv] = {}
+
+    def _constants(self) -> dict[str, torch.Tensor]:
+        values = {}
+        for init in self.model.graph.initializer:
+            values[init.name] = _tensor(numpy_helper.to_array(init))
+        for node in self.model.graph.node:
+            if node.op_type == "Constant":
+                attrs = {a.name: a for a in node.attribute}
+                if "value" not in attrs:
+                    raise ModelError(f"node {node.name!r}: Constant without a tensor value "
+                                     "is not supported by the refit")
+                values[node.output[0]] = _tensor(numpy_helper.to_array(attrs["value"].t))
+        return values
+
+    def _lookup(self, env, name):
+        if not name:
+            return None
+        return env[name] if name in env else self.constants[name]
+
+    def run(self) -> RefitResult:
+        started = time.perf_counter()
+        nodes = self.model.graph.node
+        teacher = {self.input: self.x}
+        student = {self.input: self.x}
+        remaining = dict(self.walk.consumers)
+        keep = {o.name for o in self.model.graph.output}
+        cuts = set(self.walk.cuts) if self.options.refit == "block" else set()
+        block_start, block_input = 0, self.input
+        keep.add(block_input)
+        total = len(self.plans)
+        with torch.no_grad():
+            for pos, i in enumerate(self.walk.order):
+                node = nodes[i]
+                t_args = [self._lookup(teacher, n) for n in node.input]
+                try:
+                    t_out = run_node(node, t_args)
+                except (RuntimeError, ValueError, IndexError) as exc:
+                    raise ModelError(f"node {self.names[i]!r} ({node.op_type}) fails on the "
+                                     f"calibration images: {first_line(exc)}") from exc
+                for name, value in zip(node.output, t_out, strict=False):
+                    teacher[name] = value
+                s_args = [self._lookup(student, n) for n in node.input]
+                if i in self.plans:
+                    s_out = (self._fit_conv(i, s_args, teacher, student),)
+                    self.log(f"refit: {len(self.convs)}/{total} {self.names[i]}")
+                elif i in self.classifiers:
+                    s_out = (self._fit_classifier(i, s_args, teacher),)
+                elif all(a is b for a, b in zip(s_args, t_args, strict=True)):
+                    s_out = t_out  # the student equals the teacher up to here
+                else:
+                    s_out = run_node(node, s_args)
+                for name, value in zip(node.output, s_out, strict=False):
+                    student[name] = value
+                if pos in cuts:
+                    self._fit_block(block_start, pos, block_input, teacher, student)
+                    keep.discard(block_input)
+                    _release([block_input], remaining, keep, teacher, student)
+                    block_start, block_input = pos + 1, node.output[0]
+                    keep.add(block_input)
+                for name in node.input:
+                    if name in remaining:
+                        remaining[name] -= 1
+                _release(node.input, remaining, keep, teacher, student)
+        self.result.model = self._refitted_model()
+        self.result.seconds = time.perf_counter() - started
+        return self.result
+
+    # -- one compressed Conv ------------------------------------------------------------
+    def _fit_conv(self, i, s_args, teacher, student) -> torch.Tensor:
+        started = time.perf_counter()
+        node = self.model.graph.node[i]
+        bias = s_args[2] if len(s_args) > 2 and s_args[2] is not None else None
+        conv = SharedConv(node, self.plans[i], None if bias is None else bias.numpy())
+        self.convs[i] = conv
+        x = s_args[0]
+        target, kind, others = teacher[node.output[0]], "conv output", []
+        add = self.walk.residual_add.get(i)
+        if add is not None:
+            others = [n for n in self.model.graph.node[add].input if n != node.output[0]]
+            if all(n in student or n in self.constants for n in others):
+                target = target + sum(self._lookup(teacher, n) - self._lookup(student, n)
+                                      for n in others)
+                kind = "residual Add"
+            else:
+                add, others = None, []
+        solution = conv.least_squares(x, target, self.options.refit_damping)
+        yy = max(float(target.double().square().sum()), 1e-30)
+        fit = LayerFit(self.names[i], kind, solution.solver,
+                       float(np.sqrt(solution.objective_before / yy)),
+                       float(np.sqrt(solution.objective_after / yy)), 0.0)
+        if self.options.refit == "act":
+            self._fit_activation(i, conv, x, add, others, teacher, student, fit)
+        fit.seconds = time.perf_counter() - started
+        self.result.layers.append(fit)
+        return conv.forward(x)
+
+    def _fit_activation(self, i, conv, x, add, others, teacher, student, fit) -> None:
+        """Gradient fit of ``conv`` to the teacher after the next activation."""
+        nodes = self.model.graph.node
+        head = nodes[add].output[0] if add is not None else nodes[i].output[0]
+        readers = [j for j in self.walk.order if head in nodes[j].input]
+        if len(readers) != 1 or nodes[readers[0]].op_type not in ACTIVATIONS:
+            return
+        act = nodes[readers[0]]
+        segment = [i] + ([add] if add is not None else []) + [readers[0]]
+        t_head = teacher[nodes[i].output[0]] + sum(
+            (self._lookup(teacher, n) for n in others), torch.zeros(()))
+        target = run_node(act, [t_head] + [self._lookup(teacher, n) for n in act.input[1:]])[0]
+        inputs = {nodes[i].input[0]: x}
+        inputs.update({n: self._lookup(student, n) for n in others})
+        with torch.enable_grad():
+            before, after = fit_segment(
+                self._named(segment), inputs, self.constants, {self.names[i]: conv},
+                act.output[0], target, self.options.refit_steps, self.options.refit_lr,
+                self.options.refit_batch, self.options.refit_seed + i)
+        fit.act_error_before, fit.act_error_after = before, after
+
+    def _named(self, indices: list[int]) -> list[onnx.NodeProto]:
+        """Copies of the nodes at ``indices``, each named as kse-onnx names it."""
+        out = []
+        for i in indices:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(self.model.graph.node[i])
+            copy.name = self.names[i]
+            out.append(copy)
+        return out
+
+    # -- a block between two cuts --------------------------------------------------------
+    def _fit_block(self, first, last, block_input, teacher, student) -> None:
+        nodes = self.model.graph.node
+        members = self.walk.order[first:last + 1]
+        convs = {self.names[j]: self.convs[j] for j in members if j in self.convs}
+        if not convs:
+            return
+        started = time.perf_counter()
+        output = nodes[members[-1]].output[0]
+        segment = self._named(members)
+        inputs = {block_input: student[block_input]}
+        with torch.enable_grad():
+            before, after = fit_segment(segment, inputs, self.constants, convs, output,
+                                        teacher[output], self.options.refit_steps,
+                                        self.options.refit_lr, self.options.refit_batch,
+                                        self.options.refit_seed + members[0])
+        env = dict(inputs)
+        for node in segment:
+            args = [self._lookup(env, n) for n in node.input]
+            for name, value in zip(node.output, run_node(node, args, convs), strict=False):
+                env[name] = value
+        student[output] = env[output]
+        self.result.blocks.append({
+            "first": self.names[members[0]], "last": self.names[members[-1]],
+            "convs": len(convs), "error_before": before, "error_after": after,
+            "seconds": round(time.perf_counter() - started, 3)})
+        self.log(f"refit: block ending at {self.names[members[-1]]}: relative error "
+                 f"{before:.4f} -> {after:.4f}")
+
+    # -- the classifier ---------------------------------------------------------------
+    def _fit_classifier(self, i, s_args, teacher) -> torch.Tensor:
+        node = self.model.graph.node[i]
+        attrs = attributes(node)
+        alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+        features = s_args[0].double().numpy()
+        target = teacher[node.output[0]].double().numpy()
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        design = np.hstack([features, np.ones((len(features), 1))]) if has_bias else features
+        gram = design.T @ design
+        damping = self.options.refit_damping * max(float(np.mean(np.diag(gram))), 1e-30)
+        solution = np.linalg.solve(gram + damping * np.eye(len(gram)), design.T @ target)
+        before = relative_error(run_node(node, s_args)[0], teacher[node.output[0]])
+        weight = solution[:features.shape[1]] / alpha
+        if attrs.get("transB", 0):
+            weight = weight.T
+        new_args = list(s_args)
+        new_args[1] = torch.from_numpy(weight.astype(np.float32))
+        bias_shape = None
+        if has_bias:
+            bias_shape = tuple(s_args[2].shape)
+            bias = np.broadcast_to(solution[-1] / beta, (target.shape[1],))
+            if bias_shape != (target.shape[1],) and bias_shape != (1, target.shape[1]):
+                return run_node(node, s_args)[0]  # a bias of another shape: left alone
+            new_args[2] = torch.from_numpy(bias.reshape(bias_shape).astype(np.float32))
+        out = run_node(node, new_args)[0]
+        after = relative_error(out, teacher[node.output[0]])
+        if not after < before or self.classifier:  # one classifier: the first found
+            return run_node(node, s_args)[0]
+        self.classifier = {node.input[1]: new_args[1].numpy()}
+        if has_bias:
+            self.classifier[node.input[2]] = new_args[2].numpy()
+        self.classifier_node = i
+        self.result.classifier = {"name": self.names[i], "error_before": before,
+                                  "error_after": after}
+        return out
+
+    # -- the refitted model ---------------------------------------------------------------
+    def _refitted_model(self) -> onnx.ModelProto:
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        taken = {t.name for t in model.graph.initializer} | {
+            o for n in model.graph.node for o in n.output} | {t.name for t in model.graph.input}
+
+        def add(name: str, values: np.ndarray) -> str:
+            unique, k = name, 0
+            while unique in taken:
+                k += 1
+                unique = f"{name}_{k}"
+            taken.add(unique)
+            model.graph.initializer.append(numpy_helper.from_array(values, unique))
+            return unique
+
+        for i, conv in self.convs.items():
+            bias = conv.commit()
+            node = model.graph.node[i]
+            name = add(f"{self.names[i]}_kse_refit_bias", bias)
+            if len(node.input) > 2:
+                node.input[2] = name
+            else:
+                node.input.append(name)
+        if self.classifier:
+            node = model.graph.node[self.classifier_node]
+            for position, values in zip((1, 2), self.classifier.values(), strict=False):
+                node.input[position] = add(f"{self.names[self.classifier_node]}_kse_refit_"
+                                           f"{'weight' if position == 1 else 'bias'}", values)
+        return model
+
+
+def _tensor(values: np.ndarray) -> torch.Tensor:
+    if values.dtype.kind == "f":
+        values = values.astype(np.float32)
+    return torch.from_numpy(np.array(values))
+
+
+def _release(names, remaining, keep, *envs) -> None:
+    for name in names:
+        if name and remaining.get(name, 1) <= 0 and name not in keep:
+            for env in envs:
+                env.pop(name, None)

@@ -1,0 +1,227 @@
+"""Least squares for one compressed Conv with its codes fixed (docs/refit.md, "ls").
+
+Unknowns: the shared kernels ``K[s]`` (one slot ``s = offset_c + j`` per kept kernel
+``j`` of input channel ``c``, ``D = kh*kw`` values each) and the bias ``b``. With
+``labels[n, c]`` fixed, output filter n's weight row is ``w_n = (K[slot(n, c)])_c`` and
+
+    minimise  sum_n sum_p (y[n, p] - w_n . x_p - b_n)^2
+
+over all output positions p (im2col patches ``x_p`` of length ``C*D``). Its normal
+equations only need the patch statistics, summed batch by batch in float64 so memory
+does not grow with the number of images:
+
+    G = sum_p x_p x_p^T  (CD x CD),  H = sum_p x_p y_p^T  (CD x N),
+    s = sum_p x_p,  y_sum = sum_p y_p,  yy = sum_p |y_p|^2,  P = number of patches.
+
+``A theta`` never needs the full matrix: expand ``theta`` to the dense weight W (N, CD),
+form ``Z = W G + b s^T``, and sum Z's rows into the slots by code (``S``, a 0/1 sparse
+matrix from (n, c) pairs to slots); the bias rows are ``W s + P b``. Small layers build
+A explicitly (``A[(s,d),(s',d')] = M[s,s'] G[c(s)d, c(s')d']`` with ``M = OH^T OH`` the
+code co-occurrence counts) and solve it by Cholesky; larger ones run preconditioned
+conjugate gradients from the clustered kernels (block-Jacobi: ``count_s * G_cc`` per
+slot). Both minimise the same damped objective; CG's iterates never increase it.
+Damping: ``lambda = damping * mean(diag A)`` added to the diagonal (default 1e-6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+
+# Unknowns up to which A is built and factored (A takes EXACT_MAX^2 float64 values).
+EXACT_MAX = 3000
+PCG_MAX_ITER = 300
+PCG_RTOL = 1e-5
+
+
+@dataclass
+class SharedLayout:
+    """Where each (n, c) weight kernel reads its shared kernel from."""
+
+    labels: np.ndarray  # (N, C), -1 for pruned channels
+    offsets: np.ndarray  # (C,) first slot of channel c
+    counts: np.ndarray  # (C,) q_c
+    slot_channel: np.ndarray  # (U,) channel of each slot
+    slot_uses: np.ndarray  # (U,) how many filters use each slot
+    select: scipy.sparse.csr_matrix  # (U, N*C) 0/1: slot <- (n, c)
+
+    @classmethod
+    def from_labels(cls, labels: np.ndarray, q: np.ndarray) -> SharedLayout:
+        n, c = labels.shape
+        counts = np.asarray(q, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        slots = np.repeat(np.arange(c)[None], n, 0)
+        valid = labels >= 0
+        rows = (offsets[slots] + labels)[valid]
+        cols = (np.arange(n)[:, None] * c + np.arange(c)[None])[valid]
+        u = int(counts.sum())
+        select = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(u, n * c))
+        uses = np.bincount(rows, minlength=u)
+        return cls(labels, offsets, counts, np.repeat(np.arange(c), counts), uses, select)
+
+    @property
+    def slots(self) -> int:
+        return int(self.counts.sum())
+
+    def expand(self, kernels: np.ndarray) -> np.ndarray:
+        """Dense weight (N, C, D) of slot values ``kernels`` (U, D); zeros where pruned."""
+        n, c = self.labels.shape
+        return np.asarray(self.select.T @ kernels).reshape(n, c, -1)
+
+    def gather(self, per_nc: np.ndarray) -> np.ndarray:
+        """Sum (N, C, D) values into their slots: (U, D)."""
+        n, c, d = per_nc.shape
+        return np.asarray(self.select @ per_nc.reshape(n * c, d))
+
+    def kernels_of(self, weight: np.ndarray) -> np.ndarray:
+        """Slot values read from a dense weight (N, C, D) that respects the sharing."""
+        return self.gather(weight) / np.maximum(self.slot_uses, 1)[:, None]
+
+
+class NormalEquations:
+    """Patch statistics of one layer, accumulated batch by batch in float64."""
+
+    def __init__(self, cd: int, n: int):
+        self.G = np.zeros((cd, cd))
+        self.H = np.zeros((cd, n))
+        self.s = np.zeros(cd)
+        self.y_sum = np.zeros(n)
+        self.yy = 0.0
+        self.P = 0
+
+    def add_batched(self, patches, targets) -> None:
+        """torch tensors ``patches`` (B, CD, P) and ``targets`` (B, N, P): each image's
+        products in float32 (BLAS), summed over the batch into the float64 totals."""
+        self.G += (patches @ patches.transpose(1, 2)).sum(0).double().numpy()
+        self.H += (patches @ targets.transpose(1, 2)).sum(0).double().numpy()
+        self.s += patches.sum(2).double().sum(0).numpy()
+        self.y_sum += targets.sum(2).double().sum(0).numpy()
+        self.yy += float(targets.square().sum((1, 2)).double().sum())
+        self.P += patches.shape[0] * patches.shape[2]
+
+    def add(self, patches: np.ndarray, targets: np.ndarray) -> None:
+        """``patches`` (P, CD) and ``targets`` (P, N), float32 or float64."""
+        self.G += (patches.T @ patches).astype(np.float64)
+        self.H += (patches.T @ targets).astype(np.float64)
+        self.s += patches.sum(0, dtype=np.float64)
+        self.y_sum += targets.sum(0, dtype=np.float64)
+        self.yy += float(np.square(targets, dtype=np.float64).sum())
+        self.P += len(patches)
+
+
+@dataclass
+class Solution:
+    kernels: np.ndarray  # (U, D)
+    bias: np.ndarray  # (N,)
+    solver: str
+    objective_before: float  # damped-free sum of squared errors at the start
+    objective_after: float
+
+
+class SharedLeastSquares:
+    """The normal equations of one layer under a fixed code layout."""
+
+    def __init__(self, layout: SharedLayout, eq: NormalEquations, kernel_size: int,
+                 damping: float):
+        self.layout, self.eq, self.d = layout, eq, kernel_size
+        n, c = layout.labels.shape
+        self.n, self.c = n, c
+        diag_g = np.diag(eq.G).reshape(c, kernel_size)
+        diag = np.concatenate([(layout.slot_uses[:, None] * diag_g[layout.slot_channel]).ravel(),
+                               np.full(n, float(eq.P))])
+        self.damping = damping * max(float(diag.mean()), 1e-30)
+        self.rhs_k = layout.gather(eq.H.T.reshape(n, c, kernel_size))
+        self.rhs_b = eq.y_sum
+
+    @property
+    def unknowns(self) -> int:
+        return self.layout.slots * self.d + self.n
+
+    def apply(self, k: np.ndarray, b: np.ndarray, damped: bool = True):
+        """(A k_b) in (kernels, bias) form."""
+        w = self.layout.expand(k).reshape(self.n, -1)
+        z = w @ self.eq.G + np.outer(b, self.eq.s)
+        out_k = self.layout.gather(z.reshape(self.n, self.c, self.d))
+        out_b = w @ self.eq.s + self.eq.P * b
+        if damped:
+            out_k = out_k + self.damping * k
+            out_b = out_b + self.damping * b
+        return out_k, out_b
+
+    def objective(self, k: np.ndarray, b: np.ndarray) -> float:
+        """Sum of squared errors ``sum |y - W x - b|^2`` over the accumulated patches."""
+        ak, ab = self.apply(k, b, damped=False)
+        value = (np.vdot(k, ak) + np.vdot(b, ab) - 2 * np.vdot(k, self.rhs_k)
+                 - 2 * np.vdot(b, self.rhs_b) + self.eq.yy)
+        return max(float(value), 0.0)
+
+    def solve(self, k0: np.ndarray, b0: np.ndarray) -> Solution:
+        before = self.objective(k0, b0)
+        if self.unknowns <= EXACT_MAX:
+            k, b, solver = *self._exact(), "exact (Cholesky)"
+        else:
+            k, b, iters = self._pcg(k0, b0)
+            solver = f"conjugate gradients ({iters} iterations)"
+        after = self.objective(k, b)
+        if not (np.all(np.isfinite(k)) and np.all(np.isfinite(b)) and after <= before):
+            return Solution(k0, b0, "kept the clustered kernels (no improvement)", before,
+                            before)
+        return Solution(k, b, solver, before, after)
+
+    def _exact(self):
+        lay, d, n = self.layout, self.d, self.n
+        u = lay.slots
+        onehot = np.zeros((n, u))
+        rows, cols = np.nonzero(lay.labels >= 0)
+        onehot[rows, lay.offsets[cols] + lay.labels[rows, cols]] = 1.0
+        co = onehot.T @ onehot  # (U, U) code co-occurrence counts
+        g4 = self.eq.G.reshape(self.c, d, self.c, d)
+        gsel = g4[lay.slot_channel][:, :, lay.slot_channel]  # (U, D, U, D)
+        a_kk = (co[:, None, :, None] * gsel).reshape(u * d, u * d)
+        s2 = self.eq.s.reshape(self.c, d)[lay.slot_channel]  # (U, D)
+        a_kb = (onehot.T[:, None, :] * s2[:, :, None]).reshape(u * d, n)
+        a = np.block([[a_kk, a_kb], [a_kb.T, self.eq.P * np.eye(n)]])
+        a[np.diag_indices_from(a)] += self.damping
+        rhs = np.concatenate([self.rhs_k.ravel(), self.rhs_b])
+        try:
+            x = scipy.linalg.solve(a, rhs, assume_a="pos", check_finite=False)
+        except (np.linalg.LinAlgError, ValueError):
+            x = scipy.linalg.lstsq(a, rhs, check_finite=False)[0]
+        return x[:u * d].reshape(u, d), x[u * d:]
+
+    def _pcg(self, k, b):
+        lay, d = self.layout, self.d
+        g_blocks = self.eq.G.reshape(self.c, d, self.c, d)[np.arange(self.c), :, np.arange(self.c)]
+        eye = np.eye(d)
+        inv = np.stack([np.linalg.pinv(g + self.damping * eye) for g in g_blocks])  # (C, D, D)
+        uses = np.maximum(lay.slot_uses, 1)[:, None]
+
+        def precondition(rk, rb):
+            zk = np.einsum("sij,sj->si", inv[lay.slot_channel], rk) / uses
+            return zk, rb / (self.eq.P + self.damping)
+
+        ak, ab = self.apply(k, b)
+        rk, rb = self.rhs_k - ak, self.rhs_b - ab
+        zk, zb = precondition(rk, rb)
+        pk, pb = zk.copy(), zb.copy()
+        rz = np.vdot(rk, zk) + np.vdot(rb, zb)
+        norm0 = np.sqrt(np.vdot(rk, rk) + np.vdot(rb, rb))
+        iters = 0
+        for iters in range(1, PCG_MAX_ITER + 1):  # noqa: B007
+            qk, qb = self.apply(pk, pb)
+            pq = np.vdot(pk, qk) + np.vdot(pb, qb)
+            if pq <= 0:
+                break
+            alpha = rz / pq
+            k, b = k + alpha * pk, b + alpha * pb
+            rk, rb = rk - alpha * qk, rb - alpha * qb
+            if np.sqrt(np.vdot(rk, rk) + np.vdot(rb, rb)) <= PCG_RTOL * norm0:
+                break
+            zk, zb = precondition(rk, rb)
+            rz_new = np.vdot(rk, zk) + np.vdot(rb, zb)
+            pk, pb = zk + (rz_new / rz) * pk, zb + (rz_new / rz) * pb
+            rz = rz_new
+        return k, b, iters

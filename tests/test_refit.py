@@ -1,0 +1,228 @@
+"""Post-training refit: least squares with the codes fixed, residual-aware targets,
+block fits, the classifier, verify on refitted models, and bad calibration data."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from graphs import folded_resnet, photo_batch
+
+from kse_onnx.analysis.plan import plan_layer
+from kse_onnx.api import analyse, optimize
+from kse_onnx.api import refit as refit_command
+from kse_onnx.cli import main
+from kse_onnx.errors import KSEError
+from kse_onnx.options import (
+    CalibrationOptions,
+    KSEOptions,
+    LowerOptions,
+    RefitOptions,
+    SelectOptions,
+)
+from kse_onnx.refit.normal import SharedLayout
+from kse_onnx.runtime.verify import verify
+
+torch = pytest.importorskip("torch")
+FAST = dict(refit_steps=20, refit_batch=16)
+
+
+@pytest.fixture(scope="module")
+def resnet(tmp_path_factory):
+    """A folded residual net, its calibration images and a scratch folder."""
+    tmp = tmp_path_factory.mktemp("refit")
+    src = tmp / "resnet.onnx"
+    onnx.save(folded_resnet(width=16, hw=8), src)
+    calibration = tmp / "calibration.npz"
+    np.savez(calibration, x=photo_batch((48, 3, 8, 8), seed=3))
+    return tmp, src, calibration
+
+
+def _optimize(resnet, name, mode="ls", lowering="dense", **kw):
+    tmp, src, calibration = resnet
+    out = tmp / name
+    report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions(lowering),
+                      calibration=CalibrationOptions(str(calibration)),
+                      refit=RefitOptions(mode, **FAST), log=lambda line: None, **kw)
+    return out, report
+
+
+def test_least_squares_recovers_a_weight_its_codes_can_represent():
+    """Targets made by shared kernels under the plan's own codes: the fit finds them."""
+    from kse_onnx.refit.layer import SharedConv
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
+    plan = plan_layer(weight, KSEOptions(G=4))
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    truth = SharedConv(node, plan, rng.standard_normal(16).astype(np.float32))
+    truth.kernels = rng.standard_normal(truth.kernels.shape)
+    x = torch.from_numpy(rng.standard_normal((32, 8, 6, 6)).astype(np.float32))
+    target = truth.forward(x)
+    fit = SharedConv(node, plan, None)
+    solution = fit.least_squares(x, target, damping=1e-9)
+    assert solution.objective_after < 1e-8 * solution.objective_before
+    np.testing.assert_allclose(fit.kernels, truth.kernels, atol=1e-5)
+    np.testing.assert_allclose(fit.bias, truth.bias, atol=1e-5)
+
+
+def test_conjugate_gradients_agree_with_the_exact_solve(monkeypatch):
+    from kse_onnx.refit import normal
+
+    rng = np.random.default_rng(1)
+    labels = np.stack([rng.integers(0, 4, 12), np.arange(12), np.full(12, -1)], axis=1)
+    labels[:4, 0] = np.arange(4)
+    layout = SharedLayout.from_labels(labels, np.array([4, 12, 0]))
+    eq = normal.NormalEquations(3 * 4, 12)
+    x = rng.standard_normal((400, 12))
+    eq.add(x, x @ rng.standard_normal((12, 12)) + 0.1 * rng.standard_normal((400, 12)))
+    problem = normal.SharedLeastSquares(layout, eq, 4, 1e-9)
+    k0, b0 = np.zeros((16, 4)), np.zeros(12)
+    exact = problem.solve(k0, b0)
+    monkeypatch.setattr(normal, "EXACT_MAX", 0)
+    iterative = problem.solve(k0, b0)
+    assert exact.solver.startswith("exact") and iterative.solver.startswith("conjugate")
+    assert iterative.objective_after == pytest.approx(exact.objective_after, rel=1e-6)
+    assert exact.objective_after < exact.objective_before
+
+
+@pytest.mark.parametrize("mode", ["ls", "block"])
+def test_refit_keeps_codes_and_never_increases_an_error(resnet, mode):
+    tmp, src, calibration = resnet
+    model = onnx.load(src)
+    fresh = analyse(model, KSEOptions(G=4), SelectOptions())
+    _, report = _optimize(resnet, f"codes_{mode}.onnx", mode)
+    refit = report.extra["refit"]
+    assert len(refit["layers"]) == sum(p.compressed for p in fresh.plans.values()) >= 4
+    assert any(f["target"] == "residual Add" for f in refit["layers"])
+    for layer in refit["layers"]:
+        assert layer["error_after"] <= layer["error_before"]
+    assert refit["layers"][0]["error_after"] < 0.9 * refit["layers"][0]["error_before"]
+    for block in refit["blocks"]:
+        assert block["error_after"] <= block["error_before"]
+    if mode == "block":
+        assert refit["blocks"]
+    assert refit["classifier"]["error_after"] < refit["classifier"]["error_before"]
+
+
+def test_refitted_plans_keep_q_distinct_kernels_per_channel(resnet):
+    from kse_onnx.refit.model import refit_model
+
+    tmp, src, calibration = resnet
+    model = onnx.load(src)
+    result = analyse(model, KSEOptions(G=4), SelectOptions())
+    before = {name: (p.labels.copy(), [k.copy() for k in p.kernels])
+              for name, p in result.plans.items() if p.compressed}
+    refit_model(model, result.plans, np.load(calibration)["x"], RefitOptions("ls"),
+                log=lambda line: None)
+    for name, (labels, kernels) in before.items():
+        plan = result.plans[name]
+        np.testing.assert_array_equal(plan.labels, labels)
+        assert any(not np.array_equal(a, b) for a, b in zip(plan.kernels, kernels, strict=True))
+        for ch in range(plan.w_hat.shape[1]):
+            distinct = np.unique(plan.w_hat[:, ch].reshape(len(plan.w_hat), -1), axis=0)
+            assert len(distinct) == (plan.q[ch] if plan.q[ch] else 1)  # pruned: all zero
+            if not plan.q[ch]:
+                assert not np.any(plan.w_hat[:, ch])
+
+
+@pytest.mark.parametrize("lowering", ["dense", "compact", "factored"])
+def test_verify_passes_a_refitted_model_and_fails_a_broken_one(resnet, lowering):
+    tmp, src, calibration = resnet
+    out, _ = _optimize(resnet, f"verify_{lowering}.onnx", "ls", lowering)
+    assert verify(src, out).exact
+    model = onnx.load(out)
+    _break(model, lowering)
+    broken = tmp / f"broken_{lowering}.onnx"
+    onnx.save(model, broken)
+    assert not verify(src, broken).exact
+
+
+def _break(model: onnx.ModelProto, lowering: str) -> None:
+    """Corrupt the first compressed conv the way a wrong rewrite would: ``dense`` gives one
+    filter its own copy of a shared kernel, ``compact`` points a code at another kernel,
+    ``factored`` adds a kernel response to a filter's channel fusion."""
+    import json
+
+    settings = json.loads([p for p in model.metadata_props if p.key == "kse_onnx"][0].value)
+    first = sorted(settings["compressed_layers"])[0]
+    suffix = {"dense": "_kse_weight", "compact": "_kse_codes", "factored": "_kse_select"}
+    init = next(i for i in model.graph.initializer if i.name == first + suffix[lowering])
+    values = onnx.numpy_helper.to_array(init).copy()
+    if lowering == "factored":
+        row = values[0, :, 0, 0]
+        row[np.flatnonzero(row == 0)[0]] = 1
+    else:  # a filter whose kernel on some channel is shared with another filter
+        flat = values.reshape(len(values), values.shape[1], -1)
+        n, c = next((n, c) for c in range(flat.shape[1]) for n in range(len(flat))
+                    if 1 < len(np.unique(flat[:, c], axis=0)) < len(flat)
+                    and (flat[:, c] == flat[n, c]).all(axis=-1).sum() > 1)
+        if lowering == "compact":  # point it at another kernel of the codebook
+            flat[n, c] = (flat[n, c] + 1) % (values.max() + 1)
+        else:
+            flat[n, c] += 1.0
+    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+
+
+def test_refit_is_deterministic(resnet):
+    a, _ = _optimize(resnet, "det_a.onnx", "block")
+    b, _ = _optimize(resnet, "det_b.onnx", "block")
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_refit_command_matches_optimize_with_calibration(resnet):
+    tmp, src, calibration = resnet
+    plain = tmp / "plain.onnx"
+    optimize(src, plain, KSEOptions(G=4), lower_options=LowerOptions("compact"))
+    direct, _ = _optimize(resnet, "direct.onnx", "ls", "compact")
+    later = tmp / "later.onnx"
+    refit_command(plain, later, src, CalibrationOptions(str(calibration)),
+                  RefitOptions("ls", **FAST), log=lambda line: None)
+    assert later.read_bytes() == direct.read_bytes()
+
+
+def test_refit_then_int8_in_one_command(resnet, capsys):
+    tmp, src, calibration = resnet
+    out = tmp / "int8.onnx"
+    assert main(["optimize", str(src), str(out), "--lowering", "compact", "--calibration",
+                 str(calibration), "--refit", "ls", "--quantize", "int8-static"]) == 0
+    text = capsys.readouterr().out
+    assert "refit (ls, 48 calibration images" in text and "int8-static" in text
+    result = verify(src, out)
+    assert result.quantized and result.approximation[0].top1_agreement is not None
+
+
+@pytest.mark.parametrize("case", ["channels", "nan", "empty", "missing"])
+def test_bad_calibration_data_is_a_clean_error_and_writes_nothing(resnet, case, capsys):
+    tmp, src, _ = resnet
+    data = tmp / f"bad_{case}.npz"
+    x = {"channels": np.zeros((8, 1, 8, 8), np.float32),
+         "nan": np.full((8, 3, 8, 8), np.nan, np.float32),
+         "empty": np.zeros((0, 3, 8, 8), np.float32)}.get(case)
+    if x is not None:
+        np.savez(data, x=x)
+    out = tmp / f"out_{case}.onnx"
+    code = main(["optimize", str(src), str(out), "--calibration", str(data), "--refit", "ls"])
+    err = capsys.readouterr().err
+    assert code != 0 and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "internal error" not in err, err
+
+
+def test_few_images_fall_back_to_damping(resnet):
+    """One image gives fewer equations than unknowns for the wide layers: the damped
+    solve still returns, and no layer gets worse on that image."""
+    tmp, src, calibration = resnet
+    one = tmp / "one.npz"
+    np.savez(one, x=np.load(calibration)["x"][:1])
+    report = optimize(src, tmp / "one.onnx", KSEOptions(G=4), lower_options=LowerOptions("dense"),
+                      calibration=CalibrationOptions(str(one)), refit=RefitOptions("ls"),
+                      log=lambda line: None)
+    for layer in report.extra["refit"]["layers"]:
+        assert layer["error_after"] <= layer["error_before"]
+
+
+def test_refit_options_are_checked():
+    for kwargs in ({"refit": "bias"}, {"refit_lr": 0.0}, {"refit_damping": float("nan")},
+                   {"refit_batch": 0}):
+        with pytest.raises(KSEError):
+            RefitOptions(**kwargs)
