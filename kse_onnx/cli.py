@@ -161,7 +161,7 @@ def _run_finetune(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from .finetune.data import load_data
+    from .data import load_data
     from .runtime.evaluate import evaluate
 
     x, y = load_data(args.data, _options(args, DataOptions))

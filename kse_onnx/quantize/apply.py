@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..data import load_data
 from ..errors import OptionError
 from ..graph.export import record_settings, settings_of
 from ..options import DataOptions, QuantizeOptions, as_dict
@@ -25,8 +26,6 @@ def calibration_inputs(options: QuantizeOptions, data: DataOptions | None,
     source = options.calibration or default
     if not source:
         raise OptionError("--calibration", "int8-static needs calibration inputs")
-    from ..finetune.data import load_data  # numpy readers only
-
     return load_data(source, data or DataOptions())[0][:options.calibration_images]
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..api import analyse
+from ..analysis.model import analyse
 from ..errors import ModelError
 from ..graph.export import settings_of
 from ..graph.io import load_model
