@@ -106,3 +106,31 @@ def test_unknown_lowering_is_a_usage_error(model_path, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["optimize", str(model_path), str(tmp_path / "o.onnx"), "--lowering", "magic"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["verify", "a.onnx", "b.onnx", "--batch", "0"], "--batch"),
+    (["verify", "a.onnx", "b.onnx", "--rtol", "0"], "--rtol"),
+    (["verify", "a.onnx", "b.onnx", "--seed", "-1"], "--seed"),
+    (["bench", "a.onnx", "--threads", "0"], "--threads"),
+    (["bench", "a.onnx", "--repeats", "0"], "--repeats"),
+    (["bench", "a.onnx", "--batch", "1,x"], "--batch"),
+])
+def test_verify_and_bench_options_checked_before_any_file_is_read(capsys, argv, flag):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err and len(err.splitlines()) == 1
+
+
+def test_help_shows_defaults_and_metavars(capsys):
+    texts = {}
+    for command in ("score", "optimize", "verify", "finetune", "eval", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    assert "--mean MEAN" in texts["eval"] and "--std STD" in texts["eval"]
+    assert "--skip GLOB" in texts["optimize"] and "--only GLOB" in texts["score"]
+    assert "GLOB" not in texts["eval"] and "GLOB" not in texts["finetune"]
+    assert "--lowering {auto,dense,compact,factored}" in texts["optimize"]
+    assert "(default: auto)" in texts["optimize"] and "(default: 0.0001)" in texts["verify"]
+    assert "(default: 30)" in texts["bench"] and "(default: 4)" in texts["score"]

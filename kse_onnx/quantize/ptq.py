@@ -21,9 +21,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError
+from ..options import QUANTIZE_MODES
 from .shared import quantized_weight_names, share_int8_weights
-
-MODES = ("none", "int8-dynamic", "int8-static")
 
 
 class _Batches:
@@ -74,7 +73,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
         quantize_static,
     )
 
-    if mode not in MODES[1:]:
+    if mode not in QUANTIZE_MODES or mode == "none":
         raise ValueError(f"unknown quantization mode {mode!r}")
     floating = expand_constants(model)
     weights = {n.input[1] for n in floating.graph.node

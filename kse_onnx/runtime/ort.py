@@ -7,20 +7,17 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import ModelError, OptionError
+from ..options import PROVIDER_NAMES, PROVIDERS
 
 _NUMPY_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
              "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
 
 
 def provider_list(name: str) -> list[str]:
     """Providers to ask for ``name`` (cpu, cuda, tensorrt); an error if this onnxruntime
     build lacks it."""
     if name not in PROVIDERS:
-        raise OptionError("--provider", f"must be one of {sorted(PROVIDERS)}, got {name!r}")
+        raise OptionError("--provider", f"must be one of {PROVIDER_NAMES}, got {name!r}")
     wanted = PROVIDERS[name]
     if wanted not in ort.get_available_providers():
         raise ModelError(f"provider {name} ({wanted}) is not available in this onnxruntime "
