@@ -31,9 +31,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _add_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per dataclass field, typed by its default; help, choices and metavar come
-    from the field's metadata (kse_onnx/options.py)."""
+def _add_options(parser: argparse.ArgumentParser, *classes) -> None:
+    """One flag group per option class, one flag per dataclass field, typed by its default;
+    help, choices and metavar come from the field's metadata (kse_onnx/options.py)."""
+    for cls in classes:
+        _add_group(parser, cls)
+
+
+def _add_group(parser: argparse.ArgumentParser, cls) -> None:
     group = parser.add_argument_group(cls.__doc__.splitlines()[0].rstrip("."))
     for f in dataclasses.fields(cls):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -69,8 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = add_command(commands, "score", help="print the KSE plan of every Conv; write nothing")
     score.add_argument("model", help="input .onnx file")
     score.add_argument("--json", metavar="PATH", help="also write the table as JSON")
-    _add_options(score, KSEOptions)
-    _add_options(score, SelectOptions)
+    _add_options(score, KSEOptions, SelectOptions)
     score.set_defaults(run=_run_score)
 
     optimize = add_command(commands, "optimize", help="write the KSE-compressed model")
@@ -79,12 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--report", metavar="PATH", help="write the JSON report here")
     optimize.add_argument("--overwrite", action="store_true",
                           help="allow OUTPUT to be the same file as INPUT")
-    _add_options(optimize, KSEOptions)
-    _add_options(optimize, SelectOptions)
-    _add_options(optimize, LowerOptions)
-    _add_options(optimize, TargetOptions)
-    _add_options(optimize, QuantizeOptions)
-    _add_options(optimize, DataOptions)
+    _add_options(optimize, KSEOptions, SelectOptions, LowerOptions, TargetOptions,
+                 QuantizeOptions, DataOptions)
     optimize.set_defaults(run=_run_optimize)
 
     verify = add_command(commands, "verify", help="check an optimized model against its original")
@@ -100,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--data", required=True, help=".npz, IDX images file or folder")
     finetune.add_argument("--resume", action="store_true",
                           help="continue from OUTPUT.ckpt/last.pt")
-    _add_options(finetune, FinetuneOptions)
-    _add_options(finetune, DataOptions)
-    _add_options(finetune, QuantizeOptions)
+    _add_options(finetune, FinetuneOptions, DataOptions, QuantizeOptions)
     finetune.set_defaults(run=_run_finetune)
 
     evaluate = add_command(commands, "eval", help="top-1/top-5 accuracy with onnxruntime")

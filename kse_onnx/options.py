@@ -297,7 +297,8 @@ class VerifyOptions:
 class BenchOptions:
     """Latency of models side by side."""
 
-    provider: str = _opt("cpu", "onnxruntime provider to time on", choices=PROVIDER_NAMES)
+    provider: str = _opt("cpu", "onnxruntime provider to time on",
+                         metavar="{" + ",".join(PROVIDER_NAMES) + "}")  # checked below
     batch: str = _opt("1", "comma-separated batch sizes", metavar="B[,B...]")
     threads: int = _opt(1, "intra-op threads")
     repeats: int = _opt(30, "timed runs per model")

@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 # Protobuf cannot serialise a model over 2 GiB; larger ones keep weights beside it.
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -132,8 +132,7 @@ def _check(model: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: fails onnx.checker: {first}") from None
+        raise ModelError(f"{path}: fails onnx.checker: {first_line(exc)}") from None
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -10,8 +10,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from ..options import SelectOptions
+from .optypes import QUANTIZED_CONVS
 
-QUANTIZED_CONVS = ("QLinearConv", "ConvInteger")
 G_LOGGER.severity = G_LOGGER.ERROR  # its warnings concern graphsurgeon, not the model
 
 

@@ -41,6 +41,7 @@ from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
 from ..graph.channels import producer_chain
 from ..graph.count import conv_counts
+from ..graph.export import copy_model_fields
 from ..graph.select import ConvSite, constant_values
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
@@ -324,10 +325,8 @@ def _depthwise(name: str, x, y, channels: int) -> gs.Node:
 
 
 def _to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
-    model.ir_version = original.ir_version
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
+    model = copy_model_fields(gs.export_onnx(graph.cleanup().toposort(), do_type_check=False),
+                              original)
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # a bug of ours, or an op shape inference does not know

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ModelError, OptionError
+from ..errors import ModelError, OptionError, first_line
 from ..options import PROVIDER_NAMES, PROVIDERS
 
 _NUMPY_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
@@ -44,8 +44,7 @@ def session(model: onnx.ModelProto | str, threads: int = 1,
     try:
         sess = ort.InferenceSession(data, options, providers=list(providers))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot load the model: {first}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
     if sess.get_providers()[0] != providers[0]:
         raise ModelError(f"onnxruntime fell back from {providers[0]} to "
                          f"{sess.get_providers()[0]}: no usable device for it here")

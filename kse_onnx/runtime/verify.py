@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.model import analyse
 from ..errors import ModelError
-from ..graph.export import settings_of
+from ..graph.export import copy_model_fields, settings_of
 from ..graph.io import load_model
 from ..options import KSEOptions, SelectOptions
 from .ort import random_inputs, run, session
@@ -75,10 +75,7 @@ def reference_model(original: onnx.ModelProto, settings: dict) -> onnx.ModelProt
         plan = result.plans.get(site.name)
         if plan is not None and plan.compressed:
             site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", plan.w_hat)
-    model = gs.export_onnx(result.graph.cleanup())
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
-    return model
+    return copy_model_fields(gs.export_onnx(result.graph.cleanup()), original)
 
 
 def compare(label, outputs, references) -> Comparison:
