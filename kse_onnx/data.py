@@ -26,7 +26,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read IDX data ({exc})") from None
+        raise ModelError(f"{path}: cannot read IDX data ({exc})") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ModelError(f"{path}: not an IDX file of uint8 values")
     rank = data[3]
@@ -65,7 +65,7 @@ def load_dataset(path: str | Path):
         try:
             data = np.load(path, allow_pickle=False)
         except Exception as exc:
-            raise ModelError(f"{path}: cannot read .npz ({type(exc).__name__})") from None
+            raise ModelError(f"{path}: cannot read .npz ({type(exc).__name__})") from exc
         if "x" not in data.files:
             raise ModelError(f"{path}: has no array 'x' (arrays: {data.files})")
         y = data["y"].astype(np.int64) if "y" in data.files else None

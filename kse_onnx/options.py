@@ -77,7 +77,7 @@ class SelectOptions:
             for pattern in globs:
                 _check_glob(flag, pattern)
 
-    def wants(self, name: str) -> str | None:
+    def skip_reason(self, name: str) -> str | None:
         """None if the node may be compressed, else the reason it is left alone."""
         if self.only and not any(fnmatch.fnmatchcase(name, p) for p in self.only):
             return "not matched by --only"
@@ -128,8 +128,8 @@ def batch_list(text: str, flag: str = "--batches") -> list[int]:
     """``"1,64"`` -> ``[1, 64]``; an OptionError naming ``flag`` otherwise."""
     try:
         values = [int(v) for v in str(text).split(",")]
-    except ValueError:
-        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from None
+    except ValueError as exc:
+        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from exc
     if not values or min(values) < 1:
         raise OptionError(flag, f"values must be >= 1, got {text!r}")
     return values
@@ -230,8 +230,8 @@ class DataOptions:
         for flag, values in (("--mean", self.mean), ("--std", self.std)):
             try:
                 numbers = [float(v) for v in values]
-            except ValueError:
-                raise OptionError(flag, f"expected numbers, got {values!r}") from None
+            except ValueError as exc:
+                raise OptionError(flag, f"expected numbers, got {values!r}") from exc
             if flag == "--std" and any(v <= 0 for v in numbers):
                 raise OptionError(flag, "values must be > 0")
 

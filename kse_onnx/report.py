@@ -160,6 +160,8 @@ class ModelReport:
                          f"as integer kernels in onnxruntime, {int8['shared_int8_weights']} "
                          f"weights stored as int8 codebook + codes"
                          + (f"; float: {floats}" if floats else ""))
+        for note in self.extra.get("notes", []):
+            lines.append(f"note: {note}")
         auto = self.extra.get("auto")
         if auto:
             lines.append(f"auto lowering, measured latency: {auto['verdict']}")

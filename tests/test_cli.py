@@ -134,3 +134,16 @@ def test_help_shows_defaults_and_metavars(capsys):
     assert "--lowering {auto,dense,compact,factored}" in texts["optimize"]
     assert "(default: auto)" in texts["optimize"] and "(default: 0.0001)" in texts["verify"]
     assert "(default: 30)" in texts["bench"] and "(default: 4)" in texts["score"]
+
+
+def test_debug_shows_the_cause(tmp_path, capsys):
+    """Without --debug one line; with it the traceback, the original error chained."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    assert main(["score", str(bad)]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    from kse_onnx.errors import ModelError
+
+    with pytest.raises(ModelError) as info:
+        main(["--debug", "score", str(bad)])
+    assert info.value.__cause__ is not None

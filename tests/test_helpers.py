@@ -58,3 +58,34 @@ def test_first_line(exc, line):
 def test_conv_op_types():
     assert CONVS == ("Conv", *QUANTIZED_CONVS) and set(QUANTIZED_CONVS) == {"QLinearConv",
                                                                           "ConvInteger"}
+
+
+def test_graphsurgeon_log_level_untouched():
+    """kse_onnx silences graphsurgeon only while it runs (bfloat16 warnings), and leaves
+    the level the user set."""
+    import subprocess
+    import sys
+
+    code = ("from onnx_graphsurgeon.logger import G_LOGGER as L; before = L.severity; "
+            "import kse_onnx.api, kse_onnx.graph.select as s; assert L.severity == before; "
+            "import onnx, sys; sys.path.insert(0, 'tests'); from graphs import conv_stack; "
+            "s.import_graph(conv_stack()); assert L.severity == before; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_shape_inference_failure_is_a_note(monkeypatch):
+    def fail(model, *args, **kwargs):
+        raise RuntimeError("inference broke\nsecond line")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", fail)
+    report = analyse(conv_stack(), KSEOptions(), SelectOptions()).report
+    assert report.extra["notes"] == ["shape inference failed (inference broke): conv output "
+                                     "sizes unknown, multiply-adds not counted"]
+    assert all(layer.output_hw is None for layer in report.layers)
+    assert "note: shape inference failed" in report.table()
+
+
+def test_no_note_when_shape_inference_works():
+    assert "notes" not in analyse(conv_stack(), KSEOptions(), SelectOptions()).report.extra

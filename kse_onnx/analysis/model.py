@@ -28,7 +28,8 @@ class Analysis:
 
 def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "") -> Analysis:
     """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
-    graph = import_graph(model)
+    notes: list[str] = []
+    graph = import_graph(model, notes)
     sites = conv_sites(graph, select)
     plans, layers = {}, []
     for site in sites:
@@ -38,4 +39,7 @@ def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "")
         layers.append(layer_report(site.name, shape if shape and len(shape) == 4 else None,
                                    site.output_hw, plans.get(site.name), site.reason, kse.G))
     settings = {"kse_onnx_version": __version__, **as_dict(kse, select)}
-    return Analysis(graph, sites, plans, ModelReport(model_name, settings, layers))
+    report = ModelReport(model_name, settings, layers)
+    if notes:
+        report.extra["notes"] = notes
+    return Analysis(graph, sites, plans, report)

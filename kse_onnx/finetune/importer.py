@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..graph.export import settings_of
+from ..graph.io import load_model
 from ..lowering.compact import codebook
 from . import ops
 
@@ -158,8 +159,9 @@ class OnnxModule(nn.Module):
 
 
 def import_model(path_or_model) -> OnnxModule:
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(
-        str(path_or_model))
+    """The module of a ModelProto, or of the model at a path (read by the safe loader)."""
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else load_model(
+        path_or_model)
     return OnnxModule(model)
 
 

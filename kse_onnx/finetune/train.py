@@ -100,7 +100,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise ModelError(f"{ckpt}: not a kse-onnx checkpoint or holds objects other "
-                             f"than tensors; refused ({type(exc).__name__})") from None
+                             f"than tensors; refused ({type(exc).__name__})") from exc
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])

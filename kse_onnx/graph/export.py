@@ -8,6 +8,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, first_line
+from .select import quiet_graphsurgeon
 
 METADATA_KEY = "kse_onnx"
 
@@ -19,7 +20,8 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> 
         # inferred shapes of inner tensors are stale where channels were removed
         if isinstance(tensor, gs.Variable) and tensor.name not in graph_io:
             tensor.shape = None
-    model = gs.export_onnx(graph, do_type_check=True)
+    with quiet_graphsurgeon():
+        model = gs.export_onnx(graph, do_type_check=True)
     copy_model_fields(model, original)
     del model.graph.value_info[:]
     record_settings(model, settings)
@@ -49,7 +51,7 @@ def check_model(model: onnx.ModelProto, where) -> None:
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
         raise ModelError(f"{where}: optimized model fails the ONNX checker: "
-                         f"{first_line(exc)}") from None
+                         f"{first_line(exc)}") from exc
 
 
 def settings_of(model: onnx.ModelProto) -> dict | None:

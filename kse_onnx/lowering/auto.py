@@ -42,7 +42,7 @@ from ..errors import ModelError, OptionError
 from ..graph.channels import producer_chain
 from ..graph.count import conv_counts
 from ..graph.export import copy_model_fields
-from ..graph.select import ConvSite, constant_values
+from ..graph.select import ConvSite, constant_values, quiet_graphsurgeon
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
 from ..runtime.ort import provider_list
@@ -269,7 +269,7 @@ def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], b
         try:
             settings = json.loads(source.read_text()).get("settings", {})
         except (OSError, ValueError, AttributeError) as exc:
-            raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from None
+            raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from exc
     else:
         settings = settings_of(load_model(source)) or {}
     recorded = settings.get("layer_forms")
@@ -282,7 +282,7 @@ def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], b
     try:
         forms = {n: LayerForm.parse(recorded[n]) for n in names}
     except ValueError as exc:
-        raise OptionError("--choices", f"{path}: {exc}") from None
+        raise OptionError("--choices", f"{path}: {exc}") from exc
     return forms, bool(settings.get("compact_storage", True))
 
 
@@ -325,9 +325,10 @@ def _depthwise(name: str, x, y, channels: int) -> gs.Node:
 
 
 def _to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    model = copy_model_fields(gs.export_onnx(graph.cleanup().toposort(), do_type_check=False),
-                              original)
+    with quiet_graphsurgeon():
+        model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
+    copy_model_fields(model, original)
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # a bug of ours, or an op shape inference does not know
-        raise ModelError(f"auto lowering: cannot build a timing graph ({exc})") from None
+        raise ModelError(f"auto lowering: cannot build a timing graph ({exc})") from exc

@@ -22,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
+from ..graph.select import constant_values
 
 # design.md: the 1x1 fusion Conv wins up to 64 output filters, Gather + ReduceSum from 256.
 GATHER_SUM_FROM = 128
@@ -120,10 +121,22 @@ def _gather_sum(graph, name, responses, plan, offsets, bias, out) -> None:
     graph.nodes.append(gs.Node("ReduceSum", f"{name}_kse_sum_channels", attrs,
                                inputs=inputs, outputs=[summed]))
     if bias:
-        b = bias[0].values.reshape(1, -1, 1, 1)
         graph.nodes.append(gs.Node("Add", f"{name}_kse_bias",
-                                   inputs=[summed, gs.Constant(f"{name}_kse_bias4d", b)],
+                                   inputs=[summed, _bias_4d(graph, name, bias[0])],
                                    outputs=[out]))
+
+
+def _bias_4d(graph, name, bias):
+    """The Conv bias (N,) as (1, N, 1, 1), to add to the fused maps: a new constant when
+    it is one (initializer or Constant node), else a Reshape of the tensor."""
+    values = constant_values(bias)
+    if values is not None:
+        return gs.Constant(f"{name}_kse_bias4d", values.reshape(1, -1, 1, 1))
+    shaped = gs.Variable(f"{name}_kse_bias4d", dtype=bias.dtype)
+    graph.nodes.append(gs.Node("Reshape", f"{name}_kse_bias_reshape", inputs=[
+        bias, gs.Constant(f"{name}_kse_bias_shape", np.array([1, -1, 1, 1], np.int64))],
+        outputs=[shaped]))
+    return shaped
 
 
 def _gather(graph, x, positions, tag):

@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, first_line
 from ..graph.export import copy_model_fields
+from ..graph.select import quiet_graphsurgeon
 from ..options import QUANTIZE_MODES
 from .shared import quantized_weight_names, share_int8_weights
 
@@ -51,9 +52,11 @@ def _quiet_root_logger():
 
 def expand_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with constant subgraphs (compact codebook expansions) folded."""
-    graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup()
-    return copy_model_fields(gs.export_onnx(graph), model)
+    with quiet_graphsurgeon():
+        graph = gs.import_onnx(model)
+        graph.fold_constants().cleanup()
+        folded = gs.export_onnx(graph)
+    return copy_model_fields(folded, model)
 
 
 def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
@@ -92,7 +95,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
         except ModelError:
             raise
         except Exception as exc:
-            raise ModelError(f"onnxruntime.quantization failed: {first_line(exc)}") from None
+            raise ModelError(f"onnxruntime.quantization failed: {first_line(exc)}") from exc
         quantized = onnx.load(out)
     quantized.metadata_props.extend(p for p in floating.metadata_props
                                     if p.key not in {q.key for q in quantized.metadata_props})

@@ -53,7 +53,7 @@ def _run(sess, feeds, label) -> None:
     try:
         sess.run(None, feeds)
     except Exception as exc:
-        raise ModelError(f"onnxruntime cannot run {label}: {first_line(exc)}") from None
+        raise ModelError(f"onnxruntime cannot run {label}: {first_line(exc)}") from exc
 
 
 def format_timings(rows: list[tuple[int, list[Timing]]], providers) -> str:

@@ -44,7 +44,7 @@ def session(model: onnx.ModelProto | str, threads: int = 1,
     try:
         sess = ort.InferenceSession(data, options, providers=list(providers))
     except Exception as exc:
-        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
     if sess.get_providers()[0] != providers[0]:
         raise ModelError(f"onnxruntime fell back from {providers[0]} to "
                          f"{sess.get_providers()[0]}: no usable device for it here")

@@ -21,6 +21,7 @@ from ..analysis.model import analyse
 from ..errors import ModelError
 from ..graph.export import copy_model_fields, settings_of
 from ..graph.io import load_model
+from ..graph.select import quiet_graphsurgeon
 from ..options import KSEOptions, SelectOptions
 from .ort import random_inputs, run, session
 
@@ -75,7 +76,9 @@ def reference_model(original: onnx.ModelProto, settings: dict) -> onnx.ModelProt
         plan = result.plans.get(site.name)
         if plan is not None and plan.compressed:
             site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", plan.w_hat)
-    return copy_model_fields(gs.export_onnx(result.graph.cleanup()), original)
+    with quiet_graphsurgeon():
+        model = gs.export_onnx(result.graph.cleanup())
+    return copy_model_fields(model, original)
 
 
 def compare(label, outputs, references) -> Comparison:
@@ -119,7 +122,7 @@ def _load_inputs(path, sess) -> dict:
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise ModelError(f"{path}: cannot read inputs ({type(exc).__name__})") from None
+        raise ModelError(f"{path}: cannot read inputs ({type(exc).__name__})") from exc
     names = [i.name for i in sess.get_inputs()]
     if len(names) == 1 and names[0] not in data.files and len(data.files) == 1:
         return {names[0]: data[data.files[0]]}
