@@ -89,3 +89,14 @@ def test_shape_inference_failure_is_a_note(monkeypatch):
 
 def test_no_note_when_shape_inference_works():
     assert "notes" not in analyse(conv_stack(), KSEOptions(), SelectOptions()).report.extra
+
+
+def test_missing_shared_file_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    from shared_data import REQUIRE_SHARED, shared_file
+
+    monkeypatch.setenv(REQUIRE_SHARED, "1")
+    with pytest.raises(pytest.fail.Exception, match="requires it"):
+        shared_file("no/such/file.pth")
+    monkeypatch.delenv(REQUIRE_SHARED)
+    with pytest.raises(pytest.skip.Exception, match="is missing"):
+        shared_file("no/such/file.pth")

@@ -117,7 +117,14 @@ def test_alignment_rounds_kept_channels_up(tmp_path):
 
 def test_prune_producers_off_uses_gathers(tmp_path):
     _, dst, report = _optimize(tmp_path, residual_net(32), align=1, G=5, T=1, prune=False)
-    assert all("producer" not in (layer.lowering or "") for layer in report.layers)
+    lowered = [layer for layer in report.layers if layer.lowering]
+    assert lowered and all(layer.status == "compressed" for layer in lowered)
+    assert all("producer" not in layer.lowering for layer in lowered)
+    gathers = [layer for layer in lowered if layer.lowering.endswith("input via gather")]
+    assert gathers and all(layer.lowered_channels < layer.shape[1] for layer in gathers)
+    model = onnx.load(dst)
+    assert sum(n.op_type == "Gather" and n.name.endswith("_kse_gather")
+               for n in model.graph.node) == len(gathers)
 
 
 def test_compact_is_smaller_and_codes_are_narrow(tmp_path):

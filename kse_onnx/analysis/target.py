@@ -80,7 +80,7 @@ def _cost(G, T, scored, macs_before, bytes_before, file_size, target) -> LevelCh
     macs_saved, stored, removed = 0, 0, 0.0
     for (n, c, kh, kw), itemsize, hw, v in scored:
         levels, q = levels_and_counts(v, n, G, T)
-        if np.all(levels == G - 1):  # plan_layer leaves such a layer unchanged
+        if np.all(q == n):  # plan_layer leaves such a layer unchanged
             stored += n * c * kh * kw * itemsize
             continue
         kept = int((q > 0).sum())
