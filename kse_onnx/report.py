@@ -33,6 +33,10 @@ class LayerReport:
     params_dense: int = 0
     params_factored: int = 0
     lowering: str | None = None
+    # per input channel, for a compressed layer: level, q, indicator v and its two terms
+    # (raw kernel sparsity s and entropy e); enough to replay the decision:
+    # v = minmax(sqrt(minmax(s) / (1 + alpha minmax(e)))), then level and q from v, G, T
+    channels: dict | None = None
 
     def macs(self, params: int) -> int | None:
         return None if self.output_hw is None else params * self.output_hw
@@ -72,7 +76,17 @@ def layer_report(name, weight_shape, output_hw, plan=None, reason=None, G=None) 
     base.kept_kernel_fraction = float(plan.q.sum()) / (n * c)
     base.params_dense = n * kept * kh * kw
     base.params_factored = int(plan.q.sum()) * kh * kw
+    base.channels = channel_plan(plan)
     return base
+
+
+def channel_plan(plan) -> dict:
+    """The per-channel decision of a LayerPlan as JSON-ready lists (floats round-trip
+    exactly through JSON)."""
+    return {"level": plan.levels.tolist(), "q": plan.q.tolist(),
+            "indicator": [float(v) for v in plan.indicator],
+            "sparsity": [float(v) for v in plan.sparsity],
+            "entropy": [float(v) for v in plan.entropy]}
 
 
 @dataclass

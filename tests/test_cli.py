@@ -147,3 +147,34 @@ def test_debug_shows_the_cause(tmp_path, capsys):
     with pytest.raises(ModelError) as info:
         main(["--debug", "score", str(bad)])
     assert info.value.__cause__ is not None
+
+
+def test_score_json_carries_the_per_channel_plan(model_path, tmp_path):
+    """From the JSON alone, the indicator is recomputed from its two terms and the levels
+    and q from the indicator: the decision can be audited and replayed."""
+    import numpy as np
+
+    from kse_onnx.analysis import kse
+
+    out_json = tmp_path / "score.json"
+    assert main(["score", str(model_path), "--G", "5", "--T", "1", "--alpha", "0.5",
+                 "--json", str(out_json)]) == 0
+    data = json.loads(out_json.read_text())
+    settings = data["settings"]
+    compressed = [x for x in data["layers"] if x["status"] == "compressed"]
+    assert compressed
+    for layer in compressed:
+        ch = layer["channels"]
+        n, c = layer["shape"][:2]
+        assert all(len(ch[key]) == c for key in ("level", "q", "indicator", "sparsity",
+                                                 "entropy"))
+        s, e, v = (np.array(ch[key]) for key in ("sparsity", "entropy", "indicator"))
+        assert np.all(np.isfinite(v)) and np.ptp(s) > 0 and np.ptp(e) > 0
+        np.testing.assert_allclose(kse.kse_indicator(s, e, settings["alpha"]), v, atol=1e-12)
+        levels, q = kse.levels_and_counts(v, n, settings["G"], settings["T"])
+        assert levels.tolist() == ch["level"] and q.tolist() == ch["q"]
+        assert sum(qc > 0 for qc in ch["q"]) == layer["kept_channels"]
+        assert np.bincount(levels, minlength=settings["G"]).tolist() == \
+            layer["channels_per_level"]
+    skipped = [x for x in data["layers"] if x["status"] != "compressed"]
+    assert skipped and all(x["channels"] is None for x in skipped)
