@@ -31,7 +31,7 @@ def _opt(default, help: str, flag: str | None = None, choices=None,  # noqa: A00
 
 @dataclass(frozen=True)
 class KSEOptions:
-    """Settings of the KSE analysis of one layer (kse-spec.md sections 2-5)."""
+    """Settings of the KSE analysis of one layer (docs/algorithm.md, sections 2-5)."""
 
     G: int = _opt(4, "number of levels (>= 3 to cluster; 2 = prune only)", flag="--G")
     T: int = _opt(0, "shifts the cluster counts down: q = ceil(N * 2**(g+1-T-G))", flag="--T")
@@ -238,7 +238,7 @@ class DataOptions:
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    """Fine-tuning by distillation from the original model (kse-spec.md section 7)."""
+    """Fine-tuning by distillation from the original model (docs/algorithm.md, section 8)."""
 
     epochs: int = _opt(1, "passes over the training data")
     batch: int = _opt(128, "global batch size (split across torchrun processes)")

@@ -1,7 +1,7 @@
 """Per-layer counts and the summary users read: weights, multiply-adds, file sizes.
 
 Counts per Conv with weight (N, C, kh, kw), output H x W, C' kept input channels and
-``Q = sum_c q_c`` kernels kept (kse-spec.md section 6):
+``Q = sum_c q_c`` kernels kept (docs/algorithm.md, section 7):
 - params: dense ``N*C*kh*kw`` before; ``N*C'*kh*kw`` as a dense Conv over kept channels;
   ``Q*kh*kw`` in the paper's factored count (each shared kernel stored once);
 - multiply-adds: each of those times ``H*W``; the factored form also needs ``N*C'*H*W``

@@ -1,5 +1,5 @@
 """Zoo models x lowerings: optimize, check, run, and verify exactness; plus the KSE
-authors' trained ResNet-56 against the counts of kse-spec.md section 10."""
+authors' trained ResNet-56 against the counts of docs/algorithm.md, section 7."""
 
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def kse_resnet56(zoo_dir):
 
 
 def test_authors_resnet56_counts(kse_resnet56):
-    """kse-spec.md: the natural count on these weights at G=4,T=0 is ~0.574M weights and
-    ~79.6M conv multiply-adds (0.853M / 125.49M dense)."""
+    """docs/algorithm.md, section 7: the natural count on these weights at G=4,T=0 is
+    ~0.574M weights and ~79.6M conv multiply-adds (0.853M / 125.49M dense)."""
     for entropy in ("paper", "official"):
         totals = score(kse_resnet56, KSEOptions(entropy=entropy)).totals()
         assert totals["params_before"] == 848304 and totals["macs_before"] == 125485056

@@ -1,7 +1,7 @@
 """Target-driven settings: the G and T that reach a multiply-add or file-size target
 while removing the least indicator mass.
 
-A layer's levels and kernel counts q follow from its indicator v alone (kse-spec.md
+A layer's levels and kernel counts q follow from its indicator v alone (docs/algorithm.md,
 section 4), so every (G, T) of the grid is costed without clustering:
 - multiply-adds, the paper's count: ``sum_c q_c*kh*kw*H*W`` for a compressed layer,
   ``N*C*kh*kw*H*W`` for any other Conv;

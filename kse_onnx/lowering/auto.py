@@ -6,7 +6,8 @@ runtime, and the whole model is then checked to be no slower than the original.
    a multiple of 16, 8, 4 and 1 (each distinct count once), and the paper's factored
    form. Alignment matters because onnxruntime's blocked (NCHWc) CPU convolutions want
    channel counts that are multiples of the SIMD block (8 with AVX2, 16 with AVX-512);
-   an unaligned count can be slower than the full layer (design.md).
+   an unaligned count can be slower than the full layer (docs/lowering.md, "onnxruntime
+   latency findings").
 2. Each candidate is timed as a small graph of that layer at its real input shape; when
    the form prunes the producing Conv, that Conv and the channel-wise ops between are in
    the graph too (and in the ``whole`` graph it is compared with). A 1x1 depthwise Conv

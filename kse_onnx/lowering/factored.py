@@ -1,4 +1,5 @@
-"""``factored``: the paper's form, "2D convolution + channel fusion" (kse-spec.md section 6).
+"""``factored``: the paper's form, "2D convolution + channel fusion" (docs/lowering.md,
+"factored: the paper's form"; its counts in docs/algorithm.md, section 7).
 
 For each level of clustered channels, one grouped Conv convolves each of its kept channels with that
 channel's q kernels (``group = C_g``, ``C_g * q`` outputs), the levels' responses are
@@ -6,7 +7,8 @@ concatenated into ``Q = sum q_c`` maps, and one 1x1 Conv with a 0/1 weight of sh
 (N, Q) adds, for every output filter n, the response of the kernel it uses on each
 channel: ``y_n = sum_c R[c, labels[n, c]] + b_n``.
 
-Fusion form, chosen per layer by N from design.md's measurements (onnxruntime CPU): a
+Fusion form, chosen per layer by N from the single-layer timings of docs/lowering.md
+("onnxruntime latency findings", onnxruntime CPU): a
 1x1 Conv with a 0/1 (N, Q) weight below 128 filters (1.6-3.5x the dense time at 16-64
 channels, against 1.9-5.9x for the alternative), Gather + ReduceSum from 128 (6.3-6.7x
 at 256-512 channels, against 8.9-13.7x): the 1x1 GEMM grows with N*Q, the gather-sum
@@ -24,7 +26,8 @@ import onnx_graphsurgeon as gs
 from ..analysis.plan import LayerPlan
 from ..graph.select import constant_values
 
-# design.md: the 1x1 fusion Conv wins up to 64 output filters, Gather + ReduceSum from 256.
+# docs/lowering.md, "Single layers": the 1x1 fusion Conv wins up to 64 output filters,
+# Gather + ReduceSum from 256.
 GATHER_SUM_FROM = 128
 _SPATIAL_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")
 
