@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -102,8 +103,10 @@ def _image_folder(path: Path):
             try:
                 with Image.open(file) as img:
                     images.append(np.asarray(img.convert("RGB")))
-            except Exception:
-                continue  # not an image
+            except Exception as exc:
+                if file.suffix.lower() in IMAGE_SUFFIXES:  # an image that cannot be read
+                    raise ModelError(f"{file}: cannot read image ({first_line(exc)})") from exc
+                continue  # not an image (a README, .DS_Store, ...)
             labels.append(index)
     if not images:
         raise ModelError(f"{path}: no readable images in its class folders")
