@@ -98,10 +98,10 @@ class LowerOptions:
     prune_producers: bool = _opt(True, "remove pruned channels from the producing Conv "
                                        "where every consumer drops them")
     batches: str = _opt("1,8", "auto: comma-separated batch sizes to time at; a form must "
-                               "be no slower at every one")
+                               "be no slower at every one", metavar="B[,B...]")
     provider: str = _opt("cpu", "auto: onnxruntime provider to time on", choices=PROVIDER_NAMES)
     threads: str = _opt("1", "auto: comma-separated intra-op thread counts to time with; a "
-                             "form must be no slower with every one")
+                             "form must be no slower with every one", metavar="T[,T...]")
     tolerance: float = _opt(0.02, "auto: latency ratio above 1 still counted as no slower "
                                   "(the optimized model must time <= 1 + this x the original)")
     choices: str = _opt("", "auto: take each layer's form from this earlier output model or "
@@ -141,9 +141,10 @@ class TargetOptions:
 
     target_macs: float = _opt(0.0, "choose G,T so the conv multiply-adds (the paper's count: "
                                     "each kept channel's shared kernels) are at most this "
-                                    "fraction of the original (0 = off)")
+                                    "fraction of the original (0 = off)", metavar="R")
     target_size: float = _opt(0.0, "choose G,T so the file stored in the compact form is at "
-                                    "most this fraction of the original (0 = off)")
+                                    "most this fraction of the original (0 = off)",
+                              metavar="R")
 
     def __post_init__(self) -> None:
         for name in ("target_macs", "target_size"):
