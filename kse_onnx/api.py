@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .analysis.plan import LayerPlan, plan_layer
+from .analysis.model import Analysis, analyse
 from .analysis.target import choose_levels
 from .errors import ModelError, OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
 from .graph.io import load_model, save_model
-from .graph.select import ConvSite, conv_sites, import_graph
+from .graph.select import conv_sites, import_graph
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
 from .options import (
@@ -29,32 +27,9 @@ from .options import (
     as_dict,
     options_from,
 )
-from .report import ModelReport, layer_report
+from .report import ModelReport
 
-
-@dataclass
-class Analysis:
-    """A model's graph, its Conv sites and the KSE plan of every eligible one."""
-
-    graph: object  # onnx_graphsurgeon.Graph
-    sites: list[ConvSite]
-    plans: dict[str, LayerPlan]
-    report: ModelReport
-
-
-def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "") -> Analysis:
-    """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
-    graph = import_graph(model)
-    sites = conv_sites(graph, select)
-    plans, layers = {}, []
-    for site in sites:
-        shape = None if site.weight is None else site.weight.shape
-        if site.reason is None:
-            plans[site.name] = plan_layer(site.weight, kse, key=site.name)
-        layers.append(layer_report(site.name, shape if shape and len(shape) == 4 else None,
-                                   site.output_hw, plans.get(site.name), site.reason, kse.G))
-    settings = {"kse_onnx_version": __version__, **as_dict(kse, select)}
-    return Analysis(graph, sites, plans, ModelReport(model_name, settings, layers))
+__all__ = ["Analysis", "analyse", "optimize", "score"]  # Analysis, analyse: re-exported
 
 
 def score(path: str | os.PathLike, kse: KSEOptions | None = None,

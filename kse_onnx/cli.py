@@ -7,8 +7,9 @@ import dataclasses
 import sys
 
 from . import __version__
-from .errors import KSEError, OptionError
+from .errors import KSEError
 from .options import (
+    BenchOptions,
     CalibrationOptions,
     DataOptions,
     FinetuneOptions,
@@ -18,12 +19,28 @@ from .options import (
     RefitOptions,
     SelectOptions,
     TargetOptions,
+    VerifyOptions,
     batch_list,
 )
 
 
-def _add_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per dataclass field, typed by its default."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows the default of every optional flag that has one."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default in (None, "", []):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _add_options(parser: argparse.ArgumentParser, *classes) -> None:
+    """One flag group per option class, one flag per dataclass field, typed by its default;
+    help, choices and metavar come from the field's metadata (kse_onnx/options.py)."""
+    for cls in classes:
+        _add_group(parser, cls)
+
+
+def _add_group(parser: argparse.ArgumentParser, cls) -> None:
     group = parser.add_argument_group(cls.__doc__.splitlines()[0].rstrip("."))
     for f in dataclasses.fields(cls):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
@@ -32,10 +49,11 @@ def _add_options(parser: argparse.ArgumentParser, cls) -> None:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif isinstance(f.default, tuple):
             kwargs["default"] = list(f.default)
-            group.add_argument(flag, action="append", metavar="GLOB", **kwargs)
+            group.add_argument(flag, action="append", metavar=f.metadata.get("metavar"),
+                               **kwargs)
         else:
             group.add_argument(flag, type=type(f.default), choices=f.metadata.get("choices"),
-                               **kwargs)
+                               metavar=f.metadata.get("metavar"), **kwargs)
 
 
 def _options(args: argparse.Namespace, cls):
@@ -44,83 +62,68 @@ def _options(args: argparse.Namespace, cls):
     return cls(**values)
 
 
+def add_command(commands, name: str, **kwargs) -> argparse.ArgumentParser:
+    return commands.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kse-onnx", description=(
+    parser = argparse.ArgumentParser(prog="kse-onnx", formatter_class=HelpFormatter, description=(
         "Compress CNNs stored as ONNX with KSE (Kernel Sparsity and Entropy)."))
     parser.add_argument("--version", action="version", version=f"kse-onnx {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    score = commands.add_parser("score", help="print the KSE plan of every Conv; write nothing")
+    score = add_command(commands, "score", help="print the KSE plan of every Conv; write nothing")
     score.add_argument("model", help="input .onnx file")
     score.add_argument("--json", metavar="PATH", help="also write the table as JSON")
-    _add_options(score, KSEOptions)
-    _add_options(score, SelectOptions)
+    _add_options(score, KSEOptions, SelectOptions)
     score.set_defaults(run=_run_score)
 
-    optimize = commands.add_parser("optimize", help="write the KSE-compressed model")
+    optimize = add_command(commands, "optimize", help="write the KSE-compressed model")
     optimize.add_argument("input", help="input .onnx file")
     optimize.add_argument("output", help="output .onnx file")
     optimize.add_argument("--report", metavar="PATH", help="write the JSON report here")
     optimize.add_argument("--overwrite", action="store_true",
                           help="allow OUTPUT to be the same file as INPUT")
-    _add_options(optimize, KSEOptions)
-    _add_options(optimize, SelectOptions)
-    _add_options(optimize, LowerOptions)
-    _add_options(optimize, TargetOptions)
-    _add_options(optimize, CalibrationOptions)
-    _add_options(optimize, RefitOptions)
-    _add_options(optimize, QuantizeOptions)
-    _add_options(optimize, DataOptions)
+    _add_options(optimize, KSEOptions, SelectOptions, LowerOptions, TargetOptions,
+                 CalibrationOptions, RefitOptions, QuantizeOptions, DataOptions)
     optimize.set_defaults(run=_run_optimize)
 
-    refit = commands.add_parser("refit", help="refit a model compressed earlier to its "
-                                "original's outputs on unlabeled calibration images")
+    refit = add_command(commands, "refit", help="refit a model compressed earlier to its "
+                        "original's outputs on unlabeled calibration images")
     refit.add_argument("compressed", help="model written by kse-onnx optimize (float)")
     refit.add_argument("output", help="refitted .onnx file")
     refit.add_argument("--teacher", required=True, help="the original .onnx model")
     refit.add_argument("--report", metavar="PATH", help="write the JSON report here")
-    _add_options(refit, CalibrationOptions)
-    _add_options(refit, RefitOptions)
-    _add_options(refit, DataOptions)
+    _add_options(refit, CalibrationOptions, RefitOptions, DataOptions)
     refit.set_defaults(run=_run_refit)
 
-    verify = commands.add_parser("verify", help="check an optimized model against its original")
+    verify = add_command(commands, "verify", help="check an optimized model against its original")
     verify.add_argument("original")
     verify.add_argument("optimized")
-    verify.add_argument("--inputs", metavar="NPZ", help="real inputs (.npz, one array per input)")
-    verify.add_argument("--batch", type=int, default=2, help="batch of the random inputs")
-    verify.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    verify.add_argument("--rtol", type=float, default=1e-4,
-                        help="relative error allowed for rewrite exactness")
+    _add_options(verify, VerifyOptions)
     verify.set_defaults(run=_run_verify)
 
-    finetune = commands.add_parser("finetune", help="recover accuracy by distillation")
+    finetune = add_command(commands, "finetune", help="recover accuracy by distillation")
     finetune.add_argument("compressed", help="model written by kse-onnx optimize")
     finetune.add_argument("output", help="fine-tuned .onnx file")
     finetune.add_argument("--teacher", required=True, help="the original .onnx model")
     finetune.add_argument("--data", required=True, help=".npz, IDX images file or folder")
     finetune.add_argument("--resume", action="store_true",
                           help="continue from OUTPUT.ckpt/last.pt")
-    _add_options(finetune, FinetuneOptions)
-    _add_options(finetune, DataOptions)
-    _add_options(finetune, QuantizeOptions)
-    _add_options(finetune, CalibrationOptions)
+    _add_options(finetune, FinetuneOptions, DataOptions, QuantizeOptions, CalibrationOptions)
     finetune.set_defaults(run=_run_finetune)
 
-    evaluate = commands.add_parser("eval", help="top-1/top-5 accuracy with onnxruntime")
+    evaluate = add_command(commands, "eval", help="top-1/top-5 accuracy with onnxruntime")
     evaluate.add_argument("model")
     evaluate.add_argument("--data", required=True, help=".npz, IDX images file or folder")
     evaluate.add_argument("--compare", metavar="MODEL", help="report top-1 agreement with it")
     _add_options(evaluate, DataOptions)
     evaluate.set_defaults(run=_run_eval)
 
-    bench = commands.add_parser("bench", help="median latency of models, interleaved")
+    bench = add_command(commands, "bench", help="median latency of models, interleaved")
     bench.add_argument("models", nargs="+", help=".onnx files; ratios are against the first")
-    bench.add_argument("--provider", default="cpu", help="cpu, cuda or tensorrt")
-    bench.add_argument("--batch", default="1", help="comma-separated batch sizes")
-    bench.add_argument("--threads", type=int, default=1, help="intra-op threads")
-    bench.add_argument("--repeats", type=int, default=30, help="timed runs per model")
+    _add_options(bench, BenchOptions)
     bench.set_defaults(run=_run_bench)
     return parser
 
@@ -165,14 +168,11 @@ def _run_refit(args) -> int:
 
 
 def _run_verify(args) -> int:
-    from .runtime.verify import verify
+    from .verify import verify
 
-    if args.batch < 1:
-        raise OptionError("--batch", f"must be >= 1, got {args.batch}")
-    if not args.rtol > 0:
-        raise OptionError("--rtol", f"must be > 0, got {args.rtol}")
-    result = verify(args.original, args.optimized, inputs=args.inputs, batch=args.batch,
-                    rtol=args.rtol, seed=args.seed)
+    opts = _options(args, VerifyOptions)
+    result = verify(args.original, args.optimized, inputs=opts.inputs or None,
+                    batch=opts.batch, rtol=opts.rtol, seed=opts.seed)
     print(result.summary())
     return 0 if result.exact else 1
 
@@ -193,7 +193,7 @@ def _run_finetune(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from .finetune.data import load_data
+    from .data import load_data
     from .runtime.evaluate import evaluate
 
     x, y = load_data(args.data, _options(args, DataOptions))
@@ -206,13 +206,11 @@ def _run_bench(args) -> int:
     from .runtime.bench import format_timings, interleaved_latency
     from .runtime.ort import provider_list
 
-    providers = provider_list(args.provider)
-    batches = batch_list(args.batch, "--batch")
-    if args.threads < 1 or args.repeats < 1:
-        raise OptionError("--threads/--repeats", "must be >= 1")
+    opts = _options(args, BenchOptions)
+    providers = provider_list(opts.provider)
     models = {path: load_model(path) for path in args.models}
-    rows = [(b, interleaved_latency(models, b, args.threads, args.repeats, providers=providers))
-            for b in batches]
+    rows = [(b, interleaved_latency(models, b, opts.threads, opts.repeats, providers=providers))
+            for b in batch_list(opts.batch, "--batch")]
     print(format_timings(rows, providers))
     return 0
 

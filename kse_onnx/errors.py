@@ -21,3 +21,10 @@ class OptionError(KSEError):
 
 class ModelError(KSEError):
     """A model file that cannot be read or processed; names the file or node."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (or its type name when it has none): the
+    one-line summary our errors quote from onnx, onnxruntime and protobuf."""
+    text = str(exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__

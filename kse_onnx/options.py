@@ -15,17 +15,24 @@ from .errors import OptionError
 
 ENTROPY_MODES = ("paper", "official")
 LOWERINGS = ("auto", "dense", "compact", "factored")
-PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
+# provider names of the CLI -> onnxruntime's execution providers
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+PROVIDER_NAMES = tuple(PROVIDERS)
 KMEANS_INITS = ("ward", "k-means++")
 
 
-def _opt(default, help: str, flag: str | None = None, choices=None):  # noqa: A002
-    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices})
+def _opt(default, help: str, flag: str | None = None, choices=None,  # noqa: A002
+         metavar: str | None = None):
+    """A field with its CLI metadata: help, flag (default ``--field-name``), choices and
+    metavar (default: the choices, or the field name in capitals)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
+                                            "metavar": metavar})
 
 
 @dataclass(frozen=True)
 class KSEOptions:
-    """Settings of the KSE analysis of one layer (kse-spec.md sections 2-5)."""
+    """Settings of the KSE analysis of one layer (docs/algorithm.md, sections 2-5)."""
 
     G: int = _opt(4, "number of levels (>= 3 to cluster; 2 = prune only)", flag="--G")
     T: int = _opt(0, "shifts the cluster counts down: q = ceil(N * 2**(g+1-T-G))", flag="--T")
@@ -52,19 +59,18 @@ class KSEOptions:
         _check_int(self, "kmeans_max_iter", low=1)
         if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
             raise OptionError("--alpha", f"must be a number >= 0, got {self.alpha!r}")
-        if self.kmeans_init not in KMEANS_INITS:
-            raise OptionError("--kmeans-init",
-                              f"must be one of {KMEANS_INITS}, got {self.kmeans_init!r}")
-        if self.entropy not in ENTROPY_MODES:
-            raise OptionError("--entropy", f"must be one of {ENTROPY_MODES}, got {self.entropy!r}")
+        _check_choice("--kmeans-init", self.kmeans_init, KMEANS_INITS)
+        _check_choice("--entropy", self.entropy, ENTROPY_MODES)
 
 
 @dataclass(frozen=True)
 class SelectOptions:
     """Which Conv nodes are compressed."""
 
-    only: tuple[str, ...] = _opt((), "compress only nodes whose name matches one of these globs")
-    skip: tuple[str, ...] = _opt((), "leave nodes whose name matches one of these globs")
+    only: tuple[str, ...] = _opt((), "compress only nodes whose name matches one of these globs "
+                                      "(repeat the flag)", metavar="GLOB")
+    skip: tuple[str, ...] = _opt((), "leave nodes whose name matches one of these globs "
+                                      "(repeat the flag)", metavar="GLOB")
     keep_first: bool = _opt(True, "leave the first Conv fed by a graph input alone")
 
     def __post_init__(self) -> None:
@@ -72,7 +78,7 @@ class SelectOptions:
             for pattern in globs:
                 _check_glob(flag, pattern)
 
-    def wants(self, name: str) -> str | None:
+    def skip_reason(self, name: str) -> str | None:
         """None if the node may be compressed, else the reason it is left alone."""
         if self.only and not any(fnmatch.fnmatchcase(name, p) for p in self.only):
             return "not matched by --only"
@@ -93,22 +99,20 @@ class LowerOptions:
     prune_producers: bool = _opt(True, "remove pruned channels from the producing Conv "
                                        "where every consumer drops them")
     batches: str = _opt("1,8", "auto: comma-separated batch sizes to time at; a form must "
-                               "be no slower at every one")
+                               "be no slower at every one", metavar="B[,B...]")
     provider: str = _opt("cpu", "auto: onnxruntime provider to time on", choices=PROVIDER_NAMES)
     threads: str = _opt("1", "auto: comma-separated intra-op thread counts to time with; a "
-                             "form must be no slower with every one")
+                             "form must be no slower with every one", metavar="T[,T...]")
     tolerance: float = _opt(0.02, "auto: latency ratio above 1 still counted as no slower "
                                   "(the optimized model must time <= 1 + this x the original)")
     choices: str = _opt("", "auto: take each layer's form from this earlier output model or "
-                            "JSON report instead of timing (reproducible output)")
+                            "JSON report instead of timing (reproducible output)",
+                        metavar="MODEL_OR_REPORT")
 
     def __post_init__(self) -> None:
-        if self.lowering not in LOWERINGS:
-            raise OptionError("--lowering", f"must be one of {LOWERINGS}, got {self.lowering!r}")
+        _check_choice("--lowering", self.lowering, LOWERINGS)
         _check_int(self, "align", low=1)
-        if self.provider not in PROVIDER_NAMES:
-            raise OptionError("--provider", f"must be one of {PROVIDER_NAMES}, "
-                                            f"got {self.provider!r}")
+        _check_choice("--provider", self.provider, PROVIDER_NAMES)
         batch_list(self.batches)
         batch_list(self.threads, "--threads")
         if not (isinstance(self.tolerance, (int, float)) and 0 <= self.tolerance < 1):
@@ -125,8 +129,8 @@ def batch_list(text: str, flag: str = "--batches") -> list[int]:
     """``"1,64"`` -> ``[1, 64]``; an OptionError naming ``flag`` otherwise."""
     try:
         values = [int(v) for v in str(text).split(",")]
-    except ValueError:
-        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from None
+    except ValueError as exc:
+        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from exc
     if not values or min(values) < 1:
         raise OptionError(flag, f"values must be >= 1, got {text!r}")
     return values
@@ -138,9 +142,10 @@ class TargetOptions:
 
     target_macs: float = _opt(0.0, "choose G,T so the conv multiply-adds (the paper's count: "
                                     "each kept channel's shared kernels) are at most this "
-                                    "fraction of the original (0 = off)")
+                                    "fraction of the original (0 = off)", metavar="R")
     target_size: float = _opt(0.0, "choose G,T so the file stored in the compact form is at "
-                                    "most this fraction of the original (0 = off)")
+                                    "most this fraction of the original (0 = off)",
+                              metavar="R")
 
     def __post_init__(self) -> None:
         for name in ("target_macs", "target_size"):
@@ -262,9 +267,7 @@ class QuantizeOptions:
                                    "long names are a fifth of a small model's file")
 
     def __post_init__(self) -> None:
-        if self.quantize not in QUANTIZE_MODES:
-            raise OptionError("--quantize", f"must be one of {QUANTIZE_MODES}, "
-                                            f"got {self.quantize!r}")
+        _check_choice("--quantize", self.quantize, QUANTIZE_MODES)
 
     @property
     def active(self) -> bool:
@@ -280,8 +283,10 @@ class DataOptions:
 
     resize: int = _opt(0, "resize the shorter side to this many pixels (0 = off)")
     crop: int = _opt(0, "centre-crop to this size (0 = off)")
-    mean: tuple[str, ...] = _opt((), "per-channel mean to subtract (repeat per channel)")
-    std: tuple[str, ...] = _opt((), "per-channel std to divide by (repeat per channel)")
+    mean: tuple[str, ...] = _opt((), "per-channel mean to subtract (repeat per channel)",
+                                 metavar="MEAN")
+    std: tuple[str, ...] = _opt((), "per-channel std to divide by (repeat per channel)",
+                                metavar="STD")
     pad_crop: int = _opt(0, "augmentation: random crop after zero padding by this much")
     flip: bool = _opt(False, "augmentation: random horizontal flip")
 
@@ -291,15 +296,15 @@ class DataOptions:
         for flag, values in (("--mean", self.mean), ("--std", self.std)):
             try:
                 numbers = [float(v) for v in values]
-            except ValueError:
-                raise OptionError(flag, f"expected numbers, got {values!r}") from None
+            except ValueError as exc:
+                raise OptionError(flag, f"expected numbers, got {values!r}") from exc
             if flag == "--std" and any(v <= 0 for v in numbers):
                 raise OptionError(flag, "values must be > 0")
 
 
 @dataclass(frozen=True)
 class FinetuneOptions:
-    """Fine-tuning by distillation from the original model (kse-spec.md section 7)."""
+    """Fine-tuning by distillation from the original model (docs/algorithm.md, section 8)."""
 
     epochs: int = _opt(1, "passes over the training data")
     batch: int = _opt(128, "global batch size (split across torchrun processes)")
@@ -334,5 +339,43 @@ class FinetuneOptions:
             if not ok:
                 raise OptionError(f"--{name.replace('_', '-')}",
                                   f"out of range: {getattr(self, name)!r}")
-        if self.schedule not in SCHEDULES:
-            raise OptionError("--schedule", f"must be one of {SCHEDULES}")
+        _check_choice("--schedule", self.schedule, SCHEDULES)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Checks of an optimized model against its original."""
+
+    inputs: str = _opt("", "real inputs (.npz, one array per graph input), checked besides "
+                           "the random ones", metavar="NPZ")
+    batch: int = _opt(2, "batch of the random inputs")
+    seed: int = _opt(0, "seed of the random inputs")
+    rtol: float = _opt(1e-4, "relative error allowed for rewrite exactness")
+
+    def __post_init__(self) -> None:
+        _check_int(self, "batch", low=1)
+        _check_int(self, "seed", low=0)
+        if not (isinstance(self.rtol, (int, float)) and self.rtol > 0):
+            raise OptionError("--rtol", f"must be a number > 0, got {self.rtol!r}")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """Latency of models side by side."""
+
+    provider: str = _opt("cpu", "onnxruntime provider to time on",
+                         metavar="{" + ",".join(PROVIDER_NAMES) + "}")  # checked below
+    batch: str = _opt("1", "comma-separated batch sizes", metavar="B[,B...]")
+    threads: int = _opt(1, "intra-op threads")
+    repeats: int = _opt(30, "timed runs per model")
+
+    def __post_init__(self) -> None:
+        _check_choice("--provider", self.provider, PROVIDER_NAMES)
+        batch_list(self.batch, "--batch")
+        _check_int(self, "threads", low=1)
+        _check_int(self, "repeats", low=1)
+
+
+def _check_choice(flag: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise OptionError(flag, f"must be one of {choices}, got {value!r}")

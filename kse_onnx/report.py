@@ -1,7 +1,7 @@
 """Per-layer counts and the summary users read: weights, multiply-adds, file sizes.
 
 Counts per Conv with weight (N, C, kh, kw), output H x W, C' kept input channels and
-``Q = sum_c q_c`` kernels kept (kse-spec.md section 6):
+``Q = sum_c q_c`` kernels kept (docs/algorithm.md, section 7):
 - params: dense ``N*C*kh*kw`` before; ``N*C'*kh*kw`` as a dense Conv over kept channels;
   ``Q*kh*kw`` in the paper's factored count (each shared kernel stored once);
 - multiply-adds: each of those times ``H*W``; the factored form also needs ``N*C'*H*W``
@@ -33,6 +33,10 @@ class LayerReport:
     params_dense: int = 0
     params_factored: int = 0
     lowering: str | None = None
+    # per input channel, for a compressed layer: level, q, indicator v and its two terms
+    # (raw kernel sparsity s and entropy e); enough to replay the decision:
+    # v = minmax(sqrt(minmax(s) / (1 + alpha minmax(e)))), then level and q from v, G, T
+    channels: dict | None = None
 
     def macs(self, params: int) -> int | None:
         return None if self.output_hw is None else params * self.output_hw
@@ -72,7 +76,17 @@ def layer_report(name, weight_shape, output_hw, plan=None, reason=None, G=None) 
     base.kept_kernel_fraction = float(plan.q.sum()) / (n * c)
     base.params_dense = n * kept * kh * kw
     base.params_factored = int(plan.q.sum()) * kh * kw
+    base.channels = channel_plan(plan)
     return base
+
+
+def channel_plan(plan) -> dict:
+    """The per-channel decision of a LayerPlan as JSON-ready lists (floats round-trip
+    exactly through JSON)."""
+    return {"level": plan.levels.tolist(), "q": plan.q.tolist(),
+            "indicator": [float(v) for v in plan.indicator],
+            "sparsity": [float(v) for v in plan.sparsity],
+            "entropy": [float(v) for v in plan.entropy]}
 
 
 @dataclass
@@ -163,6 +177,8 @@ class ModelReport:
         refit = self.extra.get("refit")
         if refit:
             lines.extend(refit_lines(refit))
+        for note in self.extra.get("notes", []):
+            lines.append(f"note: {note}")
         auto = self.extra.get("auto")
         if auto:
             lines.append(f"auto lowering, measured latency: {auto['verdict']}")

@@ -14,3 +14,4 @@ def quick_auto_timing(monkeypatch):
 
     monkeypatch.setattr(auto, "LAYER_BUDGET_S", 0.01)
     monkeypatch.setattr(auto, "MODEL_BUDGET_S", 0.05)
+

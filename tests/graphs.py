@@ -158,6 +158,24 @@ def cast_model(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:
     return out
 
 
+def biases_as_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with every Conv bias produced by a ``Constant`` node instead of an
+    initializer (as some exporters write them)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    biases = {n.input[2] for n in out.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+    inits = [i for i in out.graph.initializer if i.name in biases]
+    constants = [helper.make_node("Constant", [], [i.name], name=f"{i.name}_const", value=i)
+                 for i in inits]
+    for init in inits:
+        out.graph.initializer.remove(init)
+    nodes = constants + list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
 def folded_resnet(width: int = 16, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
     """BatchNorm-folded residual net as exporters write it: stem, an identity block
     (conv-relu-conv-Add-relu) and a downsampling block whose shortcut is a strided 1x1

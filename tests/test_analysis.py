@@ -12,42 +12,40 @@ from hypothesis import strategies as st
 
 from kse_onnx.analysis import kse
 from kse_onnx.analysis.cluster import kmeans, lloyd_1d, squared_distances
-from kse_onnx.analysis.plan import plan_layer
+from kse_onnx.analysis.plan import layer_indicator, plan_layer
 from kse_onnx.errors import OptionError
 from kse_onnx.options import KSEOptions
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared/golden/kse_official_G4T0.npz"
+GOLDEN = Path(__file__).parent / "data/kse_official_G4T0.npz"  # from the authors' code
 
 
 @pytest.fixture(scope="module")
 def golden():
-    if not GOLDEN.exists():
-        pytest.skip(f"{GOLDEN} is missing (it lives in ../shared beside the repo)")
     return dict(np.load(GOLDEN))
-
-
-def _scores(weight, entropy):
-    sets = kse.official_kernel_sets(weight) if entropy == "official" \
-        else kse.channel_kernel_sets(weight)
-    s = kse.kernel_sparsity(weight)
-    e = kse.kernel_entropy(sets, 5)
-    return s, e, kse.kse_indicator(s, e, 1.0)
 
 
 @pytest.mark.parametrize("entropy, prefix", [("official", ""), ("paper", "paperfix_")])
 def test_golden_scores_levels_and_counts(golden, entropy, prefix):
+    """The scores production computes (plan_layer, and layer_indicator used by the
+    targets) match the authors' code on their layer; so does the formula of kse.py."""
     w = golden["weight"]
-    s, e, v = _scores(w, entropy)
+    options = KSEOptions(G=int(golden["G"]), T=int(golden["T"]), entropy=entropy)
+    plan = plan_layer(w, options)
+    s, e, v = plan.sparsity, plan.entropy, plan.indicator
     np.testing.assert_allclose(s, golden["ks_raw"], rtol=0, atol=1e-6 * np.abs(s).max())
-    np.testing.assert_allclose(e, golden[prefix + "ke_raw"] if prefix else golden["ke_raw"],
-                               rtol=0, atol=1e-6)
-    if not prefix:
-        np.testing.assert_allclose(kse.minmax(s), golden["ks_norm"], atol=1e-6)
-        np.testing.assert_allclose(kse.minmax(e), golden["ke_norm"], atol=1e-6)
+    np.testing.assert_allclose(e, golden[prefix + "ke_raw"], rtol=0, atol=1e-6)
     np.testing.assert_allclose(v, golden[prefix + "indicator"], atol=1e-6)
-    plan = plan_layer(w, KSEOptions(G=int(golden["G"]), T=int(golden["T"]), entropy=entropy))
+    np.testing.assert_allclose(layer_indicator(w, options), golden[prefix + "indicator"],
+                               atol=1e-6)
+    np.testing.assert_allclose(kse.kse_indicator(s, e, 1.0), v, atol=1e-12)
     np.testing.assert_array_equal(plan.levels, golden[prefix + "group"])
     np.testing.assert_array_equal(plan.q, golden[prefix + "q_per_channel"])
+
+
+def test_golden_normalised_scores(golden):
+    plan = plan_layer(golden["weight"], KSEOptions(entropy="official"))
+    np.testing.assert_allclose(kse.minmax(plan.sparsity), golden["ks_norm"], atol=1e-6)
+    np.testing.assert_allclose(kse.minmax(plan.entropy), golden["ke_norm"], atol=1e-6)
 
 
 def _objective(weight, w_hat, channels):
@@ -74,11 +72,12 @@ def test_golden_file_reads_right(golden):
 
 def test_effective_weight_is_built_from_labels(golden):
     plan = plan_layer(golden["weight"], KSEOptions())
-    for c, table in enumerate(plan.kernels):
-        if len(table):
-            np.testing.assert_array_equal(plan.w_hat[:, c], table[plan.labels[:, c]])
-        else:
-            assert not plan.w_hat[:, c].any() and np.all(plan.labels[:, c] == -1)
+    kept = plan.q > 0
+    assert kept.any() and (~kept).any()
+    assert [len(table) for table in plan.kernels] == plan.q.tolist()
+    for c in np.flatnonzero(kept):
+        np.testing.assert_array_equal(plan.w_hat[:, c], plan.kernels[c][plan.labels[:, c]])
+    assert not plan.w_hat[:, ~kept].any() and np.all(plan.labels[:, ~kept] == -1)
 
 
 def test_levels_and_counts_spec_examples():
@@ -128,15 +127,13 @@ def test_plan_invariants(shape, G, T):
     assert np.all((plan.q >= 0) & (plan.q <= n))
     order = np.argsort(plan.indicator, kind="stable")
     assert np.all(np.diff(plan.levels[order]) >= 0)  # monotone in the indicator
-    for ch in range(c):
+    pruned, whole = plan.q == 0, plan.q == n
+    assert not plan.w_hat[:, pruned].any()
+    np.testing.assert_array_equal(plan.w_hat[:, whole], w[:, whole])
+    for ch in np.flatnonzero(~pruned & ~whole):
         distinct = len(np.unique(plan.w_hat[:, ch].reshape(n, -1), axis=0))
-        if plan.q[ch] == 0:
-            assert not plan.w_hat[:, ch].any()
-        elif plan.q[ch] == n:
-            np.testing.assert_array_equal(plan.w_hat[:, ch], w[:, ch])
-        else:
-            available = len(np.unique(w[:, ch].reshape(n, -1), axis=0))
-            assert distinct == min(plan.q[ch], available)
+        available = len(np.unique(w[:, ch].reshape(n, -1), axis=0))
+        assert distinct == min(plan.q[ch], available)
     again = plan_layer(w, KSEOptions(G=G, T=T))
     assert np.array_equal(again.w_hat, plan.w_hat) and np.array_equal(again.labels, plan.labels)
 
@@ -179,14 +176,15 @@ def test_zero_weight_is_finite():
 
 
 def test_zero_and_duplicate_kernels():
-    w = _w((32, 6, 3, 3))
-    w[:, 1] = 0.0  # an all-zero channel: zero densities
-    w[:20, 2] = w[0, 2]  # 13 distinct kernels in channel 2
+    """An all-zero channel (zero densities) is finite and pruned; a clustered channel with
+    fewer distinct kernels (3) than its q (16) keeps exactly those 3."""
+    w = _w((32, 8, 3, 3)) * np.linspace(0.3, 1.0, 8, dtype=np.float32)[None, :, None, None]
+    w[:, 1] = 0.0
+    w[:, 0] = w[np.arange(32) % 3, 0]
     plan = plan_layer(w, KSEOptions(G=4, T=0))
     assert np.all(np.isfinite(plan.entropy)) and np.all(np.isfinite(plan.w_hat))
-    distinct = len(np.unique(plan.w_hat[:, 2].reshape(32, -1), axis=0))
-    if 0 < plan.q[2] < 32:
-        assert distinct == min(plan.q[2], 13)
+    assert plan.q[1] == 0 and plan.q[0] == 16
+    assert len(np.unique(plan.w_hat[:, 0].reshape(32, -1), axis=0)) == 3
 
 
 def test_q_equal_one_is_the_mean():
@@ -199,13 +197,16 @@ def test_q_equal_one_is_the_mean():
             w[:, ch].mean(axis=0), w[:, ch].shape), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("G", [1, 2])
-def test_small_G_prunes_without_clustering(G):
-    w = _w((16, 10, 3, 3))
-    plan = plan_layer(w, KSEOptions(G=G))
-    assert set(plan.q.tolist()) <= {0, 16}
-    if G == 1:
-        assert np.all((plan.q == 16) == (plan.indicator == 1.0))
+def test_G1_keeps_only_the_top_channels():
+    plan = plan_layer(_w((16, 10, 3, 3)), KSEOptions(G=1))
+    assert plan.compressed and set(plan.q.tolist()) == {0, 16}
+    np.testing.assert_array_equal(plan.q == 16, plan.indicator == 1.0)
+
+
+def test_G2_prunes_without_clustering():
+    plan = plan_layer(_w((16, 10, 3, 3)), KSEOptions(G=2))
+    assert plan.compressed and set(plan.q.tolist()) == {0, 16}
+    np.testing.assert_array_equal(plan.q == 0, plan.indicator < 0.5)
 
 
 @pytest.mark.parametrize("shape", [(24, 6, 1, 1), (24, 6, 5, 5), (24, 6, 1, 3)])

@@ -16,7 +16,7 @@ from kse_onnx.cli import main
 from kse_onnx.lowering import LayerForm, auto
 from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime.bench import Timing
-from kse_onnx.runtime.verify import verify
+from kse_onnx.verify import verify
 
 
 def _choice(times, macs):

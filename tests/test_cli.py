@@ -106,3 +106,75 @@ def test_unknown_lowering_is_a_usage_error(model_path, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["optimize", str(model_path), str(tmp_path / "o.onnx"), "--lowering", "magic"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["verify", "a.onnx", "b.onnx", "--batch", "0"], "--batch"),
+    (["verify", "a.onnx", "b.onnx", "--rtol", "0"], "--rtol"),
+    (["verify", "a.onnx", "b.onnx", "--seed", "-1"], "--seed"),
+    (["bench", "a.onnx", "--threads", "0"], "--threads"),
+    (["bench", "a.onnx", "--repeats", "0"], "--repeats"),
+    (["bench", "a.onnx", "--batch", "1,x"], "--batch"),
+])
+def test_verify_and_bench_options_checked_before_any_file_is_read(capsys, argv, flag):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert flag in err and len(err.splitlines()) == 1
+
+
+def test_help_shows_defaults_and_metavars(capsys):
+    texts = {}
+    for command in ("score", "optimize", "verify", "finetune", "eval", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        texts[command] = " ".join(capsys.readouterr().out.split())
+    assert "--mean MEAN" in texts["eval"] and "--std STD" in texts["eval"]
+    assert "--skip GLOB" in texts["optimize"] and "--only GLOB" in texts["score"]
+    assert "GLOB" not in texts["eval"] and "GLOB" not in texts["finetune"]
+    assert "--lowering {auto,dense,compact,factored}" in texts["optimize"]
+    assert "(default: auto)" in texts["optimize"] and "(default: 0.0001)" in texts["verify"]
+    assert "(default: 30)" in texts["bench"] and "(default: 4)" in texts["score"]
+
+
+def test_debug_shows_the_cause(tmp_path, capsys):
+    """Without --debug one line; with it the traceback, the original error chained."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf at all")
+    assert main(["score", str(bad)]) == 1
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    from kse_onnx.errors import ModelError
+
+    with pytest.raises(ModelError) as info:
+        main(["--debug", "score", str(bad)])
+    assert info.value.__cause__ is not None
+
+
+def test_score_json_carries_the_per_channel_plan(model_path, tmp_path):
+    """From the JSON alone, the indicator is recomputed from its two terms and the levels
+    and q from the indicator: the decision can be audited and replayed."""
+    import numpy as np
+
+    from kse_onnx.analysis import kse
+
+    out_json = tmp_path / "score.json"
+    assert main(["score", str(model_path), "--G", "5", "--T", "1", "--alpha", "0.5",
+                 "--json", str(out_json)]) == 0
+    data = json.loads(out_json.read_text())
+    settings = data["settings"]
+    compressed = [x for x in data["layers"] if x["status"] == "compressed"]
+    assert compressed
+    for layer in compressed:
+        ch = layer["channels"]
+        n, c = layer["shape"][:2]
+        assert all(len(ch[key]) == c for key in ("level", "q", "indicator", "sparsity",
+                                                 "entropy"))
+        s, e, v = (np.array(ch[key]) for key in ("sparsity", "entropy", "indicator"))
+        assert np.all(np.isfinite(v)) and np.ptp(s) > 0 and np.ptp(e) > 0
+        np.testing.assert_allclose(kse.kse_indicator(s, e, settings["alpha"]), v, atol=1e-12)
+        levels, q = kse.levels_and_counts(v, n, settings["G"], settings["T"])
+        assert levels.tolist() == ch["level"] and q.tolist() == ch["q"]
+        assert sum(qc > 0 for qc in ch["q"]) == layer["kept_channels"]
+        assert np.bincount(levels, minlength=settings["G"]).tolist() == \
+            layer["channels_per_level"]
+    skipped = [x for x in data["layers"] if x["status"] != "compressed"]
+    assert skipped and all(x["channels"] is None for x in skipped)

@@ -46,7 +46,7 @@ def test_distillation_brings_student_closer(setup):
     tmp, teacher, student, data = setup
     out = tmp / "tuned.onnx"
     assert main(_args(tmp, teacher, student, data, out, "--epochs", "3")) == 0
-    from kse_onnx.finetune.data import load_dataset
+    from kse_onnx.data import load_dataset
     from kse_onnx.runtime.evaluate import logits
 
     x, _ = load_dataset(data)
@@ -68,7 +68,7 @@ def test_finetune_output_quantized_to_int8(setup, capsys):
     ops = {n.op_type for n in onnx.load(int8_out).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert int8_out.stat().st_size < 0.7 * float_out.stat().st_size  # a tiny net: names weigh
-    from kse_onnx.finetune.data import load_dataset
+    from kse_onnx.data import load_dataset
     from kse_onnx.runtime.evaluate import logits
 
     x, _ = load_dataset(data)
@@ -151,7 +151,7 @@ def test_two_processes_match_one(setup):
 def test_fashion_mnist_fine_tune_recovers_accuracy(tmp_path):
     """On real data: the trained ResNet-20 compressed at G=4,T=0, one short epoch of
     distillation on 2000 training images beats the untuned model on 1000 test images."""
-    from kse_onnx.finetune.data import FASHION_MNIST, fashion_mnist
+    from kse_onnx.data import FASHION_MNIST, fashion_mnist
     from kse_onnx.finetune.train import finetune
     from kse_onnx.options import DataOptions, FinetuneOptions
     from kse_onnx.runtime.evaluate import evaluate

@@ -88,3 +88,12 @@ def test_unsupported_operator_named(tmp_path):
     model.graph.node[1].op_type = "Celu"
     with pytest.raises(ModelError, match="Celu"):
         import_model(model)
+
+
+def test_import_reads_paths_through_the_safe_loader(tmp_path):
+    from kse_onnx.errors import ModelError
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00" * 16)
+    with pytest.raises(ModelError, match="not an ONNX model"):
+        import_model(bad)

@@ -13,7 +13,7 @@ from graphs import residual_net
 from kse_onnx.api import optimize
 from kse_onnx.errors import KSEError
 from kse_onnx.options import KSEOptions, LowerOptions
-from kse_onnx.runtime.verify import verify
+from kse_onnx.verify import verify
 
 CASES = 50
 

@@ -6,12 +6,12 @@ import numpy as np
 import onnx
 import pytest
 
-from graphs import branchy_net, conv_stack, photo_batch, residual_net
+from graphs import biases_as_constant_nodes, branchy_net, conv_stack, photo_batch, residual_net
 from kse_onnx.api import optimize
 from kse_onnx.graph.export import settings_of
 from kse_onnx.options import KSEOptions, LowerOptions, SelectOptions
 from kse_onnx.runtime.ort import session
-from kse_onnx.runtime.verify import reference_model
+from kse_onnx.verify import reference_model
 
 # float32 rewrite exactness: reordered sums of the same products, nothing more
 RTOL = 1e-5
@@ -44,16 +44,35 @@ def _rel(a, b):
 def test_rewrite_is_exact(tmp_path, name, lowering, align):
     model = MODELS[name]()
     _, dst, report = _optimize(tmp_path, model, lowering, align, G=5, T=1)
+    assert any(layer.status == "compressed" for layer in report.layers)
+    _assert_exact(model, dst)
+
+
+def _assert_exact(model, dst):
+    """The optimized model at ``dst`` computes the original with W_hat, on random inputs
+    and on photographs."""
     out = onnx.load(dst)
     onnx.checker.check_model(out, full_check=True)
-    assert any(layer.status == "compressed" for layer in report.layers)
     ref = session(reference_model(model, settings_of(out)))
     opt = session(out)
     shape = [3, *[d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]]
     for x in (np.random.default_rng(1).standard_normal(shape).astype(np.float32),
               photo_batch(shape)):
         got, want = opt.run(None, {"x": x})[0], ref.run(None, {"x": x})[0]
-        assert _rel(got, want) < RTOL, (name, lowering, align)
+        assert _rel(got, want) < RTOL, dst
+
+
+def test_factored_wide_layer_with_constant_node_bias(tmp_path):
+    """From 128 filters the factored form fuses with Gather + ReduceSum and adds the bias
+    itself; a bias made by a Constant node (not an initializer) works the same."""
+    model = biases_as_constant_nodes(residual_net(136, hw=4))
+    _, dst, report = _optimize(tmp_path, model, "factored", G=5, T=1)
+    assert sum(layer.status == "compressed" for layer in report.layers) >= 2
+    ops = {n.op_type for n in onnx.load(dst).graph.node}
+    assert "ReduceSum" in ops
+    biases = [n for n in onnx.load(dst).graph.node if n.name.endswith("_kse_bias")]
+    assert biases and all(n.op_type == "Add" for n in biases)
+    _assert_exact(model, dst)
 
 
 def test_interface_unchanged_and_batch_dynamic(tmp_path):
@@ -98,7 +117,14 @@ def test_alignment_rounds_kept_channels_up(tmp_path):
 
 def test_prune_producers_off_uses_gathers(tmp_path):
     _, dst, report = _optimize(tmp_path, residual_net(32), align=1, G=5, T=1, prune=False)
-    assert all("producer" not in (layer.lowering or "") for layer in report.layers)
+    lowered = [layer for layer in report.layers if layer.lowering]
+    assert lowered and all(layer.status == "compressed" for layer in lowered)
+    assert all("producer" not in layer.lowering for layer in lowered)
+    gathers = [layer for layer in lowered if layer.lowering.endswith("input via gather")]
+    assert gathers and all(layer.lowered_channels < layer.shape[1] for layer in gathers)
+    model = onnx.load(dst)
+    assert sum(n.op_type == "Gather" and n.name.endswith("_kse_gather")
+               for n in model.graph.node) == len(gathers)
 
 
 def test_compact_is_smaller_and_codes_are_narrow(tmp_path):

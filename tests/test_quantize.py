@@ -84,12 +84,13 @@ def test_optimize_int8_static_end_to_end(compressed, capsys):
     tmp, src, kse, calibration = compressed
     out = tmp / "int8.onnx"
     assert main(["optimize", str(src), str(out), "--G", "5", "--T", "1", "--quantize",
-                 "int8-static", "--calibration", str(calibration)]) == 0
+                 "int8-static", "--calibration", str(calibration), "--calibration-images",
+                 "256", "--refit", "none"]) == 0
     text = capsys.readouterr().out
     assert "int8-static:" in text and "convs run as integer kernels" in text
     assert out.stat().st_size < 0.5 * kse.stat().st_size  # float compact -> int8 shared
     settings = settings_of(onnx.load(out))
-    assert settings["quantize"] == "int8-static" and settings["calibration_images"] == 256
+    assert settings["quantize"] == "int8-static" and settings["calibration_images"] == 64  # the images there are
     x = np.load(calibration)["x"][:16]
     want, got = _outputs(onnx.load(src), x), _outputs(onnx.load(out), x)
     kse_out = _outputs(onnx.load(kse), x)
@@ -111,6 +112,13 @@ def _quantize(mode, **kw):
     from kse_onnx.options import QuantizeOptions
 
     return QuantizeOptions(quantize=mode, **kw)
+
+
+def _calibrated(path) -> dict:
+    """INT8 calibration on ``path`` without the refit (tests/test_refit.py has that)."""
+    from kse_onnx.options import CalibrationOptions, RefitOptions
+
+    return {"calibration": CalibrationOptions(str(path)), "refit": RefitOptions("none")}
 
 
 def test_static_without_calibration_is_a_usage_error(compressed, capsys):
@@ -152,20 +160,20 @@ def test_sharing_skips_weights_that_do_not_repeat():
 def test_auto_times_int8_builds_against_int8_of_the_original(compressed):
     tmp, src, _, calibration = compressed
     out = tmp / "auto_int8.onnx"
-    report = optimize(src, out, quantize=_quantize("int8-static", calibration=str(calibration)),
-                      overwrite=True)
+    report = optimize(src, out, quantize=_quantize("int8-static"), overwrite=True,
+                      **_calibrated(calibration))
     assert "onnxruntime's int8-static of the original" in report.extra["auto"]["verdict"]
     assert report.extra["int8"]["integer_convs"] == report.extra["int8"]["convs"]
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
 
 
 def test_float_output_keeps_forms_chosen_for_int8(compressed):
-    from kse_onnx.runtime.verify import verify
+    from kse_onnx.verify import verify
 
     tmp, src, _, calibration = compressed
     out = tmp / "float_for_int8.onnx"
-    report = optimize(src, out, quantize=_quantize("int8-static", calibration=str(calibration),
-                                                   float_output=True), overwrite=True)
+    report = optimize(src, out, quantize=_quantize("int8-static", float_output=True),
+                      overwrite=True, **_calibrated(calibration))
     model = onnx.load(out)
     assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
     forms = settings_of(model)["layer_forms"]

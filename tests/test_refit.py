@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from graphs import folded_resnet, photo_batch
 
+from graphs import folded_resnet, photo_batch
 from kse_onnx.analysis.plan import plan_layer
 from kse_onnx.api import analyse, optimize
 from kse_onnx.api import refit as refit_command
@@ -21,7 +21,7 @@ from kse_onnx.options import (
     SelectOptions,
 )
 from kse_onnx.refit.normal import SharedLayout
-from kse_onnx.runtime.verify import verify
+from kse_onnx.verify import verify
 
 torch = pytest.importorskip("torch")
 FAST = dict(refit_steps=20, refit_batch=16)

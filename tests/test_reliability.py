@@ -11,7 +11,7 @@ from graphs import GraphBuilder, cast_model, conv_stack, residual_net
 from kse_onnx.api import optimize
 from kse_onnx.cli import main
 from kse_onnx.graph import io
-from kse_onnx.runtime.verify import verify
+from kse_onnx.verify import verify
 
 
 def _run(tmp_path, model, *args):

@@ -1,10 +1,9 @@
 """Zoo models x lowerings: optimize, check, run, and verify exactness; plus the KSE
-authors' trained ResNet-56 against the counts of kse-spec.md section 10."""
+authors' trained ResNet-56 against the counts of docs/algorithm.md, section 7."""
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,14 +11,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+
 from graphs import photo_batch  # noqa: E402
 from kse_onnx.api import optimize, score  # noqa: E402
 from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
-from kse_onnx.runtime.verify import verify  # noqa: E402
+from kse_onnx.verify import verify  # noqa: E402
 from models.export import conv_count, export, max_abs_diff  # noqa: E402
 from models.zoo import CONV_COUNTS, build, load_kse_resnet56  # noqa: E402
+from shared_data import shared_file  # noqa: E402
 
-KSE_RESNET56 = Path(__file__).resolve().parents[2] / "shared/models/kse_resnet56_cifar10.pth"
 FAST = ["small_cnn", "resnet20_cifar", "densenet40_cifar", "mobilenetv2"]
 SLOW = ["resnet56_cifar", "vgg16_bn_cifar", "resnet50"]
 LOWERINGS = ["dense", "compact", "factored"]
@@ -89,9 +89,7 @@ def test_zoo_model_large(zoo_dir, name, lowering):
 
 @pytest.fixture(scope="module")
 def kse_resnet56(zoo_dir):
-    if not KSE_RESNET56.exists():
-        pytest.skip(f"{KSE_RESNET56} is missing (it lives in ../shared beside the repo)")
-    model = load_kse_resnet56(KSE_RESNET56)
+    model = load_kse_resnet56(shared_file("models/kse_resnet56_cifar10.pth"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         proto = export(model, (3, 32, 32), 17)
@@ -102,8 +100,8 @@ def kse_resnet56(zoo_dir):
 
 
 def test_authors_resnet56_counts(kse_resnet56):
-    """kse-spec.md: the natural count on these weights at G=4,T=0 is ~0.574M weights and
-    ~79.6M conv multiply-adds (0.853M / 125.49M dense)."""
+    """docs/algorithm.md, section 7: the natural count on these weights at G=4,T=0 is
+    ~0.574M weights and ~79.6M conv multiply-adds (0.853M / 125.49M dense)."""
     for entropy in ("paper", "official"):
         totals = score(kse_resnet56, KSEOptions(entropy=entropy)).totals()
         assert totals["params_before"] == 848304 and totals["macs_before"] == 125485056

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.finetune.data import FASHION_MNIST, load_data  # noqa: E402
+from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
 from kse_onnx.finetune.train import finetune  # noqa: E402
 from kse_onnx.options import (  # noqa: E402
     DataOptions,

@@ -34,15 +34,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.finetune.data import FASHION_MNIST, load_data  # noqa: E402
+from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
 from kse_onnx.graph.count import conv_counts  # noqa: E402
 from kse_onnx.graph.io import save_model  # noqa: E402
 from kse_onnx.options import (  # noqa: E402
+    CalibrationOptions,
     DataOptions,
     FinetuneOptions,
     KSEOptions,
     LowerOptions,
     QuantizeOptions,
+    RefitOptions,
 )
 from kse_onnx.quantize.apply import quantize_output  # noqa: E402
 from kse_onnx.quantize.inspect import integer_convs  # noqa: E402
@@ -113,8 +115,9 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
         optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True,
                  lower_options=LowerOptions(batches=args.auto_batches,
                                             threads=args.auto_threads),
-                 quantize=QuantizeOptions("int8-static", calibration=str(cal_path),
-                                          float_output=True))
+                 calibration=CalibrationOptions(str(cal_path), calibration_images=256),
+                 refit=RefitOptions("none"),
+                 quantize=QuantizeOptions("int8-static", float_output=True))
         if train is not None:
             from kse_onnx.finetune.train import finetune
 
@@ -129,8 +132,8 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
             notes[tag] = "not fine-tuned (no CIFAR-10 offline)"
         rows[tag] = kse
         int8_path = out / f"{name}_G{G}T{T}_int8.onnx"
-        int8, report = quantize_output(onnx.load(kse), QuantizeOptions(
-            "int8-static", calibration=str(cal_path)))
+        int8, report = quantize_output(onnx.load(kse), QuantizeOptions("int8-static"),
+                                       calibration)
         save_model(int8, int8_path)
         rows[tag + " + INT8"] = int8_path
         notes[tag + " + INT8"] = (f"{report['integer_convs']}/{report['convs']} integer convs, "

@@ -27,7 +27,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from kse_onnx.finetune.data import fashion_mnist  # noqa: E402
+from kse_onnx.data import fashion_mnist  # noqa: E402
 from models.export import export, max_abs_diff  # noqa: E402
 from models.zoo import CifarResNet  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Deterministic k-means of many small point sets at once (kse-spec.md section 5).
+"""Deterministic k-means of many small point sets at once (docs/algorithm.md, section 5).
 
 Every channel of one KSE level has the same kernel count N and the same cluster count
 q, so its problems are stacked into one ``(B, N, D)`` array; Lloyd iterations run on

@@ -1,4 +1,4 @@
-"""KSE scoring of one Conv weight (kse-spec.md sections 1-4), numpy and scipy only.
+"""KSE scoring of one Conv weight (docs/algorithm.md, sections 1-4), numpy and scipy only.
 
 A weight ``W`` of shape ``(N, C, kh, kw)`` is scored per input channel ``c`` from its
 kernel set ``{W[n, c] : n < N}`` (N vectors of dimension ``D = kh*kw``).
@@ -20,7 +20,7 @@ def channel_kernel_sets(weight: np.ndarray) -> np.ndarray:
 
 
 def official_kernel_sets(weight: np.ndarray) -> np.ndarray:
-    """Kernel sets the authors' code scores for entropy (kse-spec.md section 9).
+    """Kernel sets the authors' code scores for entropy (docs/algorithm.md, section 10).
 
     Their code builds the (C, N, D) channel-major array, then *reshapes* it to (N, C, D)
     and transposes back, so for N != C "channel c" reads a mix of rows; for N == C it is
@@ -102,7 +102,7 @@ def kse_indicator(sparsity: np.ndarray, entropy: np.ndarray, alpha: float) -> np
 
 
 def levels_and_counts(indicator: np.ndarray, n_filters: int, G: int, T: int):
-    """Level per channel and kernels kept per channel ``q`` (kse-spec.md section 4).
+    """Level per channel and kernels kept per channel ``q`` (docs/algorithm.md, section 4).
 
     level 0 (``floor(vG) == 0``): pruned, q = 0; level G-1 (``ceil(vG) == G``): whole,
     q = N; otherwise level ``g = floor(vG)`` and ``q = ceil(N * 2**(g+1-T-G))``.

@@ -98,7 +98,7 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
     if indicator is None:
         return _unchanged(weight, options, "every channel's indicator ties", sparsity, entropy)
     levels, q = kse.levels_and_counts(indicator, n, options.G, options.T)
-    if np.all(levels == options.G - 1):
+    if np.all(q == n):  # (not ``levels == G-1``: at G = 1 that level also prunes)
         return _unchanged(weight, options, "every channel kept whole at this G", sparsity, entropy)
 
     rng = layer_seed(options.seed, key)

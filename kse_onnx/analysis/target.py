@@ -1,7 +1,7 @@
 """Target-driven settings: the G and T that reach a multiply-add or file-size target
 while removing the least indicator mass.
 
-A layer's levels and kernel counts q follow from its indicator v alone (kse-spec.md
+A layer's levels and kernel counts q follow from its indicator v alone (docs/algorithm.md,
 section 4), so every (G, T) of the grid is costed without clustering:
 - multiply-adds, the paper's count: ``sum_c q_c*kh*kw*H*W`` for a compressed layer,
   ``N*C*kh*kw*H*W`` for any other Conv;
@@ -80,7 +80,7 @@ def _cost(G, T, scored, macs_before, bytes_before, file_size, target) -> LevelCh
     macs_saved, stored, removed = 0, 0, 0.0
     for (n, c, kh, kw), itemsize, hw, v in scored:
         levels, q = levels_and_counts(v, n, G, T)
-        if np.all(levels == G - 1):  # plan_layer leaves such a layer unchanged
+        if np.all(q == n):  # plan_layer leaves such a layer unchanged
             stored += n * c * kh * kw * itemsize
             continue
         kept = int((q > 0).sum())

@@ -3,14 +3,14 @@
 Why our own interpreter rather than onnx2torch: onnx2torch (last release 2024) rebuilds
 the graph from its own modules, so the trained values cannot be written back into the
 *same* graph, and it fails on the dynamo exporter's opsets and on ``Identity``-merged
-biases (data.md). Here every node runs as the matching torch op in graph order, and
+biases. Here every node runs as the matching torch op in graph order, and
 every float initializer is a parameter (or a fixed buffer) keyed by its ONNX name, so
 export is "write the tensors back": structure unchanged by construction.
 
 Sharing: the weight of each Conv that kse-onnx compressed (listed in the model's
 metadata) is re-expressed as ``W = table[codes]`` with ``table`` its distinct kernels:
-training updates each shared kernel once with the sum of its users' gradients (kse-spec
-section 7) and cannot break the sharing. The all-zero kernel (pruned and alignment
+training updates each shared kernel once with the sum of its users' gradients (docs/algorithm.md,
+section 8) and cannot break the sharing. The all-zero kernel (pruned and alignment
 channels) stays fixed at zero. The factored form's 0/1 fusion weights stay fixed.
 """
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..graph.export import settings_of
+from ..graph.io import load_model
 from ..lowering.compact import codebook
 from . import ops
 
@@ -158,8 +159,9 @@ class OnnxModule(nn.Module):
 
 
 def import_model(path_or_model) -> OnnxModule:
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(
-        str(path_or_model))
+    """The module of a ModelProto, or of the model at a path (read by the safe loader)."""
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else load_model(
+        path_or_model)
     return OnnxModule(model)
 
 

@@ -19,7 +19,7 @@ import onnx
 from ..options import QuantizeOptions
 from ..quantize.apply import quantize_output
 from ..runtime.ort import session
-from .train import EpochRunner, accuracy
+from .epochs import EpochRunner, accuracy
 
 QAT_THRESHOLD = 0.003
 

@@ -14,8 +14,12 @@ from onnx import numpy_helper
 
 def conv_counts(model: onnx.ModelProto) -> dict:
     """``weights``: elements of every Conv weight as the runtime sees it (after any
-    expansion); ``macs``: sum of ``weights * H_out * W_out`` (None if a shape is unknown)."""
-    inferred = onnx.shape_inference.infer_shapes(model)
+    expansion); ``macs``: sum of ``weights * H_out * W_out`` (None if a shape is unknown,
+    both None when shape inference fails)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # recorded by the analysis (import_graph's notes)
+        return {"weights": None, "macs": None}
     shapes = {v.name: _dims(v) for v in (*inferred.graph.value_info, *inferred.graph.output,
                                          *inferred.graph.input)}
     for init in inferred.graph.initializer:

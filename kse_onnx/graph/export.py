@@ -7,7 +7,8 @@ import json
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
+from .select import quiet_graphsurgeon
 
 METADATA_KEY = "kse_onnx"
 
@@ -19,16 +20,27 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> 
         # inferred shapes of inner tensors are stale where channels were removed
         if isinstance(tensor, gs.Variable) and tensor.name not in graph_io:
             tensor.shape = None
-    model = gs.export_onnx(graph, do_type_check=True)
-    model.ir_version = original.ir_version
+    with quiet_graphsurgeon():
+        model = gs.export_onnx(graph, do_type_check=True)
+    copy_model_fields(model, original)
+    del model.graph.value_info[:]
+    record_settings(model, settings)
+    return model
+
+
+MODEL_FIELDS = ("ir_version", "producer_name", "producer_version", "domain", "model_version",
+                "doc_string")
+
+
+def copy_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Give ``model``, a rewrite of ``original``, its model-level fields: IR version,
+    opsets, producer, domain, model version, doc string and metadata; returns ``model``."""
+    for name in MODEL_FIELDS:
+        setattr(model, name, getattr(original, name))
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)
-    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, field, getattr(original, field))
-    del model.graph.value_info[:]
     del model.metadata_props[:]
     model.metadata_props.extend(original.metadata_props)
-    record_settings(model, settings)
     return model
 
 
@@ -38,8 +50,8 @@ def check_model(model: onnx.ModelProto, where) -> None:
         onnx.checker.check_model(model, full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{where}: optimized model fails the ONNX checker: {first}") from None
+        raise ModelError(f"{where}: optimized model fails the ONNX checker: "
+                         f"{first_line(exc)}") from exc
 
 
 def settings_of(model: onnx.ModelProto) -> dict | None:

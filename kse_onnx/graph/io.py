@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnx import external_data_helper
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 # Protobuf cannot serialise a model over 2 GiB; larger ones keep weights beside it.
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -33,13 +33,13 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from exc
     if not data:
         raise ModelError(f"{path}: empty file")
     try:
         model = onnx.load_model_from_string(data)
-    except Exception:  # protobuf raises DecodeError and friends
-        raise ModelError(f"{path}: not an ONNX model (protobuf parse failed)") from None
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise ModelError(f"{path}: not an ONNX model (protobuf parse failed)") from exc
     if not model.HasField("graph"):
         raise ModelError(f"{path}: not an ONNX model (no graph)")
     bad = _invalid_text(model)
@@ -132,8 +132,7 @@ def _check(model: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"{path}: fails onnx.checker: {first}") from None
+        raise ModelError(f"{path}: fails onnx.checker: {first_line(exc)}") from exc
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.logger import G_LOGGER
 
+from ..errors import first_line
 from ..options import SelectOptions
-
-QUANTIZED_CONVS = ("QLinearConv", "ConvInteger")
-G_LOGGER.severity = G_LOGGER.ERROR  # its warnings concern graphsurgeon, not the model
+from .optypes import QUANTIZED_CONVS
 
 
 @dataclass
@@ -26,13 +25,34 @@ class ConvSite:
     reason: str | None  # None: eligible
 
 
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """graphsurgeon view of ``model`` with inferred shapes; unnamed nodes get stable names."""
+@contextlib.contextmanager
+def quiet_graphsurgeon():
+    """Silence onnx-graphsurgeon's warnings while it runs (dtypes numpy lacks, such as
+    bfloat16, and its optional colour module: about graphsurgeon, not the user's model);
+    its log level is restored afterwards, so importing kse_onnx changes nothing."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    before = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = before
+
+
+def import_graph(model: onnx.ModelProto, notes: list[str] | None = None) -> gs.Graph:
+    """graphsurgeon view of ``model`` with inferred shapes; unnamed nodes get stable names.
+
+    A model shape inference cannot handle is still compressed, without output sizes (so
+    without multiply-add counts); the failure is appended to ``notes`` for the report."""
     try:
         model = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # a model shape inference cannot handle still gets compressed
-        pass
-    graph = gs.import_onnx(model)
+    except Exception as exc:
+        if notes is not None:
+            notes.append(f"shape inference failed ({first_line(exc)}): conv output sizes "
+                         "unknown, multiply-adds not counted")
+    with quiet_graphsurgeon():
+        graph = gs.import_onnx(model)
     for index, node in enumerate(graph.nodes):
         if not node.name:
             node.name = f"{node.op}_{index}"
@@ -49,14 +69,15 @@ def weight_source(tensor) -> str:
 
 def constant_values(tensor) -> np.ndarray | None:
     """Values of an initializer or of a ``Constant`` node's output, else None."""
-    if isinstance(tensor, gs.Constant):
+    if not isinstance(tensor, gs.Constant):
+        producers = getattr(tensor, "inputs", [])
+        if len(producers) != 1 or producers[0].op != "Constant":
+            return None
+        tensor = producers[0].attrs.get("value")
+        if not isinstance(tensor, gs.Constant):
+            return None
+    with quiet_graphsurgeon():  # values are loaded lazily: bfloat16 warns here
         return np.asarray(tensor.values)
-    producers = getattr(tensor, "inputs", [])
-    if len(producers) == 1 and producers[0].op == "Constant":
-        value = producers[0].attrs.get("value")
-        if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
-    return None
 
 
 def conv_sites(graph: gs.Graph, options: SelectOptions) -> list[ConvSite]:
@@ -86,7 +107,7 @@ def _reason(node, weight, graph_inputs, options: SelectOptions) -> str | None:
         return f"{kind} conv (group={node.attrs['group']}): out of KSE's scope"
     if options.keep_first and node.inputs[0].name in graph_inputs:
         return "first conv (reads a graph input)"
-    return options.wants(node.name)
+    return options.skip_reason(node.name)
 
 
 def _output_hw(node) -> int | None:

@@ -6,7 +6,8 @@ runtime, and the whole model is then checked to be no slower than the original.
    a multiple of 16, 8, 4 and 1 (each distinct count once), and the paper's factored
    form. Alignment matters because onnxruntime's blocked (NCHWc) CPU convolutions want
    channel counts that are multiples of the SIMD block (8 with AVX2, 16 with AVX-512);
-   an unaligned count can be slower than the full layer (design.md).
+   an unaligned count can be slower than the full layer (docs/lowering.md, "onnxruntime
+   latency findings").
 2. Each candidate is timed as a small graph of that layer at its real input shape; when
    the form prunes the producing Conv, that Conv and the channel-wise ops between are in
    the graph too (and in the ``whole`` graph it is compared with). A 1x1 depthwise Conv
@@ -41,7 +42,8 @@ from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
 from ..graph.channels import producer_chain
 from ..graph.count import conv_counts
-from ..graph.select import ConvSite, constant_values
+from ..graph.export import copy_model_fields
+from ..graph.select import ConvSite, constant_values, quiet_graphsurgeon
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
 from ..runtime.ort import provider_list
@@ -268,7 +270,7 @@ def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], b
         try:
             settings = json.loads(source.read_text()).get("settings", {})
         except (OSError, ValueError, AttributeError) as exc:
-            raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from None
+            raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from exc
     else:
         settings = settings_of(load_model(source)) or {}
     recorded = settings.get("layer_forms")
@@ -281,7 +283,7 @@ def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], b
     try:
         forms = {n: LayerForm.parse(recorded[n]) for n in names}
     except ValueError as exc:
-        raise OptionError("--choices", f"{path}: {exc}") from None
+        raise OptionError("--choices", f"{path}: {exc}") from exc
     return forms, bool(settings.get("compact_storage", True))
 
 
@@ -324,11 +326,10 @@ def _depthwise(name: str, x, y, channels: int) -> gs.Node:
 
 
 def _to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
-    model.ir_version = original.ir_version
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
+    with quiet_graphsurgeon():
+        model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
+    copy_model_fields(model, original)
     try:
         return onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # a bug of ours, or an op shape inference does not know
-        raise ModelError(f"auto lowering: cannot build a timing graph ({exc})") from None
+        raise ModelError(f"auto lowering: cannot build a timing graph ({exc})") from exc

@@ -4,7 +4,7 @@
 distinct kernels (shared centroids, whole-channel kernels, the zero kernel) and
 ``codes`` (N, C) in the narrowest unsigned type that indexes M. The Gather and Cast
 read only constants, so onnxruntime folds them into the dense weight when the session
-is created: the file shrinks, the run does not change (design.md).
+is created: the file shrinks, the run does not change (docs/lowering.md, "compact storage").
 """
 
 from __future__ import annotations

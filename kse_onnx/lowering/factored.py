@@ -1,4 +1,5 @@
-"""``factored``: the paper's form, "2D convolution + channel fusion" (kse-spec.md section 6).
+"""``factored``: the paper's form, "2D convolution + channel fusion" (docs/lowering.md,
+"factored: the paper's form"; its counts in docs/algorithm.md, section 7).
 
 For each level of clustered channels, one grouped Conv convolves each of its kept channels with that
 channel's q kernels (``group = C_g``, ``C_g * q`` outputs), the levels' responses are
@@ -6,7 +7,8 @@ concatenated into ``Q = sum q_c`` maps, and one 1x1 Conv with a 0/1 weight of sh
 (N, Q) adds, for every output filter n, the response of the kernel it uses on each
 channel: ``y_n = sum_c R[c, labels[n, c]] + b_n``.
 
-Fusion form, chosen per layer by N from design.md's measurements (onnxruntime CPU): a
+Fusion form, chosen per layer by N from the single-layer timings of docs/lowering.md
+("onnxruntime latency findings", onnxruntime CPU): a
 1x1 Conv with a 0/1 (N, Q) weight below 128 filters (1.6-3.5x the dense time at 16-64
 channels, against 1.9-5.9x for the alternative), Gather + ReduceSum from 128 (6.3-6.7x
 at 256-512 channels, against 8.9-13.7x): the 1x1 GEMM grows with N*Q, the gather-sum
@@ -22,8 +24,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
+from ..graph.select import constant_values
 
-# design.md: the 1x1 fusion Conv wins up to 64 output filters, Gather + ReduceSum from 256.
+# docs/lowering.md, "Single layers": the 1x1 fusion Conv wins up to 64 output filters,
+# Gather + ReduceSum from 256.
 GATHER_SUM_FROM = 128
 _SPATIAL_ATTRS = ("kernel_shape", "strides", "pads", "dilations", "auto_pad")
 
@@ -120,10 +124,22 @@ def _gather_sum(graph, name, responses, plan, offsets, bias, out) -> None:
     graph.nodes.append(gs.Node("ReduceSum", f"{name}_kse_sum_channels", attrs,
                                inputs=inputs, outputs=[summed]))
     if bias:
-        b = bias[0].values.reshape(1, -1, 1, 1)
         graph.nodes.append(gs.Node("Add", f"{name}_kse_bias",
-                                   inputs=[summed, gs.Constant(f"{name}_kse_bias4d", b)],
+                                   inputs=[summed, _bias_4d(graph, name, bias[0])],
                                    outputs=[out]))
+
+
+def _bias_4d(graph, name, bias):
+    """The Conv bias (N,) as (1, N, 1, 1), to add to the fused maps: a new constant when
+    it is one (initializer or Constant node), else a Reshape of the tensor."""
+    values = constant_values(bias)
+    if values is not None:
+        return gs.Constant(f"{name}_kse_bias4d", values.reshape(1, -1, 1, 1))
+    shaped = gs.Variable(f"{name}_kse_bias4d", dtype=bias.dtype)
+    graph.nodes.append(gs.Node("Reshape", f"{name}_kse_bias_reshape", inputs=[
+        bias, gs.Constant(f"{name}_kse_bias_shape", np.array([1, -1, 1, 1], np.int64))],
+        outputs=[shaped]))
+    return shaped
 
 
 def _gather(graph, x, positions, tag):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
+from ..data import load_data
 from ..errors import OptionError
 from ..graph.export import record_settings, settings_of
 from ..options import CalibrationOptions, DataOptions, QuantizeOptions, as_dict
@@ -26,8 +27,6 @@ def calibration_inputs(calibration: CalibrationOptions | None, data: DataOptions
     source = calibration.calibration or default
     if not source:
         return None
-    from ..finetune.data import load_data  # numpy readers only
-
     x = load_data(source, data or DataOptions())[0][:calibration.calibration_images]
     if not len(x):
         raise OptionError(flag, f"{source}: holds no images")
@@ -51,7 +50,8 @@ def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: dict,
     if options.short_names:
         shorten_names(quantized)
     kernels = integer_convs(quantized)
-    record_settings(quantized, {**settings, **as_dict(options)})
+    record_settings(quantized, {**settings, **as_dict(options), "calibration_images":
+                                0 if calibration is None else len(calibration)})
     report = {
         "mode": options.quantize,
         "calibration_inputs": 0 if calibration is None else len(calibration),

@@ -18,7 +18,9 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-INTEGER_CONVS = ("QLinearConv", "ConvInteger")
+from ..graph.optypes import CONVS, QUANTIZED_CONVS
+
+INTEGER_CONVS = QUANTIZED_CONVS
 
 
 @dataclass
@@ -41,7 +43,7 @@ def integer_convs(model: onnx.ModelProto, providers=("CPUExecutionProvider",)
             consumers.setdefault(name, []).append(node)
     kernels = []
     for node in model.graph.node:
-        if node.op_type not in ("Conv", *INTEGER_CONVS):
+        if node.op_type not in CONVS:
             continue
         weight = _weight_source(node, producers)
         integer = node.op_type in INTEGER_CONVS or weight in integer_weights

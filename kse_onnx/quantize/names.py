@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import onnx
 
-KEEP_NODE_NAMES = ("Conv", "QLinearConv", "ConvInteger")
+from ..graph.optypes import CONVS
+
+KEEP_NODE_NAMES = CONVS  # the report names layers by them
 
 
 def shorten_names(model: onnx.ModelProto) -> None:

@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
+from ..graph.export import copy_model_fields
+from ..graph.select import quiet_graphsurgeon
+from ..options import QUANTIZE_MODES
 from .shared import quantized_weight_names, share_int8_weights
-
-MODES = ("none", "int8-dynamic", "int8-static")
 
 
 class _Batches:
@@ -51,14 +52,11 @@ def _quiet_root_logger():
 
 def expand_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with constant subgraphs (compact codebook expansions) folded."""
-    graph = gs.import_onnx(model)
-    graph.fold_constants().cleanup()
-    folded = gs.export_onnx(graph)
-    folded.ir_version = model.ir_version
-    del folded.opset_import[:]
-    folded.opset_import.extend(model.opset_import)
-    folded.metadata_props.extend(model.metadata_props)
-    return folded
+    with quiet_graphsurgeon():
+        graph = gs.import_onnx(model)
+        graph.fold_constants().cleanup()
+        folded = gs.export_onnx(graph)
+    return copy_model_fields(folded, model)
 
 
 def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
@@ -74,7 +72,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
         quantize_static,
     )
 
-    if mode not in MODES[1:]:
+    if mode not in QUANTIZE_MODES or mode == "none":
         raise ValueError(f"unknown quantization mode {mode!r}")
     floating = expand_constants(model)
     weights = {n.input[1] for n in floating.graph.node
@@ -97,8 +95,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
         except ModelError:
             raise
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime.quantization failed: {first}") from None
+            raise ModelError(f"onnxruntime.quantization failed: {first_line(exc)}") from exc
         quantized = onnx.load(out)
     quantized.metadata_props.extend(p for p in floating.metadata_props
                                     if p.key not in {q.key for q in quantized.metadata_props})

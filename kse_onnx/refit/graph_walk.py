@@ -53,9 +53,23 @@ def classifier_gemms(model: onnx.ModelProto) -> list[int]:
     return found
 
 
+def static_nodes(model: onnx.ModelProto) -> list[int]:
+    """Indices, in graph order, of the nodes computed from constants alone (Constant
+    nodes, and shape arithmetic such as ConstantOfShape feeding a Pad): evaluated once,
+    they never hold a cut open."""
+    graph = model.graph
+    known = {t.name for t in graph.initializer}
+    found = []
+    for i, node in enumerate(graph.node):
+        if all(not name or name in known for name in node.input):
+            found.append(i)
+            known.update(o for o in node.output if o)
+    return found
+
+
 @dataclass
 class Walk:
-    order: list[int]  # node indices, Constant nodes excluded
+    order: list[int]  # node indices; static nodes (static_nodes) excluded
     consumers: dict[str, int]  # tensor -> number of reads along the order
     residual_add: dict[int, int]  # compressed Conv index -> index of the Add it feeds
     cuts: list[int]  # positions in ``order`` after which one tensor is live
@@ -74,9 +88,10 @@ def walk(model: onnx.ModelProto, compressed: set[int]) -> Walk:
         users = readers.get(nodes[i].output[0], [])
         if len(users) == 1 and nodes[users[0]].op_type == "Add":
             residual[i] = users[0]
-    runnable = [i for i, n in enumerate(nodes) if n.op_type != "Constant"]
+    static = set(static_nodes(model))
+    runnable = [i for i in range(len(nodes)) if i not in static]
     waits = {i: {produced_by[t] for t in nodes[i].input
-                 if t in produced_by and nodes[produced_by[t]].op_type != "Constant"}
+                 if t in produced_by and produced_by[t] not in static}
              for i in runnable}
     dependants: dict[int, list[int]] = {}
     for i, deps in waits.items():

@@ -30,7 +30,7 @@ from onnx import numpy_helper
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, first_line
 from ..options import RefitOptions
-from .graph_walk import classifier_gemms, node_names, walk
+from .graph_walk import classifier_gemms, node_names, static_nodes, walk
 from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
 
 ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh",
@@ -105,7 +105,8 @@ class _Refit:
             if plan.w_hat.dtype != np.float32:
                 raise ModelError(f"node {self.names[i]!r}: refit supports float32 weights "
                                  f"only, not {plan.w_hat.dtype}")
-        self.constants = self._constants()
+        with torch.no_grad():
+            self.constants = self._constants()
         self.walk = walk(model, set(self.plans))
         self.classifiers = set(classifier_gemms(model)) if options.refit_classifier else set()
         self.result = RefitResult(options.refit, len(x))
@@ -114,16 +115,22 @@ class _Refit:
         self.convs: dict[int, SharedConv] = {}
 
     def _constants(self) -> dict[str, torch.Tensor]:
+        """Initializers, then every node computed from constants alone."""
         values = {}
         for init in self.model.graph.initializer:
             values[init.name] = _tensor(numpy_helper.to_array(init))
-        for node in self.model.graph.node:
+        for i in static_nodes(self.model):
+            node = self.model.graph.node[i]
             if node.op_type == "Constant":
                 attrs = {a.name: a for a in node.attribute}
                 if "value" not in attrs:
-                    raise ModelError(f"node {node.name!r}: Constant without a tensor value "
-                                     "is not supported by the refit")
+                    raise ModelError(f"node {self.names[i]!r}: Constant without a tensor "
+                                     "value is not supported by the refit")
                 values[node.output[0]] = _tensor(numpy_helper.to_array(attrs["value"].t))
+                continue
+            args = [values[n] if n else None for n in node.input]
+            for name, value in zip(node.output, run_node(node, args), strict=False):
+                values[name] = value
         return values
 
     def _lookup(self, env, name):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .ort import random_inputs, session
 
 
@@ -53,8 +53,7 @@ def _run(sess, feeds, label) -> None:
     try:
         sess.run(None, feeds)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot run {label}: {first}") from None
+        raise ModelError(f"onnxruntime cannot run {label}: {first_line(exc)}") from exc
 
 
 def format_timings(rows: list[tuple[int, list[Timing]]], providers) -> str:

@@ -6,21 +6,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..errors import ModelError, OptionError
+from ..errors import ModelError, OptionError, first_line
+from ..options import PROVIDER_NAMES, PROVIDERS
 
 _NUMPY_OF = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
              "tensor(double)": np.float64, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
 
 
 def provider_list(name: str) -> list[str]:
     """Providers to ask for ``name`` (cpu, cuda, tensorrt); an error if this onnxruntime
     build lacks it."""
     if name not in PROVIDERS:
-        raise OptionError("--provider", f"must be one of {sorted(PROVIDERS)}, got {name!r}")
+        raise OptionError("--provider", f"must be one of {PROVIDER_NAMES}, got {name!r}")
     wanted = PROVIDERS[name]
     if wanted not in ort.get_available_providers():
         raise ModelError(f"provider {name} ({wanted}) is not available in this onnxruntime "
@@ -47,8 +44,7 @@ def session(model: onnx.ModelProto | str, threads: int = 1,
     try:
         sess = ort.InferenceSession(data, options, providers=list(providers))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot load the model: {first}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
     if sess.get_providers()[0] != providers[0]:
         raise ModelError(f"onnxruntime fell back from {providers[0]} to "
                          f"{sess.get_providers()[0]}: no usable device for it here")

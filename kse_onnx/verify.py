@@ -17,17 +17,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..api import analyse
-from ..errors import ModelError
-from ..graph.export import settings_of
-from ..graph.io import load_model
-from ..graph.select import constant_values, import_graph
-from ..lowering import LayerForm, uniform_form
-from ..lowering.readback import read_weight
-from ..options import KSEOptions, LowerOptions, SelectOptions
-from ..refit.graph_walk import classifier_gemms, node_names
-from ..refit.normal import SharedLayout
-from .ort import random_inputs, run, session
+from .analysis.model import analyse
+from .errors import ModelError
+from .graph.export import copy_model_fields, settings_of
+from .graph.io import load_model
+from .graph.select import constant_values, import_graph, quiet_graphsurgeon
+from .lowering import LayerForm, uniform_form
+from .lowering.readback import read_weight
+from .options import KSEOptions, LowerOptions, SelectOptions
+from .refit.graph_walk import classifier_gemms, node_names
+from .refit.normal import SharedLayout
+from .runtime.ort import random_inputs, run, session
 
 
 @dataclass
@@ -94,10 +94,9 @@ def reference_model(original: onnx.ModelProto, settings: dict,
         site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
     if refitted and settings.get("refit_classifier"):
         _copy_classifier(original, result.graph, written)
-    model = gs.export_onnx(result.graph.cleanup())
-    del model.opset_import[:]
-    model.opset_import.extend(original.opset_import)
-    return model
+    with quiet_graphsurgeon():
+        model = gs.export_onnx(result.graph.cleanup())
+    return copy_model_fields(model, original)
 
 
 def _read_back(graph, name: str, plan, settings: dict):
@@ -175,7 +174,7 @@ def _load_inputs(path, sess) -> dict:
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise ModelError(f"{path}: cannot read inputs ({type(exc).__name__})") from None
+        raise ModelError(f"{path}: cannot read inputs ({type(exc).__name__})") from exc
     names = [i.name for i in sess.get_inputs()]
     if len(names) == 1 and names[0] not in data.files and len(data.files) == 1:
         return {names[0]: data[data.files[0]]}

@@ -1,0 +1,45 @@
+"""KSE plan of a whole model: every Conv site of the graph, and the plan of each
+eligible one (docs/architecture.md, "Data flow").
+
+Shared by the facade (:mod:`kse_onnx.api`) and by ``verify``, which rebuilds the same
+plans from the settings recorded in an optimized model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .. import __version__
+from ..graph.select import ConvSite, conv_sites, import_graph
+from ..options import KSEOptions, SelectOptions, as_dict
+from ..report import ModelReport, layer_report
+from .plan import LayerPlan, plan_layer
+
+
+@dataclass
+class Analysis:
+    """A model's graph, its Conv sites and the KSE plan of every eligible one."""
+
+    graph: object  # onnx_graphsurgeon.Graph
+    sites: list[ConvSite]
+    plans: dict[str, LayerPlan]
+    report: ModelReport
+
+
+def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "") -> Analysis:
+    """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
+    notes: list[str] = []
+    graph = import_graph(model, notes)
+    sites = conv_sites(graph, select)
+    plans, layers = {}, []
+    for site in sites:
+        shape = None if site.weight is None else site.weight.shape
+        if site.reason is None:
+            plans[site.name] = plan_layer(site.weight, kse, key=site.name)
+        layers.append(layer_report(site.name, shape if shape and len(shape) == 4 else None,
+                                   site.output_hw, plans.get(site.name), site.reason, kse.G))
+    settings = {"kse_onnx_version": __version__, **as_dict(kse, select)}
+    report = ModelReport(model_name, settings, layers)
+    if notes:
+        report.extra["notes"] = notes
+    return Analysis(graph, sites, plans, report)

@@ -1,0 +1,148 @@
+"""The package is a DAG of layers (docs/architecture.md, "Layers"): every import inside
+kse_onnx, at module level or inside a function, goes to the same unit or to a unit
+listed before it in LAYERS, and no two modules import each other, directly or through
+others. Read with ``ast``: nothing is imported to check it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "kse_onnx"
+
+# Lowest first. A unit is a top-level module or a sub-package of kse_onnx ("" = the
+# package's own __init__). A new module or sub-package must be placed here.
+LAYERS = [
+    "",  # kse_onnx/__init__.py: the version
+    "errors",
+    "options",
+    "report",  # counts and the summary table (numpy only)
+    "data",  # dataset readers (numpy only)
+    "graph",  # safe load/save, Conv sites, channel chains, export, counts
+    "analysis",  # KSE maths per layer, and the whole-model plan
+    "runtime",  # onnxruntime sessions, latency, verify, eval
+    "lowering",  # plans written back into the graph; auto times them
+    "quantize",  # INT8 after KSE
+    "finetune",  # torch: importer, epochs, QAT
+    "refit",  # post-training refit from calibration images (torch for the forward passes)
+    "verify",  # the rewrite check against the original; reads lowered forms back
+    "api",  # the facade: one function per command
+    "cli",  # argparse over the facade
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """kse_onnx modules that ``name`` imports anywhere in its file."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")
+                base = base[:len(base) - node.level + (1 if is_package else 0)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # ``from pkg import sub`` imports the sub-module when there is one
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module
+                       for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t == "kse_onnx" or t.startswith("kse_onnx.")}
+    return found
+
+
+def unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def upward_imports(edges: dict[str, set[str]]) -> list[str]:
+    """Every import of a unit placed later in LAYERS (or of an unplaced unit)."""
+    rank = {u: i for i, u in enumerate(LAYERS)}
+    bad = []
+    for source, targets in sorted(edges.items()):
+        for target in sorted(targets):
+            a, b = unit(source), unit(target)
+            if a not in rank or b not in rank:
+                bad.append(f"{source} -> {target}: unit not placed in LAYERS")
+            elif a != b and rank[b] > rank[a]:
+                bad.append(f"{source} -> {target}: '{b}' is above '{a}'")
+    return bad
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """A list of modules forming an import cycle, or None."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+
+    def visit(node, stack):
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt, stack)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(edges):
+        if start not in state:
+            found = visit(start, [])
+            if found:
+                return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def edges():
+    known = modules()
+    return {name: imports(name, path, set(known)) - {name} for name, path in known.items()}
+
+
+def test_every_unit_is_placed(edges):
+    units = {unit(m) for m in edges}
+    assert units <= set(LAYERS), f"place these in LAYERS: {sorted(units - set(LAYERS))}"
+
+
+def test_no_upward_import(edges):
+    assert upward_imports(edges) == []
+
+
+def test_nothing_below_imports_the_facade_or_the_cli(edges):
+    bad = [f"{s} -> {t}" for s, ts in edges.items() for t in ts
+           if t in ("kse_onnx.api", "kse_onnx.cli") and s not in ("kse_onnx.api", "kse_onnx.cli")]
+    assert bad == []
+
+
+def test_no_import_cycle(edges):
+    assert find_cycle(edges) is None
+
+
+def test_the_checks_catch_what_they_look_for(edges):
+    """The checker itself: an upward import and a two-module cycle are reported."""
+    planted = {**edges, "kse_onnx.graph.io": edges["kse_onnx.graph.io"] | {"kse_onnx.api"}}
+    assert any("kse_onnx.graph.io -> kse_onnx.api" in b for b in upward_imports(planted))
+    planted = {**edges, "kse_onnx.finetune.epochs":
+               edges["kse_onnx.finetune.epochs"] | {"kse_onnx.finetune.qat"}}
+    assert find_cycle(planted) is not None
+    # and the parser sees relative, lazy and ``from pkg import module`` imports
+    assert "kse_onnx.analysis.model" in edges["kse_onnx.verify"]
+    assert "kse_onnx.lowering.compact" in edges["kse_onnx.lowering"]
+    assert "kse_onnx.lowering.auto" in edges["kse_onnx.api"]
