@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 from dataclasses import dataclass, field
 
 from .errors import OptionError
@@ -16,6 +17,9 @@ ENTROPY_MODES = ("paper", "official")
 LOWERINGS = ("auto", "dense", "compact", "factored")
 PROVIDER_NAMES = ("cpu", "cuda", "tensorrt")
 KMEANS_INITS = ("ward", "k-means++")
+MAX_LEVELS = 32  # G and T: 2**(g+1-T-G) stays a normal float
+MAX_GLOB = 256  # characters of an --only/--skip glob
+MAX_GLOBS = 256  # globs per --only/--skip
 
 
 def _opt(default, help: str, flag: str | None = None, choices=None):  # noqa: A002
@@ -43,14 +47,17 @@ class KSEOptions:
     kmeans_max_iter: int = _opt(100, "Lloyd iterations at most per restart")
 
     def __post_init__(self) -> None:
-        _check_int(self, "G", low=1)
-        _check_int(self, "T", low=0)
-        _check_int(self, "seed", low=0)
-        _check_int(self, "knn_k", low=1)
-        _check_int(self, "kmeans_restarts", low=1)
-        _check_int(self, "kmeans_max_iter", low=1)
-        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
-            raise OptionError("--alpha", f"must be a number >= 0, got {self.alpha!r}")
+        # upper bounds: these settings are also read back from a model's metadata by
+        # ``verify``, an untrusted source whose work must stay bounded
+        _check_int(self, "G", low=1, high=MAX_LEVELS)
+        _check_int(self, "T", low=0, high=MAX_LEVELS)
+        _check_int(self, "seed", low=0, high=2**32 - 1)
+        _check_int(self, "knn_k", low=1, high=1024)
+        _check_int(self, "kmeans_restarts", low=1, high=100)
+        _check_int(self, "kmeans_max_iter", low=1, high=10_000)
+        if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+                and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise OptionError("--alpha", f"must be a finite number >= 0, got {self.alpha!r}")
         if self.kmeans_init not in KMEANS_INITS:
             raise OptionError("--kmeans-init",
                               f"must be one of {KMEANS_INITS}, got {self.kmeans_init!r}")
@@ -68,6 +75,8 @@ class SelectOptions:
 
     def __post_init__(self) -> None:
         for flag, globs in (("--only", self.only), ("--skip", self.skip)):
+            if not isinstance(globs, tuple) or len(globs) > MAX_GLOBS:
+                raise OptionError(flag, f"expected at most {MAX_GLOBS} globs")
             for pattern in globs:
                 _check_glob(flag, pattern)
 
@@ -153,15 +162,19 @@ class TargetOptions:
         return bool(self.target_macs or self.target_size)
 
 
-def _check_int(obj, name: str, low: int) -> None:
+def _check_int(obj, name: str, low: int, high: int | None = None) -> None:
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise OptionError(f"--{name}", f"must be an integer >= {low}, got {value!r}")
+    if high is not None and value > high:
+        raise OptionError(f"--{name}", f"must be an integer <= {high}, got {value!r}")
 
 
 def _check_glob(flag: str, pattern: str) -> None:
     if not isinstance(pattern, str) or not pattern:
         raise OptionError(flag, f"empty or non-text glob {pattern!r}")
+    if len(pattern) > MAX_GLOB:
+        raise OptionError(flag, f"glob longer than {MAX_GLOB} characters")
     if pattern.count("[") != pattern.count("]"):
         raise OptionError(flag, f"malformed glob {pattern!r} (unbalanced brackets)")
 

@@ -8,6 +8,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError
+from .inputs import restore_graph_inputs
+from .names import unique_tensor_names
 
 METADATA_KEY = "kse_onnx"
 
@@ -19,7 +21,9 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> 
         # inferred shapes of inner tensors are stale where channels were removed
         if isinstance(tensor, gs.Variable) and tensor.name not in graph_io:
             tensor.shape = None
+    unique_tensor_names(graph)
     model = gs.export_onnx(graph, do_type_check=True)
+    restore_graph_inputs(model, original)
     model.ir_version = original.ir_version
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)

@@ -41,6 +41,7 @@ from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
 from ..graph.channels import producer_chain
 from ..graph.count import conv_counts
+from ..graph.names import unique_tensor_names
 from ..graph.select import ConvSite, constant_values
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
@@ -125,7 +126,8 @@ def candidate_forms(plan: LayerPlan) -> list[LayerForm]:
         if count not in counts:
             forms.append(form)
             counts.add(count)
-    forms.append(LayerForm("factored", 1))
+    if tuple(plan.weight_shape[2:]) != (1, 1):  # a 1x1 conv is never factored
+        forms.append(LayerForm("factored", 1))
     return forms
 
 
@@ -324,7 +326,9 @@ def _depthwise(name: str, x, y, channels: int) -> gs.Node:
 
 
 def _to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
+    unique_tensor_names(graph)
+    graph = graph.cleanup().toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = original.ir_version
     del model.opset_import[:]
     model.opset_import.extend(original.opset_import)

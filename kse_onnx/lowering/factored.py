@@ -22,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
+from ..graph.select import constant_values
 
 # design.md: the 1x1 fusion Conv wins up to 64 output filters, Gather + ReduceSum from 256.
 GATHER_SUM_FROM = 128
@@ -120,9 +121,16 @@ def _gather_sum(graph, name, responses, plan, offsets, bias, out) -> None:
     graph.nodes.append(gs.Node("ReduceSum", f"{name}_kse_sum_channels", attrs,
                                inputs=inputs, outputs=[summed]))
     if bias:
-        b = bias[0].values.reshape(1, -1, 1, 1)
-        graph.nodes.append(gs.Node("Add", f"{name}_kse_bias",
-                                   inputs=[summed, gs.Constant(f"{name}_kse_bias4d", b)],
+        values = constant_values(bias[0])  # an initializer, a Constant node, via Identity
+        if values is not None:
+            b4 = gs.Constant(f"{name}_kse_bias4d", values.reshape(1, -1, 1, 1))
+        else:  # a computed bias: reshaped in the graph
+            b4 = gs.Variable(f"{name}_kse_bias4d", dtype=responses.dtype)
+            graph.nodes.append(gs.Node("Reshape", f"{name}_kse_bias_reshape", inputs=[
+                bias[0], gs.Constant(f"{name}_kse_bias_shape", np.array([1, -1, 1, 1],
+                                                                        np.int64))],
+                outputs=[b4]))
+        graph.nodes.append(gs.Node("Add", f"{name}_kse_bias", inputs=[summed, b4],
                                    outputs=[out]))
 
 
@@ -136,7 +144,10 @@ def _gather(graph, x, positions, tag):
 
 
 def _replace_tensor(graph, old, new) -> None:
-    """Make every reader of ``old`` (and the graph outputs) read ``new`` instead."""
+    """Make every reader of ``old`` (and the graph outputs) read ``new`` instead; ``new``
+    takes ``old``'s dtype and shape (a graph output keeps its declared shape)."""
+    new.dtype = old.dtype or new.dtype
+    new.shape = old.shape
     for consumer in list(old.outputs):
         for i, tensor in enumerate(consumer.inputs):
             if tensor is old:
