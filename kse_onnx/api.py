@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import __version__
 from .analysis.plan import LayerPlan, plan_layer
 from .analysis.target import choose_levels
-from .errors import OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
 from .graph.io import load_model, save_model
@@ -26,6 +24,7 @@ from .options import (
     TargetOptions,
     as_dict,
 )
+from .paths import check_paths, model_files
 from .report import ModelReport, layer_report
 
 
@@ -153,8 +152,8 @@ def _targeted(model, kse: KSEOptions, select: SelectOptions, target: TargetOptio
 
 
 def _check_paths(input_path, output_path, overwrite: bool) -> None:
-    src, dst = Path(input_path), Path(output_path)
-    if dst.is_dir():
-        raise OptionError("OUTPUT", f"{dst} is a directory, expected a file path")
-    if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not overwrite:
-        raise OptionError("OUTPUT", f"{dst} is the input file; pass --overwrite to replace it")
+    """OUTPUT (and its weights file) against the input model and its external data
+    (:func:`kse_onnx.paths.check_paths`); equal to the input only with ``overwrite``."""
+    allow = (("OUTPUT", "INPUT"), ("OUTPUT's weights file", "INPUT")) if overwrite else ()
+    check_paths({"INPUT": model_files(input_path)},
+                {"OUTPUT": output_path, "OUTPUT's weights file": f"{output_path}.data"}, allow)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 
 from . import __version__
@@ -18,6 +20,8 @@ from .options import (
     TargetOptions,
     batch_list,
 )
+from .paths import check_paths, model_files
+from .terminal import clean
 
 
 def _add_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -114,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_score(args) -> int:
     from .api import score
 
+    check_paths({"MODEL": model_files(args.model)}, {"--json": args.json})
     report = score(args.model, _options(args, KSEOptions), _options(args, SelectOptions))
-    print(report.table())
+    _print(report.table())
     if args.json:
         report.write_json(args.json)
     return 0
@@ -124,12 +129,19 @@ def _run_score(args) -> int:
 def _run_optimize(args) -> int:
     from .api import optimize
 
+    quantize, lower_options = _options(args, QuantizeOptions), _options(args, LowerOptions)
+    check_paths({"INPUT": model_files(args.input), "--calibration": quantize.calibration,
+                 "--choices": lower_options.choices},
+                {"OUTPUT": args.output, "OUTPUT's weights file": f"{args.output}.data",
+                 "--report": args.report},
+                allow=(("OUTPUT", "INPUT"), ("OUTPUT's weights file", "INPUT"))
+                if args.overwrite else ())
     report = optimize(args.input, args.output, _options(args, KSEOptions),
                       _options(args, SelectOptions), _options(args, LowerOptions),
                       overwrite=args.overwrite, target=_options(args, TargetOptions),
                       quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions))
-    print(report.table())
-    print(f"wrote {args.output}")
+    _print(report.table())
+    _print(f"wrote {args.output}")
     if args.report:
         report.write_json(args.report)
     return 0
@@ -144,7 +156,7 @@ def _run_verify(args) -> int:
         raise OptionError("--rtol", f"must be > 0, got {args.rtol}")
     result = verify(args.original, args.optimized, inputs=args.inputs, batch=args.batch,
                     rtol=args.rtol, seed=args.seed)
-    print(result.summary())
+    _print(result.summary())
     return 0 if result.exact else 1
 
 
@@ -154,11 +166,11 @@ def _run_finetune(args) -> int:
     result = finetune(args.compressed, args.output, args.teacher, args.data,
                       _options(args, FinetuneOptions), _options(args, DataOptions),
                       resume=args.resume, quantize=_options(args, QuantizeOptions))
-    print(f"wrote {args.output}; best validation accuracy: {result['best_val_accuracy']}")
+    _print(f"wrote {args.output}; best validation accuracy: {result['best_val_accuracy']}")
     if "int8" in result:
         int8 = result["int8"]
-        print(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run as "
-              f"integer kernels; float: {int8['float_convs'] or 'none'}")
+        _print(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run as "
+               f"integer kernels; float: {int8['float_convs'] or 'none'}")
     return 0
 
 
@@ -167,7 +179,7 @@ def _run_eval(args) -> int:
     from .runtime.evaluate import evaluate
 
     x, y = load_data(args.data, _options(args, DataOptions))
-    print(evaluate(args.model, x, y, other=args.compare).summary())
+    _print(evaluate(args.model, x, y, other=args.compare).summary())
     return 0
 
 
@@ -183,25 +195,78 @@ def _run_bench(args) -> int:
     models = {path: load_model(path) for path in args.models}
     rows = [(b, interleaved_latency(models, b, args.threads, args.repeats, providers=providers))
             for b in batches]
-    print(format_timings(rows, providers))
+    _print(format_timings(rows, providers))
     return 0
+
+
+def _print(text: str) -> None:
+    """Print to stdout with the model's names made harmless (:mod:`.terminal`)."""
+    print(clean(text))
+
+
+def _error(text: str) -> None:
+    print(clean(f"kse-onnx: {text}"), file=sys.stderr)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and temporary-file
+    cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return _main(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
+    try:
         return args.run(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Terminated:
+        _error("terminated")
+        return 143
+    except BrokenPipeError:  # `kse-onnx score m.onnx | head`: the reader left, stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except KSEError as exc:
         if args.debug:
             raise
-        print(f"kse-onnx: error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return exc.exit_code
+    except OSError as exc:  # read-only folder, disk full, ...: one line naming the path
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"error: {where}{exc.strerror or exc}")
+        return 1
+    except MemoryError:
+        if args.debug:
+            raise
+        _error("error: out of memory")
+        return 1
     except Exception as exc:  # a bug of ours: one line unless --debug
         if args.debug:
             raise
-        print(f"kse-onnx: internal error: {type(exc).__name__}: {exc} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+        _error(f"internal error: {type(exc).__name__}: {exc} "
+               "(rerun with --debug for the traceback)")
         return 1
 
 

@@ -68,7 +68,8 @@ def _renamed(model, node_names, tensor_names):
     return out
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), lowering=st.sampled_from(["dense", "compact", "factored"]))
 def test_names_never_change_the_answer(tmp_path_factory, data, lowering):
     tmp_path = tmp_path_factory.mktemp("names")

@@ -67,14 +67,41 @@ def load_dataset(path: str | Path):
             raise ModelError(f"{path}: cannot read .npz ({type(exc).__name__})") from None
         if "x" not in data.files:
             raise ModelError(f"{path}: has no array 'x' (arrays: {data.files})")
-        y = data["y"].astype(np.int64) if "y" in data.files else None
-        return _as_nchw(data["x"], path), y
+        x = _as_nchw(data["x"], path)
+        y = check_labels(data["y"], len(x), f"{path} (array y)") if "y" in data.files else None
+        return x, y
     if "idx" in path.name:
-        x = read_idx(path)
+        x = _as_nchw(read_idx(path), path)
         labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
-        y = read_idx(labels).astype(np.int64) if labels != path and labels.exists() else None
-        return _as_nchw(x, path), y
+        y = (check_labels(read_idx(labels), len(x), labels)
+             if labels != path and labels.exists() else None)
+        return x, y
     raise ModelError(f"{path}: unknown data format (expected .npz, an IDX file or a folder)")
+
+
+def check_labels(y, n: int, where, classes: int | None = None) -> np.ndarray:
+    """``y`` as int64 of shape (n,): integer-valued (floats only when whole numbers),
+    one per image, each in [0, classes) when the model's class count is known; else a
+    one-line error naming ``where``. (Labels of shape (n, 1) or with fractions would
+    otherwise broadcast or truncate into a wrong accuracy.)"""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ModelError(f"{where}: labels must have shape (n,), got {list(y.shape)}")
+    if len(y) != n:
+        raise ModelError(f"{where}: {len(y)} labels for {n} images")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ModelError(f"{where}: labels must be integers (found fractions or "
+                             "non-finite values)")
+    elif y.dtype.kind not in "iu":
+        raise ModelError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if len(y) and (y.min() < 0 or y.max() >= 2**62):
+        raise ModelError(f"{where}: labels must be >= 0, got {y.min()}")
+    y = y.astype(np.int64)
+    if classes is not None and len(y) and y.max() >= classes:
+        raise ModelError(f"{where}: label {int(y.max())} is not one of the model's "
+                         f"{classes} classes")
+    return y
 
 
 def _as_nchw(x: np.ndarray, path: Path) -> np.ndarray:

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from ..graph.io import load_model, save_model
 from ..options import DataOptions, FinetuneOptions, QuantizeOptions
+from ..paths import atomic_write, check_paths, model_files
 from ..runtime.ort import session
-from .data import load_data
+from .data import check_labels, load_data
 from .importer import import_model
 
 
@@ -92,9 +93,7 @@ def accuracy(module, x, y, batch: int = 512) -> float:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, writer=lambda f: torch.save(state, f))
 
 
 class EpochRunner:
@@ -158,10 +157,18 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if opts.threads:
         torch.set_num_threads(opts.threads)
     output = Path(output)
+    calibration = quantize.calibration if quantize is not None else ""
+    check_paths({"COMPRESSED": model_files(compressed), "--teacher": model_files(teacher),
+                 "--data": data_path, "--calibration": calibration},
+                {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
+                 "checkpoint folder/": f"{output}.ckpt"})
     student_model = load_model(compressed)
     teacher_sess = session(load_model(teacher))
     teacher_input = teacher_sess.get_inputs()[0].name
     x, y = load_data(data_path, data)
+    if y is not None:  # every label one of the teacher's classes
+        classes = teacher_sess.run(None, {teacher_input: x[:1]})[0].shape[-1]
+        y = check_labels(y, len(x), data_path, classes)
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(len(x))
     n_val = int(len(x) * opts.val_fraction) if y is not None else 0
