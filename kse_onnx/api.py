@@ -26,6 +26,7 @@ from .options import (
 )
 from .paths import check_paths, model_files
 from .report import ModelReport, layer_report
+from .runtime.loadcheck import runtime_check
 
 
 @dataclass
@@ -91,6 +92,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
 
         optimized, report.extra["int8"] = quantize_output(optimized, quantize, data)
     check_model(optimized, output_path)
+    report.extra["runtime_check"] = runtime_check(optimized, model, output_path)
     save_model(optimized, output_path)
     report.settings = settings_of(optimized)
     for layer in report.layers:

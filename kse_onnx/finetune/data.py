@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..paths import regular_file
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -60,6 +61,7 @@ def load_dataset(path: str | Path):
         raise ModelError(f"{path}: no such data file or folder")
     if path.is_dir():
         return _image_folder(path)
+    regular_file(path, "a data file")  # a FIFO would block the reader
     if path.suffix == ".npz":
         try:
             data = np.load(path, allow_pickle=False)
@@ -122,15 +124,23 @@ def _image_folder(path: Path):
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise ModelError(f"{path}: no class sub-folders")
-    images, labels = [], []
+    images, labels, unreadable = [], [], []
     for index, folder in enumerate(classes):
         for file in sorted(folder.iterdir()):
+            if file.name.startswith("."):
+                continue  # hidden files (.DS_Store, editor backups) are not data
             try:
+                if not file.is_file():
+                    raise OSError("not a regular file")
                 with Image.open(file) as img:
                     images.append(np.asarray(img.convert("RGB")))
             except Exception:
-                continue  # not an image
+                unreadable.append(file)
+                continue
             labels.append(index)
+    if unreadable:  # a silently smaller data set would shift every result
+        raise ModelError(f"{path}: {len(unreadable)} file(s) in its class folders are not "
+                         f"readable images (first: {unreadable[0]}); remove or fix them")
     if not images:
         raise ModelError(f"{path}: no readable images in its class folders")
     shapes = {im.shape for im in images}

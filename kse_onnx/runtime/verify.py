@@ -23,6 +23,7 @@ from ..graph.export import settings_of
 from ..graph.inputs import restore_graph_inputs
 from ..graph.io import load_model
 from ..graph.names import unique_tensor_names
+from ..paths import regular_file
 from .checks import analysis_options, default_rtol, is_quantized_output
 from .ort import random_inputs, run_batched, session
 
@@ -156,6 +157,7 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
 
 
 def _load_inputs(path, sess) -> dict:
+    regular_file(path, "an .npz file")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
