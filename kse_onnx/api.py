@@ -99,6 +99,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
         if layer.name in lowered:
             done = lowered[layer.name]
             form = done.form.label if lower_options.lowering == "auto" else lower_options.lowering
+            if lower_options.lowering == "factored" and done.form.form == "dense":
+                form = "dense (1x1 conv: never factored)"
             layer.lowering = f"{form}, input via {done.input_stage}"
             layer.lowered_channels = len(done.keep)
     report.file_size_before = os.path.getsize(input_path)

@@ -164,10 +164,11 @@ class TargetOptions:
 
 def _check_int(obj, name: str, low: int, high: int | None = None) -> None:
     value = getattr(obj, name)
+    flag = "--" + name.replace("_", "-")
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise OptionError(f"--{name}", f"must be an integer >= {low}, got {value!r}")
+        raise OptionError(flag, f"must be an integer >= {low}, got {value!r}")
     if high is not None and value > high:
-        raise OptionError(f"--{name}", f"must be an integer <= {high}, got {value!r}")
+        raise OptionError(flag, f"must be an integer <= {high}, got {value!r}")
 
 
 def _check_glob(flag: str, pattern: str) -> None:
