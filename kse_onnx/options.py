@@ -165,10 +165,11 @@ class TargetOptions:
 def _check_int(obj, name: str, low: int, high: int | None = None) -> None:
     value = getattr(obj, name)
     flag = "--" + name.replace("_", "-")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise OptionError(flag, f"must be an integer >= {low}, got {value!r}")
+        raise OptionError(flag, f"must be an integer >= {low}, got {shown}")
     if high is not None and value > high:
-        raise OptionError(flag, f"must be an integer <= {high}, got {value!r}")
+        raise OptionError(flag, f"must be an integer <= {high}, got {shown}")
 
 
 def _check_glob(flag: str, pattern: str) -> None:

@@ -15,6 +15,7 @@ other modules read, such as ``_kse_select``).
 
 from __future__ import annotations
 
+import onnx
 import onnx_graphsurgeon as gs
 
 _OWN = "kse_input_tensors"  # attribute of an imported gs.Graph: name -> the input's tensor
@@ -33,6 +34,26 @@ def unique_node_names(graph: gs.Graph) -> None:
         node.name = name
         taken.add(name)
         seen.add(name)
+
+
+def with_unique_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy whose nodes have distinct names by the rule above, for
+    onnxruntime, which refuses repeated node names (names have no effect on the result)."""
+    names = [node.name for node in model.graph.node]
+    if all(names) and len(set(names)) == len(names):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    taken, seen = {n for n in names if n}, set()
+    for index, node in enumerate(copy.graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{index}"
+        node.name = base if not node.name and base not in taken else _fresh_suffix(base, taken)
+        taken.add(node.name)
+        seen.add(node.name)
+    return copy
 
 
 def remember_tensors(graph: gs.Graph) -> None:

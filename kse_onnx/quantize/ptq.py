@@ -22,6 +22,7 @@ import onnx.version_converter
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError
+from ..graph.inputs import overridable_as_inputs, restore_graph_inputs
 from .shared import quantized_weight_names, share_int8_weights
 
 MODES = ("none", "int8-dynamic", "int8-static")
@@ -53,8 +54,10 @@ def _quiet_root_logger():
 def expand_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with constant subgraphs (compact codebook expansions) folded."""
     graph = gs.import_onnx(model)
+    overridable_as_inputs(model, graph)  # a caller may override them: never folded
     graph.fold_constants().cleanup()
     folded = gs.export_onnx(graph)
+    restore_graph_inputs(folded, model)
     folded.ir_version = model.ir_version
     del folded.opset_import[:]
     folded.opset_import.extend(model.opset_import)

@@ -22,7 +22,7 @@ from ..errors import ModelError
 from ..graph.export import settings_of
 from ..graph.inputs import restore_graph_inputs
 from ..graph.io import load_model
-from ..graph.names import unique_tensor_names
+from ..graph.names import unique_tensor_names, with_unique_node_names
 from ..paths import regular_file
 from .checks import analysis_options, default_rtol, is_quantized_output
 from .ort import random_inputs, run_batched, session
@@ -137,8 +137,8 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     if settings is None:
         raise ModelError(f"{optimized_path}: carries no kse-onnx settings in its metadata; "
                          "was it written by kse-onnx optimize?")
-    sess_opt = session(optimized)
-    sess_orig = session(original)
+    sess_opt = _session(optimized, optimized_path)
+    sess_orig = _session(with_unique_node_names(original), original_path)
     quantized = is_quantized_output(original, optimized)  # from the graph, not metadata
     analysis_options(settings, optimized_path)  # bounded and well-typed before any work
     sess_ref = None if quantized else session(reference_model(original, settings))
@@ -154,6 +154,14 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
         result.approximation.append(compare(label, out, run_batched(sess_orig, feed,
                                                                     "original model")))
     return result
+
+
+def _session(model, path):
+    """An onnxruntime session, its failure naming ``path``."""
+    try:
+        return session(model)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
 
 
 def _load_inputs(path, sess) -> dict:
