@@ -129,8 +129,9 @@ def _run_score(args) -> int:
 def _run_optimize(args) -> int:
     from .api import optimize
 
-    quantize, lower_options = _options(args, QuantizeOptions), _options(args, LowerOptions)
-    check_paths({"INPUT": model_files(args.input), "--calibration": quantize.calibration,
+    lower_options = _options(args, LowerOptions)
+    check_paths({"INPUT": model_files(args.input),
+                 "--calibration": getattr(args, "calibration", ""),
                  "--choices": lower_options.choices},
                 {"OUTPUT": args.output, "OUTPUT's weights file": f"{args.output}.data",
                  "--report": args.report},

@@ -157,7 +157,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if opts.threads:
         torch.set_num_threads(opts.threads)
     output = Path(output)
-    calibration = quantize.calibration if quantize is not None else ""
+    calibration = getattr(quantize, "calibration", "")
     check_paths({"COMPRESSED": model_files(compressed), "--teacher": model_files(teacher),
                  "--data": data_path, "--calibration": calibration},
                 {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",

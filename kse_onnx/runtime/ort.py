@@ -105,4 +105,8 @@ def run_batched(sess: ort.InferenceSession, feeds: dict, label: str = "the model
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"onnxruntime cannot run {label}: {first}") from None
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    try:
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    except ValueError:  # an output without a batch axis
+        raise ModelError(f"{label} takes {step} sample(s) at a time and its outputs cannot "
+                         "be joined along the batch axis: give that many inputs") from None
