@@ -21,7 +21,7 @@ from .options import (
     batch_list,
 )
 from .paths import check_paths, model_files
-from .terminal import clean
+from .terminal import CleanStream
 
 
 def _add_options(parser: argparse.ArgumentParser, cls) -> None:
@@ -120,7 +120,7 @@ def _run_score(args) -> int:
 
     check_paths({"MODEL": model_files(args.model)}, {"--json": args.json})
     report = score(args.model, _options(args, KSEOptions), _options(args, SelectOptions))
-    _print(report.table())
+    print(report.table())
     if args.json:
         report.write_json(args.json)
     return 0
@@ -141,8 +141,8 @@ def _run_optimize(args) -> int:
                       _options(args, SelectOptions), _options(args, LowerOptions),
                       overwrite=args.overwrite, target=_options(args, TargetOptions),
                       quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions))
-    _print(report.table())
-    _print(f"wrote {args.output}")
+    print(report.table())
+    print(f"wrote {args.output}")
     if args.report:
         report.write_json(args.report)
     return 0
@@ -157,7 +157,7 @@ def _run_verify(args) -> int:
         raise OptionError("--rtol", f"must be > 0, got {args.rtol}")
     result = verify(args.original, args.optimized, inputs=args.inputs, batch=args.batch,
                     rtol=args.rtol, seed=args.seed)
-    _print(result.summary())
+    print(result.summary())
     return 0 if result.exact else 1
 
 
@@ -167,11 +167,11 @@ def _run_finetune(args) -> int:
     result = finetune(args.compressed, args.output, args.teacher, args.data,
                       _options(args, FinetuneOptions), _options(args, DataOptions),
                       resume=args.resume, quantize=_options(args, QuantizeOptions))
-    _print(f"wrote {args.output}; best validation accuracy: {result['best_val_accuracy']}")
+    print(f"wrote {args.output}; best validation accuracy: {result['best_val_accuracy']}")
     if "int8" in result:
         int8 = result["int8"]
-        _print(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run as "
-               f"integer kernels; float: {int8['float_convs'] or 'none'}")
+        print(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run as "
+              f"integer kernels; float: {int8['float_convs'] or 'none'}")
     return 0
 
 
@@ -180,7 +180,7 @@ def _run_eval(args) -> int:
     from .runtime.evaluate import evaluate
 
     x, y = load_data(args.data, _options(args, DataOptions))
-    _print(evaluate(args.model, x, y, other=args.compare).summary())
+    print(evaluate(args.model, x, y, other=args.compare).summary())
     return 0
 
 
@@ -196,17 +196,12 @@ def _run_bench(args) -> int:
     models = {path: load_model(path) for path in args.models}
     rows = [(b, interleaved_latency(models, b, args.threads, args.repeats, providers=providers))
             for b in batches]
-    _print(format_timings(rows, providers))
+    print(format_timings(rows, providers))
     return 0
 
 
-def _print(text: str) -> None:
-    """Print to stdout with the model's names made harmless (:mod:`.terminal`)."""
-    print(clean(text))
-
-
 def _error(text: str) -> None:
-    print(clean(f"kse-onnx: {text}"), file=sys.stderr)
+    print(f"kse-onnx: {text}", file=sys.stderr)
 
 
 class Terminated(BaseException):
@@ -225,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
+    streams = sys.stdout, sys.stderr  # names from models are printed escaped (.terminal)
+    sys.stdout, sys.stderr = CleanStream(sys.stdout), CleanStream(sys.stderr)
     try:
         return _main(args)
     finally:
+        sys.stdout, sys.stderr = streams
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
