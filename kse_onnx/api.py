@@ -12,6 +12,7 @@ from .analysis.target import choose_levels
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
 from .graph.io import load_model, save_model
+from .graph.runtime_shapes import fill_conv_shapes
 from .graph.select import ConvSite, conv_sites, import_graph
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
@@ -42,6 +43,7 @@ class Analysis:
 def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "") -> Analysis:
     """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
     graph = import_graph(model)
+    fill_conv_shapes(graph, model)  # sizes shape inference lost, from one onnxruntime run
     sites = conv_sites(graph, select)
     plans, layers = {}, []
     for site in sites:
@@ -147,7 +149,9 @@ def _targeted(model, kse: KSEOptions, select: SelectOptions, target: TargetOptio
     """``kse`` with G and T chosen for ``target`` (and what the choice reaches), or as is."""
     if target is None or not target.active:
         return kse, None
-    sites = conv_sites(import_graph(model), select)
+    graph = import_graph(model)
+    fill_conv_shapes(graph, model)
+    sites = conv_sites(graph, select)
     layers = [(s.name, s.weight, s.output_hw) for s in sites
               if s.weight is not None and s.weight.ndim == 4]
     eligible = {s.name for s in sites if s.reason is None}

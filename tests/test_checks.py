@@ -307,3 +307,19 @@ def test_first_conv_behind_preprocessing_is_left_alone(tmp_path, steps):
     report = score(_save(tmp_path, b.model(b.head(x, 16))))
     assert report.layers[0].reason.startswith("first conv")
     assert report.layers[1].status == "compressed"
+
+
+def test_shapes_lost_by_inference_come_from_onnxruntime(tmp_path):
+    b = GraphBuilder(3, 8)
+    b.input.type.tensor_type.shape.dim[0].dim_value = 1  # sizes declared but the batch
+    b.input.type.tensor_type.shape.dim[0].dim_param = "batch"
+    x = b.relu(b.conv(b.input.name, 3, 16))
+    shuffled = b.op("Reshape", [x, b.op("Shape", [x])])  # computed shape: inference loses it
+    x = b.relu(b.conv(shuffled, 16, 16))
+    src = _save(tmp_path, b.model(b.head(x, 16)))
+    inferred = onnx.shape_inference.infer_shapes(onnx.load(src))
+    lost = {v.name: v for v in inferred.graph.value_info}[shuffled]
+    assert not all(d.HasField("dim_value") for d in lost.type.tensor_type.shape.dim[1:])
+    report = score(src)
+    assert [layer.output_hw for layer in report.layers] == [64, 64]
+    assert report.totals()["macs_before"] is not None
