@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import paths
 from ..errors import ModelError
 from ..graph.io import load_model, save_model
 from ..options import DataOptions, FinetuneOptions, QuantizeOptions
-from ..paths import atomic_write, check_paths, model_files
 from ..runtime.ort import session
 from .data import check_labels, load_data
 from .importer import import_model
@@ -93,7 +93,7 @@ def accuracy(module, x, y, batch: int = 512) -> float:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    atomic_write(path, writer=lambda f: torch.save(state, f))
+    paths.atomic_write(path, writer=lambda f: torch.save(state, f))
 
 
 class EpochRunner:
@@ -158,10 +158,11 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         torch.set_num_threads(opts.threads)
     output = Path(output)
     calibration = getattr(quantize, "calibration", "")
-    check_paths({"COMPRESSED": model_files(compressed), "--teacher": model_files(teacher),
-                 "--data": data_path, "--calibration": calibration},
-                {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
-                 "checkpoint folder/": f"{output}.ckpt"})
+    paths.check_paths({"COMPRESSED": paths.model_files(compressed),
+                       "--teacher": paths.model_files(teacher),
+                       "--data": data_path, "--calibration": calibration},
+                      {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
+                       "checkpoint folder/": f"{output}.ckpt"})
     student_model = load_model(compressed)
     teacher_sess = session(load_model(teacher))
     teacher_input = teacher_sess.get_inputs()[0].name
