@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 from .analysis.model import Analysis, analyse
 from .analysis.target import choose_levels
@@ -12,6 +11,7 @@ from .errors import ModelError, OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
 from .graph.io import load_model, save_model
+from .graph.runtime_shapes import fill_conv_shapes
 from .graph.select import conv_sites, import_graph
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
@@ -27,9 +27,11 @@ from .options import (
     as_dict,
     options_from,
 )
+from .paths import check_paths, model_files
 from .report import ModelReport
+from .runtime.loadcheck import runtime_check
 
-__all__ = ["Analysis", "analyse", "optimize", "score"]  # Analysis, analyse: re-exported
+__all__ = ["Analysis", "analyse", "optimize", "refit", "score"]  # Analysis, analyse: re-exported
 
 
 def score(path: str | os.PathLike, kse: KSEOptions | None = None,
@@ -82,12 +84,15 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
 
         optimized, report.extra["int8"] = quantize_output(optimized, quantize, images)
     check_model(optimized, output_path)
+    report.extra["runtime_check"] = runtime_check(optimized, model, output_path)
     save_model(optimized, output_path)
     report.settings = settings_of(optimized)
     for layer in report.layers:
         if layer.name in lowered:
             done = lowered[layer.name]
             form = done.form.label if lower_options.lowering == "auto" else lower_options.lowering
+            if lower_options.lowering == "factored" and done.form.form == "dense":
+                form = "dense (1x1 conv: never factored)"
             layer.lowering = f"{form}, input via {done.input_stage}"
             layer.lowered_channels = len(done.keep)
     report.file_size_before = os.path.getsize(input_path)
@@ -114,8 +119,8 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
         raise OptionError("--calibration", "refit needs calibration images")
     if not options.active:
         raise OptionError("--refit", "'none' leaves nothing to do")
-    for path in (compressed_path, teacher_path):
-        _check_paths(path, output_path, overwrite=False)
+    check_paths({"COMPRESSED": model_files(compressed_path), "TEACHER": model_files(teacher_path)},
+                {"OUTPUT": output_path, "OUTPUT's weights file": f"{output_path}.data"})
     settings = settings_of(load_model(compressed_path))
     if settings is None:
         raise ModelError(f"{compressed_path}: carries no kse-onnx settings; was it written by "
@@ -187,7 +192,9 @@ def _targeted(model, kse: KSEOptions, select: SelectOptions, target: TargetOptio
     """``kse`` with G and T chosen for ``target`` (and what the choice reaches), or as is."""
     if target is None or not target.active:
         return kse, None
-    sites = conv_sites(import_graph(model), select)
+    graph = import_graph(model)
+    fill_conv_shapes(graph, model)
+    sites = conv_sites(graph, select)
     layers = [(s.name, s.weight, s.output_hw) for s in sites
               if s.weight is not None and s.weight.ndim == 4]
     eligible = {s.name for s in sites if s.reason is None}
@@ -196,8 +203,8 @@ def _targeted(model, kse: KSEOptions, select: SelectOptions, target: TargetOptio
 
 
 def _check_paths(input_path, output_path, overwrite: bool) -> None:
-    src, dst = Path(input_path), Path(output_path)
-    if dst.is_dir():
-        raise OptionError("OUTPUT", f"{dst} is a directory, expected a file path")
-    if src.exists() and dst.exists() and src.resolve() == dst.resolve() and not overwrite:
-        raise OptionError("OUTPUT", f"{dst} is the input file; pass --overwrite to replace it")
+    """OUTPUT (and its weights file) against the input model and its external data
+    (:func:`kse_onnx.paths.check_paths`); equal to the input only with ``overwrite``."""
+    allow = (("OUTPUT", "INPUT"), ("OUTPUT's weights file", "INPUT")) if overwrite else ()
+    check_paths({"INPUT": model_files(input_path)},
+                {"OUTPUT": output_path, "OUTPUT's weights file": f"{output_path}.data"}, allow)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 
 from . import __version__
@@ -22,6 +24,8 @@ from .options import (
     VerifyOptions,
     batch_list,
 )
+from .paths import check_paths, model_files
+from .terminal import CleanStream
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -131,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_score(args) -> int:
     from .api import score
 
+    check_paths({"MODEL": model_files(args.model)}, {"--json": args.json})
     report = score(args.model, _options(args, KSEOptions), _options(args, SelectOptions))
     print(report.table())
     if args.json:
@@ -141,6 +146,14 @@ def _run_score(args) -> int:
 def _run_optimize(args) -> int:
     from .api import optimize
 
+    lower_options = _options(args, LowerOptions)
+    check_paths({"INPUT": model_files(args.input),
+                 "--calibration": args.calibration,
+                 "--choices": lower_options.choices},
+                {"OUTPUT": args.output, "OUTPUT's weights file": f"{args.output}.data",
+                 "--report": args.report},
+                allow=(("OUTPUT", "INPUT"), ("OUTPUT's weights file", "INPUT"))
+                if args.overwrite else ())
     report = optimize(args.input, args.output, _options(args, KSEOptions),
                       _options(args, SelectOptions), _options(args, LowerOptions),
                       overwrite=args.overwrite, target=_options(args, TargetOptions),
@@ -161,6 +174,10 @@ def _written(report, args) -> int:
 def _run_refit(args) -> int:
     from .api import refit
 
+    check_paths({"COMPRESSED": model_files(args.compressed),
+                 "TEACHER": model_files(args.teacher), "--calibration": args.calibration},
+                {"OUTPUT": args.output, "OUTPUT's weights file": f"{args.output}.data",
+                 "--report": args.report})
     report = refit(args.compressed, args.output, args.teacher,
                    _options(args, CalibrationOptions), _options(args, RefitOptions),
                    _options(args, DataOptions))
@@ -172,7 +189,7 @@ def _run_verify(args) -> int:
 
     opts = _options(args, VerifyOptions)
     result = verify(args.original, args.optimized, inputs=opts.inputs or None,
-                    batch=opts.batch, rtol=opts.rtol, seed=opts.seed)
+                    batch=opts.batch, rtol=opts.rtol or None, seed=opts.seed)
     print(result.summary())
     return 0 if result.exact else 1
 
@@ -215,21 +232,72 @@ def _run_bench(args) -> int:
     return 0
 
 
+def _error(text: str) -> None:
+    print(f"kse-onnx: {text}", file=sys.stderr)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and temporary-file
+    cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    streams = sys.stdout, sys.stderr  # names from models are printed escaped (.terminal)
+    sys.stdout, sys.stderr = CleanStream(sys.stdout), CleanStream(sys.stderr)
+    try:
+        return _main(args)
+    finally:
+        sys.stdout, sys.stderr = streams
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(args) -> int:
+    try:
         return args.run(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Terminated:
+        _error("terminated")
+        return 143
+    except BrokenPipeError:  # `kse-onnx score m.onnx | head`: the reader left, stop quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
     except KSEError as exc:
         if args.debug:
             raise
-        print(f"kse-onnx: error: {exc}", file=sys.stderr)
+        _error(f"error: {exc}")
         return exc.exit_code
+    except OSError as exc:  # read-only folder, disk full, ...: one line naming the path
+        if args.debug:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(f"error: {where}{exc.strerror or exc}")
+        return 1
+    except MemoryError:
+        if args.debug:
+            raise
+        _error("error: out of memory")
+        return 1
     except Exception as exc:  # a bug of ours: one line unless --debug
         if args.debug:
             raise
-        print(f"kse-onnx: internal error: {type(exc).__name__}: {exc} "
-              "(rerun with --debug for the traceback)", file=sys.stderr)
+        _error(f"internal error: {type(exc).__name__}: {exc} "
+               "(rerun with --debug for the traceback)")
         return 1
 
 

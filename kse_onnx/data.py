@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError, first_line
+from .errors import ModelError
+from .paths import regular_file
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
@@ -62,6 +63,7 @@ def load_dataset(path: str | Path):
         raise ModelError(f"{path}: no such data file or folder")
     if path.is_dir():
         return _image_folder(path)
+    regular_file(path, "a data file")  # a FIFO would block the reader
     if path.suffix == ".npz":
         try:
             data = np.load(path, allow_pickle=False)
@@ -69,14 +71,41 @@ def load_dataset(path: str | Path):
             raise ModelError(f"{path}: cannot read .npz ({type(exc).__name__})") from exc
         if "x" not in data.files:
             raise ModelError(f"{path}: has no array 'x' (arrays: {data.files})")
-        y = data["y"].astype(np.int64) if "y" in data.files else None
-        return _as_nchw(data["x"], path), y
+        x = _as_nchw(data["x"], path)
+        y = check_labels(data["y"], len(x), f"{path} (array y)") if "y" in data.files else None
+        return x, y
     if "idx" in path.name:
-        x = read_idx(path)
+        x = _as_nchw(read_idx(path), path)
         labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
-        y = read_idx(labels).astype(np.int64) if labels != path and labels.exists() else None
-        return _as_nchw(x, path), y
+        y = (check_labels(read_idx(labels), len(x), labels)
+             if labels != path and labels.exists() else None)
+        return x, y
     raise ModelError(f"{path}: unknown data format (expected .npz, an IDX file or a folder)")
+
+
+def check_labels(y, n: int, where, classes: int | None = None) -> np.ndarray:
+    """``y`` as int64 of shape (n,): integer-valued (floats only when whole numbers),
+    one per image, each in [0, classes) when the model's class count is known; else a
+    one-line error naming ``where``. (Labels of shape (n, 1) or with fractions would
+    otherwise broadcast or truncate into a wrong accuracy.)"""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ModelError(f"{where}: labels must have shape (n,), got {list(y.shape)}")
+    if len(y) != n:
+        raise ModelError(f"{where}: {len(y)} labels for {n} images")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+            raise ModelError(f"{where}: labels must be integers (found fractions or "
+                             "non-finite values)")
+    elif y.dtype.kind not in "iu":
+        raise ModelError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if len(y) and (y.min() < 0 or y.max() >= 2**62):
+        raise ModelError(f"{where}: labels must be >= 0, got {y.min()}")
+    y = y.astype(np.int64)
+    if classes is not None and len(y) and y.max() >= classes:
+        raise ModelError(f"{where}: label {int(y.max())} is not one of the model's "
+                         f"{classes} classes")
+    return y
 
 
 def _as_nchw(x: np.ndarray, path: Path) -> np.ndarray:
@@ -97,17 +126,24 @@ def _image_folder(path: Path):
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     if not classes:
         raise ModelError(f"{path}: no class sub-folders")
-    images, labels = [], []
+    images, labels, unreadable = [], [], []
     for index, folder in enumerate(classes):
         for file in sorted(folder.iterdir()):
+            if file.name.startswith("."):
+                continue  # hidden files (.DS_Store, editor backups) are not data
             try:
+                if not file.is_file():
+                    raise OSError("not a regular file")
                 with Image.open(file) as img:
                     images.append(np.asarray(img.convert("RGB")))
-            except Exception as exc:
+            except Exception:
                 if file.suffix.lower() in IMAGE_SUFFIXES:  # an image that cannot be read
-                    raise ModelError(f"{file}: cannot read image ({first_line(exc)})") from exc
-                continue  # not an image (a README, .DS_Store, ...)
+                    unreadable.append(file)
+                continue  # not an image (a README, ...)
             labels.append(index)
+    if unreadable:  # a silently smaller data set would shift every result
+        raise ModelError(f"{path}: {len(unreadable)} file(s) in its class folders are not "
+                         f"readable images (first: {unreadable[0]}); remove or fix them")
     if not images:
         raise ModelError(f"{path}: no readable images in its class folders")
     shapes = {im.shape for im in images}

@@ -20,6 +20,9 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
 PROVIDER_NAMES = tuple(PROVIDERS)
 KMEANS_INITS = ("ward", "k-means++")
+MAX_LEVELS = 32  # G and T: 2**(g+1-T-G) stays a normal float
+MAX_GLOB = 256  # characters of an --only/--skip glob
+MAX_GLOBS = 256  # globs per --only/--skip
 
 
 def _opt(default, help: str, flag: str | None = None, choices=None,  # noqa: A002
@@ -51,14 +54,17 @@ class KSEOptions:
     kmeans_max_iter: int = _opt(100, "Lloyd iterations at most per restart")
 
     def __post_init__(self) -> None:
-        _check_int(self, "G", low=1)
-        _check_int(self, "T", low=0)
-        _check_int(self, "seed", low=0)
-        _check_int(self, "knn_k", low=1)
-        _check_int(self, "kmeans_restarts", low=1)
-        _check_int(self, "kmeans_max_iter", low=1)
-        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
-            raise OptionError("--alpha", f"must be a number >= 0, got {self.alpha!r}")
+        # upper bounds: these settings are also read back from a model's metadata by
+        # ``verify``, an untrusted source whose work must stay bounded
+        _check_int(self, "G", low=1, high=MAX_LEVELS)
+        _check_int(self, "T", low=0, high=MAX_LEVELS)
+        _check_int(self, "seed", low=0, high=2**32 - 1)
+        _check_int(self, "knn_k", low=1, high=1024)
+        _check_int(self, "kmeans_restarts", low=1, high=100)
+        _check_int(self, "kmeans_max_iter", low=1, high=10_000)
+        if not (isinstance(self.alpha, (int, float)) and not isinstance(self.alpha, bool)
+                and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise OptionError("--alpha", f"must be a finite number >= 0, got {self.alpha!r}")
         _check_choice("--kmeans-init", self.kmeans_init, KMEANS_INITS)
         _check_choice("--entropy", self.entropy, ENTROPY_MODES)
 
@@ -75,6 +81,8 @@ class SelectOptions:
 
     def __post_init__(self) -> None:
         for flag, globs in (("--only", self.only), ("--skip", self.skip)):
+            if not isinstance(globs, tuple) or len(globs) > MAX_GLOBS:
+                raise OptionError(flag, f"expected at most {MAX_GLOBS} globs")
             for pattern in globs:
                 _check_glob(flag, pattern)
 
@@ -159,15 +167,21 @@ class TargetOptions:
         return bool(self.target_macs or self.target_size)
 
 
-def _check_int(obj, name: str, low: int) -> None:
+def _check_int(obj, name: str, low: int, high: int | None = None) -> None:
     value = getattr(obj, name)
+    flag = "--" + name.replace("_", "-")
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise OptionError(f"--{name}", f"must be an integer >= {low}, got {value!r}")
+        raise OptionError(flag, f"must be an integer >= {low}, got {shown}")
+    if high is not None and value > high:
+        raise OptionError(flag, f"must be an integer <= {high}, got {shown}")
 
 
 def _check_glob(flag: str, pattern: str) -> None:
     if not isinstance(pattern, str) or not pattern:
         raise OptionError(flag, f"empty or non-text glob {pattern!r}")
+    if len(pattern) > MAX_GLOB:
+        raise OptionError(flag, f"glob longer than {MAX_GLOB} characters")
     if pattern.count("[") != pattern.count("]"):
         raise OptionError(flag, f"malformed glob {pattern!r} (unbalanced brackets)")
 
@@ -350,13 +364,15 @@ class VerifyOptions:
                            "the random ones", metavar="NPZ")
     batch: int = _opt(2, "batch of the random inputs")
     seed: int = _opt(0, "seed of the random inputs")
-    rtol: float = _opt(1e-4, "relative error allowed for rewrite exactness")
+    rtol: float = _opt(0.0, "relative error allowed for rewrite exactness; 0 = from the "
+                            "weights' dtype: 1e-4 float32/float64, 1e-2 float16, 5e-2 "
+                            "bfloat16. Non-finite outputs always fail")
 
     def __post_init__(self) -> None:
         _check_int(self, "batch", low=1)
         _check_int(self, "seed", low=0)
-        if not (isinstance(self.rtol, (int, float)) and self.rtol > 0):
-            raise OptionError("--rtol", f"must be a number > 0, got {self.rtol!r}")
+        if not (isinstance(self.rtol, (int, float)) and 0 <= self.rtol < math.inf):
+            raise OptionError("--rtol", f"must be a number >= 0, got {self.rtol!r}")
 
 
 @dataclass(frozen=True)

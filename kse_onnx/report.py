@@ -114,9 +114,10 @@ class ModelReport:
                 "layers": [layer.to_dict() for layer in self.layers], **self.extra}
 
     def write_json(self, path) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        """Written atomically (:func:`kse_onnx.paths.atomic_write`)."""
+        from .paths import atomic_write
+
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     def table(self) -> str:
         """The readable summary printed by the CLI."""

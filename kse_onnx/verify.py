@@ -20,14 +20,18 @@ import onnx_graphsurgeon as gs
 from .analysis.model import analyse
 from .errors import ModelError
 from .graph.export import copy_model_fields, settings_of
+from .graph.inputs import restore_graph_inputs
 from .graph.io import load_model
+from .graph.names import unique_tensor_names, with_unique_node_names
 from .graph.select import constant_values, import_graph, quiet_graphsurgeon
 from .lowering import LayerForm, uniform_form
 from .lowering.readback import read_weight
-from .options import KSEOptions, LowerOptions, SelectOptions
+from .options import LowerOptions
+from .paths import regular_file
 from .refit.graph_walk import classifier_gemms, node_names
 from .refit.normal import SharedLayout
-from .runtime.ort import random_inputs, run, session
+from .runtime.checks import analysis_options, default_rtol, is_quantized_output
+from .runtime.ort import random_inputs, run_batched, session
 
 
 @dataclass
@@ -36,6 +40,7 @@ class Comparison:
     rel_error: float
     max_abs: float
     top1_agreement: float | None
+    problem: str | None = None  # non-finite values or mismatched shapes: a failure
 
 
 @dataclass
@@ -46,8 +51,14 @@ class VerifyResult:
     quantized: bool = False  # an INT8 output: exactness does not apply
 
     @property
+    def problems(self) -> list[str]:
+        return [f"{c.label}: {c.problem}" for c in (*self.exactness, *self.approximation)
+                if c.problem]
+
+    @property
     def exact(self) -> bool:
-        return all(c.rel_error <= self.rtol for c in self.exactness)
+        """Within tolerance, and every output finite and of the reference's shape."""
+        return not self.problems and all(c.rel_error <= self.rtol for c in self.exactness)
 
     def summary(self) -> str:
         lines = []
@@ -56,10 +67,15 @@ class VerifyResult:
                             ("approximation (optimized vs original)", self.approximation)):
             lines.append(title + ":")
             for c in rows:
+                if c.problem:
+                    lines.append(f"  {c.label}: {c.problem}")
+                    continue
                 agree = ("" if c.top1_agreement is None
                          else f", top-1 agreement {c.top1_agreement:.3f}")
                 lines.append(f"  {c.label}: relative error {c.rel_error:.2e}, "
                              f"max abs {c.max_abs:.2e}{agree}")
+        if self.problems:
+            return "\n".join(lines + [f"FAIL: {self.problems[0]}"])
         if self.quantized:
             lines[0] += " not checked: the model is quantized to INT8"
             return "\n".join(lines + ["PASS: approximation only (INT8 output)"])
@@ -75,10 +91,7 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     refitted model (``refit`` in ``settings``), W_hat is rebuilt from the plan's codes
     and the kernel values read back from ``optimized``, and the compressed Convs' biases
     and the refitted classifier's weights are taken from ``optimized`` too (docs/refit.md)."""
-    kse = KSEOptions(**{k: settings[k] for k in KSEOptions.__dataclass_fields__})
-    select_values = {k: settings[k] for k in SelectOptions.__dataclass_fields__}
-    select = SelectOptions(**{k: tuple(v) if isinstance(v, list) else v
-                              for k, v in select_values.items()})
+    kse, select = analysis_options(settings, "optimized model")
     result = analyse(original, kse, select)
     refitted = settings.get("refit", "none") != "none" and optimized is not None
     written = import_graph(optimized) if refitted else None
@@ -94,8 +107,11 @@ def reference_model(original: onnx.ModelProto, settings: dict,
         site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
     if refitted and settings.get("refit_classifier"):
         _copy_classifier(original, result.graph, written)
+    graph = result.graph
+    unique_tensor_names(graph)
     with quiet_graphsurgeon():
-        model = gs.export_onnx(result.graph.cleanup())
+        model = gs.export_onnx(graph.cleanup())
+    restore_graph_inputs(model, original)
     return copy_model_fields(model, original)
 
 
@@ -134,9 +150,21 @@ def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs
 
 
 def compare(label, outputs, references) -> Comparison:
+    """Relative error and top-1 agreement; a Comparison with a ``problem`` (never a pass)
+    when the output counts or shapes differ or any value is not finite."""
     rel, max_abs, agree = 0.0, 0.0, None
-    for out, ref in zip(outputs, references, strict=True):
+    if len(outputs) != len(references):
+        return Comparison(label, np.nan, np.nan, None,
+                          f"{len(outputs)} outputs where the reference has {len(references)}")
+    for i, (out, ref) in enumerate(zip(outputs, references, strict=True)):
         a, b = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+        if a.shape != b.shape:
+            return Comparison(label, np.nan, np.nan, None, f"output {i} has shape "
+                              f"{list(a.shape)} where the reference has {list(b.shape)}")
+        for which, values in (("optimized", a), ("reference", b)):
+            if not np.all(np.isfinite(values)):
+                return Comparison(label, np.nan, np.nan, None,
+                                  f"output {i} of the {which} model has non-finite values")
         diff = a - b
         rel = max(rel, float(np.linalg.norm(diff) / max(np.linalg.norm(b), 1e-30)))
         max_abs = max(max_abs, float(np.abs(diff).max()) if diff.size else 0.0)
@@ -147,30 +175,49 @@ def compare(label, outputs, references) -> Comparison:
 
 
 def verify(original_path, optimized_path, inputs=None, batch: int = 2,
-           rtol: float = 1e-4, seed: int = 0) -> VerifyResult:
+           rtol: float | None = None, seed: int = 0) -> VerifyResult:
+    """``rtol`` None: from the weights' dtype (:func:`.checks.default_rtol`)."""
     original = load_model(original_path)
     optimized = load_model(optimized_path)
-    settings = settings_of(optimized)
+    try:
+        settings = settings_of(optimized)
+    except ValueError:
+        raise ModelError(f"{optimized_path}: kse-onnx settings in its metadata are not "
+                         "valid JSON") from None
+    if rtol is None:
+        rtol = default_rtol(optimized)
     if settings is None:
         raise ModelError(f"{optimized_path}: carries no kse-onnx settings in its metadata; "
                          "was it written by kse-onnx optimize?")
-    sess_opt = session(optimized)
-    sess_orig = session(original)
-    quantized = settings.get("quantize", "none") != "none"
+    sess_opt = _session(optimized, optimized_path)
+    sess_orig = _session(with_unique_node_names(original), original_path)
+    quantized = is_quantized_output(original, optimized)  # from the graph, not metadata
+    analysis_options(settings, optimized_path)  # bounded and well-typed before any work
     sess_ref = None if quantized else session(reference_model(original, settings, optimized))
     feeds = [("random", random_inputs(sess_opt, batch, seed))]
     if inputs is not None:
         feeds.append(("user inputs", _load_inputs(inputs, sess_opt)))
     result = VerifyResult(rtol, quantized=quantized)
     for label, feed in feeds:
-        out = run(sess_opt, feed)
+        out = run_batched(sess_opt, feed, "optimized model")
         if sess_ref is not None:
-            result.exactness.append(compare(label, out, run(sess_ref, feed)))
-        result.approximation.append(compare(label, out, run(sess_orig, feed)))
+            result.exactness.append(compare(label, out, run_batched(sess_ref, feed,
+                                                                    "reference model")))
+        result.approximation.append(compare(label, out, run_batched(sess_orig, feed,
+                                                                    "original model")))
     return result
 
 
+def _session(model, path):
+    """An onnxruntime session, its failure naming ``path``."""
+    try:
+        return session(model)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
 def _load_inputs(path, sess) -> dict:
+    regular_file(path, "an .npz file")
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:

@@ -100,3 +100,81 @@ def mutate_fields(model: onnx.ModelProto, seed: int) -> bytes:
         else:
             m.opset_import[0].version = int(rng.integers(1, 25))
     return m.SerializeToString()
+
+
+STRUCTURE_KINDS = ("names", "graph inputs", "sparse tensors", "metadata")
+NAME_POOL = ["", "a", "conv1", "conv3", "conv3_kse_weight", "conv3_kse_keep", "Conv_0",
+             "Conv_0_1", "u1_conv3_kse_weight", "x", "\x1b[31m", "\u202e", "n" * 300]
+
+
+def mutate_structure(model: onnx.ModelProto, seed: int, folder) -> tuple[str, bytes]:
+    """(kind, serialized model) of one structural mutation that still parses: node and
+    tensor names (duplicates, generated-looking, escapes), the graph input list (IR 3,
+    initializers as overridable inputs), sparse tensors (inline or external data with odd
+    locations and fields; files written to ``folder``) or, for "metadata", the model as
+    is (:func:`mutate_metadata` changes the optimized output)."""
+    rng = np.random.default_rng(seed)
+    kind = STRUCTURE_KINDS[seed % len(STRUCTURE_KINDS)]
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    if kind == "names":
+        for node in g.node:
+            if rng.random() < 0.4:
+                node.name = str(rng.choice(NAME_POOL))
+        fixed = {v.name for v in (*g.input, *g.output)}
+        internal = sorted({o for n in g.node for o in n.output} - fixed)
+        existing = fixed | {i.name for i in g.initializer} | set(internal)
+        pool = [n for n in NAME_POOL if n and n not in existing]  # tensors stay SSA
+        rng.shuffle(pool)
+        mapping = dict(zip([t for t in internal if rng.random() < 0.5], pool, strict=False))
+        for node in g.node:
+            node.input[:] = [mapping.get(t, t) for t in node.input]
+            node.output[:] = [mapping.get(t, t) for t in node.output]
+    elif kind == "graph inputs":
+        m.ir_version = int(rng.choice([3, 4, 8]))
+        for init in g.initializer:
+            if m.ir_version == 3 or rng.random() < 0.3:
+                g.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type,
+                                                                  list(init.dims)))
+    elif kind == "sparse tensors":
+        n = int(rng.integers(1, 6))
+        values = onnx.numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "sp")
+        indices = onnx.numpy_helper.from_array(np.sort(rng.choice(32, n, replace=False))
+                                               .astype(np.int64), "sp_i")
+        sparse = onnx.helper.make_sparse_tensor(values, indices, [32])
+        if rng.random() < 0.7:
+            (folder / "w.bin").write_bytes(rng.standard_normal(8).astype(np.float32).tobytes())
+            target = sparse.values if rng.random() < 0.7 else sparse.indices
+            target.ClearField("float_data")
+            target.ClearField("int64_data")
+            target.data_location = onnx.TensorProto.EXTERNAL
+            fields = {"location": str(rng.choice(["w.bin", "../w.bin", "/etc/hostname",
+                                                  "w.bin\0", "", "missing.bin", "."])),
+                      "offset": str(rng.choice(["0", "4", "-1", "x", "99999999999", ""])),
+                      "length": str(rng.choice([str(4 * n), "0", "-4", "1e9", "8"]))}
+            for key, value in fields.items():
+                if rng.random() < 0.85:
+                    entry = target.external_data.add()
+                    entry.key, entry.value = key, value
+        g.sparse_initializer.append(sparse)
+    return kind, m.SerializeToString()
+
+
+def mutate_metadata(model: onnx.ModelProto, seed: int) -> None:
+    """Replace values of the kse-onnx settings recorded in ``model`` (in place) by odd
+    ones: huge, negative, wrong types, invalid JSON."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    entry = next((p for p in model.metadata_props if p.key == "kse_onnx"), None)
+    if entry is None:
+        return
+    if rng.random() < 0.1:
+        entry.value = entry.value[: int(rng.integers(0, len(entry.value)))]
+        return
+    settings = json.loads(entry.value)
+    odd = [10**12, -1, 0, 1.5, "x", None, [], {}, ["*" * 5000], True, float("inf")]
+    for key in rng.choice(sorted(settings), int(rng.integers(1, 4)), replace=False):
+        settings[str(key)] = odd[int(rng.integers(0, len(odd)))]
+    entry.value = json.dumps(settings)

@@ -4,13 +4,17 @@ else is a crash and fails the test. tools/fuzz.py runs thousands."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import numpy as np
 import onnx
 import pytest
 
-from fuzzgen import mutate, mutate_fields, random_cnn
+from fuzzgen import mutate, mutate_fields, mutate_metadata, mutate_structure, random_cnn
 from graphs import residual_net
 from kse_onnx.api import optimize
+from kse_onnx.cli import main
 from kse_onnx.errors import KSEError
 from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.verify import verify
@@ -49,6 +53,48 @@ def run_bytes_case(seed: int, folder, base: onnx.ModelProto) -> str:
     return "ok"
 
 
+def _cli(argv) -> tuple[int, str]:
+    """Exit code and stderr of one CLI run; an internal error is a crash."""
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = main(argv)
+    text = err.getvalue().strip()
+    assert "internal error" not in text, text
+    if code and not text:  # verify's verdict is on stdout
+        return code, out.getvalue().strip().splitlines()[-1]
+    assert code == 0 or len(text.splitlines()) == 1, text
+    return code, text
+
+
+def run_structure_case(seed: int, folder, base: onnx.ModelProto) -> str:
+    """Names, graph inputs, sparse tensors, metadata (:func:`fuzzgen.mutate_structure`)
+    through ``optimize`` and ``verify``: each run succeeds or is refused in one line, the
+    input files are never changed, a written output loads in onnxruntime."""
+    kind, data = mutate_structure(base, seed, folder)
+    src, dst = folder / f"s{seed}.onnx", folder / f"s{seed}_out.onnx"
+    src.write_bytes(data)
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    code, text = _cli(["optimize", str(src), str(dst), "--lowering",
+                       ["dense", "compact", "factored"][seed % 3]])
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before
+    if code:
+        assert not dst.exists()
+        return f"refused ({kind}): {text}"
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
+    if kind == "metadata":
+        out = onnx.load(dst)
+        mutate_metadata(out, seed)
+        onnx.save(out, dst)
+    code, text = _cli(["verify", str(src), str(dst)])
+    if code:
+        # a model that optimize wrote verifies, unless its recorded settings were changed
+        assert kind == "metadata" or not text.startswith("FAIL"), (seed, kind, text)
+        return f"refused ({kind}, verify): {text}"
+    return "ok"
+
+
 @pytest.mark.parametrize("block", range(5))
 def test_random_graphs(tmp_path, block):
     outcomes = [run_graph_case(seed, tmp_path) for seed in range(block * 10, block * 10 + 10)]
@@ -65,3 +111,13 @@ def test_invalid_utf8_name_is_refused(tmp_path):
     """Found by tools/fuzz.py (seed 1633): protobuf hands invalid UTF-8 back as bytes."""
     outcome = run_bytes_case(1633, tmp_path, residual_net(16))
     assert outcome.startswith("refused") and "UTF-8" in outcome
+
+
+def test_mutated_structure(tmp_path):
+    base = residual_net(16)
+    outcomes = []
+    for seed in range(24):
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        outcomes.append(run_structure_case(seed, folder, base))
+    assert "ok" in outcomes and any(o.startswith("refused") for o in outcomes)

@@ -90,7 +90,7 @@ def test_optimize_int8_static_end_to_end(compressed, capsys):
     assert "int8-static:" in text and "convs run as integer kernels" in text
     assert out.stat().st_size < 0.5 * kse.stat().st_size  # float compact -> int8 shared
     settings = settings_of(onnx.load(out))
-    assert settings["quantize"] == "int8-static" and settings["calibration_images"] == 64  # the images there are
+    assert settings["quantize"] == "int8-static" and settings["calibration_images"] == 64
     x = np.load(calibration)["x"][:16]
     want, got = _outputs(onnx.load(src), x), _outputs(onnx.load(out), x)
     kse_out = _outputs(onnx.load(kse), x)

@@ -45,7 +45,7 @@ def _non_constant_weight_model(dequantize: bool):
         w_name = b.op("DequantizeLinear", [q, b.const(np.float32(0.01)),
                                            b.const(np.int8(0))])
     else:
-        w_name = b.op("Identity", [b.const(w)])
+        w_name = b.op("Mul", [b.const(w), b.const(np.float32(1.0))])  # computed
     y = b.op("Conv", [x, w_name], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     return b.model(b.head(y, 16))
 

@@ -1,7 +1,9 @@
 """Fuzz kse-onnx: random CNNs through optimize + verify, mutated model bytes through the
-loader. Prints counts: cases, succeeded, refused (by reason), crashed (must be 0).
+loader, structural mutations (node and tensor names, graph input lists, sparse tensors
+with odd external data, recorded metadata) through optimize + verify on the CLI. Prints
+counts: cases, succeeded, refused (by reason), crashed (must be 0).
 
-    python tools/fuzz.py [--graphs 2000] [--mutations 2000] [--seed 0]
+    python tools/fuzz.py [--graphs 2000] [--mutations 2000] [--structures 2000] [--seed 0]
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from graphs import residual_net  # noqa: E402
-from test_fuzz import run_bytes_case, run_graph_case  # noqa: E402
+from test_fuzz import run_bytes_case, run_graph_case, run_structure_case  # noqa: E402
 
 
 def reason_class(outcome: str) -> str:
@@ -57,12 +59,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--graphs", type=int, default=2000)
     parser.add_argument("--mutations", type=int, default=2000)
+    parser.add_argument("--structures", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     base = residual_net(16)
     crashed = campaign("random graphs", args.graphs, args.seed, run_graph_case)
     crashed += campaign("mutated bytes", args.mutations, args.seed,
                         lambda seed, folder: run_bytes_case(seed, folder, base))
+    crashed += campaign("mutated structure", args.structures, args.seed,
+                        lambda seed, folder: run_structure_case(seed, folder, base))
     sys.exit(1 if crashed else 0)
 
 

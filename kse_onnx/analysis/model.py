@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import __version__
+from ..graph.runtime_shapes import fill_conv_shapes
 from ..graph.select import ConvSite, conv_sites, import_graph
 from ..options import KSEOptions, SelectOptions, as_dict
 from ..report import ModelReport, layer_report
@@ -30,6 +31,7 @@ def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "")
     """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
     notes: list[str] = []
     graph = import_graph(model, notes)
+    fill_conv_shapes(graph, model)  # sizes shape inference lost, from one onnxruntime run
     sites = conv_sites(graph, select)
     plans, layers = {}, []
     for site in sites:

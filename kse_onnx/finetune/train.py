@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import load_data
+from .. import paths
+from ..data import check_labels, load_data
 from ..errors import ModelError
 from ..graph.io import load_model, save_model
 from ..options import CalibrationOptions, DataOptions, FinetuneOptions, QuantizeOptions
@@ -60,9 +61,7 @@ class Distributed:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    paths.atomic_write(path, writer=lambda f: torch.save(state, f))
 
 
 def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
@@ -75,10 +74,19 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if opts.threads:
         torch.set_num_threads(opts.threads)
     output = Path(output)
+    calibration = getattr(quantize, "calibration", "")
+    paths.check_paths({"COMPRESSED": paths.model_files(compressed),
+                       "--teacher": paths.model_files(teacher),
+                       "--data": data_path, "--calibration": calibration},
+                      {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
+                       "checkpoint folder/": f"{output}.ckpt"})
     student_model = load_model(compressed)
     teacher_sess = session(load_model(teacher))
     teacher_input = teacher_sess.get_inputs()[0].name
     x, y = load_data(data_path, data)
+    if y is not None:  # every label one of the teacher's classes
+        classes = teacher_sess.run(None, {teacher_input: x[:1]})[0].shape[-1]
+        y = check_labels(y, len(x), data_path, classes)
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(len(x))
     n_val = int(len(x) * opts.val_fraction) if y is not None else 0

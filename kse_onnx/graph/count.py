@@ -29,6 +29,12 @@ def conv_counts(model: onnx.ModelProto) -> dict:
             for attr in node.attribute:
                 if attr.name == "value":
                     shapes[node.output[0]] = list(numpy_helper.to_array(attr.t).shape)
+    unknown = [n.output[0] for n in inferred.graph.node if n.op_type == "Conv" and not (
+        shapes.get(n.output[0]) and all(isinstance(d, int) for d in shapes[n.output[0]][2:]))]
+    if unknown:  # sizes shape inference lost: from one onnxruntime run when it can
+        from .runtime_shapes import runtime_shapes
+
+        shapes.update(runtime_shapes(model, unknown))
     weights, macs = 0, 0
     for node in inferred.graph.node:
         if node.op_type != "Conv":

@@ -8,6 +8,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, first_line
+from .inputs import restore_graph_inputs
+from .names import unique_tensor_names
 from .select import quiet_graphsurgeon
 
 METADATA_KEY = "kse_onnx"
@@ -20,8 +22,10 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> 
         # inferred shapes of inner tensors are stale where channels were removed
         if isinstance(tensor, gs.Variable) and tensor.name not in graph_io:
             tensor.shape = None
+    unique_tensor_names(graph)
     with quiet_graphsurgeon():
         model = gs.export_onnx(graph, do_type_check=True)
+    restore_graph_inputs(model, original)
     copy_model_fields(model, original)
     del model.graph.value_info[:]
     record_settings(model, settings)

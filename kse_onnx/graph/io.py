@@ -10,13 +10,14 @@ into place only once the model is complete, so a failure leaves no partial file.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 import onnx
-from onnx import external_data_helper
 
 from ..errors import ModelError, first_line
+from ..paths import regular_file
 
 # Protobuf cannot serialise a model over 2 GiB; larger ones keep weights beside it.
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -25,11 +26,7 @@ MIN_OPSET = 11
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read, validate and return the model at ``path`` with its external data loaded."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelError(f"{path}: is a directory, expected an .onnx file")
+    path = regular_file(path, "an .onnx file")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -48,6 +45,26 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     _load_external_data(model, path.parent, path)
     _check(model, path)
     return model
+
+
+def all_tensors(message):
+    """Every TensorProto inside a protobuf ``message``, however deep: initializers, the
+    values and indices of sparse initializers, tensor, sparse-tensor and graph
+    attributes of nodes, subgraphs, functions, training info. A generic walk over the
+    message's fields, so no place a tensor may hide is left out."""
+    stack = [message]
+    while stack:
+        msg = stack.pop()
+        if isinstance(msg, onnx.TensorProto):
+            yield msg
+            continue
+        for descriptor, value in reversed(msg.ListFields()):
+            if descriptor.type != descriptor.TYPE_MESSAGE:
+                continue
+            if _repeated(descriptor):
+                stack.extend(reversed(value))
+            else:
+                stack.append(value)
 
 
 def _invalid_text(model: onnx.ModelProto):
@@ -97,29 +114,76 @@ def _check_sizes(tensor: onnx.TensorProto, path: Path, available: int | None) ->
                          f"holds {len(tensor.raw_data)}")
 
 
+def _external_fields(tensor: onnx.TensorProto, path: Path) -> tuple[str, int, int | None]:
+    """(location, offset, length) of a tensor's external data, each checked: a location
+    without NUL bytes, offset and length as non-negative decimal integers."""
+    fields = {entry.key: entry.value for entry in tensor.external_data}
+    name = tensor.name
+    location = fields.get("location", "")
+    if not location or "\0" in location:
+        raise ModelError(f"{path}: tensor {name!r} has an empty external data location or "
+                         "one with a NUL byte: refused")
+    numbers = []
+    for key in ("offset", "length"):
+        text = fields.get(key)
+        if text is None or (key == "offset" and text == ""):
+            numbers.append(0 if key == "offset" else None)
+            continue
+        if not (text.isascii() and text.isdigit()) or len(text) > 20:
+            raise ModelError(f"{path}: tensor {name!r} has external data {key} {text!r}, "
+                             "not a non-negative integer: refused")
+        numbers.append(int(text))
+    return location, numbers[0], numbers[1]
+
+
 def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
+    """Read every tensor's external data (dense and sparse, initializers and attributes,
+    subgraphs) from inside ``base``, after checking where it is and how long; afterwards
+    no tensor of the model refers to a file."""
     base_real = base.resolve()
-    for tensor in external_data_helper._get_all_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
+    for tensor in all_tensors(model):
+        external = (tensor.data_location == onnx.TensorProto.EXTERNAL
+                    or len(tensor.external_data) > 0)
+        if not external:
             _check_sizes(tensor, path, None)
             continue
-        info = external_data_helper.ExternalDataInfo(tensor)
-        location = Path(info.location)
+        location, offset, length = _external_fields(tensor, path)
         target = (base / location).resolve()
-        if location.is_absolute() or not target.is_relative_to(base_real):
+        if Path(location).is_absolute() or not target.is_relative_to(base_real):
             raise ModelError(f"{path}: tensor {tensor.name!r} has external data "
-                             f"{info.location!r} outside the model's folder: refused")
-        if not target.is_file():
-            raise ModelError(f"{path}: external data file {info.location!r} of tensor "
-                             f"{tensor.name!r} is missing")
-        offset = int(info.offset or 0)
-        length = info.length
+                             f"{location!r} outside the model's folder: refused")
+        try:
+            mode = target.stat().st_mode
+        except OSError:
+            raise ModelError(f"{path}: external data file {location!r} of tensor "
+                             f"{tensor.name!r} is missing") from None
+        if not stat.S_ISREG(mode):
+            raise ModelError(f"{path}: external data {location!r} of tensor "
+                             f"{tensor.name!r} is not a regular file: refused")
+        declared = _declared_bytes(tensor)
+        if declared is None:
+            raise ModelError(f"{path}: tensor {tensor.name!r} of this type cannot have "
+                             "external data: refused")
+        if declared < 0:
+            raise ModelError(f"{path}: tensor {tensor.name!r} has a negative dimension")
+        if length is not None and length != declared:
+            raise ModelError(f"{path}: external data of tensor {tensor.name!r} declares "
+                             f"length {length}, its dimensions need {declared} bytes")
         size = target.stat().st_size
-        if length is not None and offset + int(length) > size:
-            raise ModelError(f"{path}: external data {info.location!r} of tensor "
+        if offset + declared > size:
+            raise ModelError(f"{path}: external data {location!r} of tensor "
                              f"{tensor.name!r} is shorter than declared")
-        _check_sizes(tensor, path, max(0, size - offset) if length is None else int(length))
-        external_data_helper.load_external_data_for_tensor(tensor, str(base))
+        try:
+            with open(target, "rb") as f:
+                f.seek(offset)
+                raw = f.read(declared)
+        except OSError as exc:
+            raise ModelError(f"{path}: cannot read external data {location!r} "
+                             f"({exc.strerror})") from None
+        if len(raw) != declared:
+            raise ModelError(f"{path}: external data {location!r} of tensor "
+                             f"{tensor.name!r} is shorter than declared")
+        tensor.raw_data = raw
         tensor.data_location = onnx.TensorProto.DEFAULT
         del tensor.external_data[:]
 
@@ -141,6 +205,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelError(f"{path}: output folder {folder} does not exist")
+    try:
+        _save(model, path, folder)
+    except OSError as exc:  # read-only folder, disk full: one line naming the path
+        raise ModelError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _save(model: onnx.ModelProto, path: Path, folder: Path) -> None:
     large = model.ByteSize() > _PROTOBUF_LIMIT
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
@@ -158,7 +229,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             onnx.checker.check_model(tmp)
             # the model names its data file; point it at the final name before renaming
             final = onnx.load_model(tmp, load_external_data=False)
-            for tensor in external_data_helper._get_all_tensors(final):
+            for tensor in all_tensors(final):
                 for entry in tensor.external_data:
                     if entry.key == "location":
                         entry.value = data_name
@@ -173,3 +244,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
         for leftover in (Path(tmp), tmp_data):
             leftover.unlink(missing_ok=True)
         raise
+
+
+def _repeated(descriptor) -> bool:
+    """Whether a protobuf field is repeated (``label`` is gone from newer protobufs)."""
+    flag = getattr(descriptor, "is_repeated", None)
+    if flag is not None:
+        return bool(flag)
+    return descriptor.label == descriptor.LABEL_REPEATED

@@ -11,6 +11,8 @@ import onnx_graphsurgeon as gs
 
 from ..errors import first_line
 from ..options import SelectOptions
+from .inputs import overridable_as_inputs
+from .names import remember_tensors, unique_node_names
 from .optypes import QUANTIZED_CONVS
 
 
@@ -41,7 +43,8 @@ def quiet_graphsurgeon():
 
 
 def import_graph(model: onnx.ModelProto, notes: list[str] | None = None) -> gs.Graph:
-    """graphsurgeon view of ``model`` with inferred shapes; unnamed nodes get stable names.
+    """graphsurgeon view of ``model`` with inferred shapes: every node has a distinct
+    name (:mod:`.names`), overridable initializers stay graph inputs (:mod:`.inputs`).
 
     A model shape inference cannot handle is still compressed, without output sizes (so
     without multiply-add counts); the failure is appended to ``notes`` for the report."""
@@ -53,9 +56,9 @@ def import_graph(model: onnx.ModelProto, notes: list[str] | None = None) -> gs.G
                          "unknown, multiply-adds not counted")
     with quiet_graphsurgeon():
         graph = gs.import_onnx(model)
-    for index, node in enumerate(graph.nodes):
-        if not node.name:
-            node.name = f"{node.op}_{index}"
+    overridable_as_inputs(model, graph)
+    unique_node_names(graph)
+    remember_tensors(graph)
     return graph
 
 
@@ -64,11 +67,20 @@ def weight_source(tensor) -> str:
     producers = getattr(tensor, "inputs", [])
     if producers and producers[0].op == "DequantizeLinear":
         return "quantized conv (weight from DequantizeLinear): not supported"
+    if not producers:
+        return "weight is not a constant (a graph input the caller may override)"
     return "weight is not a constant"
 
 
 def constant_values(tensor) -> np.ndarray | None:
-    """Values of an initializer or of a ``Constant`` node's output, else None."""
+    """Values of an initializer or of a ``Constant`` node's output, reached through any
+    chain of ``Identity`` nodes (exporters write them for tensors that are equal); else
+    None. Overridable initializers are graph inputs here, so never constants."""
+    for _ in range(64):  # a chain of Identity nodes, bounded
+        producers = getattr(tensor, "inputs", [])
+        if len(producers) != 1 or producers[0].op != "Identity" or not producers[0].inputs:
+            break
+        tensor = producers[0].inputs[0]
     if not isinstance(tensor, gs.Constant):
         producers = getattr(tensor, "inputs", [])
         if len(producers) != 1 or producers[0].op != "Constant":
@@ -82,7 +94,7 @@ def constant_values(tensor) -> np.ndarray | None:
 
 def conv_sites(graph: gs.Graph, options: SelectOptions) -> list[ConvSite]:
     """Every Conv (and quantized conv) node, in graph order, eligible or with a reason."""
-    graph_inputs = {t.name for t in graph.inputs}
+    graph_inputs = preprocessed_inputs(graph)
     sites = []
     for node in graph.nodes:
         if node.op in QUANTIZED_CONVS:
@@ -93,6 +105,32 @@ def conv_sites(graph: gs.Graph, options: SelectOptions) -> list[ConvSite]:
         sites.append(ConvSite(node.name, node, weight, _output_hw(node),
                               _reason(node, weight, graph_inputs, options)))
     return sites
+
+
+# Ops a model may apply to its input before the first conv (normalise, resize, layout)
+PREPROCESSING = {"Sub", "Div", "Mul", "Add", "Resize", "Upsample", "Transpose", "Cast",
+                 "Identity", "Pad"}
+_ELEMENTWISE = {"Sub", "Div", "Mul", "Add"}
+
+
+def preprocessed_inputs(graph: gs.Graph) -> set[str]:
+    """Names of the graph inputs and of every tensor computed from one only by in-graph
+    preprocessing (elementwise Sub/Div/Mul/Add with a constant, Resize, Transpose, Cast,
+    Identity, Pad): a conv reading one of them is the model's first conv."""
+    names = {t.name for t in graph.inputs}
+    for node in graph.nodes:  # ONNX keeps nodes in topological order
+        if node.op not in PREPROCESSING or not node.inputs:
+            continue
+        data = [t for t in node.inputs if t.name in names]
+        if not data:
+            continue
+        if node.op in _ELEMENTWISE and not all(
+                t.name in names or constant_values(t) is not None for t in node.inputs):
+            continue
+        if node.op not in _ELEMENTWISE and node.inputs[0].name not in names:
+            continue
+        names.update(t.name for t in node.outputs)
+    return names
 
 
 def _reason(node, weight, graph_inputs, options: SelectOptions) -> str | None:

@@ -43,6 +43,7 @@ from ..errors import ModelError, OptionError
 from ..graph.channels import producer_chain
 from ..graph.count import conv_counts
 from ..graph.export import copy_model_fields
+from ..graph.names import unique_tensor_names
 from ..graph.select import ConvSite, constant_values, quiet_graphsurgeon
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
@@ -127,7 +128,8 @@ def candidate_forms(plan: LayerPlan) -> list[LayerForm]:
         if count not in counts:
             forms.append(form)
             counts.add(count)
-    forms.append(LayerForm("factored", 1))
+    if tuple(plan.weight_shape[2:]) != (1, 1):  # a 1x1 conv is never factored
+        forms.append(LayerForm("factored", 1))
     return forms
 
 
@@ -326,6 +328,7 @@ def _depthwise(name: str, x, y, channels: int) -> gs.Node:
 
 
 def _to_model(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    unique_tensor_names(graph)
     with quiet_graphsurgeon():
         model = gs.export_onnx(graph.cleanup().toposort(), do_type_check=False)
     copy_model_fields(model, original)

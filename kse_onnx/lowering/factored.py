@@ -152,7 +152,10 @@ def _gather(graph, x, positions, tag):
 
 
 def _replace_tensor(graph, old, new) -> None:
-    """Make every reader of ``old`` (and the graph outputs) read ``new`` instead."""
+    """Make every reader of ``old`` (and the graph outputs) read ``new`` instead; ``new``
+    takes ``old``'s dtype and shape (a graph output keeps its declared shape)."""
+    new.dtype = old.dtype or new.dtype
+    new.shape = old.shape
     for consumer in list(old.outputs):
         for i, tensor in enumerate(consumer.inputs):
             if tensor is old:

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.version_converter
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, first_line
 from ..graph.export import copy_model_fields
+from ..graph.inputs import overridable_as_inputs, restore_graph_inputs
 from ..graph.select import quiet_graphsurgeon
 from ..options import QUANTIZE_MODES
 from .shared import quantized_weight_names, share_int8_weights
@@ -54,9 +56,33 @@ def expand_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with constant subgraphs (compact codebook expansions) folded."""
     with quiet_graphsurgeon():
         graph = gs.import_onnx(model)
+        overridable_as_inputs(model, graph)  # a caller may override them: never folded
         graph.fold_constants().cleanup()
         folded = gs.export_onnx(graph)
+    restore_graph_inputs(folded, model)
     return copy_model_fields(folded, model)
+
+
+STATIC_MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) came in opset 13
+
+
+def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` converted to ``opset`` by onnx.version_converter when below it (checked
+    with the full checker); a ModelError when the conversion fails."""
+    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if current >= opset:
+        return model
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+        onnx.checker.check_model(converted, full_check=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"opset {current}: int8-static needs opset >= {opset} (per-channel "
+                         f"DequantizeLinear) and onnx.version_converter cannot raise this "
+                         f"model to it ({first}); convert the input first") from None
+    if not converted.metadata_props:
+        converted.metadata_props.extend(model.metadata_props)
+    return converted
 
 
 def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
@@ -75,6 +101,8 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
     if mode not in QUANTIZE_MODES or mode == "none":
         raise ValueError(f"unknown quantization mode {mode!r}")
     floating = expand_constants(model)
+    if mode == "int8-static":
+        floating = at_least_opset(floating, STATIC_MIN_OPSET)
     weights = {n.input[1] for n in floating.graph.node
                if n.op_type == "Conv" and n.name in shared_convs}
     with tempfile.TemporaryDirectory() as tmp, _quiet_root_logger():

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 
 import onnx
 
+from ..graph.names import with_unique_node_names
+
 
 def node_names(model: onnx.ModelProto) -> list[str]:
-    """Names of the graph's nodes as kse-onnx's graph import gives them (unnamed nodes
-    get ``{op}_{index}``), so plans keyed by Conv site name match."""
-    return [n.name or f"{n.op_type}_{i}" for i, n in enumerate(model.graph.node)]
+    """Names of the graph's nodes as kse-onnx's graph import gives them (distinct, see
+    :mod:`kse_onnx.graph.names`), so plans keyed by Conv site name match."""
+    return [n.name for n in with_unique_node_names(model).graph.node]
 
 
 CLASSIFIER_TAIL = {"Softmax", "LogSoftmax", "Identity", "Flatten"}

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import ModelError
+from ..finetune.data import check_labels
 from ..graph.io import load_model
-from .ort import session
+from .ort import run_batched, session
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Evaluation:
 def logits(model_path, x: np.ndarray, batch: int = 256, threads: int = 0) -> np.ndarray:
     sess = session(load_model(model_path), threads=threads)
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i:i + batch]})[0]
+    return np.concatenate([run_batched(sess, {name: x[i:i + batch]}, str(model_path))[0]
                            for i in range(0, len(x), batch)])
 
 
@@ -38,6 +40,10 @@ def evaluate(model_path, x: np.ndarray, y: np.ndarray | None, other=None) -> Eva
     out = logits(model_path, x)
     top1 = top5 = agreement = None
     if y is not None:
+        if out.ndim != 2:
+            raise ModelError(f"{model_path}: output of shape {list(out.shape)} is not "
+                             "(n, classes): accuracy needs class scores")
+        y = check_labels(y, len(x), "labels", classes=out.shape[1])
         top1 = float((out.argmax(1) == y).mean())
         k = min(5, out.shape[1])
         top5 = float((np.argsort(-out, axis=1)[:, :k] == y[:, None]).any(1).mean())

@@ -1,0 +1,151 @@
+"""Wrong answers with exit 0: node identity, generated names, the graph input list.
+
+The independent reference of the name tests: renaming a model's nodes and tensors must not
+change what ``optimize`` computes, so each renamed model's output is run against the
+output for the same model with plain unique names."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from graphs import branchy_net, residual_net
+from kse_onnx.api import optimize
+from kse_onnx.cli import main
+from kse_onnx.graph.io import load_model
+from kse_onnx.options import LowerOptions
+from kse_onnx.runtime.verify import verify
+
+# names an optimize run generates, or that our renaming would pick, among plain ones
+NAMES = ["", "a", "conv3", "conv5", "conv3_kse_weight", "conv5_kse_keep", "conv5_kse_kept",
+         "conv3_kse_codebook", "Conv_0", "Conv_0_1", "u1_conv3_kse_weight", "relu4",
+         "conv7_kse_level1_kernels", "conv7_kse_select", "x_1", "w9"]
+
+GENERATED = ["weight", "keep", "kept", "gather", "codebook", "codes", "codes64", "in1",
+             "in2", "level1_kernels", "level2_out", "select", "fused", "whole_weight"]
+
+
+def _run(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def _optimize(tmp_path, model, tag, lowering):
+    src, dst = tmp_path / f"{tag}.onnx", tmp_path / f"{tag}_out.onnx"
+    onnx.save(model, src)
+    optimize(src, dst, lower_options=LowerOptions(lowering))
+    return src, dst
+
+
+def _renamed(model, node_names, tensor_names):
+    """``model`` with nodes renamed (duplicates and empty allowed) and internal tensors
+    (initializers and node outputs other than the graph's) renamed one to one."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    internal = [i.name for i in graph.initializer] + [o for n in graph.node for o in n.output
+                                                        if o not in keep]
+    mapping = dict(zip(internal, tensor_names, strict=False))
+    used = set(mapping.values()) | keep
+    for i, name in enumerate(internal[len(mapping):]):
+        while f"t{i}" in used:
+            i += 1000
+        mapping[name] = f"t{i}"
+        used.add(mapping[name])
+    for init in graph.initializer:
+        init.name = mapping.get(init.name, init.name)
+    for node, name in zip(graph.node, node_names, strict=False):
+        node.name = name
+    for node in graph.node:
+        node.input[:] = [mapping.get(t, t) for t in node.input]
+        node.output[:] = [mapping.get(t, t) for t in node.output]
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), lowering=st.sampled_from(["dense", "compact", "factored"]))
+def test_names_never_change_the_answer(tmp_path_factory, data, lowering):
+    tmp_path = tmp_path_factory.mktemp("names")
+    model = branchy_net(24)
+    node_names = [data.draw(st.one_of(st.just(n.name), st.sampled_from(NAMES)))
+                  for n in model.graph.node]
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"] + ["Conv_1"]
+    generated = [f"{c}_kse_{s}" for c in convs for s in GENERATED]
+    tensor_names = data.draw(st.lists(st.sampled_from(NAMES[1:] + generated), unique=True,
+                                      min_size=20, max_size=40))
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    _, plain = _optimize(tmp_path, model, "plain", lowering)
+    src, dst = _optimize(tmp_path, _renamed(model, node_names, tensor_names), "renamed",
+                         lowering)
+    np.testing.assert_allclose(_run(dst, x), _run(plain, x), rtol=1e-5, atol=1e-5)
+    out = load_model(dst)
+    assert [v.name for v in out.graph.input] == [v.name for v in model.graph.input]
+    named = [n for n in node_names if n]
+    if len(set(named)) == len(named):  # onnxruntime refuses to load the original otherwise
+        assert verify(src, dst).exact
+
+
+def test_two_convs_with_one_name_keep_their_own_plans(tmp_path):
+    model = residual_net(16)
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    for conv in convs[1:]:
+        conv.name = "block"
+    x = np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    _, plain = _optimize(tmp_path, residual_net(16), "plain", "dense")
+    src, dst = _optimize(tmp_path, model, "dup", "dense")
+    np.testing.assert_allclose(_run(dst, x), _run(plain, x), rtol=1e-5, atol=1e-5)
+    names = [n.name for n in onnx.load(dst).graph.node if n.op_type == "Conv"]
+    assert len(set(names)) == len(names)  # onnxruntime runs the output (not the input)
+
+
+def _with_weight_inputs(model, ir_version, which):
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.ir_version = ir_version
+    for init in out.graph.initializer:
+        if which(init.name):
+            out.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type,
+                                                                 list(init.dims)))
+    onnx.checker.check_model(out, full_check=True)
+    return out
+
+
+def test_overridable_weight_inputs_are_kept_and_not_rewritten(tmp_path):
+    model = _with_weight_inputs(residual_net(16), 8, lambda name: name == "conv3.weight")
+    src, dst = _optimize(tmp_path, model, "ir8", "dense")
+    out = load_model(dst)
+    assert [v.name for v in out.graph.input] == [v.name for v in model.graph.input]
+    assert "conv3.weight" in {i.name for i in out.graph.initializer}
+    report = optimize(src, tmp_path / "again.onnx", lower_options=LowerOptions("dense"))
+    layer = next(r for r in report.layers if r.name == "conv3")
+    assert layer.status == "skipped" and "graph input" in layer.reason
+    # a caller's override reaches the conv in the output as in the input
+    w = np.zeros((16, 16, 3, 3), np.float32)
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    runs = []
+    for path in (src, dst):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runs.append(sess.run(None, {"x": x, "conv3.weight": w})[0])
+    plain = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    assert not np.allclose(runs[0], plain.run(None, {"x": x})[0])  # the override matters
+    assert verify(src, dst).exact
+
+
+def test_ir3_model_with_every_initializer_listed_optimizes(tmp_path, capsys):
+    model = _with_weight_inputs(residual_net(16), 3, lambda name: True)
+    src, dst = tmp_path / "ir3.onnx", tmp_path / "ir3_out.onnx"
+    onnx.save(model, src)
+    assert main(["optimize", str(src), str(dst), "--lowering", "dense"]) == 0
+    out = load_model(dst)
+    assert out.ir_version == 3
+    inits = {i.name for i in out.graph.initializer}
+    listed = [v.name for v in out.graph.input]
+    assert listed[0] == "x" and inits <= set(listed)
+    assert main(["verify", str(src), str(dst)]) == 0
