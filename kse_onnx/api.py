@@ -10,7 +10,7 @@ from .analysis.target import choose_levels
 from .errors import ModelError, OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
-from .graph.io import load_model, save_model
+from .graph.io import load_model, model_files, save_model
 from .graph.runtime_shapes import fill_conv_shapes
 from .graph.select import conv_sites, import_graph
 from .lowering import lower
@@ -27,7 +27,7 @@ from .options import (
     as_dict,
     options_from,
 )
-from .paths import check_paths, model_files
+from .paths import check_paths
 from .report import ModelReport
 from .runtime.loadcheck import runtime_check
 

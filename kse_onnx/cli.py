@@ -10,6 +10,7 @@ import sys
 
 from . import __version__
 from .errors import KSEError
+from .graph.io import model_files
 from .options import (
     BenchOptions,
     CalibrationOptions,
@@ -24,7 +25,7 @@ from .options import (
     VerifyOptions,
     batch_list,
 )
-from .paths import check_paths, model_files
+from .paths import check_paths
 from .terminal import CleanStream
 
 
@@ -211,7 +212,7 @@ def _run_finetune(args) -> int:
 
 def _run_eval(args) -> int:
     from .data import load_data
-    from .runtime.evaluate import evaluate
+    from .evaluate import evaluate
 
     x, y = load_data(args.data, _options(args, DataOptions))
     print(evaluate(args.model, x, y, other=args.compare).summary())

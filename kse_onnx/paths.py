@@ -31,34 +31,6 @@ def _same(a: Path, b: Path) -> bool:
         return False
 
 
-def model_files(path) -> list[Path]:
-    """``path`` and the external-data files it names (resolved inside its folder; the
-    loader refuses the others), without loading any tensor."""
-    path = Path(path)
-    files = [path]
-    try:
-        if not path.is_file():
-            return files
-        data = path.read_bytes()
-    except OSError:
-        return files
-    if b"location" not in data:
-        return files
-    import onnx
-
-    from .graph.io import all_tensors
-
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception:
-        return files
-    for tensor in all_tensors(model):
-        for entry in tensor.external_data:
-            if entry.key == "location" and entry.value and "\0" not in entry.value:
-                files.append(path.parent / entry.value)
-    return files
-
-
 def check_paths(inputs: dict, outputs: dict, allow: tuple[tuple[str, str], ...] = ()) -> None:
     """``inputs`` and ``outputs``: label (the flag or argument) -> path, list of paths or
     None. ``allow`` lists (output, input) pairs that may coincide (``--overwrite``).

@@ -17,7 +17,7 @@ from kse_onnx.cli import build_parser, main
 from kse_onnx.graph.export import METADATA_KEY
 from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime import ort as kse_ort
-from kse_onnx.runtime.verify import VerifyResult, compare, verify
+from kse_onnx.verify import VerifyResult, compare, verify
 
 
 def _save(tmp_path, model, name="m.onnx"):
@@ -273,11 +273,12 @@ def test_unreadable_images_are_reported(tmp_path, capsys):
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
         Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / cls / "1.png")
-    (tmp_path / "imgs" / "b" / "notes.txt").write_text("not an image")
+    (tmp_path / "imgs" / "b" / "notes.txt").write_text("not an image: skipped")
+    (tmp_path / "imgs" / "b" / "2.png").write_text("a broken image")
     model = _save(tmp_path, residual_net(16))
     assert main(["eval", str(model), "--data", str(tmp_path / "imgs")]) == 1
     err = capsys.readouterr().err
-    assert "1 file(s)" in err and "notes.txt" in err
+    assert "1 file(s)" in err and "2.png" in err
 
 
 # ---- the first conv behind in-graph preprocessing

@@ -110,7 +110,7 @@ def test_unknown_lowering_is_a_usage_error(model_path, tmp_path):
 
 @pytest.mark.parametrize("argv, flag", [
     (["verify", "a.onnx", "b.onnx", "--batch", "0"], "--batch"),
-    (["verify", "a.onnx", "b.onnx", "--rtol", "0"], "--rtol"),
+    (["verify", "a.onnx", "b.onnx", "--rtol", "-1"], "--rtol"),
     (["verify", "a.onnx", "b.onnx", "--seed", "-1"], "--seed"),
     (["bench", "a.onnx", "--threads", "0"], "--threads"),
     (["bench", "a.onnx", "--repeats", "0"], "--repeats"),
@@ -132,7 +132,7 @@ def test_help_shows_defaults_and_metavars(capsys):
     assert "--skip GLOB" in texts["optimize"] and "--only GLOB" in texts["score"]
     assert "GLOB" not in texts["eval"] and "GLOB" not in texts["finetune"]
     assert "--lowering {auto,dense,compact,factored}" in texts["optimize"]
-    assert "(default: auto)" in texts["optimize"] and "(default: 0.0001)" in texts["verify"]
+    assert "(default: auto)" in texts["optimize"] and "(default: 0.0)" in texts["verify"]
     assert "(default: 30)" in texts["bench"] and "(default: 4)" in texts["score"]
 
 

@@ -47,7 +47,7 @@ def test_distillation_brings_student_closer(setup):
     out = tmp / "tuned.onnx"
     assert main(_args(tmp, teacher, student, data, out, "--epochs", "3")) == 0
     from kse_onnx.data import load_dataset
-    from kse_onnx.runtime.evaluate import logits
+    from kse_onnx.evaluate import logits
 
     x, _ = load_dataset(data)
     t = logits(teacher, x)
@@ -69,7 +69,7 @@ def test_finetune_output_quantized_to_int8(setup, capsys):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert int8_out.stat().st_size < 0.7 * float_out.stat().st_size  # a tiny net: names weigh
     from kse_onnx.data import load_dataset
-    from kse_onnx.runtime.evaluate import logits
+    from kse_onnx.evaluate import logits
 
     x, _ = load_dataset(data)
     agree = (logits(int8_out, x).argmax(1) == logits(float_out, x).argmax(1)).mean()
@@ -152,9 +152,9 @@ def test_fashion_mnist_fine_tune_recovers_accuracy(tmp_path):
     """On real data: the trained ResNet-20 compressed at G=4,T=0, one short epoch of
     distillation on 2000 training images beats the untuned model on 1000 test images."""
     from kse_onnx.data import FASHION_MNIST, fashion_mnist
+    from kse_onnx.evaluate import evaluate
     from kse_onnx.finetune.train import finetune
     from kse_onnx.options import DataOptions, FinetuneOptions
-    from kse_onnx.runtime.evaluate import evaluate
 
     teacher = Path(__file__).resolve().parents[1] / "models" / "fmnist_resnet20.onnx"
     assert FASHION_MNIST.exists(), "apt-get install dataset-fashion-mnist (tools/test.sh does)"

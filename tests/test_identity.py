@@ -18,7 +18,7 @@ from kse_onnx.api import optimize
 from kse_onnx.cli import main
 from kse_onnx.graph.io import load_model
 from kse_onnx.options import LowerOptions
-from kse_onnx.runtime.verify import verify
+from kse_onnx.verify import verify
 
 # names an optimize run generates, or that our renaming would pick, among plain ones
 NAMES = ["", "a", "conv3", "conv5", "conv3_kse_weight", "conv5_kse_keep", "conv5_kse_kept",

@@ -17,16 +17,19 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kse_onnx"
 LAYERS = [
     "",  # kse_onnx/__init__.py: the version
     "errors",
+    "terminal",  # escapes terminal control characters in what the CLI prints
     "options",
+    "paths",  # output paths checked against inputs and each other; atomic writes
     "report",  # counts and the summary table (numpy only)
     "data",  # dataset readers (numpy only)
+    "runtime",  # onnxruntime sessions, latency, output checks (onnxruntime, numpy)
     "graph",  # safe load/save, Conv sites, channel chains, export, counts
     "analysis",  # KSE maths per layer, and the whole-model plan
-    "runtime",  # onnxruntime sessions, latency, verify, eval
     "lowering",  # plans written back into the graph; auto times them
     "quantize",  # INT8 after KSE
     "finetune",  # torch: importer, epochs, QAT
     "refit",  # post-training refit from calibration images (torch for the forward passes)
+    "evaluate",  # accuracy with onnxruntime (the eval command)
     "verify",  # the rewrite check against the original; reads lowered forms back
     "api",  # the facade: one function per command
     "cli",  # argparse over the facade

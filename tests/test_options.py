@@ -17,7 +17,7 @@ def test_skip_reason():
 
 
 @pytest.mark.parametrize("cls, kwargs, flag", [
-    (VerifyOptions, {"batch": 0}, "--batch"), (VerifyOptions, {"rtol": 0.0}, "--rtol"),
+    (VerifyOptions, {"batch": 0}, "--batch"), (VerifyOptions, {"rtol": -1.0}, "--rtol"),
     (VerifyOptions, {"seed": -1}, "--seed"), (VerifyOptions, {"batch": 1.5}, "--batch"),
     (BenchOptions, {"provider": "tpu"}, "--provider"), (BenchOptions, {"batch": "0"}, "--batch"),
     (BenchOptions, {"threads": 0}, "--threads"), (BenchOptions, {"repeats": 0}, "--repeats"),
@@ -28,4 +28,4 @@ def test_verify_and_bench_checks(cls, kwargs, flag):
 
 
 def test_verify_and_bench_defaults_are_valid():
-    assert VerifyOptions().rtol == 1e-4 and BenchOptions().batch == "1"
+    assert VerifyOptions().rtol == 0.0 and BenchOptions().batch == "1"

@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from kse_onnx.api import optimize  # noqa: E402
 from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
+from kse_onnx.evaluate import evaluate  # noqa: E402
 from kse_onnx.finetune.train import finetune  # noqa: E402
 from kse_onnx.options import (  # noqa: E402
     DataOptions,
@@ -28,7 +29,6 @@ from kse_onnx.options import (  # noqa: E402
     KSEOptions,
     LowerOptions,
 )
-from kse_onnx.runtime.evaluate import evaluate  # noqa: E402
 
 TEACHER = ROOT / "models" / "fmnist_resnet20.onnx"
 

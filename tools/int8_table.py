@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from kse_onnx.api import optimize  # noqa: E402
 from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
+from kse_onnx.evaluate import logits  # noqa: E402
 from kse_onnx.graph.count import conv_counts  # noqa: E402
 from kse_onnx.graph.io import save_model  # noqa: E402
 from kse_onnx.options import (  # noqa: E402
@@ -50,7 +51,6 @@ from kse_onnx.quantize.apply import quantize_output  # noqa: E402
 from kse_onnx.quantize.inspect import integer_convs  # noqa: E402
 from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
 from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
-from kse_onnx.runtime.evaluate import logits  # noqa: E402
 
 SETTINGS = ((4, 0), (5, 1))
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

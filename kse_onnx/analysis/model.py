@@ -31,7 +31,10 @@ def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "")
     """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
     notes: list[str] = []
     graph = import_graph(model, notes)
-    fill_conv_shapes(graph, model)  # sizes shape inference lost, from one onnxruntime run
+    filled = fill_conv_shapes(graph, model)  # sizes inference lost, from one onnxruntime run
+    if notes:
+        notes.append(f"conv shapes of {filled} tensors taken from one onnxruntime run" if filled
+                     else "conv output sizes unknown: multiply-adds not counted")
     sites = conv_sites(graph, select)
     plans, layers = {}, []
     for site in sites:

@@ -21,7 +21,7 @@ import torch
 from .. import paths
 from ..data import check_labels, load_data
 from ..errors import ModelError
-from ..graph.io import load_model, save_model
+from ..graph.io import load_model, model_files, save_model
 from ..options import CalibrationOptions, DataOptions, FinetuneOptions, QuantizeOptions
 from ..runtime.ort import session
 from .epochs import EpochRunner, accuracy
@@ -75,8 +75,8 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         torch.set_num_threads(opts.threads)
     output = Path(output)
     calibration = getattr(quantize, "calibration", "")
-    paths.check_paths({"COMPRESSED": paths.model_files(compressed),
-                       "--teacher": paths.model_files(teacher),
+    paths.check_paths({"COMPRESSED": model_files(compressed),
+                       "--teacher": model_files(teacher),
                        "--data": data_path, "--calibration": calibration},
                       {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
                        "checkpoint folder/": f"{output}.ckpt"})

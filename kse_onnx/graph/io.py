@@ -252,3 +252,27 @@ def _repeated(descriptor) -> bool:
     if flag is not None:
         return bool(flag)
     return descriptor.label == descriptor.LABEL_REPEATED
+
+
+def model_files(path) -> list[Path]:
+    """``path`` and the external-data files it names (resolved inside its folder; the
+    loader refuses the others), without loading any tensor."""
+    path = Path(path)
+    files = [path]
+    try:
+        if not path.is_file():
+            return files
+        data = path.read_bytes()
+    except OSError:
+        return files
+    if b"location" not in data:
+        return files
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception:
+        return files
+    for tensor in all_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value and "\0" not in entry.value:
+                files.append(path.parent / entry.value)
+    return files

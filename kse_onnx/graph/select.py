@@ -52,8 +52,7 @@ def import_graph(model: onnx.ModelProto, notes: list[str] | None = None) -> gs.G
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:
         if notes is not None:
-            notes.append(f"shape inference failed ({first_line(exc)}): conv output sizes "
-                         "unknown, multiply-adds not counted")
+            notes.append(f"shape inference failed ({first_line(exc)})")
     with quiet_graphsurgeon():
         graph = gs.import_onnx(model)
     overridable_as_inputs(model, graph)

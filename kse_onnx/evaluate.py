@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ModelError
-from ..finetune.data import check_labels
-from ..graph.io import load_model
-from .ort import run_batched, session
+from .data import check_labels
+from .errors import ModelError
+from .graph.io import load_model
+from .runtime.ort import run_batched, session
 
 
 @dataclass
