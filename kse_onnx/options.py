@@ -234,25 +234,27 @@ class CalibrationOptions:
 class RefitOptions:
     """Post-training refit of the shared kernels from calibration images (docs/refit.md)."""
 
-    refit: str = _opt("block", "with --calibration: 'ls' least-squares fit of each compressed "
-                               "Conv's shared kernels and bias to the original's output "
-                               "(residual-aware); 'act' then matches the output after the next "
-                               "activation; 'block' then fits each residual block's Convs "
-                               "jointly to the block output; 'none' skips the refit",
+    refit: str = _opt("act", "with --calibration: 'ls' least-squares fit of each compressed "
+                             "Conv's shared kernels and bias to the original's output "
+                             "(residual-aware); 'act' then matches the output after the "
+                             "ReLU that follows, by more least-squares rounds; 'block' "
+                             "(after 'ls') fits each residual block's Convs jointly to the "
+                             "block output with Adam; 'none' skips the refit",
                       choices=REFIT_MODES)
-    refit_steps: int = _opt(200, "act/block: optimizer steps per layer or block")
-    refit_lr: float = _opt(1e-3, "act/block: Adam learning rate (relative to the weight scale)")
-    refit_batch: int = _opt(64, "act/block: calibration images per optimizer step")
+    refit_rounds: int = _opt(3, "act: least-squares rounds matching the output after the ReLU")
+    refit_steps: int = _opt(200, "block: Adam steps per block")
+    refit_lr: float = _opt(1e-3, "block: Adam learning rate (relative to the weight scale)")
+    refit_batch: int = _opt(64, "block: calibration images per Adam step")
     refit_classifier: bool = _opt(True, "least-squares refit of the final classifier "
                                         "(Gemm) to the original's logits")
     refit_damping: float = _opt(1e-6, "least squares: ridge damping, relative to the mean "
                                       "diagonal of the normal equations")
-    refit_seed: int = _opt(0, "act/block: seed of the minibatch order")
+    refit_seed: int = _opt(0, "block: seed of the minibatch order")
 
     def __post_init__(self) -> None:
         if self.refit not in REFIT_MODES:
             raise OptionError("--refit", f"must be one of {REFIT_MODES}, got {self.refit!r}")
-        for name in ("refit_steps", "refit_batch", "refit_seed"):
+        for name in ("refit_rounds", "refit_steps", "refit_batch", "refit_seed"):
             _check_int(self, name, low=0 if name != "refit_batch" else 1)
         for name in ("refit_lr", "refit_damping"):
             value = getattr(self, name)

@@ -215,6 +215,22 @@ class SmallCNN(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
+class FmnistVGG(nn.Module):
+    """A VGG-style CNN for 1x28x28 images: 32-32, pool, 64-64, pool, 128-128, global
+    average pool, 10 classes (the second Fashion-MNIST model of tools/refit_table.py)."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn_relu(1, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2),
+            *_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64), nn.MaxPool2d(2),
+            *_conv_bn_relu(64, 128), *_conv_bn_relu(128, 128))
+        self.fc = nn.Linear(128, classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
 BUILDERS = {
     "resnet20_cifar": (lambda: CifarResNet(3), CIFAR),
     "resnet56_cifar": (lambda: CifarResNet(9), CIFAR),

@@ -2,6 +2,7 @@
 
     apt-get install dataset-fashion-mnist
     python tools/train_fmnist_resnet20.py [--epochs 15] [--threads 2] [--out models/...]
+    python tools/train_fmnist_resnet20.py --arch vgg --epochs 6 --out models/fmnist_vgg.onnx
 
 Input of the exported model: raw pixels in [0, 1], float32, (batch, 1, 28, 28); the
 normalisation is inside the graph; output: the 10 logits. SGD (momentum 0.9, Nesterov,
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from kse_onnx.data import fashion_mnist  # noqa: E402
 from models.export import export, max_abs_diff  # noqa: E402
-from models.zoo import CifarResNet  # noqa: E402
+from models.zoo import CifarResNet, FmnistVGG  # noqa: E402
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training set
 
@@ -65,6 +66,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--arch", choices=("resnet20", "vgg"), default="resnet20",
+                        help="resnet20: CIFAR-style ResNet-20; vgg: models.zoo.FmnistVGG")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "models" / "fmnist_resnet20.onnx")
@@ -79,7 +82,8 @@ def main() -> None:
     xte = torch.from_numpy(xte.astype(np.float32) / 255.0)[:, None]
     ytr, yte = torch.from_numpy(ytr.astype(np.int64)), torch.from_numpy(yte.astype(np.int64))
 
-    model = Normalized(CifarResNet(3, classes=10, in_channels=1))
+    net = CifarResNet(3, classes=10, in_channels=1) if args.arch == "resnet20" else FmnistVGG()
+    model = Normalized(net)
     steps = args.epochs * (len(xtr) // 128)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
                           weight_decay=5e-4)
@@ -106,7 +110,7 @@ def main() -> None:
         proto = export(model, (1, 28, 28), 17)
     onnx.save(proto, args.out)
     diff = max_abs_diff(model, proto, (1, 28, 28))
-    result = {"test_accuracy": acc, "epochs": args.epochs, "seconds": round(time.time() - start),
+    result = {"arch": args.arch, "test_accuracy": acc, "epochs": args.epochs, "seconds": round(time.time() - start),
               "max_abs_diff_torch_onnxruntime": diff}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}: {result}")

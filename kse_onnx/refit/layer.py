@@ -62,20 +62,47 @@ class SharedConv:
         views = views[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
         return views.permute(0, 1, 4, 5, 2, 3).reshape(len(x), c * kh * kw, -1)
 
-    def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float) -> Solution:
-        """Fit kernels and bias so ``conv(x) ~ target`` (both full calibration tensors)."""
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` over the calibration images in chunks."""
+        return torch.cat([self.forward(x[s:s + 256]) for s in range(0, len(x), 256)])
+
+    def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float,
+                      floor: torch.Tensor | None = None, rounds: int = 0) -> Solution:
+        """Fit kernels and bias so ``conv(x) ~ target`` (full calibration tensors).
+
+        ``floor``: a ReLU follows, and the output is inactive where ``conv(x) <= floor``
+        (0, or minus the student's other residual inputs). Then ``rounds`` more solves
+        match the output after the ReLU: where the teacher is inactive (``target <=
+        floor``) the target becomes ``min(prediction, floor)``. Since ``relu(u)^2 =
+        min_{z <= 0} (u - z)^2``, each round lowers an upper bound of the after-ReLU
+        error, and only the cross term H is summed again (G does not change)."""
         n, c, kh, kw = self.shape
         eq = NormalEquations(c * kh * kw, n)
+        self._accumulate(eq, x, target, with_gram=True)
+        solution = SharedLeastSquares(self.layout, eq, kh * kw, damping).solve(
+            self.kernels, self.bias)
+        self.kernels, self.bias = solution.kernels, solution.bias
+        if floor is None or not rounds:
+            return solution
+        active = target > floor
+        for _ in range(rounds):
+            relaxed = torch.where(active, target, torch.minimum(self.predict(x), floor))
+            eq.reset_targets()
+            self._accumulate(eq, x, relaxed, with_gram=False)
+            again = SharedLeastSquares(self.layout, eq, kh * kw, damping).solve(
+                self.kernels, self.bias)
+            self.kernels, self.bias = again.kernels, again.bias
+            solution.solver = again.solver
+        return solution
+
+    def _accumulate(self, eq: NormalEquations, x, target, with_gram: bool) -> None:
+        n, c, kh, kw = self.shape
         positions = target.shape[2] * target.shape[3]
         step = max(1, _PATCH_ELEMENTS // max(1, positions * c * kh * kw))
         for start in range(0, len(x), step):
             cols = self.patches(x[start:start + step])  # (B, CD, P)
             ys = target[start:start + step].reshape(len(cols), n, -1)  # (B, N, P)
-            eq.add_batched(cols, ys)
-        solution = SharedLeastSquares(self.layout, eq, kh * kw, damping).solve(
-            self.kernels, self.bias)
-        self.kernels, self.bias = solution.kernels, solution.bias
-        return solution
+            eq.add_batched(cols, ys, with_gram)
 
     def commit(self) -> np.ndarray:
         """Write the kernels into the plan (codes unchanged); returns the bias."""

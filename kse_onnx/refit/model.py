@@ -33,9 +33,6 @@ from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
 from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
 
-ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh",
-               "Elu", "Selu", "Softplus"}
-
 
 @dataclass
 class LayerFit:
@@ -204,37 +201,32 @@ class _Refit:
                 kind = "residual Add"
             else:
                 add, others = None, []
-        solution = conv.least_squares(x, target, self.options.refit_damping)
+        floor = self._relu_floor(i, add, others, student) if self.options.refit == "act" else None
+        before = None if floor is None else conv.predict(x)
+        solution = conv.least_squares(x, target, self.options.refit_damping, floor,
+                                      self.options.refit_rounds)
         yy = max(float(target.double().square().sum()), 1e-30)
         fit = LayerFit(self.names[i], kind, solution.solver,
                        float(np.sqrt(solution.objective_before / yy)),
                        float(np.sqrt(solution.objective_after / yy)), 0.0)
-        if self.options.refit == "act":
-            self._fit_activation(i, conv, x, add, others, teacher, student, fit)
+        if floor is not None:
+            wanted = torch.relu(target - floor)
+            fit.act_error_before = relative_error(torch.relu(before - floor), wanted)
+            fit.act_error_after = relative_error(torch.relu(conv.predict(x) - floor), wanted)
         fit.seconds = time.perf_counter() - started
         self.result.layers.append(fit)
         return conv.forward(x)
 
-    def _fit_activation(self, i, conv, x, add, others, teacher, student, fit) -> None:
-        """Gradient fit of ``conv`` to the teacher after the next activation."""
+    def _relu_floor(self, i, add, others, student):
+        """Where a Relu reads this Conv's output (or its residual Add's), the value of the
+        Conv output below which the student's Relu output is 0: minus the student's other
+        Add inputs, or 0; None when no Relu follows."""
         nodes = self.model.graph.node
         head = nodes[add].output[0] if add is not None else nodes[i].output[0]
         readers = [j for j in self.walk.order if head in nodes[j].input]
-        if len(readers) != 1 or nodes[readers[0]].op_type not in ACTIVATIONS:
-            return
-        act = nodes[readers[0]]
-        segment = [i] + ([add] if add is not None else []) + [readers[0]]
-        t_head = teacher[nodes[i].output[0]] + sum(
-            (self._lookup(teacher, n) for n in others), torch.zeros(()))
-        target = run_node(act, [t_head] + [self._lookup(teacher, n) for n in act.input[1:]])[0]
-        inputs = {nodes[i].input[0]: x}
-        inputs.update({n: self._lookup(student, n) for n in others})
-        with torch.enable_grad():
-            before, after = fit_segment(
-                self._named(segment), inputs, self.constants, {self.names[i]: conv},
-                act.output[0], target, self.options.refit_steps, self.options.refit_lr,
-                self.options.refit_batch, self.options.refit_seed + i)
-        fit.act_error_before, fit.act_error_after = before, after
+        if len(readers) != 1 or nodes[readers[0]].op_type != "Relu":
+            return None
+        return -sum((self._lookup(student, n) for n in others), torch.zeros(()))
 
     def _named(self, indices: list[int]) -> list[onnx.NodeProto]:
         """Copies of the nodes at ``indices``, each named as kse-onnx names it."""

@@ -92,15 +92,23 @@ class NormalEquations:
         self.yy = 0.0
         self.P = 0
 
-    def add_batched(self, patches, targets) -> None:
+    def reset_targets(self) -> None:
+        """Forget the target terms (H, y_sum, yy), keep the patch terms (G, s, P)."""
+        self.H[:] = 0
+        self.y_sum[:] = 0
+        self.yy = 0.0
+
+    def add_batched(self, patches, targets, with_gram: bool = True) -> None:
         """torch tensors ``patches`` (B, CD, P) and ``targets`` (B, N, P): each image's
-        products in float32 (BLAS), summed over the batch into the float64 totals."""
-        self.G += (patches @ patches.transpose(1, 2)).sum(0).double().numpy()
+        products in float32 (BLAS), summed over the batch into the float64 totals;
+        ``with_gram=False`` adds the target terms only."""
+        if with_gram:
+            self.G += (patches @ patches.transpose(1, 2)).sum(0).double().numpy()
+            self.s += patches.sum(2).double().sum(0).numpy()
+            self.P += patches.shape[0] * patches.shape[2]
         self.H += (patches @ targets.transpose(1, 2)).sum(0).double().numpy()
-        self.s += patches.sum(2).double().sum(0).numpy()
         self.y_sum += targets.sum(2).double().sum(0).numpy()
         self.yy += float(targets.square().sum((1, 2)).double().sum())
-        self.P += patches.shape[0] * patches.shape[2]
 
     def add(self, patches: np.ndarray, targets: np.ndarray) -> None:
         """``patches`` (P, CD) and ``targets`` (P, N), float32 or float64."""

@@ -1,0 +1,137 @@
+"""Post-training refit on Fashion-MNIST: accuracy and seconds of every refit mode, of
+refit + fine-tuning, of fine-tuning alone, and of onnxruntime's INT8 with the same images.
+
+    apt-get install dataset-fashion-mnist
+    python tools/train_fmnist_resnet20.py                      # models/fmnist_resnet20.onnx
+    python tools/train_fmnist_resnet20.py --arch vgg --epochs 6 --out models/fmnist_vgg.onnx
+    python tools/refit_table.py [--models fmnist_resnet20,fmnist_vgg] [--no-finetune]
+
+Calibration images are the first N of the training split, labels unused; accuracy is on
+the 10,000 test images with onnxruntime. Compression uses the compact lowering (the
+refit does not depend on the lowering). Fine-tuning: distillation + labels, lr 0.01
+cosine, batch 128, pad-crop 2 and flip, 5% held out, 2 torch threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kse_onnx.api import optimize  # noqa: E402
+from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
+from kse_onnx.evaluate import evaluate  # noqa: E402
+from kse_onnx.finetune.train import finetune  # noqa: E402
+from kse_onnx.graph.io import save_model  # noqa: E402
+from kse_onnx.options import (  # noqa: E402
+    CalibrationOptions,
+    DataOptions,
+    FinetuneOptions,
+    KSEOptions,
+    LowerOptions,
+    QuantizeOptions,
+    RefitOptions,
+)
+from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
+
+SETTINGS = ((4, 0), (5, 1))
+MODES = ("ls", "act", "block")
+DEFAULT_MODE = RefitOptions().refit
+
+
+def timed(fn, *args, **kwargs):
+    """(result of ``fn``, seconds it took)."""
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fmnist_resnet20,fmnist_vgg")
+    parser.add_argument("--images", default="256,1024,4096",
+                        help="calibration sizes for the default mode (1024: every mode)")
+    parser.add_argument("--no-finetune", action="store_true")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "refit_table")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    train = FASHION_MNIST / "train-images-idx3-ubyte.gz"
+    x_train, _ = load_data(train, DataOptions())
+    x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", DataOptions())
+    sizes = [int(v) for v in args.images.split(",")]
+    calibration = {}
+    for n in sorted(set(sizes) | {1024}):
+        calibration[n] = args.out / f"calibration_{n}.npz"
+        np.savez(calibration[n], x=x_train[:n])
+    print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
+          f"{datetime.date.today()}; default refit mode: {DEFAULT_MODE}")
+    results = []
+
+    def row(model, setting, what, path, seconds, images=""):
+        acc = evaluate(path, x_test, y_test).top1
+        results.append({"model": model, "G,T": setting, "what": what, "images": images,
+                        "accuracy": acc, "seconds": None if seconds is None else
+                        round(seconds, 1)})
+        shown = "-" if seconds is None else f"{seconds:.1f}"
+        print(f"| {model} | {setting} | {what} | {images} | {acc:.4f} | {shown} |", flush=True)
+
+    print("| model | G,T | model / method | calibration images | test accuracy | seconds |")
+    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        teacher = ROOT / "models" / f"{name}.onnx"
+        row(name, "-", "original", teacher, None)
+        int8 = args.out / f"{name}_int8.onnx"
+        (model, _), seconds = timed(quantize_int8, onnx.load(teacher), "int8-static", set(),
+                                    x_train[:1024])
+        save_model(model, int8)
+        row(name, "-", "onnxruntime INT8 (static, QDQ)", int8, seconds, 1024)
+        for G, T in SETTINGS:
+            setting, kse = f"{G},{T}", KSEOptions(G=G, T=T)
+            lower = LowerOptions("compact")
+            plain = args.out / f"{name}_G{G}T{T}.onnx"
+            _, seconds = timed(optimize, teacher, plain, kse, lower_options=lower,
+                               overwrite=True)
+            row(name, setting, "compressed, no refit", plain, seconds)
+            refitted = {}
+            for mode in MODES:
+                for n in (sizes if mode == DEFAULT_MODE else [1024]):
+                    out = args.out / f"{name}_G{G}T{T}_{mode}_{n}.onnx"
+                    report = optimize(teacher, out, kse, lower_options=lower, overwrite=True,
+                                      calibration=CalibrationOptions(str(calibration[n]), n),
+                                      refit=RefitOptions(mode), log=lambda line: None)
+                    refitted[mode, n] = out
+                    row(name, setting, f"refit {mode}", out, report.extra["refit"]["seconds"],
+                        n)
+            out = args.out / f"{name}_G{G}T{T}_{DEFAULT_MODE}_int8.onnx"
+            _, seconds = timed(optimize, teacher, out, kse, lower_options=lower,
+                               overwrite=True,
+                               calibration=CalibrationOptions(str(calibration[1024])),
+                               quantize=QuantizeOptions("int8-static"), log=lambda line: None)
+            row(name, setting, f"refit {DEFAULT_MODE} + INT8, one command", out, seconds, 1024)
+            if args.no_finetune:
+                continue
+            for start, epochs, what in ((refitted[DEFAULT_MODE, 1024], 1,
+                                         f"refit {DEFAULT_MODE} + 1 epoch"),
+                                        (plain, 1, "1 epoch, no refit"),
+                                        (plain, 2, "2 epochs, no refit")):
+                tuned = args.out / f"{start.stem}_{epochs}ep.onnx"
+                _, seconds = timed(finetune, start, tuned, teacher, train,
+                                   FinetuneOptions(epochs=epochs, threads=2, val_fraction=0.05),
+                                   DataOptions(pad_crop=2, flip=True), log=lambda text: None)
+                row(name, setting, what, tuned, seconds, "60k (labels)")
+    (args.out / "refit_table.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
