@@ -95,6 +95,8 @@ class OnnxModule(nn.Module):
                           node.output[0] in fixed or node.attribute[0].name != "value")
         self.inputs = [i.name for i in graph.input if i.name not in self._key]
         self.outputs = [o.name for o in graph.output]
+        self.capture: set[str] = set()  # inner tensors forward() keeps in self.captured
+        self.captured: dict[str, torch.Tensor] = {}
 
     def _add(self, name: str, value: np.ndarray, shared: bool, fixed: bool) -> None:
         key = f"t{len(self._key)}"
@@ -131,6 +133,7 @@ class OnnxModule(nn.Module):
             results = result if isinstance(result, tuple) else (result,)
             for name, value in zip(node.output, results, strict=False):
                 env[name] = value
+        self.captured = {name: env[name] for name in self.capture}
         out = [env[name] for name in self.outputs]
         return out[0] if len(out) == 1 else tuple(out)
 

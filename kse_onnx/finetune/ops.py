@@ -218,7 +218,7 @@ def gather(args, a):
     axis = a.get("axis", 0) % x.dim()
     idx = _index(args[1], x.shape[axis])
     return torch.index_select(x, axis, idx.reshape(-1)).reshape(
-        *x.shape[:axis], *idx.shape, *x.shape[axis + 1:])
+        (*x.shape[:axis], *idx.shape, *x.shape[axis + 1:]))
 
 
 def gather_elements(args, a):

@@ -1,8 +1,10 @@
 """Fine-tuning a compressed model by distillation from the original ONNX model.
 
-Loss per batch: ``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)``
-(distillation only when there are no labels), the teacher run by onnxruntime on the same
-augmented batch. Under ``torchrun`` each process takes its slice of every global batch
+Loss per batch (``--loss``, :mod:`.losses`): for classifier logits
+``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)`` (distillation
+only when there are no labels); for other outputs, or the compressed Convs' outputs, the
+mean squared error divided by the teacher's variance. The teacher runs in onnxruntime on
+the same augmented batch. Under ``torchrun`` each process takes its slice of every global batch
 and DistributedDataParallel averages gradients, so K processes follow the same
 trajectory as one (up to float summation order).
 """
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from ..errors import ModelError
 from ..graph.io import load_model, save_model
 from ..options import DataOptions, FinetuneOptions, QuantizeOptions
-from ..runtime.ort import session
+from . import losses, progress
 from .data import load_data
 from .importer import import_model
 
@@ -50,9 +52,7 @@ def learning_rate(opts: FinetuneOptions, step: int, total: int) -> float:
 
 
 def distillation_loss(student, teacher, labels, opts: FinetuneOptions):
-    t = opts.temperature
-    kd = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1),
-                  reduction="batchmean") * t * t
+    kd = losses.kd_loss(student, teacher, opts.temperature)
     if labels is None:
         return kd
     return opts.label_weight * F.cross_entropy(student, labels) + (1 - opts.label_weight) * kd
@@ -82,13 +82,18 @@ class Distributed:
             torch.distributed.barrier()
 
 
-def accuracy(module, x, y, batch: int = 512) -> float:
+def accuracy(module, x, y, batch: int = 512, quiet: bool = True) -> float:
     module.eval()
+    bar = progress.bar(len(x), "evaluation", quiet=quiet)
+    preds = []
     with torch.no_grad():
-        pred = np.concatenate([module(torch.from_numpy(x[i:i + batch])).argmax(1).numpy()
-                               for i in range(0, len(x), batch)])
+        for i in range(0, len(x), batch):
+            out = module(torch.from_numpy(x[i:i + batch]))
+            preds.append((out[0] if isinstance(out, tuple) else out).argmax(1).numpy())
+            bar.update(len(preds[-1]))
+    bar.close()
     module.train()
-    return float((pred == y).mean())
+    return float((np.concatenate(preds) == y).mean())
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
@@ -101,10 +106,10 @@ class EpochRunner:
     """One pass of distillation over the training split (shared by fine-tuning and its
     quantization-aware epochs)."""
 
-    def __init__(self, model, module, optimizer, teacher_sess, teacher_input, x, y, train,
+    def __init__(self, model, module, optimizer, objective: losses.Objective, x, y, train,
                  opts: FinetuneOptions, data: DataOptions, dist, log):
         self.model, self.module, self.optimizer = model, module, optimizer
-        self.teacher_sess, self.teacher_input = teacher_sess, teacher_input
+        self.objective = objective
         self.x, self.y, self.train = x, y, train
         self.opts, self.data, self.dist, self.log = opts, data, dist, log
         self.steps = max(1, len(train) // opts.batch)
@@ -117,18 +122,21 @@ class EpochRunner:
         per_rank = opts.batch // dist.world
         epoch_rng = np.random.default_rng([opts.seed, epoch])
         perm = self.train[epoch_rng.permutation(len(self.train))]
-        seen, t0, losses = 0, time.perf_counter(), []
+        history = []
+        bar = progress.bar(self.steps * opts.batch, f"{label} {epoch + 1}",
+                           quiet=opts.quiet or not dist.main)
         for step in range(self.steps):
             batch_idx = perm[step * opts.batch:(step + 1) * opts.batch]
             xb = augment(self.x[batch_idx], self.data, epoch_rng)
-            teacher_logits = self.teacher_sess.run(None, {self.teacher_input: xb})[0]
+            targets = self.objective.targets(xb)
             mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             labels = None if self.y is None else torch.from_numpy(self.y[batch_idx][mine])
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            loss = distillation_loss(self.model(torch.from_numpy(xb[mine])),
-                                     torch.from_numpy(teacher_logits[mine]), labels, opts)
+            loss = self.objective.loss(self.model, module, torch.from_numpy(xb[mine]),
+                                       [t[mine] for t in targets], labels)
             if not torch.isfinite(loss):
+                bar.close()
                 module.load_state_dict(good_state)
                 if dist.main:
                     save_model(module.export(), output)
@@ -140,13 +148,10 @@ class EpochRunner:
             if opts.clip_grad:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip_grad)
             self.optimizer.step()
-            losses.append(loss.item())
-            seen += len(batch_idx)
-            if dist.main and (step % 20 == 0 or step == self.steps - 1):
-                rate = seen / (time.perf_counter() - t0)
-                self.log(f"{label} {epoch + 1} step {step + 1}/{self.steps} "
-                         f"loss {np.mean(losses[-20:]):.4f} {rate:.0f} img/s")
-        return losses
+            history.append(loss.item())
+            bar.update(len(batch_idx), loss=f"{np.mean(history[-20:]):.4g}")
+        bar.close()
+        return history
 
 
 def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
@@ -158,18 +163,18 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if opts.threads:
         torch.set_num_threads(opts.threads)
     output = Path(output)
+    say = (lambda text: None) if opts.quiet or not dist.main else log
     student_model = load_model(compressed)
-    teacher_sess = session(load_model(teacher))
-    teacher_input = teacher_sess.get_inputs()[0].name
+    module = import_model(student_model, str(compressed))  # unmappable ops: refused here
     x, y = load_data(data_path, data)
-    rng = np.random.default_rng(opts.seed)
-    order = rng.permutation(len(x))
-    n_val = int(len(x) * opts.val_fraction) if y is not None else 0
-    val, train = order[:n_val], order[n_val:]
     if opts.batch % dist.world:
         raise ModelError(f"--batch {opts.batch} must be a multiple of the {dist.world} "
                          "torchrun processes")
-    module = import_model(student_model)
+    objective = losses.plan(opts, student_model, load_model(teacher), module, x, say)
+    rng = np.random.default_rng(opts.seed)
+    order = rng.permutation(len(x))
+    n_val = int(len(x) * opts.val_fraction) if y is not None and objective.classifier else 0
+    val, train = order[:n_val], order[n_val:]
     model = dist.wrap(module)
     optimizer = torch.optim.SGD(module.parameters(), lr=opts.lr, momentum=opts.momentum,
                                 weight_decay=opts.weight_decay)
@@ -188,25 +193,26 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])
         best_state = state.get("best")
-        log(f"resumed from {ckpt} at epoch {start_epoch}")
+        say(f"resumed from {ckpt} at epoch {start_epoch}")
     good_state = {k: v.clone() for k, v in module.state_dict().items()}
     history = []
-    run = EpochRunner(model, module, optimizer, teacher_sess, teacher_input, x, y, train,
-                      opts, data, dist, log)
+    run = EpochRunner(model, module, optimizer, objective, x, y, train, opts, data, dist, say)
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
-        losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
+        step_losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
             opts, e * steps_per_epoch + step, total), good_state, output)
         good_state = {k: v.clone() for k, v in module.state_dict().items()}
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+        record = {"epoch": epoch + 1, "loss": float(np.mean(step_losses)),
                   "seconds": time.perf_counter() - t0}
         if n_val:
-            record["val_accuracy"] = accuracy(module, x[val], y[val])
+            record["val_accuracy"] = accuracy(module, x[val], y[val], quiet=opts.quiet)
             if record["val_accuracy"] > best_acc:
                 best_acc, best_state = record["val_accuracy"], good_state
         history.append(record)
         if dist.main:
-            log(f"epoch {epoch + 1} done: {record}")
+            say(f"epoch {epoch + 1}/{opts.epochs}: loss {record['loss']:.4g}, "
+                f"{record['seconds']:.1f} s"
+                + (f", held-out accuracy {record['val_accuracy']:.4f}" if n_val else ""))
             ckpt_dir.mkdir(exist_ok=True)
             state = {"module": good_state, "optimizer": optimizer.state_dict(),
                      "epoch": epoch + 1, "best_acc": best_acc, "best": best_state}
@@ -215,7 +221,8 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         dist.barrier()
     if best_state is not None:
         module.load_state_dict(best_state)
-    result = {"history": history, "best_val_accuracy": best_acc if n_val else None}
+    result = {"history": history, "best_val_accuracy": best_acc if n_val else None,
+              "loss": objective.describe()}
     if quantize is not None and quantize.active:
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs
 
