@@ -15,11 +15,11 @@ class _Silent:
 
 
 class _Bar:
-    def __init__(self, total: int, desc: str, unit: str, stream):
+    def __init__(self, total: int, desc: str, unit: str, stream, **options):
         from tqdm import tqdm
 
         self.bar = tqdm(total=total, desc=desc, unit=unit, file=stream, leave=False,
-                        dynamic_ncols=True, unit_scale=True)
+                        dynamic_ncols=True, **options)
 
     def update(self, n: int = 1, **postfix) -> None:
         if postfix:
@@ -35,10 +35,12 @@ def interactive(stream=None) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-def bar(total: int, desc: str, unit: str = "img", quiet: bool = False, stream=None):
+def bar(total: int, desc: str, unit: str = "img", quiet: bool = False, stream=None,
+        **options):
     """A progress bar over ``total`` units, or a silent stand-in (quiet, or not a
-    terminal). ``update(n, **postfix)`` advances it; ``close()`` removes it."""
+    terminal). ``update(n, **postfix)`` advances it; ``close()`` removes it; ``options``
+    go to tqdm."""
     stream = stream or sys.stderr
     if quiet or not interactive(stream):
         return _Silent()
-    return _Bar(total, desc, unit, stream)
+    return _Bar(total, desc, unit, stream, **options)
