@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ModelError
 from ..graph.io import load_model, save_model
@@ -49,13 +48,6 @@ def learning_rate(opts: FinetuneOptions, step: int, total: int) -> float:
     if opts.schedule == "step":  # x0.1 at half and three quarters, as the authors did
         return opts.lr * (0.1 ** (int(step >= total / 2) + int(step >= 3 * total / 4)))
     return opts.lr
-
-
-def distillation_loss(student, teacher, labels, opts: FinetuneOptions):
-    kd = losses.kd_loss(student, teacher, opts.temperature)
-    if labels is None:
-        return kd
-    return opts.label_weight * F.cross_entropy(student, labels) + (1 - opts.label_weight) * kd
 
 
 class Distributed:
