@@ -28,6 +28,7 @@ from ..options import FinetuneOptions
 from ..runtime.ort import session
 
 SAMPLE = 256
+CHUNK = 32
 
 
 def looks_like_logits(outputs: list[np.ndarray]) -> bool:
@@ -120,7 +121,7 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
     outputs = [o.name for o in teacher.graph.output]
     sample = np.ascontiguousarray(x[:SAMPLE])
     plain = session(teacher)
-    first = plain.run(None, {plain.get_inputs()[0].name: sample})
+    first = plain.run(None, {plain.get_inputs()[0].name: sample[:2]})
     classifier = looks_like_logits(first)
     kind = opts.loss
     if kind == "auto":
@@ -131,31 +132,42 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
                          "use --loss mse or features")
     objective = Objective(kind, opts, outputs, classifier=classifier, teacher=plain)
     if kind == "mse":
-        objective.variances = [_variance(v) for v in first]
+        objective.variances = _variances(objective, sample, 0)
     elif kind == "features":
         names = feature_names(student, teacher)
         objective.teacher = session(with_outputs(teacher, names))
-        targets = objective.targets(sample)[len(outputs):]
+        targets = objective.targets(sample[:2])[len(outputs):]
         module.capture = set(names)
         with torch.no_grad():
             module(torch.from_numpy(sample[:2]))
-        kept = [(n, t) for n, t in zip(names, targets, strict=True)
-                if tuple(module.captured[n].shape[1:]) == t.shape[1:]]
+        kept = [n for n, t in zip(names, targets, strict=True)
+                if tuple(module.captured[n].shape) == t.shape]
         if len(kept) < len(names):
             log(f"--loss features: {len(names) - len(kept)} Conv output(s) differ in shape "
                 "between student and teacher (pruned channels) and are not matched")
         if not kept:
             raise ModelError("--loss features: no compressed Conv output has the same shape "
                              "in student and teacher; use --loss mse")
-        objective.features = [n for n, _ in kept]
-        objective.variances = [_variance(t) for _, t in kept]
-        module.capture = set(objective.features)
-        objective.teacher = session(with_outputs(teacher, objective.features))
+        objective.features = kept
+        module.capture = set(kept)
+        objective.teacher = session(with_outputs(teacher, kept))
+        objective.variances = _variances(objective, sample, len(outputs))
     note = " (auto: one 2-D logits output)" if opts.loss == "auto" and kind == "kd" else \
         " (auto: not a single 2-D logits output)" if opts.loss == "auto" else ""
     log(f"loss: {objective.describe()}{note}")
     return objective
 
 
-def _variance(v: np.ndarray) -> float:
-    return max(float(np.var(v, dtype=np.float64)), 1e-12)
+def _variances(objective: Objective, x: np.ndarray, first: int) -> list[float]:
+    """Variance of each teacher target from index ``first`` on, over ``x``, accumulated
+    chunk by chunk in float64 (feature maps of many images need not fit at once)."""
+    count, total, squares = 0, None, None
+    for i in range(0, len(x), CHUNK):
+        targets = [t.astype(np.float64) for t in objective.targets(x[i:i + CHUNK])[first:]]
+        sums = np.array([t.sum() for t in targets])
+        sq = np.array([(t * t).sum() for t in targets])
+        total = sums if total is None else total + sums
+        squares = sq if squares is None else squares + sq
+        count += np.array([t.size for t in targets])
+    mean = total / count
+    return [max(float(v), 1e-12) for v in squares / count - mean * mean]
