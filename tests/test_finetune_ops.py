@@ -227,6 +227,12 @@ def test_shape_operators():
     _one("Pad", {"x": x}, {"p": np.array([0, 0, 1, 2, 0, 0, 2, 1], np.int64)}, mode="edge")
     for op in ("ReduceMax", "ReduceMean", "ReduceL2", "ReduceLogSumExp", "ReduceProd"):
         _one(op, {"x": x}, {"ax": np.array([1, -1], np.int64)}, opset=18, keepdims=0)
+    _one("ScatterND", {"x": x}, {"i": np.array([[1, 2], [0, -1]], np.int64),
+                                  "u": _x(2, 4, 4, seed=3)})
+    _one("ScatterND", {"x": x}, {"i": np.array([[1], [1], [0]], np.int64),
+                                  "u": _x(3, 6, 4, 4, seed=3)}, opset=18, reduction="add")
+    _one("ScatterElements", {"x": x}, {"i": np.array([[[[0, 5, -1, 2]]]], np.int64),
+                                        "u": _x(1, 1, 1, 4, seed=3)}, axis=1)
     _one("Softmax", {"x": x}, opset=11, axis=1)
     _one("Softmax", {"x": x}, opset=13, axis=1)
 

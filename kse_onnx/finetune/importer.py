@@ -5,7 +5,10 @@ the graph from its own modules, so the trained values cannot be written back int
 *same* graph, and it fails on the dynamo exporter's opsets and on ``Identity``-merged
 biases (data.md). Here every node runs as the matching torch op in graph order, and
 every float initializer is a parameter (or a fixed buffer) keyed by its ONNX name, so
-export is "write the tensors back": structure unchanged by construction.
+export is "write the tensors back": structure unchanged by construction. A node that
+:mod:`.ops` cannot compute exactly as onnxruntime does (an unknown operator, or a setting
+such as Resize ``mode=cubic``) is refused when the model is imported, every such node
+listed in one error, never at a later forward pass.
 
 Sharing: the weight of each Conv that kse-onnx compressed (listed in the model's
 metadata) is re-expressed as ``W = table[codes]`` with ``table`` its distinct kernels:

@@ -441,6 +441,39 @@ def _cumsum(args, a):
     return y.flip(axis) if a.get("reverse", 0) else y
 
 
+_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
+
+
+def scatter_nd(args, a):
+    """``out = data``; ``out[indices[i]] (op)= updates[i]`` over the index tuples (the last
+    axis of ``indices`` indexes the first axes of ``data``)."""
+    data, idx, updates = args[0], args[1].long(), args[2]
+    k = idx.shape[-1]
+    lead = torch.tensor(data.shape[:k], dtype=torch.long)
+    idx = idx.reshape(-1, k)
+    idx = torch.where(idx < 0, idx + lead, idx)
+    strides = torch.tensor([math.prod(data.shape[i + 1:k]) for i in range(k)],
+                           dtype=torch.long)
+    rows = (idx * strides).sum(1)
+    flat = data.reshape(-1, *data.shape[k:])
+    values = updates.reshape(len(rows), *data.shape[k:])
+    reduction = _text(a.get("reduction"), "none")
+    if reduction == "none":
+        return flat.index_put((rows,), values).reshape(data.shape)
+    index = rows.reshape(-1, *[1] * (flat.dim() - 1)).expand_as(values)
+    return flat.scatter_reduce(0, index, values, _REDUCE[reduction]).reshape(data.shape)
+
+
+def scatter_elements(args, a):
+    data, updates = args[0], args[2]
+    axis = a.get("axis", 0) % data.dim()
+    index = _index(args[1], data.shape[axis])
+    reduction = _text(a.get("reduction"), "none")
+    if reduction == "none":
+        return data.scatter(axis, index, updates)
+    return data.scatter_reduce(axis, index, updates, _REDUCE[reduction])
+
+
 def variadic(fn):
     return lambda x, a: functools.reduce(fn, x)
 
@@ -490,7 +523,8 @@ OPS = {
     "Xor": lambda x, a: x[0] ^ x[1],
     "Where": lambda x, a: torch.where(x[0].bool(), x[1], x[2]),
     "Concat": lambda x, a: torch.cat(list(x), a["axis"]), "Split": split,
-    "Gather": gather, "GatherElements": gather_elements,
+    "Gather": gather, "GatherElements": gather_elements, "ScatterND": scatter_nd,
+    "ScatterElements": scatter_elements,
     "Reshape": reshape, "Flatten": flatten, "Expand": _expand,
     "Tile": lambda x, a: x[0].repeat(*_ints(x[1])),
     "Transpose": lambda x, a: x[0].permute(a.get("perm", list(reversed(range(x[0].dim()))))),
