@@ -233,6 +233,9 @@ def test_shape_operators():
                                   "u": _x(3, 6, 4, 4, seed=3)}, opset=18, reduction="add")
     _one("ScatterElements", {"x": x}, {"i": np.array([[[[0, 5, -1, 2]]]], np.int64),
                                         "u": _x(1, 1, 1, 4, seed=3)}, axis=1)
+    _one("GatherND", {"x": x}, {"i": np.array([[1, 2], [0, -1], [1, 0]], np.int64)})
+    _one("GatherND", {"x": x}, {"i": np.array([[[3], [0]], [[1], [1]]], np.int64)},
+         batch_dims=1)
     _one("Softmax", {"x": x}, opset=11, axis=1)
     _one("Softmax", {"x": x}, opset=13, axis=1)
 

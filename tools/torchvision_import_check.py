@@ -79,7 +79,7 @@ def _builders():
         "densenet121": cls("densenet121"), "mnasnet0_5": cls("mnasnet0_5"),
         "googlenet": cls("googlenet", aux_logits=False, init_weights=False),
         "inception_v3": cls("inception_v3", 299, aux_logits=False, init_weights=False),
-        "vgg11_bn": cls("vgg11_bn"), "alexnet": cls("alexnet", 224),
+        "vgg11_bn": cls("vgg11_bn", 224), "alexnet": cls("alexnet", 224),
         "convnext_tiny": cls("convnext_tiny"), "efficientnet_v2_s": cls("efficientnet_v2_s"),
         "vit_b_16": cls("vit_b_16", 224), "swin_t": cls("swin_t", 224),
         "maxvit_t": cls("maxvit_t", 224),

@@ -441,6 +441,25 @@ def _cumsum(args, a):
     return y.flip(axis) if a.get("reverse", 0) else y
 
 
+def gather_nd(args, a):
+    """``out[b..., i...] = data[b..., indices[b..., i..., :]]`` with ``batch_dims`` leading
+    axes shared by data and indices."""
+    data, idx = args[0], args[1].long()
+    b, k = a.get("batch_dims", 0), idx.shape[-1]
+    batch = data.shape[:b]
+    n = math.prod(batch)
+    d = data.reshape(n, *data.shape[b:])
+    i = idx.reshape(n, -1, k)
+    lead = torch.tensor(d.shape[1:1 + k], dtype=torch.long)
+    i = torch.where(i < 0, i + lead, i)
+    strides = torch.tensor([math.prod(d.shape[2 + j:1 + k]) for j in range(k)],
+                           dtype=torch.long)
+    rows = (i * strides).sum(-1)
+    flat = d.reshape(n, -1, *d.shape[1 + k:])
+    out = flat[torch.arange(n).unsqueeze(1), rows]
+    return out.reshape(*batch, *idx.shape[b:-1], *d.shape[1 + k:])
+
+
 _REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
 
@@ -524,6 +543,7 @@ OPS = {
     "Where": lambda x, a: torch.where(x[0].bool(), x[1], x[2]),
     "Concat": lambda x, a: torch.cat(list(x), a["axis"]), "Split": split,
     "Gather": gather, "GatherElements": gather_elements, "ScatterND": scatter_nd,
+    "GatherND": gather_nd,
     "ScatterElements": scatter_elements,
     "Reshape": reshape, "Flatten": flatten, "Expand": _expand,
     "Tile": lambda x, a: x[0].repeat(*_ints(x[1])),
