@@ -184,6 +184,7 @@ def verdict(row, lowerings) -> str:
 
 def main(argv=None) -> int:
     torch.set_num_threads(1)
+    torch.backends.mha.set_fastpath_enabled(False)  # the legacy exporter cannot export it
     builders = _builders()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--opsets", default="13,17", help="comma-separated opsets (18+: dynamo)")
