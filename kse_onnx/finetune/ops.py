@@ -275,7 +275,10 @@ def split(args, a):
     axis = a.get("axis", 0) % x.dim()
     sizes = _ints(args[1]) if _given(args, 1) else list(a.get("split", []))
     if not sizes:
-        parts = a.get("num_outputs") or a["_outputs"]
+        parts = a.get("num_outputs") or a.get("_outputs")
+        if not parts:
+            raise ValueError("Split without sizes: build its attributes with "
+                             "ops.attributes(node, opset), which records the output count")
         length = x.shape[axis]
         chunk = -(-length // parts)
         sizes = [min(chunk, length - i * chunk) for i in range(parts)]
