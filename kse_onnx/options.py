@@ -291,6 +291,7 @@ class QuantizeOptions:
 
 
 SCHEDULES = ("cosine", "step", "constant")
+LOSSES = ("auto", "kd", "mse", "features")
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,12 @@ class FinetuneOptions:
                               "int8 shared kernels) when the INT8 model loses more than "
                               "0.3 point on the held-out split (0 = never)")
     qat_lr: float = _opt(0.001, "learning rate of the quantization-aware epochs (constant)")
+    loss: str = _opt("auto", "what the student matches: 'kd' (softened classifier logits), "
+                             "'mse' (every output, each divided by the teacher's variance), "
+                             "'features' (the compressed Convs' outputs, likewise; any model "
+                             "type, no labels); 'auto' = kd for one 2-D logits output, else "
+                             "mse", choices=LOSSES)
+    quiet: bool = _opt(False, "no progress bar and no per-epoch lines on stderr")
 
     def __post_init__(self) -> None:
         for name, low in (("epochs", 1), ("batch", 1), ("seed", 0), ("threads", 0),
@@ -356,6 +363,7 @@ class FinetuneOptions:
                 raise OptionError(f"--{name.replace('_', '-')}",
                                   f"out of range: {getattr(self, name)!r}")
         _check_choice("--schedule", self.schedule, SCHEDULES)
+        _check_choice("--loss", self.loss, LOSSES)
 
 
 @dataclass(frozen=True)

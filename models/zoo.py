@@ -229,6 +229,106 @@ class FmnistVGG(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+class ConvBnSiLU(nn.Sequential):
+    """Conv-BN-SiLU, the YOLO unit (SiLU exports as Sigmoid * x)."""
+
+    def __init__(self, c_in, c_out, k=1, stride=1):
+        super().__init__(nn.Conv2d(c_in, c_out, k, stride, k // 2, bias=False),
+                         nn.BatchNorm2d(c_out), nn.SiLU())
+
+
+class C2f(nn.Module):
+    """YOLOv8's CSP block: split the channels in two (Split), run residual bottlenecks on
+    the second half, concatenate every partial result."""
+
+    def __init__(self, c_in, c_out, n=1):
+        super().__init__()
+        self.c = c_out // 2
+        self.cv1 = ConvBnSiLU(c_in, 2 * self.c)
+        self.m = nn.ModuleList(nn.Sequential(ConvBnSiLU(self.c, self.c, 3),
+                                             ConvBnSiLU(self.c, self.c, 3)) for _ in range(n))
+        self.cv2 = ConvBnSiLU((2 + n) * self.c, c_out)
+
+    def forward(self, x):
+        y = list(self.cv1(x).chunk(2, 1))
+        for m in self.m:
+            y.append(y[-1] + m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+class SPPF(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.cv1 = ConvBnSiLU(c_in, c_in // 2)
+        self.pool = nn.MaxPool2d(5, 1, 2)
+        self.cv2 = ConvBnSiLU(c_in * 2, c_out)
+
+    def forward(self, x):
+        x = self.cv1(x)
+        y1 = self.pool(x)
+        y2 = self.pool(y1)
+        return self.cv2(torch.cat([x, y1, y2, self.pool(y2)], 1))
+
+
+class TinyYOLO(nn.Module):
+    """A small YOLO-style detector on 3x64x64: C2f backbone, SPPF, an FPN/PAN neck
+    (nearest 2x upsampling, Concat) and two anchor heads reshaped to (batch, boxes, 5 + classes)
+    with sigmoid scores and ``2 sigmoid - 0.5`` box offsets."""
+
+    def __init__(self, classes: int = 4, anchors: int = 3):
+        super().__init__()
+        self.no, self.na = 5 + classes, anchors
+        self.stem = ConvBnSiLU(3, 16, 3, 2)
+        self.p3 = nn.Sequential(ConvBnSiLU(16, 32, 3, 2), C2f(32, 32))
+        self.p4 = nn.Sequential(ConvBnSiLU(32, 64, 3, 2), C2f(64, 64), SPPF(64, 64))
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.top_down = C2f(96, 32)
+        self.down = ConvBnSiLU(32, 32, 3, 2)
+        self.bottom_up = C2f(96, 64)
+        self.heads = nn.ModuleList(nn.Conv2d(c, self.na * self.no, 1) for c in (32, 64))
+
+    def _head(self, i, x):
+        b, _, h, w = x.shape
+        y = self.heads[i](x).reshape(b, self.na, self.no, h, w).permute(0, 1, 3, 4, 2)
+        y = torch.sigmoid(y)
+        xy, rest = y.split([2, self.no - 2], dim=-1)
+        return torch.cat([xy * 2 - 0.5, rest], -1).reshape(b, -1, self.no)
+
+    def forward(self, x):
+        p3 = self.p3(self.stem(x))
+        p4 = self.p4(p3)
+        n3 = self.top_down(torch.cat([self.up(p4), p3], 1))
+        n4 = self.bottom_up(torch.cat([self.down(n3), p4], 1))
+        return torch.cat([self._head(0, n3), self._head(1, n4)], 1)
+
+
+def _double_conv(c_in, c_out):
+    return nn.Sequential(*_conv_bn_relu(c_in, c_out), *_conv_bn_relu(c_out, c_out))
+
+
+class TinyUNet(nn.Module):
+    """A small U-Net on 3x32x32: two poolings, a ConvTranspose and a bilinear
+    (align_corners=False) upsampling on the way up, Concat skip connections, per-pixel
+    logits of 3 classes."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.enc1, self.enc2, self.mid = _double_conv(3, 16), _double_conv(16, 32), \
+            _double_conv(32, 64)
+        self.up2 = nn.ConvTranspose2d(64, 32, 2, stride=2)
+        self.dec2 = _double_conv(64, 32)
+        self.up1 = nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"),
+                                 nn.Conv2d(32, 16, 1))
+        self.dec1 = _double_conv(32, 16)
+        self.out = nn.Conv2d(16, classes, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(F.max_pool2d(e1, 2))
+        m = self.mid(F.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.out(d1)
 
 
 BUILDERS = {
@@ -239,10 +339,13 @@ BUILDERS = {
     "mobilenetv2": (MobileNetV2, IMAGENET),
     "resnet50": (ResNet50, IMAGENET),
     "small_cnn": (SmallCNN, (1, 28, 28)),
+    "yolo_tiny": (TinyYOLO, (3, 64, 64)),
+    "unet_tiny": (TinyUNet, (3, 32, 32)),
 }
 NAMES = tuple(BUILDERS)
 CONV_COUNTS = {"resnet20_cifar": 19, "resnet56_cifar": 55, "vgg16_bn_cifar": 13,
-               "densenet40_cifar": 39, "mobilenetv2": 52, "resnet50": 53, "small_cnn": 4}
+               "densenet40_cifar": 39, "mobilenetv2": 52, "resnet50": 53, "small_cnn": 4,
+               "yolo_tiny": 24, "unet_tiny": 12}
 
 
 def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
@@ -253,7 +356,7 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
                 fan_in = module.weight[0].numel()
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen)
                                     * (2.0 / fan_in) ** 0.5)

@@ -66,8 +66,11 @@ class GraphBuilder:
         b = self.const(np.zeros(classes, np.float32))
         return self.op("Gemm", [flat, w, b], transB=1)
 
-    def model(self, output: str, opset: int = 17) -> onnx.ModelProto:
-        out = helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", 10])
+    def silu(self, x: str) -> str:
+        return self.op("Mul", [x, self.op("Sigmoid", [x])])
+
+    def model(self, output: str, opset: int = 17, shape=("batch", 10)) -> onnx.ModelProto:
+        out = helper.make_tensor_value_info(output, TensorProto.FLOAT, list(shape))
         graph = helper.make_graph(self.nodes, "test", [self.input], [out], self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         model.ir_version = 8
@@ -189,3 +192,41 @@ def folded_resnet(width: int = 16, hw: int = 8, seed: int = 0) -> onnx.ModelProt
     shortcut = b.conv(x, width, wide, k=1, stride=2)
     x = b.relu(b.op("Add", [shortcut, y]))
     return b.model(b.head(x, wide))
+def tiny_unet(hw: int = 16, seed: int = 0, opset: int = 17):
+    """Encoder conv, 2x2 max pooling, a ConvTranspose and a linear (pytorch_half_pixel)
+    Resize back up, Concat skip connection, per-pixel logits of 3 classes."""
+    b = GraphBuilder(3, hw, seed)
+    e1 = b.relu(b.conv(b.input.name, 3, 16))
+    e2 = b.relu(b.bn(b.conv(e1, 16, 16), 16))
+    pooled = b.op("MaxPool", [e2], kernel_shape=[2, 2], strides=[2, 2])
+    mid = b.relu(b.bn(b.conv(pooled, 16, 32), 32))
+    w = (b.rng.standard_normal((32, 8, 2, 2)) * 0.25).astype(np.float32)
+    up1 = b.op("ConvTranspose", [mid, b.const(w)], kernel_shape=[2, 2], strides=[2, 2])
+    scales = b.const(np.array([1, 1, 2, 2], np.float32))
+    up2 = b.op("Resize", [b.conv(mid, 32, 8, k=1), "", scales], mode="linear",
+               coordinate_transformation_mode="pytorch_half_pixel")
+    x = b.op("Concat", [up1, up2, e2], axis=1)
+    x = b.relu(b.bn(b.conv(x, 32, 16), 16))
+    return b.model(b.conv(x, 16, 3, k=1), opset, ("batch", 3, hw, hw))
+
+
+def tiny_detector(hw: int = 16, seed: int = 0, opset: int = 17, anchors: int = 3,
+                  fields: int = 6):
+    """YOLO-style: Conv-SiLU (Sigmoid * x), a Split/Concat block, nearest 2x Resize and
+    Concat, a 1x1 head reshaped and transposed to (batch, boxes, fields), sigmoid."""
+    b = GraphBuilder(3, hw, seed)
+    c1 = b.silu(b.conv(b.input.name, 3, 16, stride=2))
+    c2 = b.silu(b.bn(b.conv(c1, 16, 32, stride=2), 32))
+    half = b.const(np.array([16, 16], np.int64))
+    left, right = f"{c2}_a", f"{c2}_b"
+    b.nodes.append(helper.make_node("Split", [c2, half], [left, right], name="split", axis=1))
+    x = b.op("Concat", [left, b.silu(b.bn(b.conv(right, 16, 16), 16))], axis=1)
+    up = b.op("Resize", [x, "", b.const(np.array([1, 1, 2, 2], np.float32))],
+              mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    x = b.silu(b.bn(b.conv(b.op("Concat", [up, c1], axis=1), 48, 32), 32))
+    head = b.conv(x, 32, anchors * fields, k=1)
+    cells = (hw // 2) ** 2
+    y = b.op("Reshape", [head, b.const(np.array([0, anchors, fields, cells], np.int64))])
+    y = b.op("Transpose", [y], perm=[0, 1, 3, 2])
+    y = b.op("Reshape", [y, b.const(np.array([0, -1, fields], np.int64))])
+    return b.model(b.op("Sigmoid", [y]), opset, ("batch", anchors * cells, fields))

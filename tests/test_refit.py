@@ -55,11 +55,11 @@ def test_least_squares_recovers_a_weight_its_codes_can_represent():
     weight = rng.standard_normal((16, 8, 3, 3)).astype(np.float32)
     plan = plan_layer(weight, KSEOptions(G=4))
     node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
-    truth = SharedConv(node, plan, rng.standard_normal(16).astype(np.float32))
+    truth = SharedConv(node, plan, rng.standard_normal(16).astype(np.float32), 17)
     truth.kernels = rng.standard_normal(truth.kernels.shape)
     x = torch.from_numpy(rng.standard_normal((32, 8, 6, 6)).astype(np.float32))
     target = truth.forward(x)
-    fit = SharedConv(node, plan, None)
+    fit = SharedConv(node, plan, None, 17)
     solution = fit.least_squares(x, target, damping=1e-9)
     assert solution.objective_after < 1e-8 * solution.objective_before
     np.testing.assert_allclose(fit.kernels, truth.kernels, atol=1e-5)

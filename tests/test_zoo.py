@@ -1,4 +1,5 @@
-"""Zoo models x lowerings: optimize, check, run, and verify exactness; plus the KSE
+"""Zoo models x lowerings: optimize, check, run, and verify exactness; the fine-tuning
+importer equals onnxruntime on each model before and after optimize; plus the KSE
 authors' trained ResNet-56 against the counts of docs/algorithm.md, section 7."""
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ torch = pytest.importorskip("torch")
 
 from graphs import photo_batch  # noqa: E402
 from kse_onnx.api import optimize, score  # noqa: E402
+from kse_onnx.finetune.importer import import_model  # noqa: E402
 from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
+from kse_onnx.runtime.ort import session  # noqa: E402
 from kse_onnx.verify import verify  # noqa: E402
 from models.export import conv_count, export, max_abs_diff  # noqa: E402
 from models.zoo import CONV_COUNTS, build, load_kse_resnet56  # noqa: E402
 from shared_data import shared_file  # noqa: E402
 
-FAST = ["small_cnn", "resnet20_cifar", "densenet40_cifar", "mobilenetv2"]
+FAST = ["small_cnn", "resnet20_cifar", "densenet40_cifar", "mobilenetv2", "yolo_tiny",
+        "unet_tiny"]
 SLOW = ["resnet56_cifar", "vgg16_bn_cifar", "resnet50"]
 LOWERINGS = ["dense", "compact", "factored"]
 
@@ -52,6 +56,7 @@ def _scale(model, shape):
 def _check(zoo_dir, name, opset, lowering):
     src = _export(zoo_dir, name, opset)
     dst = zoo_dir / f"{name}_op{opset}_{lowering}.onnx"
+    dst.unlink(missing_ok=True)
     report = optimize(src, dst, KSEOptions(G=5, T=1), lower_options=LowerOptions(lowering))
     assert sum(layer.status == "compressed" for layer in report.layers) > 0
     onnx.checker.check_model(onnx.load(dst), full_check=True)
@@ -69,9 +74,47 @@ def test_zoo_model(zoo_dir, name, lowering):
     _check(zoo_dir, name, 17, lowering)
 
 
-@pytest.mark.parametrize("name", ["resnet20_cifar", "mobilenetv2"])
+@pytest.mark.parametrize("name", ["resnet20_cifar", "mobilenetv2", "yolo_tiny", "unet_tiny"])
 def test_zoo_model_opset13(zoo_dir, name):
     _check(zoo_dir, name, 13, "dense")
+
+
+def _importer_error(path, batch=2, seed=0) -> float:
+    """Relative error ||torch - onnxruntime|| / ||onnxruntime|| of the imported model on
+    random inputs."""
+    model = onnx.load(path)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(seed).standard_normal((batch, *shape[1:])).astype(np.float32)
+    want = session(model).run(None, {model.graph.input[0].name: x})[0].astype(np.float64)
+    with torch.no_grad():
+        got = import_model(model)(torch.from_numpy(x)).numpy().astype(np.float64)
+    assert got.shape == want.shape and np.isfinite(got).all()
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def _optimized(zoo_dir, name, opset, lowering):
+    dst = zoo_dir / f"{name}_op{opset}_{lowering}.onnx"
+    if not dst.exists():
+        _check(zoo_dir, name, opset, lowering)
+    return dst
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+@pytest.mark.parametrize("name", FAST)
+def test_importer_equals_onnxruntime(zoo_dir, name, opset):
+    """The fine-tuning importer computes what onnxruntime computes, on the exported model
+    and on its optimized forms (dense, compact codebook, factored)."""
+    assert _importer_error(_export(zoo_dir, name, opset)) < 1e-4
+    for lowering in LOWERINGS if opset == 17 else ["dense"]:
+        assert _importer_error(_optimized(zoo_dir, name, opset, lowering)) < 1e-4, lowering
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_importer_equals_onnxruntime_large(zoo_dir, name):
+    assert _importer_error(_export(zoo_dir, name, 17)) < 1e-4
+    for lowering in LOWERINGS:
+        assert _importer_error(_optimized(zoo_dir, name, 17, lowering)) < 1e-4, lowering
 
 
 def test_mobilenet_depthwise_left_alone(zoo_dir):

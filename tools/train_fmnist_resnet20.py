@@ -110,8 +110,8 @@ def main() -> None:
         proto = export(model, (1, 28, 28), 17)
     onnx.save(proto, args.out)
     diff = max_abs_diff(model, proto, (1, 28, 28))
-    result = {"arch": args.arch, "test_accuracy": acc, "epochs": args.epochs, "seconds": round(time.time() - start),
-              "max_abs_diff_torch_onnxruntime": diff}
+    result = {"arch": args.arch, "test_accuracy": acc, "epochs": args.epochs,
+              "seconds": round(time.time() - start), "max_abs_diff_torch_onnxruntime": diff}
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}: {result}")
 

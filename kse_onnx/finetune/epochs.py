@@ -1,24 +1,20 @@
-"""One epoch of distillation, shared by fine-tuning (:mod:`.train`) and its
-quantization-aware epochs (:mod:`.qat`), with the pieces it needs: augmentation, the loss
-and held-out accuracy.
-
-Loss per batch: ``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)``
-(distillation only when there are no labels), the teacher run by onnxruntime on the same
-augmented batch.
+"""One epoch of training, shared by fine-tuning (:mod:`.train`) and its quantization-aware
+epochs (:mod:`.qat`), with the pieces it needs: augmentation and held-out accuracy. The
+loss is the objective of :mod:`.losses` (``--loss``); progress shows as a bar on a
+terminal, one line per epoch in logs (:mod:`.progress`).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import ModelError
 from ..graph.io import save_model
 from ..options import DataOptions, FinetuneOptions
+from . import losses, progress
 
 
 def augment(x: np.ndarray, data: DataOptions, rng: np.random.Generator) -> np.ndarray:
@@ -35,32 +31,28 @@ def augment(x: np.ndarray, data: DataOptions, rng: np.random.Generator) -> np.nd
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def distillation_loss(student, teacher, labels, opts: FinetuneOptions):
-    t = opts.temperature
-    kd = F.kl_div(F.log_softmax(student / t, 1), F.softmax(teacher / t, 1),
-                  reduction="batchmean") * t * t
-    if labels is None:
-        return kd
-    return opts.label_weight * F.cross_entropy(student, labels) + (1 - opts.label_weight) * kd
-
-
-def accuracy(module, x, y, batch: int = 512) -> float:
+def accuracy(module, x, y, batch: int = 512, quiet: bool = True) -> float:
     module.eval()
+    bar = progress.bar(len(x), "evaluation", quiet=quiet)
+    preds = []
     with torch.no_grad():
-        pred = np.concatenate([module(torch.from_numpy(x[i:i + batch])).argmax(1).numpy()
-                               for i in range(0, len(x), batch)])
+        for i in range(0, len(x), batch):
+            out = module(torch.from_numpy(x[i:i + batch]))
+            preds.append((out[0] if isinstance(out, tuple) else out).argmax(1).numpy())
+            bar.update(len(preds[-1]))
+    bar.close()
     module.train()
-    return float((pred == y).mean())
+    return float((np.concatenate(preds) == y).mean())
 
 
 class EpochRunner:
     """One pass of distillation over the training split (shared by fine-tuning and its
     quantization-aware epochs)."""
 
-    def __init__(self, model, module, optimizer, teacher_sess, teacher_input, x, y, train,
+    def __init__(self, model, module, optimizer, objective: losses.Objective, x, y, train,
                  opts: FinetuneOptions, data: DataOptions, dist, log):
         self.model, self.module, self.optimizer = model, module, optimizer
-        self.teacher_sess, self.teacher_input = teacher_sess, teacher_input
+        self.objective = objective
         self.x, self.y, self.train = x, y, train
         self.opts, self.data, self.dist, self.log = opts, data, dist, log
         self.steps = max(1, len(train) // opts.batch)
@@ -73,18 +65,21 @@ class EpochRunner:
         per_rank = opts.batch // dist.world
         epoch_rng = np.random.default_rng([opts.seed, epoch])
         perm = self.train[epoch_rng.permutation(len(self.train))]
-        seen, t0, losses = 0, time.perf_counter(), []
+        history = []
+        bar = progress.bar(self.steps * opts.batch, f"{label} {epoch + 1}",
+                           quiet=opts.quiet or not dist.main)
         for step in range(self.steps):
             batch_idx = perm[step * opts.batch:(step + 1) * opts.batch]
             xb = augment(self.x[batch_idx], self.data, epoch_rng)
-            teacher_logits = self.teacher_sess.run(None, {self.teacher_input: xb})[0]
+            targets = self.objective.targets(xb)
             mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             labels = None if self.y is None else torch.from_numpy(self.y[batch_idx][mine])
             for group in self.optimizer.param_groups:
                 group["lr"] = lr_at(step)
-            loss = distillation_loss(self.model(torch.from_numpy(xb[mine])),
-                                     torch.from_numpy(teacher_logits[mine]), labels, opts)
+            loss = self.objective.loss(self.model, module, torch.from_numpy(xb[mine]),
+                                       [t[mine] for t in targets], labels)
             if not torch.isfinite(loss):
+                bar.close()
                 module.load_state_dict(good_state)
                 if dist.main:
                     save_model(module.export(), output)
@@ -96,10 +91,7 @@ class EpochRunner:
             if opts.clip_grad:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), opts.clip_grad)
             self.optimizer.step()
-            losses.append(loss.item())
-            seen += len(batch_idx)
-            if dist.main and (step % 20 == 0 or step == self.steps - 1):
-                rate = seen / (time.perf_counter() - t0)
-                self.log(f"{label} {epoch + 1} step {step + 1}/{self.steps} "
-                         f"loss {np.mean(losses[-20:]):.4f} {rate:.0f} img/s")
-        return losses
+            history.append(loss.item())
+            bar.update(len(batch_idx), loss=f"{np.mean(history[-20:]):.4g}")
+        bar.close()
+        return history

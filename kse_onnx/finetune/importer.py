@@ -5,7 +5,10 @@ the graph from its own modules, so the trained values cannot be written back int
 *same* graph, and it fails on the dynamo exporter's opsets and on ``Identity``-merged
 biases. Here every node runs as the matching torch op in graph order, and
 every float initializer is a parameter (or a fixed buffer) keyed by its ONNX name, so
-export is "write the tensors back": structure unchanged by construction.
+export is "write the tensors back": structure unchanged by construction. A node that
+:mod:`.ops` cannot compute exactly as onnxruntime does (an unknown operator, or a setting
+such as Resize ``mode=cubic``) is refused when the model is imported, every such node
+listed in one error, never at a later forward pass.
 
 Sharing: the weight of each Conv that kse-onnx compressed (listed in the model's
 metadata) is re-expressed as ``W = table[codes]`` with ``table`` its distinct kernels:
@@ -29,6 +32,8 @@ from ..lowering.compact import codebook
 from . import ops
 
 FIXED_SUFFIXES = ("_kse_select",)
+# inputs that are settings, not weights: never trained even when float
+SETTING_INPUTS = {"Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 2, 3), "Clip": (1, 2)}
 
 
 class SharedWeight(nn.Module):
@@ -65,10 +70,13 @@ def fake_int8(w: torch.Tensor) -> torch.Tensor:
 class OnnxModule(nn.Module):
     """Runs an ONNX graph with torch; ``forward(*inputs)`` returns the graph outputs."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, where: str = "model"):
         super().__init__()
         self.model = model
         graph = model.graph
+        self.opset = default_opset(model)
+        self.attrs = [ops.attributes(node, self.opset) for node in graph.node]
+        refuse_unmapped(graph, self.attrs, where)
         settings = settings_of(model) or {}
         compressed = set(settings.get("compressed_layers", []))
         shared = {n.input[1] for n in graph.node if n.op_type == "Conv" and n.name in compressed}
@@ -76,6 +84,8 @@ class OnnxModule(nn.Module):
         # and variance are fixed, its scale and bias train.
         fixed = {n.input[i] for n in graph.node if n.op_type == "BatchNormalization"
                  for i in (3, 4)}
+        fixed |= {n.input[i] for n in graph.node for i in SETTING_INPUTS.get(n.op_type, ())
+                  if i < len(n.input)}
         self.params = nn.ParameterDict()
         self.shared = nn.ModuleDict()
         self._key = {}
@@ -85,15 +95,12 @@ class OnnxModule(nn.Module):
                       init.name in fixed)
         for node in graph.node:
             if node.op_type == "Constant":
-                for attr in node.attribute:
-                    if attr.name == "value":
-                        self._add(node.output[0], numpy_helper.to_array(attr.t),
-                                  node.output[0] in shared, node.output[0] in fixed)
-            elif node.op_type not in ops.OPS:
-                raise ModelError(f"node {node.name!r}: operator {node.op_type} is not "
-                                 "supported by the fine-tuning importer")
+                self._add(node.output[0], constant_value(node), node.output[0] in shared,
+                          node.output[0] in fixed or node.attribute[0].name != "value")
         self.inputs = [i.name for i in graph.input if i.name not in self._key]
         self.outputs = [o.name for o in graph.output]
+        self.capture: set[str] = set()  # inner tensors forward() keeps in self.captured
+        self.captured: dict[str, torch.Tensor] = {}
 
     def _add(self, name: str, value: np.ndarray, shared: bool, fixed: bool) -> None:
         key = f"t{len(self._key)}"
@@ -121,16 +128,16 @@ class OnnxModule(nn.Module):
 
     def forward(self, *inputs: torch.Tensor):
         env: dict[str, torch.Tensor] = dict(zip(self.inputs, inputs, strict=True))
-        for node in self.model.graph.node:
+        for node, attrs in zip(self.model.graph.node, self.attrs, strict=True):
             if node.op_type == "Constant":
                 continue
             args = [None if not name else env[name] if name in env else self.tensor(name)
                     for name in node.input]
-            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             result = ops.OPS[node.op_type](args, attrs)
             results = result if isinstance(result, tuple) else (result,)
             for name, value in zip(node.output, results, strict=False):
                 env[name] = value
+        self.captured = {name: env[name] for name in self.capture}
         out = [env[name] for name in self.outputs]
         return out[0] if len(out) == 1 else tuple(out)
 
@@ -158,10 +165,46 @@ class OnnxModule(nn.Module):
             tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
 
 
-def import_model(path_or_model) -> OnnxModule:
-    """The module of a ModelProto, or of the model at a path (read by the safe loader)."""
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else load_model(
-        path_or_model)
-    return OnnxModule(model)
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (ai.onnx) opset version."""
+    for entry in model.opset_import:
+        if entry.domain in ops.DEFAULT_DOMAINS:
+            return int(entry.version)
+    return 1
+
+
+def constant_value(node: onnx.NodeProto) -> np.ndarray:
+    """The tensor a Constant node holds, whichever attribute carries it."""
+    attr = node.attribute[0]
+    value = onnx.helper.get_attribute_value(attr)
+    if attr.name == "value":
+        return numpy_helper.to_array(value)
+    dtype = np.float32 if attr.name.startswith("value_float") else np.int64
+    return np.array(value, dtype=dtype)
+
+
+def refuse_unmapped(graph: onnx.GraphProto, attrs: list[dict], where: str) -> None:
+    """One ModelError listing every node the importer cannot compute as onnxruntime does
+    (grouped by operator or setting, with the node names), before anything runs."""
+    missing: dict[str, list[str]] = {}
+    for node, node_attrs in zip(graph.node, attrs, strict=True):
+        why = ops.refusal(node, node_attrs)
+        if why is not None:
+            missing.setdefault(why, []).append(node.name or node.output[0])
+    if missing:
+        count = sum(len(v) for v in missing.values())
+        listed = "; ".join(f"{why} (node{'s' if len(names) > 1 else ''} "
+                           f"{', '.join(repr(n) for n in names[:5])}"
+                           f"{f' and {len(names) - 5} more' if len(names) > 5 else ''})"
+                           for why, names in missing.items())
+        raise ModelError(f"{where}: the fine-tuning importer cannot map {count} node(s): "
+                         f"{listed}")
+
+
+def import_model(path_or_model, where: str | None = None) -> OnnxModule:
+    """The torch module of an ONNX model (or file); unmappable nodes refused here."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        return OnnxModule(path_or_model, where or "model")
+    return OnnxModule(load_model(path_or_model), where or str(path_or_model))
 
 

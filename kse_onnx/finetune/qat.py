@@ -51,8 +51,10 @@ def quantize_tuned(run: EpochRunner, quantize: QuantizeOptions, calibration,
     good = {k: v.clone() for k, v in module.state_dict().items()}
     module.set_fake_quant(True)
     for epoch in range(opts.qat_epochs):
-        run.epoch(opts.epochs + epoch, lambda step: opts.qat_lr, good, output,
-                  label="quantization-aware epoch")
+        losses = run.epoch(opts.epochs + epoch, lambda step: opts.qat_lr, good, output,
+                           label="quantization-aware epoch")
+        run.log(f"quantization-aware epoch {epoch + 1}/{opts.qat_epochs}: "
+                f"loss {np.mean(losses):.4g}")
     module.set_fake_quant(False)
     retrained, again = quantize_output(module.export(), quantize, calibration)
     again["val_float"] = info["val_float"]

@@ -1,8 +1,10 @@
 """Fine-tuning a compressed model by distillation from the original ONNX model.
 
-Loss per batch: ``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)``
-(distillation only when there are no labels), the teacher run by onnxruntime on the same
-augmented batch. Under ``torchrun`` each process takes its slice of every global batch
+Loss per batch (``--loss``, :mod:`.losses`): for classifier logits
+``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)`` (distillation
+only when there are no labels); for other outputs, or the compressed Convs' outputs, the
+mean squared error divided by the teacher's variance. The teacher runs in onnxruntime on
+the same augmented batch. Under ``torchrun`` each process takes its slice of every global batch
 and DistributedDataParallel averages gradients, so K processes follow the same
 trajectory as one (up to float summation order).
 """
@@ -24,6 +26,7 @@ from ..errors import ModelError
 from ..graph.io import load_model, model_files, save_model
 from ..options import CalibrationOptions, DataOptions, FinetuneOptions, QuantizeOptions
 from ..runtime.ort import session
+from . import losses
 from .epochs import EpochRunner, accuracy
 from .importer import import_model
 
@@ -74,27 +77,28 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if opts.threads:
         torch.set_num_threads(opts.threads)
     output = Path(output)
-    calibration = getattr(quantize, "calibration", "")
     paths.check_paths({"COMPRESSED": model_files(compressed),
-                       "--teacher": model_files(teacher),
-                       "--data": data_path, "--calibration": calibration},
+                       "--teacher": model_files(teacher), "--data": data_path,
+                       "--calibration": calibration.calibration if calibration else ""},
                       {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
                        "checkpoint folder/": f"{output}.ckpt"})
+    say = (lambda text: None) if opts.quiet or not dist.main else log
     student_model = load_model(compressed)
-    teacher_sess = session(load_model(teacher))
-    teacher_input = teacher_sess.get_inputs()[0].name
+    module = import_model(student_model, str(compressed))  # unmappable ops: refused here
     x, y = load_data(data_path, data)
+    teacher_model = load_model(teacher)
     if y is not None:  # every label one of the teacher's classes
-        classes = teacher_sess.run(None, {teacher_input: x[:1]})[0].shape[-1]
+        sess = session(teacher_model)
+        classes = sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0].shape[-1]
         y = check_labels(y, len(x), data_path, classes)
-    rng = np.random.default_rng(opts.seed)
-    order = rng.permutation(len(x))
-    n_val = int(len(x) * opts.val_fraction) if y is not None else 0
-    val, train = order[:n_val], order[n_val:]
     if opts.batch % dist.world:
         raise ModelError(f"--batch {opts.batch} must be a multiple of the {dist.world} "
                          "torchrun processes")
-    module = import_model(student_model)
+    objective = losses.plan(opts, student_model, teacher_model, module, x, say)
+    rng = np.random.default_rng(opts.seed)
+    order = rng.permutation(len(x))
+    n_val = int(len(x) * opts.val_fraction) if y is not None and objective.classifier else 0
+    val, train = order[:n_val], order[n_val:]
     model = dist.wrap(module)
     optimizer = torch.optim.SGD(module.parameters(), lr=opts.lr, momentum=opts.momentum,
                                 weight_decay=opts.weight_decay)
@@ -113,25 +117,26 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])
         best_state = state.get("best")
-        log(f"resumed from {ckpt} at epoch {start_epoch}")
+        say(f"resumed from {ckpt} at epoch {start_epoch}")
     good_state = {k: v.clone() for k, v in module.state_dict().items()}
     history = []
-    run = EpochRunner(model, module, optimizer, teacher_sess, teacher_input, x, y, train,
-                      opts, data, dist, log)
+    run = EpochRunner(model, module, optimizer, objective, x, y, train, opts, data, dist, say)
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
-        losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
+        step_losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
             opts, e * steps_per_epoch + step, total), good_state, output)
         good_state = {k: v.clone() for k, v in module.state_dict().items()}
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)),
+        record = {"epoch": epoch + 1, "loss": float(np.mean(step_losses)),
                   "seconds": time.perf_counter() - t0}
         if n_val:
-            record["val_accuracy"] = accuracy(module, x[val], y[val])
+            record["val_accuracy"] = accuracy(module, x[val], y[val], quiet=opts.quiet)
             if record["val_accuracy"] > best_acc:
                 best_acc, best_state = record["val_accuracy"], good_state
         history.append(record)
         if dist.main:
-            log(f"epoch {epoch + 1} done: {record}")
+            say(f"epoch {epoch + 1}/{opts.epochs}: loss {record['loss']:.4g}, "
+                f"{record['seconds']:.1f} s"
+                + (f", held-out accuracy {record['val_accuracy']:.4f}" if n_val else ""))
             ckpt_dir.mkdir(exist_ok=True)
             state = {"module": good_state, "optimizer": optimizer.state_dict(),
                      "epoch": epoch + 1, "best_acc": best_acc, "best": best_state}
@@ -140,7 +145,8 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         dist.barrier()
     if best_state is not None:
         module.load_state_dict(best_state)
-    result = {"history": history, "best_val_accuracy": best_acc if n_val else None}
+    result = {"history": history, "best_val_accuracy": best_acc if n_val else None,
+              "loss": objective.describe()}
     if quantize is not None and quantize.active:
         from ..quantize.apply import calibration_inputs
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs

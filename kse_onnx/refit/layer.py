@@ -16,14 +16,16 @@ from .normal import NormalEquations, SharedLayout, SharedLeastSquares, Solution
 _PATCH_ELEMENTS = 32_000_000
 
 
-def attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+def attributes(node: onnx.NodeProto, opset: int) -> dict:
+    """The node's attributes as the importer's ops take them (:func:`ops.attributes`)."""
+    return ops.attributes(node, opset)
 
 
 class SharedConv:
     """A compressed Conv whose weight is ``kernels[slot(n, c)]`` (zero where pruned)."""
 
-    def __init__(self, node: onnx.NodeProto, plan: LayerPlan, bias: np.ndarray | None):
+    def __init__(self, node: onnx.NodeProto, plan: LayerPlan, bias: np.ndarray | None,
+                 opset: int):
         self.node, self.plan = node, plan
         n, c, kh, kw = plan.weight_shape
         self.shape = (n, c, kh, kw)
@@ -32,8 +34,7 @@ class SharedConv:
                                        for ch in range(c) if plan.q[ch] > 0]).astype(np.float64)
         self.bias = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(n)
         self.had_bias = bias is not None
-        attrs = attributes(node)
-        self.attrs = {k: attrs[k] for k in ("pads", "strides", "dilations") if k in attrs}
+        self.attrs = attributes(node, opset)
         slots = self.layout.offsets[None, :] + plan.labels
         slots[plan.labels < 0] = self.layout.slots  # the zero row
         self.index = torch.from_numpy(slots.reshape(-1).astype(np.int64))
@@ -54,9 +55,9 @@ class SharedConv:
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """im2col of ``x``: (images, C*kh*kw, positions), rows in the weight's order."""
         n, c, kh, kw = self.shape
-        pads = self.attrs.get("pads", [0] * 4)
-        x = F.pad(x, ops._torch_pads(pads)) if any(pads) else x
         (dh, dw), (sh, sw) = self.attrs.get("dilations", [1, 1]), self.attrs.get("strides", [1, 1])
+        pads = ops._explicit_pads(self.attrs, x, [kh, kw], [sh, sw], [dh, dw])
+        x = F.pad(x, ops._torch_pads(pads)) if any(pads) else x
         # windows as strided views, then one copy (F.unfold is ~15x slower on the CPU)
         views = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
         views = views[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
@@ -118,14 +119,15 @@ class SharedConv:
         return self.bias.astype(dtype)
 
 
-def run_node(node: onnx.NodeProto, args: list, convs: dict | None = None, params=None):
+def run_node(node: onnx.NodeProto, args: list, opset: int, convs: dict | None = None,
+             params=None):
     """Outputs of ``node`` (a tuple); a compressed Conv in ``convs`` uses ``params``."""
     if convs is not None and node.name in convs:
         conv = convs[node.name]
         kernels, bias = params[node.name] if params is not None else conv.tensors()
         out = conv.forward(args[0], kernels, bias)
     else:
-        out = ops.OPS[node.op_type](args, attributes(node))
+        out = ops.OPS[node.op_type](args, attributes(node, opset))
     return out if isinstance(out, tuple) else (out,)
 
 
@@ -137,7 +139,7 @@ def relative_error(out: torch.Tensor, target: torch.Tensor) -> float:
 def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],
                 constants: dict[str, torch.Tensor], convs: dict[str, SharedConv],
                 output: str, target: torch.Tensor, steps: int, lr: float, batch: int,
-                seed: int) -> tuple[float, float]:
+                seed: int, opset: int) -> tuple[float, float]:
     """Adam on the kernels and biases of ``convs`` so that running ``nodes`` from
     ``inputs`` gives ``target`` at ``output`` (mean squared error over the target's
     energy). Keeps the new values only if the error over every calibration image fell.
@@ -146,7 +148,7 @@ def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],
         env = {name: value[select] for name, value in inputs.items()}
         for node in nodes:
             args = [None if not n else env[n] if n in env else constants[n] for n in node.input]
-            for name, value in zip(node.output, run_node(node, args, convs, params),
+            for name, value in zip(node.output, run_node(node, args, opset, convs, params),
                                    strict=False):
                 env[name] = value
         return env[output]

@@ -29,6 +29,7 @@ from onnx import numpy_helper
 
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, first_line
+from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
 from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
@@ -95,6 +96,9 @@ class _Refit:
                              "--resize/--crop and the channels")
         self.x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         self.names = node_names(model)
+        self.opset = default_opset(model)
+        refuse_unmapped(model.graph, [attributes(n, self.opset) for n in model.graph.node],
+                        "refit")
         self.plans = {i: plans[name] for i, name in enumerate(self.names)
                       if name in plans and plans[name].compressed
                       and model.graph.node[i].op_type == "Conv"}
@@ -119,14 +123,10 @@ class _Refit:
         for i in static_nodes(self.model):
             node = self.model.graph.node[i]
             if node.op_type == "Constant":
-                attrs = {a.name: a for a in node.attribute}
-                if "value" not in attrs:
-                    raise ModelError(f"node {self.names[i]!r}: Constant without a tensor "
-                                     "value is not supported by the refit")
-                values[node.output[0]] = _tensor(numpy_helper.to_array(attrs["value"].t))
+                values[node.output[0]] = _tensor(constant_value(node))
                 continue
             args = [values[n] if n else None for n in node.input]
-            for name, value in zip(node.output, run_node(node, args), strict=False):
+            for name, value in zip(node.output, run_node(node, args, self.opset), strict=False):
                 values[name] = value
         return values
 
@@ -151,7 +151,7 @@ class _Refit:
                 node = nodes[i]
                 t_args = [self._lookup(teacher, n) for n in node.input]
                 try:
-                    t_out = run_node(node, t_args)
+                    t_out = run_node(node, t_args, self.opset)
                 except (RuntimeError, ValueError, IndexError) as exc:
                     raise ModelError(f"node {self.names[i]!r} ({node.op_type}) fails on the "
                                      f"calibration images: {first_line(exc)}") from exc
@@ -166,7 +166,7 @@ class _Refit:
                 elif all(a is b for a, b in zip(s_args, t_args, strict=True)):
                     s_out = t_out  # the student equals the teacher up to here
                 else:
-                    s_out = run_node(node, s_args)
+                    s_out = run_node(node, s_args, self.opset)
                 for name, value in zip(node.output, s_out, strict=False):
                     student[name] = value
                 if pos in cuts:
@@ -188,7 +188,8 @@ class _Refit:
         started = time.perf_counter()
         node = self.model.graph.node[i]
         bias = s_args[2] if len(s_args) > 2 and s_args[2] is not None else None
-        conv = SharedConv(node, self.plans[i], None if bias is None else bias.numpy())
+        conv = SharedConv(node, self.plans[i], None if bias is None else bias.numpy(),
+                          self.opset)
         self.convs[i] = conv
         x = s_args[0]
         target, kind, others = teacher[node.output[0]], "conv output", []
@@ -253,11 +254,12 @@ class _Refit:
             before, after = fit_segment(segment, inputs, self.constants, convs, output,
                                         teacher[output], self.options.refit_steps,
                                         self.options.refit_lr, self.options.refit_batch,
-                                        self.options.refit_seed + members[0])
+                                        self.options.refit_seed + members[0], self.opset)
         env = dict(inputs)
         for node in segment:
             args = [self._lookup(env, n) for n in node.input]
-            for name, value in zip(node.output, run_node(node, args, convs), strict=False):
+            outputs = run_node(node, args, self.opset, convs)
+            for name, value in zip(node.output, outputs, strict=False):
                 env[name] = value
         student[output] = env[output]
         self.result.blocks.append({
@@ -270,7 +272,7 @@ class _Refit:
     # -- the classifier ---------------------------------------------------------------
     def _fit_classifier(self, i, s_args, teacher) -> torch.Tensor:
         node = self.model.graph.node[i]
-        attrs = attributes(node)
+        attrs = attributes(node, self.opset)
         alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
         features = s_args[0].double().numpy()
         target = teacher[node.output[0]].double().numpy()
@@ -279,7 +281,7 @@ class _Refit:
         gram = design.T @ design
         damping = self.options.refit_damping * max(float(np.mean(np.diag(gram))), 1e-30)
         solution = np.linalg.solve(gram + damping * np.eye(len(gram)), design.T @ target)
-        before = relative_error(run_node(node, s_args)[0], teacher[node.output[0]])
+        before = relative_error(run_node(node, s_args, self.opset)[0], teacher[node.output[0]])
         weight = solution[:features.shape[1]] / alpha
         if attrs.get("transB", 0):
             weight = weight.T
@@ -290,12 +292,12 @@ class _Refit:
             bias_shape = tuple(s_args[2].shape)
             bias = np.broadcast_to(solution[-1] / beta, (target.shape[1],))
             if bias_shape != (target.shape[1],) and bias_shape != (1, target.shape[1]):
-                return run_node(node, s_args)[0]  # a bias of another shape: left alone
+                return run_node(node, s_args, self.opset)[0]  # a bias of another shape: left alone
             new_args[2] = torch.from_numpy(bias.reshape(bias_shape).astype(np.float32))
-        out = run_node(node, new_args)[0]
+        out = run_node(node, new_args, self.opset)[0]
         after = relative_error(out, teacher[node.output[0]])
         if not after < before or self.classifier:  # one classifier: the first found
-            return run_node(node, s_args)[0]
+            return run_node(node, s_args, self.opset)[0]
         self.classifier = {node.input[1]: new_args[1].numpy()}
         if has_bias:
             self.classifier[node.input[2]] = new_args[2].numpy()
