@@ -24,7 +24,7 @@ from .graph.inputs import restore_graph_inputs
 from .graph.io import load_model
 from .graph.names import unique_tensor_names, with_unique_node_names
 from .graph.select import constant_values, import_graph, quiet_graphsurgeon
-from .lowering import LayerForm, uniform_form
+from .lowering import LayerForm, effective_form, uniform_form
 from .lowering.readback import read_weight
 from .options import LowerOptions
 from .paths import regular_file
@@ -121,7 +121,7 @@ def _read_back(graph, name: str, plan, settings: dict):
     form = (LayerForm.parse(forms[name]) if name in forms
             else uniform_form(LowerOptions(settings.get("lowering", "dense"),
                                            settings.get("align", 8))))
-    weight, bias = read_weight(graph, name, plan, form)
+    weight, bias = read_weight(graph, name, plan, effective_form(form, plan))
     layout = SharedLayout.from_labels(plan.labels, plan.q)
     n, c, kh, kw = plan.weight_shape
     flat = weight.reshape(n, c, kh * kw).astype(np.float64)

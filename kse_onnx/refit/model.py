@@ -29,10 +29,15 @@ from onnx import numpy_helper
 
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, first_line
+from ..finetune import progress
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
 from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
+
+# Activations over all calibration images above this many bytes (largest tensor, float32)
+# are held in float16 between their producer and their last reader.
+HALF_FROM_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -109,6 +114,7 @@ class _Refit:
         with torch.no_grad():
             self.constants = self._constants()
         self.walk = walk(model, set(self.plans))
+        self.half = len(x) * _largest_activation(model) * 4 > HALF_FROM_BYTES
         self.classifiers = set(classifier_gemms(model)) if options.refit_classifier else set()
         self.result = RefitResult(options.refit, len(x))
         self.biases: dict[int, np.ndarray] = {}
@@ -131,9 +137,23 @@ class _Refit:
         return values
 
     def _lookup(self, env, name):
+        """A tensor of ``env`` (float32 again if it is held in float16) or a constant."""
         if not name:
             return None
-        return env[name] if name in env else self.constants[name]
+        if name not in env:
+            return self.constants[name]
+        value = env[name]
+        return value.float() if value.dtype == torch.float16 else value
+
+    def _hold(self, value: torch.Tensor) -> torch.Tensor:
+        """How an activation is kept until its last reader: float16 when the model's
+        activations over all calibration images are large (``HALF_FROM_BYTES``) and its
+        values fit float16's range (its rounding, 2^-11 relative, is far below the
+        compression error being fitted), else as computed."""
+        if (self.half and value.dtype == torch.float32 and value.numel() > 1
+                and float(value.abs().max()) < 6e4):
+            return value.half()
+        return value
 
     def run(self) -> RefitResult:
         started = time.perf_counter()
@@ -146,27 +166,37 @@ class _Refit:
         block_start, block_input = 0, self.input
         keep.add(block_input)
         total = len(self.plans)
+        bar = progress.bar(total, "refit", unit="conv")  # a terminal; else a line per conv
         with torch.no_grad():
             for pos, i in enumerate(self.walk.order):
                 node = nodes[i]
                 t_args = [self._lookup(teacher, n) for n in node.input]
+                same = all(student.get(n) is teacher.get(n) for n in node.input if n)
                 try:
                     t_out = run_node(node, t_args, self.opset)
                 except (RuntimeError, ValueError, IndexError) as exc:
                     raise ModelError(f"node {self.names[i]!r} ({node.op_type}) fails on the "
                                      f"calibration images: {first_line(exc)}") from exc
+                t_out = tuple(self._hold(value) for value in t_out)
                 for name, value in zip(node.output, t_out, strict=False):
                     teacher[name] = value
-                s_args = [self._lookup(student, n) for n in node.input]
+                s_args = t_args if same else [self._lookup(student, n) for n in node.input]
                 if i in self.plans:
                     s_out = (self._fit_conv(i, s_args, teacher, student),)
-                    self.log(f"refit: {len(self.convs)}/{total} {self.names[i]}")
+                    if progress.interactive():
+                        bar.update(1)
+                    else:
+                        fit = self.result.layers[-1]
+                        self.log(f"refit: {len(self.convs)}/{total} {self.names[i]}: relative "
+                                 f"error {fit.error_before:.4f} -> {fit.error_after:.4f} "
+                                 f"({fit.seconds:.1f} s)")
                 elif i in self.classifiers:
                     s_out = (self._fit_classifier(i, s_args, teacher),)
-                elif all(a is b for a, b in zip(s_args, t_args, strict=True)):
+                elif same:
                     s_out = t_out  # the student equals the teacher up to here
                 else:
                     s_out = run_node(node, s_args, self.opset)
+                s_out = tuple(v if any(v is t for t in t_out) else self._hold(v) for v in s_out)
                 for name, value in zip(node.output, s_out, strict=False):
                     student[name] = value
                 if pos in cuts:
@@ -179,6 +209,7 @@ class _Refit:
                     if name in remaining:
                         remaining[name] -= 1
                 _release(node.input, remaining, keep, teacher, student)
+        bar.close()
         self.result.model = self._refitted_model()
         self.result.seconds = time.perf_counter() - started
         return self.result
@@ -192,7 +223,7 @@ class _Refit:
                           self.opset)
         self.convs[i] = conv
         x = s_args[0]
-        target, kind, others = teacher[node.output[0]], "conv output", []
+        target, kind, others = self._lookup(teacher, node.output[0]), "conv output", []
         add = self.walk.residual_add.get(i)
         if add is not None:
             others = [n for n in self.model.graph.node[add].input if n != node.output[0]]
@@ -202,21 +233,28 @@ class _Refit:
                 kind = "residual Add"
             else:
                 add, others = None, []
-        floor = self._relu_floor(i, add, others, student) if self.options.refit == "act" else None
+        floor = (self._relu_floor(i, add, others, student)
+                 if self.options.refit in ("act", "block") else None)
         before = None if floor is None else conv.predict(x)
+        start = (conv.kernels.copy(), conv.bias.copy())
         solution = conv.least_squares(x, target, self.options.refit_damping, floor,
                                       self.options.refit_rounds)
         yy = max(float(target.double().square().sum()), 1e-30)
+        out = conv.predict(x)
         fit = LayerFit(self.names[i], kind, solution.solver,
                        float(np.sqrt(solution.objective_before / yy)),
-                       float(np.sqrt(solution.objective_after / yy)), 0.0)
+                       relative_error(out, target), 0.0)
         if floor is not None:
             wanted = torch.relu(target - floor)
             fit.act_error_before = relative_error(torch.relu(before - floor), wanted)
-            fit.act_error_after = relative_error(torch.relu(conv.predict(x) - floor), wanted)
+            fit.act_error_after = relative_error(torch.relu(out - floor), wanted)
+            if fit.act_error_after > fit.act_error_before:  # a guard: keep the clustered ones
+                conv.kernels, conv.bias = start
+                out, fit.solver = before, "kept the clustered kernels (no improvement)"
+                fit.error_after, fit.act_error_after = fit.error_before, fit.act_error_before
         fit.seconds = time.perf_counter() - started
         self.result.layers.append(fit)
-        return conv.forward(x)
+        return out
 
     def _relu_floor(self, i, add, others, student):
         """Where a Relu reads this Conv's output (or its residual Add's), the value of the
@@ -249,10 +287,10 @@ class _Refit:
         started = time.perf_counter()
         output = nodes[members[-1]].output[0]
         segment = self._named(members)
-        inputs = {block_input: student[block_input]}
+        inputs = {block_input: self._lookup(student, block_input)}
         with torch.enable_grad():
             before, after = fit_segment(segment, inputs, self.constants, convs, output,
-                                        teacher[output], self.options.refit_steps,
+                                        self._lookup(teacher, output), self.options.refit_steps,
                                         self.options.refit_lr, self.options.refit_batch,
                                         self.options.refit_seed + members[0], self.opset)
         env = dict(inputs)
@@ -261,7 +299,7 @@ class _Refit:
             outputs = run_node(node, args, self.opset, convs)
             for name, value in zip(node.output, outputs, strict=False):
                 env[name] = value
-        student[output] = env[output]
+        student[output] = self._hold(env[output])
         self.result.blocks.append({
             "first": self.names[members[0]], "last": self.names[members[-1]],
             "convs": len(convs), "error_before": before, "error_after": after,
@@ -275,13 +313,14 @@ class _Refit:
         attrs = attributes(node, self.opset)
         alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
         features = s_args[0].double().numpy()
-        target = teacher[node.output[0]].double().numpy()
+        wanted = self._lookup(teacher, node.output[0])
+        target = wanted.double().numpy()
         has_bias = len(node.input) > 2 and bool(node.input[2])
         design = np.hstack([features, np.ones((len(features), 1))]) if has_bias else features
         gram = design.T @ design
         damping = self.options.refit_damping * max(float(np.mean(np.diag(gram))), 1e-30)
         solution = np.linalg.solve(gram + damping * np.eye(len(gram)), design.T @ target)
-        before = relative_error(run_node(node, s_args, self.opset)[0], teacher[node.output[0]])
+        before = relative_error(run_node(node, s_args, self.opset)[0], wanted)
         weight = solution[:features.shape[1]] / alpha
         if attrs.get("transB", 0):
             weight = weight.T
@@ -295,7 +334,7 @@ class _Refit:
                 return run_node(node, s_args, self.opset)[0]  # a bias of another shape: left alone
             new_args[2] = torch.from_numpy(bias.reshape(bias_shape).astype(np.float32))
         out = run_node(node, new_args, self.opset)[0]
-        after = relative_error(out, teacher[node.output[0]])
+        after = relative_error(out, wanted)
         if not after < before or self.classifier:  # one classifier: the first found
             return run_node(node, s_args, self.opset)[0]
         self.classifier = {node.input[1]: new_args[1].numpy()}
@@ -336,6 +375,20 @@ class _Refit:
                 node.input[position] = add(f"{self.names[self.classifier_node]}_kse_refit_"
                                            f"{'weight' if position == 1 else 'bias'}", values)
         return model
+
+
+def _largest_activation(model: onnx.ModelProto) -> int:
+    """Elements per image of the largest Conv output whose shape inference knows."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return 0
+    largest = 0
+    for info in inferred.graph.value_info:
+        dims = info.type.tensor_type.shape.dim
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in dims[1:]):
+            largest = max(largest, dims[1].dim_value * dims[2].dim_value * dims[3].dim_value)
+    return largest
 
 
 def _tensor(values: np.ndarray) -> torch.Tensor:

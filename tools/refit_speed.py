@@ -1,0 +1,89 @@
+"""Seconds and peak memory of the post-training refit (benchmark, not a test).
+
+    python tools/refit_speed.py [--models fmnist_resnet20,resnet50] [--modes ls,act]
+
+- ``fmnist_resnet20``: models/fmnist_resnet20.onnx, G=4,T=0, 1,024 Fashion-MNIST training
+  images (targets: least squares < 15 s, the default mode < 60 s on 2 cores);
+- ``resnet50``: the zoo's ResNet-50 (random weights, BatchNorm statistics randomised,
+  224x224, exported at opset 17), G=4,T=0, 256 random images (targets: < 10 minutes,
+  peak memory < 4 GB).
+Each run is a separate process, so its peak resident memory (``ru_maxrss``) is its own;
+the time is the refit's own (``report.extra['refit']['seconds']``) and the whole
+``optimize`` call (dense lowering, no timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = r"""
+import json, resource, sys, time, warnings
+import numpy as np
+sys.path.insert(0, {root!r})
+from kse_onnx.api import optimize
+from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions, RefitOptions
+name, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
+if name == "fmnist_resnet20":
+    from kse_onnx.data import fashion_mnist
+    model = {root!r} + "/models/fmnist_resnet20.onnx"
+    x = fashion_mnist("train")[0][:1024].astype(np.float32)[:, None] / 255.0
+else:
+    import onnx
+    from models.export import export
+    from models.zoo import build
+    net, shape = build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = export(net, shape, 17)
+    model = out + ".original.onnx"
+    onnx.save(proto, model)
+    x = np.random.default_rng(0).standard_normal((256, *shape)).astype(np.float32)
+np.savez(out + ".npz", x=x)
+start = time.perf_counter()
+report = optimize(model, out, KSEOptions(G=4, T=0), lower_options=LowerOptions("dense"),
+                  calibration=CalibrationOptions(out + ".npz", len(x)),
+                  refit=RefitOptions(mode), log=lambda line: None, overwrite=True)
+total = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+refit = report.extra["refit"]
+print(json.dumps({{"model": name, "mode": mode, "images": len(x),
+                  "refit_s": refit["seconds"], "optimize_s": round(total, 1),
+                  "peak_MiB": round(peak), "layers": len(refit["layers"])}}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fmnist_resnet20,resnet50")
+    parser.add_argument("--modes", default="ls,act")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "refit_speed")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
+          f"{datetime.date.today()}")
+    print("| model | mode | images | refit s | optimize s | peak memory |")
+    print("|---|---|---|---|---|---|")
+    code = CHILD.format(root=str(ROOT))
+    for name in args.models.split(","):
+        for mode in args.modes.split(","):
+            out = str(args.out / f"{name}_{mode}.onnx")
+            done = subprocess.run([sys.executable, "-c", code, name, mode, out],
+                                  capture_output=True, text=True, cwd=ROOT)
+            if done.returncode:
+                print(f"| {name} | {mode} | failed: {done.stderr.strip().splitlines()[-1]} |")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {name} | {mode} | {r['images']} | {r['refit_s']:.1f} | "
+                  f"{r['optimize_s']:.1f} | {r['peak_MiB']} MiB |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
