@@ -241,7 +241,7 @@ class RefitOptions:
                              "(after 'ls') fits each residual block's Convs jointly to the "
                              "block output with Adam; 'none' skips the refit",
                       choices=REFIT_MODES)
-    refit_rounds: int = _opt(3, "act: least-squares rounds matching the output after the ReLU")
+    refit_rounds: int = _opt(6, "act: least-squares rounds matching the output after the ReLU")
     refit_steps: int = _opt(200, "block: Adam steps per block")
     refit_lr: float = _opt(1e-3, "block: Adam learning rate (relative to the weight scale)")
     refit_batch: int = _opt(64, "block: calibration images per Adam step")
