@@ -20,7 +20,7 @@ from kse_onnx.errors import ModelError  # noqa: E402
 from kse_onnx.finetune import progress  # noqa: E402
 from kse_onnx.finetune.train import finetune  # noqa: E402
 from kse_onnx.options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions  # noqa: E402
-from kse_onnx.runtime.verify import verify  # noqa: E402
+from kse_onnx.verify import verify  # noqa: E402
 
 MAKERS = {"detector": tiny_detector, "unet": tiny_unet, "classifier": conv_stack}
 
