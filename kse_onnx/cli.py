@@ -15,11 +15,17 @@ from .options import (
     BenchOptions,
     CalibrationOptions,
     DataOptions,
+    EvalFiles,
+    FinetuneFiles,
     FinetuneOptions,
+    GlobalOptions,
     KSEOptions,
     LowerOptions,
+    OptimizeFiles,
     QuantizeOptions,
+    RefitFiles,
     RefitOptions,
+    ScoreFiles,
     SelectOptions,
     TargetOptions,
     VerifyOptions,
@@ -50,6 +56,8 @@ def _add_group(parser: argparse.ArgumentParser, cls) -> None:
     for f in dataclasses.fields(cls):
         flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         kwargs = {"dest": f.name, "default": f.default, "help": f.metadata["help"]}
+        if f.metadata.get("required"):
+            kwargs["required"] = True
         if isinstance(f.default, bool):
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif isinstance(f.default, tuple):
@@ -75,21 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kse-onnx", formatter_class=HelpFormatter, description=(
         "Compress CNNs stored as ONNX with KSE (Kernel Sparsity and Entropy)."))
     parser.add_argument("--version", action="version", version=f"kse-onnx {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _add_options(parser, GlobalOptions)
     commands = parser.add_subparsers(dest="command", required=True)
 
     score = add_command(commands, "score", help="print the KSE plan of every Conv; write nothing")
     score.add_argument("model", help="input .onnx file")
-    score.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    _add_options(score, ScoreFiles)
     _add_options(score, KSEOptions, SelectOptions)
     score.set_defaults(run=_run_score)
 
     optimize = add_command(commands, "optimize", help="write the KSE-compressed model")
     optimize.add_argument("input", help="input .onnx file")
     optimize.add_argument("output", help="output .onnx file")
-    optimize.add_argument("--report", metavar="PATH", help="write the JSON report here")
-    optimize.add_argument("--overwrite", action="store_true",
-                          help="allow OUTPUT to be the same file as INPUT")
+    _add_options(optimize, OptimizeFiles)
     _add_options(optimize, KSEOptions, SelectOptions, LowerOptions, TargetOptions,
                  CalibrationOptions, RefitOptions, QuantizeOptions, DataOptions)
     optimize.set_defaults(run=_run_optimize)
@@ -98,8 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "original's outputs on unlabeled calibration images")
     refit.add_argument("compressed", help="model written by kse-onnx optimize (float)")
     refit.add_argument("output", help="refitted .onnx file")
-    refit.add_argument("--teacher", required=True, help="the original .onnx model")
-    refit.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    _add_options(refit, RefitFiles)
     _add_options(refit, CalibrationOptions, RefitOptions, DataOptions)
     refit.set_defaults(run=_run_refit)
 
@@ -112,18 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = add_command(commands, "finetune", help="recover accuracy by distillation")
     finetune.add_argument("compressed", help="model written by kse-onnx optimize")
     finetune.add_argument("output", help="fine-tuned .onnx file")
-    finetune.add_argument("--teacher", required=True, help="the original .onnx model")
-    finetune.add_argument("--data", required=True, help=".npz, IDX images file or folder")
-    finetune.add_argument("--resume", action="store_true",
-                          help="continue from OUTPUT.ckpt/last.pt")
-    _add_options(finetune, FinetuneOptions, DataOptions, QuantizeOptions, CalibrationOptions)
+    _add_options(finetune, FinetuneFiles, FinetuneOptions, DataOptions, QuantizeOptions,
+                 CalibrationOptions)
     finetune.set_defaults(run=_run_finetune)
 
     evaluate = add_command(commands, "eval", help="top-1/top-5 accuracy with onnxruntime")
     evaluate.add_argument("model")
-    evaluate.add_argument("--data", required=True, help=".npz, IDX images file or folder")
-    evaluate.add_argument("--compare", metavar="MODEL", help="report top-1 agreement with it")
-    _add_options(evaluate, DataOptions)
+    _add_options(evaluate, EvalFiles, DataOptions)
     evaluate.set_defaults(run=_run_eval)
 
     bench = add_command(commands, "bench", help="median latency of models, interleaved")
@@ -216,7 +216,7 @@ def _run_eval(args) -> int:
     from .evaluate import evaluate
 
     x, y = load_data(args.data, _options(args, DataOptions))
-    print(evaluate(args.model, x, y, other=args.compare).summary())
+    print(evaluate(args.model, x, y, other=args.compare or None).summary())
     return 0
 
 

@@ -26,11 +26,12 @@ MAX_GLOBS = 256  # globs per --only/--skip
 
 
 def _opt(default, help: str, flag: str | None = None, choices=None,  # noqa: A002
-         metavar: str | None = None):
-    """A field with its CLI metadata: help, flag (default ``--field-name``), choices and
-    metavar (default: the choices, or the field name in capitals)."""
+         metavar: str | None = None, required: bool = False):
+    """A field with its CLI metadata: help, flag (default ``--field-name``), choices,
+    metavar (default: the choices, or the field name in capitals) and whether the flag
+    must be given."""
     return field(default=default, metadata={"help": help, "flag": flag, "choices": choices,
-                                            "metavar": metavar})
+                                            "metavar": metavar, "required": required})
 
 
 @dataclass(frozen=True)
@@ -405,3 +406,56 @@ class BenchOptions:
 def _check_choice(flag: str, value, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise OptionError(flag, f"must be one of {choices}, got {value!r}")
+
+
+# The files each command reads or writes besides its positional models.
+_TEACHER = "the original .onnx model"
+_DATA = ".npz (x, optional y), IDX images file or an image folder"
+
+
+@dataclass(frozen=True)
+class GlobalOptions:
+    """Options of every command."""
+
+    debug: bool = _opt(False, "show tracebacks on errors")
+
+
+@dataclass(frozen=True)
+class ScoreFiles:
+    """Files score writes."""
+
+    json: str = _opt("", "also write the table, with every channel's plan, as JSON",
+                     metavar="PATH")
+
+
+@dataclass(frozen=True)
+class OptimizeFiles:
+    """Files optimize writes besides OUTPUT."""
+
+    report: str = _opt("", "write the JSON report here", metavar="PATH")
+    overwrite: bool = _opt(False, "allow OUTPUT to be the same file as INPUT")
+
+
+@dataclass(frozen=True)
+class RefitFiles:
+    """Files refit reads and writes besides its models."""
+
+    teacher: str = _opt("", _TEACHER, metavar="MODEL", required=True)
+    report: str = _opt("", "write the JSON report here", metavar="PATH")
+
+
+@dataclass(frozen=True)
+class FinetuneFiles:
+    """Files finetune reads."""
+
+    teacher: str = _opt("", _TEACHER, metavar="MODEL", required=True)
+    data: str = _opt("", _DATA, metavar="DATA", required=True)
+    resume: bool = _opt(False, "continue from OUTPUT.ckpt/last.pt")
+
+
+@dataclass(frozen=True)
+class EvalFiles:
+    """Files eval reads."""
+
+    data: str = _opt("", _DATA, metavar="DATA", required=True)
+    compare: str = _opt("", "report top-1 agreement with this model", metavar="MODEL")
