@@ -150,7 +150,11 @@ def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, 
            log) -> object:
     """Refit ``result``'s plans in place; returns the model to lower (the original with
     the refitted biases and classifier) and points ``result`` at its graph."""
-    from .refit.model import refit_model  # torch: on demand
+    try:
+        from .refit.model import refit_model  # torch: on demand
+    except ModuleNotFoundError as exc:
+        raise OptionError("--refit", f"the refit needs torch ({exc.name} is not installed): "
+                          "pip install 'kse-onnx[finetune]', or pass --refit none") from exc
 
     fitted = refit_model(model, result.plans, images, refit, log)
     result.graph = import_graph(fitted.model)
