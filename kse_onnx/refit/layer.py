@@ -132,8 +132,9 @@ def run_node(node: onnx.NodeProto, args: list, opset: int, convs: dict | None = 
 
 
 def relative_error(out: torch.Tensor, target: torch.Tensor) -> float:
-    diff = (out.double() - target.double()).square().sum()
-    return float(torch.sqrt(diff / target.double().square().sum().clamp_min(1e-30)))
+    """``||out - target|| / ||target||`` (norms in float32: pairwise sums)."""
+    return float(torch.linalg.vector_norm(out - target)
+                 / torch.linalg.vector_norm(target).clamp_min(1e-30))
 
 
 def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],

@@ -109,11 +109,11 @@ class NormalEquations:
         ys = targets.transpose(0, 1).reshape(targets.shape[1], -1)  # (N, B*P)
         if with_gram:
             self.G += (cols @ cols.T).double().numpy()
-            self.s += cols.sum(1, dtype=torch.float64).numpy()
+            self.s += cols.sum(1).double().numpy()  # torch sums pairwise: float32 is enough
             self.P += cols.shape[1]
         self.H += (cols @ ys.T).double().numpy()
-        self.y_sum += ys.sum(1, dtype=torch.float64).numpy()
-        self.yy += float(ys.square().sum(dtype=torch.float64))
+        self.y_sum += ys.sum(1).double().numpy()
+        self.yy += float(torch.linalg.vector_norm(ys).double() ** 2)
 
     def add(self, patches: np.ndarray, targets: np.ndarray) -> None:
         """``patches`` (P, CD) and ``targets`` (P, N), float32 or float64."""
