@@ -60,8 +60,10 @@ def test_least_squares_recovers_a_weight_its_codes_can_represent():
     x = torch.from_numpy(rng.standard_normal((32, 8, 6, 6)).astype(np.float32))
     target = truth.forward(x)
     fit = SharedConv(node, plan, None, 17)
-    solution = fit.least_squares(x, target, damping=1e-9)
-    assert solution.objective_after < 1e-8 * solution.objective_before
+    fit.least_squares(x, target, damping=1e-9)
+    from kse_onnx.refit.layer import relative_error
+
+    assert relative_error(fit.predict(x), target) < 1e-5
     np.testing.assert_allclose(fit.kernels, truth.kernels, atol=1e-5)
     np.testing.assert_allclose(fit.bias, truth.bias, atol=1e-5)
 
