@@ -258,3 +258,18 @@ def test_refit_works_on_detectors_and_segmenters(tmp_path, builder):
                  else layer["act_error_after"] > layer["act_error_before"] * (1 + 1e-6))
         assert not worse, layer
     assert verify(src, out).exact
+
+
+def test_float16_holding_for_large_models_fits_as_well(resnet, monkeypatch):
+    """Large models hold activations in float16 and run per-image operators in chunks
+    (forced here): the fit lands where the float32 one does, and verifies exact."""
+    from kse_onnx.refit import model as refit_model
+
+    tmp, src, _ = resnet
+    _, plain = _optimize(resnet, "held32.onnx", "act")
+    monkeypatch.setattr(refit_model, "HALF_FROM_BYTES", 0)
+    monkeypatch.setattr(refit_model, "CHUNK", 7)
+    out, half = _optimize(resnet, "held16.onnx", "act")
+    for a, b in zip(plain.extra["refit"]["layers"], half.extra["refit"]["layers"], strict=True):
+        assert b["error_after"] == pytest.approx(a["error_after"], rel=0.02, abs=2e-3)
+    assert verify(src, out).exact

@@ -64,8 +64,11 @@ class SharedConv:
         return views.permute(0, 1, 4, 5, 2, 3).reshape(len(x), c * kh * kw, -1)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """``forward`` over the calibration images in chunks."""
-        return torch.cat([self.forward(x[s:s + 256]) for s in range(0, len(x), 256)])
+        """``forward`` over the calibration images in chunks, in ``x``'s dtype (float16
+        when the refit holds activations so)."""
+        step = 256 if x.dtype == torch.float32 else 32
+        return torch.cat([self.forward(x[s:s + step].float()).to(x.dtype)
+                          for s in range(0, len(x), step)])
 
     def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float,
                       floor: torch.Tensor | None = None, rounds: int = 0) -> Solution:
@@ -101,8 +104,8 @@ class SharedConv:
         positions = target.shape[2] * target.shape[3]
         step = max(1, _PATCH_ELEMENTS // max(1, positions * c * kh * kw))
         for start in range(0, len(x), step):
-            cols = self.patches(x[start:start + step])  # (B, CD, P)
-            ys = target[start:start + step].reshape(len(cols), n, -1)  # (B, N, P)
+            cols = self.patches(x[start:start + step].float())  # (B, CD, P)
+            ys = target[start:start + step].float().reshape(len(cols), n, -1)  # (B, N, P)
             eq.add_batched(cols, ys, with_gram)
 
     def commit(self) -> np.ndarray:
@@ -132,9 +135,13 @@ def run_node(node: onnx.NodeProto, args: list, opset: int, convs: dict | None = 
 
 
 def relative_error(out: torch.Tensor, target: torch.Tensor) -> float:
-    """``||out - target|| / ||target||`` (norms in float32: pairwise sums)."""
-    return float(torch.linalg.vector_norm(out - target)
-                 / torch.linalg.vector_norm(target).clamp_min(1e-30))
+    """``||out - target|| / ||target||``, summed in float32 over chunks of images."""
+    diff = total = 0.0
+    for start in range(0, len(target), 64):
+        t = target[start:start + 64].float()
+        diff += float(torch.linalg.vector_norm(out[start:start + 64].float() - t)) ** 2
+        total += float(torch.linalg.vector_norm(t)) ** 2
+    return (diff / max(total, 1e-30)) ** 0.5
 
 
 def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],

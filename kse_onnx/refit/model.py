@@ -36,8 +36,14 @@ from .graph_walk import classifier_gemms, node_names, static_nodes, walk
 from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
 
 # Activations over all calibration images above this many bytes (largest tensor, float32)
-# are held in float16 between their producer and their last reader.
+# are held in float16 between their producer and their last reader, and the operators
+# that treat images independently (PER_IMAGE) then run CHUNK images at a time.
 HALF_FROM_BYTES = 256 * 2**20
+CHUNK = 32
+PER_IMAGE = {"Conv", "ConvTranspose", "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid",
+             "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus", "Add", "Sub", "Mul",
+             "Div", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
+             "GlobalMaxPool", "Identity", "Dropout"}
 
 
 @dataclass
@@ -136,14 +142,33 @@ class _Refit:
                 values[name] = value
         return values
 
-    def _lookup(self, env, name):
-        """A tensor of ``env`` (float32 again if it is held in float16) or a constant."""
+    def _lookup(self, env, name, raw: bool = False):
+        """A tensor of ``env`` (float32 again if it is held in float16, unless ``raw``) or
+        a constant."""
         if not name:
             return None
         if name not in env:
             return self.constants[name]
         value = env[name]
-        return value.float() if value.dtype == torch.float16 else value
+        return value.float() if value.dtype == torch.float16 and not raw else value
+
+    def _run(self, node, env) -> tuple:
+        """``node``'s outputs from ``env``, held (:meth:`_hold`). With float16 holding, a
+        node that treats images independently runs CHUNK images at a time, so no
+        float32 copy of a whole-set tensor is made."""
+        raw = [self._lookup(env, n, raw=True) for n in node.input]
+        n = len(self.x)
+        batch = [name in env and a.dim() >= 1 and a.shape[0] == n
+                 for name, a in zip(node.input, raw, strict=True)]
+        if not (self.half and node.op_type in PER_IMAGE and any(batch)):
+            args = [a.float() if a is not None and a.dtype == torch.float16 else a for a in raw]
+            return tuple(self._hold(v) for v in run_node(node, args, self.opset))
+        parts = []
+        for start in range(0, n, CHUNK):
+            args = [a[start:start + CHUNK].float() if b else a for a, b in zip(raw, batch,
+                                                                                  strict=True)]
+            parts.append([self._hold(v) for v in run_node(node, args, self.opset)])
+        return tuple(torch.cat(list(outs)) for outs in zip(*parts, strict=True))
 
     def _hold(self, value: torch.Tensor) -> torch.Tensor:
         """How an activation is kept until its last reader: float16 when the model's
@@ -170,18 +195,16 @@ class _Refit:
         with torch.no_grad():
             for pos, i in enumerate(self.walk.order):
                 node = nodes[i]
-                t_args = [self._lookup(teacher, n) for n in node.input]
                 same = all(student.get(n) is teacher.get(n) for n in node.input if n)
                 try:
-                    t_out = run_node(node, t_args, self.opset)
+                    t_out = self._run(node, teacher)
                 except (RuntimeError, ValueError, IndexError) as exc:
                     raise ModelError(f"node {self.names[i]!r} ({node.op_type}) fails on the "
                                      f"calibration images: {first_line(exc)}") from exc
-                t_out = tuple(self._hold(value) for value in t_out)
                 for name, value in zip(node.output, t_out, strict=False):
                     teacher[name] = value
-                s_args = t_args if same else [self._lookup(student, n) for n in node.input]
                 if i in self.plans:
+                    s_args = [self._lookup(student, n, raw=True) for n in node.input]
                     s_out = (self._fit_conv(i, s_args, teacher, student),)
                     if progress.interactive():
                         bar.update(1)
@@ -191,12 +214,12 @@ class _Refit:
                                  f"error {fit.error_before:.4f} -> {fit.error_after:.4f} "
                                  f"({fit.seconds:.1f} s)")
                 elif i in self.classifiers:
-                    s_out = (self._fit_classifier(i, s_args, teacher),)
+                    s_args = [self._lookup(student, n) for n in node.input]
+                    s_out = (self._hold(self._fit_classifier(i, s_args, teacher)),)
                 elif same:
                     s_out = t_out  # the student equals the teacher up to here
                 else:
-                    s_out = run_node(node, s_args, self.opset)
-                s_out = tuple(v if any(v is t for t in t_out) else self._hold(v) for v in s_out)
+                    s_out = self._run(node, student)
                 for name, value in zip(node.output, s_out, strict=False):
                     student[name] = value
                 if pos in cuts:
@@ -219,17 +242,18 @@ class _Refit:
         started = time.perf_counter()
         node = self.model.graph.node[i]
         bias = s_args[2] if len(s_args) > 2 and s_args[2] is not None else None
+        bias = None if bias is None else bias.float()
         conv = SharedConv(node, self.plans[i], None if bias is None else bias.numpy(),
                           self.opset)
         self.convs[i] = conv
         x = s_args[0]
-        target, kind, others = self._lookup(teacher, node.output[0]), "conv output", []
+        target, kind, others = self._lookup(teacher, node.output[0], raw=True), "conv output", []
         add = self.walk.residual_add.get(i)
         if add is not None:
             others = [n for n in self.model.graph.node[add].input if n != node.output[0]]
             if all(n in student or n in self.constants for n in others):
-                target = target + sum(self._lookup(teacher, n) - self._lookup(student, n)
-                                      for n in others)
+                target = target + sum(self._lookup(teacher, n, raw=True)
+                                      - self._lookup(student, n, raw=True) for n in others)
                 kind = "residual Add"
             else:
                 add, others = None, []
@@ -265,7 +289,7 @@ class _Refit:
         readers = [j for j in self.walk.order if head in nodes[j].input]
         if len(readers) != 1 or nodes[readers[0]].op_type != "Relu":
             return None
-        return -sum((self._lookup(student, n) for n in others), torch.zeros(()))
+        return -sum((self._lookup(student, n, raw=True) for n in others), torch.zeros(()))
 
     def _named(self, indices: list[int]) -> list[onnx.NodeProto]:
         """Copies of the nodes at ``indices``, each named as kse-onnx names it."""
