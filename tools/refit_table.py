@@ -45,7 +45,6 @@ from kse_onnx.options import (  # noqa: E402
 )
 from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
 
-SETTINGS = ((4, 0), (5, 1))
 MODES = ("ls", "act", "block")
 DEFAULT_MODE = RefitOptions().refit
 
@@ -62,6 +61,7 @@ def main() -> None:
     parser.add_argument("--models", default="fmnist_resnet20,fmnist_vgg")
     parser.add_argument("--images", default="256,1024,4096",
                         help="calibration sizes for the default mode (1024: every mode)")
+    parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "refit_table")
     args = parser.parse_args()
@@ -96,7 +96,8 @@ def main() -> None:
                                     x_train[:1024])
         save_model(model, int8)
         row(name, "-", "onnxruntime INT8 (static, QDQ)", int8, seconds, 1024)
-        for G, T in SETTINGS:
+        for G, T in (tuple(int(v) for v in pair.split(",")) for pair in
+                     args.settings.split(";")):
             setting, kse = f"{G},{T}", KSEOptions(G=G, T=T)
             lower = LowerOptions("compact")
             plain = args.out / f"{name}_G{G}T{T}.onnx"
