@@ -218,8 +218,9 @@ def _verdict(checks, compact_ok, dense_ok, reverted, limit, reference_label) -> 
     ratios = ", ".join(f"{point_key(c.batch, c.threads)} {getattr(c, kind):.3f}x "
                        f"(noise {c.noise:.3f})" for c in checks)
     if not (compact_ok or dense_ok):
-        return (f"still above {limit:.3f}x with every layer whole ({ratios}): measurement "
-                "noise, since the graph then has the original's shapes")
+        return (f"still above {limit:.3f}x {reference_label} with every layer whole "
+                f"({ratios}): measurement noise, since the graph then has the original's "
+                "shapes")
     storage = "" if kind == "compact" else "; compact storage was slower, weights kept dense"
     return (f"no slower than {reference_label}: {ratios}, ratio + noise <= {limit:.3f}x after "
             f"putting {reverted} layer(s) back to whole{storage}")
