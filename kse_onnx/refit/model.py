@@ -123,7 +123,6 @@ class _Refit:
         self.half = len(x) * _largest_activation(model) * 4 > HALF_FROM_BYTES
         self.classifiers = set(classifier_gemms(model)) if options.refit_classifier else set()
         self.result = RefitResult(options.refit, len(x))
-        self.biases: dict[int, np.ndarray] = {}
         self.classifier: dict[str, np.ndarray] = {}
         self.convs: dict[int, SharedConv] = {}
 
