@@ -83,30 +83,38 @@ class SharedConv:
         n, c, kh, kw = self.shape
         eq = NormalEquations(c * kh * kw, n)
         self._accumulate(eq, x, target, with_gram=True)
-        solution = SharedLeastSquares(self.layout, eq, kh * kw, damping).solve(
-            self.kernels, self.bias)
+        problem = SharedLeastSquares(self.layout, eq, kh * kw, damping)
+        solution = problem.solve(self.kernels, self.bias)
         self.kernels, self.bias = solution.kernels, solution.bias
         if floor is None or not rounds:
             return solution
-        active = target > floor
         for _ in range(rounds):
-            relaxed = torch.where(active, target, torch.minimum(self.predict(x), floor))
             eq.reset_targets()
-            self._accumulate(eq, x, relaxed, with_gram=False)
-            again = SharedLeastSquares(self.layout, eq, kh * kw, damping).solve(
-                self.kernels, self.bias)
+            self._accumulate(eq, x, target, with_gram=False, floor=floor)
+            problem.retarget()  # A (and its factor) is the same: only the targets moved
+            again = problem.solve(self.kernels, self.bias)
             self.kernels, self.bias = again.kernels, again.bias
             solution.solver = again.solver
         return solution
 
-    def _accumulate(self, eq: NormalEquations, x, target, with_gram: bool) -> None:
+    def _accumulate(self, eq: NormalEquations, x, target, with_gram: bool,
+                    floor: torch.Tensor | None = None) -> None:
+        """Add batches of patches and targets to ``eq``; with ``floor``, the target is
+        relaxed where the teacher is inactive: ``min(prediction, floor)`` there, computed
+        batch by batch so no whole-set temporary is made."""
         n, c, kh, kw = self.shape
         positions = target.shape[2] * target.shape[3]
         step = max(1, _PATCH_ELEMENTS // max(1, positions * c * kh * kw))
+        if floor is not None:
+            step = min(step, 256)
         for start in range(0, len(x), step):
-            cols = self.patches(x[start:start + step].float())  # (B, CD, P)
-            ys = target[start:start + step].float().reshape(len(cols), n, -1)  # (B, N, P)
-            eq.add_batched(cols, ys, with_gram)
+            inputs = x[start:start + step].float()
+            cols = self.patches(inputs)  # (B, CD, P)
+            ys = target[start:start + step].float()
+            if floor is not None:
+                low = _rows(floor, start, step, len(x)).float()
+                ys = torch.where(ys > low, ys, torch.minimum(self.forward(inputs), low))
+            eq.add_batched(cols, ys.reshape(len(cols), n, -1), with_gram)  # (B, N, P)
 
     def commit(self) -> np.ndarray:
         """Write the kernels into the plan (codes unchanged); returns the bias."""
@@ -134,14 +142,30 @@ def run_node(node: onnx.NodeProto, args: list, opset: int, convs: dict | None = 
     return out if isinstance(out, tuple) else (out,)
 
 
-def relative_error(out: torch.Tensor, target: torch.Tensor) -> float:
-    """``||out - target|| / ||target||``, summed in float32 over chunks of images."""
+def _rows(value: torch.Tensor, start: int, step: int, images: int) -> torch.Tensor:
+    """Images ``start:start+step`` of a whole-set tensor; a broadcast value as it is."""
+    return value[start:start + step] if value.dim() and value.shape[0] == images else value
+
+
+def relative_error(out: torch.Tensor, target: torch.Tensor,
+                   floor: torch.Tensor | None = None) -> float:
+    """``||out - target|| / ||target||``, summed in float32 over chunks of images; with
+    ``floor``, of ``relu(out - floor)`` against ``relu(target - floor)`` (the error after
+    the activation)."""
     diff = total = 0.0
     for start in range(0, len(target), 64):
-        t = target[start:start + 64].float()
-        diff += float(torch.linalg.vector_norm(out[start:start + 64].float() - t)) ** 2
+        o, t = out[start:start + 64].float(), target[start:start + 64].float()
+        if floor is not None:
+            low = _rows(floor, start, 64, len(target)).float()
+            o, t = torch.relu(o - low), torch.relu(t - low)
+        diff += float(torch.linalg.vector_norm(o - t)) ** 2
         total += float(torch.linalg.vector_norm(t)) ** 2
     return (diff / max(total, 1e-30)) ** 0.5
+
+
+def energy(target: torch.Tensor) -> float:
+    """``||target||^2`` in float64, a chunk of images at a time."""
+    return sum(float(target[s:s + 64].double().square().sum()) for s in range(0, len(target), 64))
 
 
 def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],

@@ -33,7 +33,7 @@ from ..finetune import progress
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
-from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
+from .layer import SharedConv, attributes, energy, fit_segment, relative_error, run_node
 
 # Activations over all calibration images above this many bytes (largest tensor, float32)
 # are held in float16 between their producer and their last reader, and the operators
@@ -262,15 +262,14 @@ class _Refit:
         start = (conv.kernels.copy(), conv.bias.copy())
         solution = conv.least_squares(x, target, self.options.refit_damping, floor,
                                       self.options.refit_rounds)
-        yy = max(float(target.double().square().sum()), 1e-30)
+        yy = max(energy(target), 1e-30)
         out = conv.predict(x)
         fit = LayerFit(self.names[i], kind, solution.solver,
                        float(np.sqrt(solution.objective_before / yy)),
                        relative_error(out, target), 0.0)
         if floor is not None:
-            wanted = torch.relu(target - floor)
-            fit.act_error_before = relative_error(torch.relu(before - floor), wanted)
-            fit.act_error_after = relative_error(torch.relu(out - floor), wanted)
+            fit.act_error_before = relative_error(before, target, floor)
+            fit.act_error_after = relative_error(out, target, floor)
             if fit.act_error_after > fit.act_error_before:  # a guard: keep the clustered ones
                 conv.kernels, conv.bias = start
                 out, fit.solver = before, "kept the clustered kernels (no improvement)"

@@ -34,7 +34,8 @@ import scipy.sparse
 # Unknowns up to which A is built and factored (A takes EXACT_MAX^2 float64 values).
 EXACT_MAX = 3000
 PCG_MAX_ITER = 300
-PCG_RTOL = 1e-5
+PCG_RTOL = 1e-5  # of the right-hand side's norm
+PCG_STALL = 1e-4  # an iteration's share of the objective's fall so far
 
 
 @dataclass
@@ -146,8 +147,16 @@ class SharedLeastSquares:
         diag = np.concatenate([(layout.slot_uses[:, None] * diag_g[layout.slot_channel]).ravel(),
                                np.full(n, float(eq.P))])
         self.damping = damping * max(float(diag.mean()), 1e-30)
-        self.rhs_k = layout.gather(eq.H.T.reshape(n, c, kernel_size))
-        self.rhs_b = eq.y_sum
+        self._factor = None  # A's Cholesky factor (exact solver), kept for new targets
+        self._block_inverse = None  # the preconditioner (conjugate gradients), kept too
+        self.retarget()
+
+    def retarget(self) -> None:
+        """Read the right-hand side again after ``eq``'s target terms changed (the patch
+        terms, hence A and its factor, stay)."""
+        n, c = self.n, self.c
+        self.rhs_k = self.layout.gather(self.eq.H.T.reshape(n, c, self.d))
+        self.rhs_b = self.eq.y_sum
 
     @property
     def unknowns(self) -> int:
@@ -184,7 +193,8 @@ class SharedLeastSquares:
                             before)
         return Solution(k, b, solver, before, after)
 
-    def _exact(self):
+    def _matrix(self) -> np.ndarray:
+        """A, damped, built explicitly (small layers)."""
         lay, d, n = self.layout, self.d, self.n
         u = lay.slots
         onehot = np.zeros((n, u))
@@ -198,18 +208,33 @@ class SharedLeastSquares:
         a_kb = (onehot.T[:, None, :] * s2[:, :, None]).reshape(u * d, n)
         a = np.block([[a_kk, a_kb], [a_kb.T, self.eq.P * np.eye(n)]])
         a[np.diag_indices_from(a)] += self.damping
+        return a
+
+    def _exact(self):
+        u, d = self.layout.slots, self.d
         rhs = np.concatenate([self.rhs_k.ravel(), self.rhs_b])
-        try:
-            x = scipy.linalg.solve(a, rhs, assume_a="pos", check_finite=False)
-        except (np.linalg.LinAlgError, ValueError):
-            x = scipy.linalg.lstsq(a, rhs, check_finite=False)[0]
+        if self._factor is None:
+            a = self._matrix()
+            try:
+                self._factor = ("cholesky", scipy.linalg.cho_factor(a, check_finite=False))
+            except (np.linalg.LinAlgError, ValueError):
+                self._factor = ("lstsq", a)
+        kind, factor = self._factor
+        if kind == "cholesky":
+            x = scipy.linalg.cho_solve(factor, rhs, check_finite=False)
+        else:
+            x = scipy.linalg.lstsq(factor, rhs, check_finite=False)[0]
         return x[:u * d].reshape(u, d), x[u * d:]
 
     def _pcg(self, k, b):
         lay, d = self.layout, self.d
-        g_blocks = self.eq.G.reshape(self.c, d, self.c, d)[np.arange(self.c), :, np.arange(self.c)]
-        eye = np.eye(d)
-        inv = np.stack([np.linalg.pinv(g + self.damping * eye) for g in g_blocks])  # (C, D, D)
+        if self._block_inverse is None:
+            g_blocks = self.eq.G.reshape(self.c, d, self.c, d)[np.arange(self.c), :,
+                                                               np.arange(self.c)]
+            eye = np.eye(d)
+            self._block_inverse = np.stack(
+                [np.linalg.pinv(g + self.damping * eye) for g in g_blocks])  # (C, D, D)
+        inv = self._block_inverse
         uses = np.maximum(lay.slot_uses, 1)[:, None]
 
         def precondition(rk, rb):
@@ -221,7 +246,11 @@ class SharedLeastSquares:
         zk, zb = precondition(rk, rb)
         pk, pb = zk.copy(), zb.copy()
         rz = np.vdot(rk, zk) + np.vdot(rb, zb)
-        norm0 = np.sqrt(np.vdot(rk, rk) + np.vdot(rb, rb))
+        # Stop on the right-hand side's norm (a warm start from the previous round
+        # needs fewer iterations), or when an iteration lowers the objective by less
+        # than PCG_STALL of what the iterations so far did.
+        norm_rhs = np.sqrt(np.vdot(self.rhs_k, self.rhs_k) + np.vdot(self.rhs_b, self.rhs_b))
+        gained = 0.0
         iters = 0
         for iters in range(1, PCG_MAX_ITER + 1):  # noqa: B007
             qk, qb = self.apply(pk, pb)
@@ -231,7 +260,10 @@ class SharedLeastSquares:
             alpha = rz / pq
             k, b = k + alpha * pk, b + alpha * pb
             rk, rb = rk - alpha * qk, rb - alpha * qb
-            if np.sqrt(np.vdot(rk, rk) + np.vdot(rb, rb)) <= PCG_RTOL * norm0:
+            step_gain = alpha * rz  # the objective sum|y - Wx - b|^2 fell by this much
+            gained += step_gain
+            if (np.sqrt(np.vdot(rk, rk) + np.vdot(rb, rb)) <= PCG_RTOL * norm_rhs
+                    or step_gain <= PCG_STALL * gained):
                 break
             zk, zb = precondition(rk, rb)
             rz_new = np.vdot(rk, zk) + np.vdot(rb, zb)
