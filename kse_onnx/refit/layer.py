@@ -14,6 +14,8 @@ from .normal import NormalEquations, SharedLayout, SharedLeastSquares, Solution
 
 # Patch rows per normal-equation batch are capped at this many float32 values.
 _PATCH_ELEMENTS = 32_000_000
+# After-ReLU rounds stop once a round lowers its bound by less than this share.
+ROUND_STALL = 1e-3
 
 
 def attributes(node: onnx.NodeProto, opset: int) -> dict:
@@ -88,13 +90,16 @@ class SharedConv:
         self.kernels, self.bias = solution.kernels, solution.bias
         if floor is None or not rounds:
             return solution
-        for _ in range(rounds):
+        for done in range(1, rounds + 1):
             eq.reset_targets()
             self._accumulate(eq, x, target, with_gram=False, floor=floor)
             problem.retarget()  # A (and its factor) is the same: only the targets moved
             again = problem.solve(self.kernels, self.bias)
             self.kernels, self.bias = again.kernels, again.bias
-            solution.solver = again.solver
+            solution.solver = f"{again.solver}, {done} after-ReLU round{'s' * (done > 1)}"
+            gained = again.objective_before - again.objective_after
+            if gained <= ROUND_STALL * again.objective_before:
+                break  # the bound no longer falls: further rounds would not move the kernels
         return solution
 
     def _accumulate(self, eq: NormalEquations, x, target, with_gram: bool,

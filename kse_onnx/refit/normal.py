@@ -149,6 +149,7 @@ class SharedLeastSquares:
         self.damping = damping * max(float(diag.mean()), 1e-30)
         self._factor = None  # A's Cholesky factor (exact solver), kept for new targets
         self._block_inverse = None  # the preconditioner (conjugate gradients), kept too
+        self._g32 = None  # G in float32 for conjugate gradients' products
         self.retarget()
 
     def retarget(self) -> None:
@@ -162,10 +163,18 @@ class SharedLeastSquares:
     def unknowns(self) -> int:
         return self.layout.slots * self.d + self.n
 
-    def apply(self, k: np.ndarray, b: np.ndarray, damped: bool = True):
-        """(A k_b) in (kernels, bias) form."""
+    def apply(self, k: np.ndarray, b: np.ndarray, damped: bool = True, single: bool = False):
+        """(A k_b) in (kernels, bias) form. ``single``: the product with G, which costs
+        N*(CD)^2 and dominates, in float32 (conjugate gradients' iterations; the
+        objective and the residual it starts from stay in float64)."""
         w = self.layout.expand(k).reshape(self.n, -1)
-        z = w @ self.eq.G + np.outer(b, self.eq.s)
+        if single:
+            if self._g32 is None:
+                self._g32 = self.eq.G.astype(np.float32)
+            wg = (w.astype(np.float32) @ self._g32).astype(np.float64)
+        else:
+            wg = w @ self.eq.G
+        z = wg + np.outer(b, self.eq.s)
         out_k = self.layout.gather(z.reshape(self.n, self.c, self.d))
         out_b = w @ self.eq.s + self.eq.P * b
         if damped:
@@ -253,7 +262,7 @@ class SharedLeastSquares:
         gained = 0.0
         iters = 0
         for iters in range(1, PCG_MAX_ITER + 1):  # noqa: B007
-            qk, qb = self.apply(pk, pb)
+            qk, qb = self.apply(pk, pb, single=True)
             pq = np.vdot(pk, qk) + np.vdot(pb, qb)
             if pq <= 0:
                 break
