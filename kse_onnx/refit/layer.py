@@ -12,8 +12,11 @@ from ..analysis.plan import LayerPlan, effective_weight
 from ..finetune import ops
 from .normal import NormalEquations, SharedLayout, SharedLeastSquares, Solution
 
-# Patch rows per normal-equation batch are capped at this many float32 values.
+# A normal-equation batch's temporaries (patches, targets, their transposed copies and,
+# after a ReLU, the relaxed targets) are capped at about this many float32 values.
 _PATCH_ELEMENTS = 32_000_000
+# Whole-set error sums run over chunks of images of at most this many values each.
+_CHUNK_ELEMENTS = 4_000_000
 # After-ReLU rounds stop once a round lowers its bound by less than this share.
 ROUND_STALL = 1e-3
 
@@ -72,6 +75,11 @@ class SharedConv:
         return torch.cat([self.forward(x[s:s + step].float()).to(x.dtype)
                           for s in range(0, len(x), step)])
 
+    def error(self, x: torch.Tensor, target: torch.Tensor,
+              floor: torch.Tensor | None = None) -> float:
+        """:func:`relative_error` of the current kernels, predicted a chunk at a time."""
+        return relative_error(lambda a, b: self.forward(x[a:b].float()), target, floor)
+
     def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float,
                       floor: torch.Tensor | None = None, rounds: int = 0) -> Solution:
         """Fit kernels and bias so ``conv(x) ~ target`` (full calibration tensors).
@@ -109,9 +117,10 @@ class SharedConv:
         batch by batch so no whole-set temporary is made."""
         n, c, kh, kw = self.shape
         positions = target.shape[2] * target.shape[3]
-        step = max(1, _PATCH_ELEMENTS // max(1, positions * c * kh * kw))
-        if floor is not None:
-            step = min(step, 256)
+        # per image: the patches and their (CD, B*P) copy; the targets and their copy;
+        # after a ReLU also the floor, the prediction and the relaxed target
+        width = 2 * c * kh * kw + (5 if floor is not None else 2) * n
+        step = max(1, _PATCH_ELEMENTS // max(1, positions * width))
         for start in range(0, len(x), step):
             inputs = x[start:start + step].float()
             cols = self.patches(inputs)  # (B, CD, P)
@@ -152,25 +161,29 @@ def _rows(value: torch.Tensor, start: int, step: int, images: int) -> torch.Tens
     return value[start:start + step] if value.dim() and value.shape[0] == images else value
 
 
-def relative_error(out: torch.Tensor, target: torch.Tensor,
-                   floor: torch.Tensor | None = None) -> float:
+def _chunk(value: torch.Tensor) -> int:
+    """Images per chunk so that one chunk of ``value`` holds about _CHUNK_ELEMENTS."""
+    per_image = value[:1].numel() if value.dim() else 1
+    return max(1, _CHUNK_ELEMENTS // max(1, per_image))
+
+
+def relative_error(out, target: torch.Tensor, floor: torch.Tensor | None = None) -> float:
     """``||out - target|| / ||target||``, summed in float32 over chunks of images; with
     ``floor``, of ``relu(out - floor)`` against ``relu(target - floor)`` (the error after
-    the activation)."""
+    the activation). ``out`` is a whole-set tensor, or a function of (start, stop) giving
+    those images' outputs (so no whole-set prediction need be held)."""
     diff = total = 0.0
-    for start in range(0, len(target), 64):
-        o, t = out[start:start + 64].float(), target[start:start + 64].float()
+    step = _chunk(target)
+    for start in range(0, len(target), step):
+        stop = start + step
+        o = out(start, stop) if callable(out) else out[start:stop]
+        o, t = o.float(), target[start:stop].float()
         if floor is not None:
-            low = _rows(floor, start, 64, len(target)).float()
+            low = _rows(floor, start, step, len(target)).float()
             o, t = torch.relu(o - low), torch.relu(t - low)
         diff += float(torch.linalg.vector_norm(o - t)) ** 2
         total += float(torch.linalg.vector_norm(t)) ** 2
     return (diff / max(total, 1e-30)) ** 0.5
-
-
-def energy(target: torch.Tensor) -> float:
-    """``||target||^2`` in float64, a chunk of images at a time."""
-    return sum(float(target[s:s + 64].double().square().sum()) for s in range(0, len(target), 64))
 
 
 def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],

@@ -33,7 +33,7 @@ from ..finetune import progress
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
-from .layer import SharedConv, attributes, energy, fit_segment, relative_error, run_node
+from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
 
 # Activations over all calibration images above this many bytes (largest tensor, float32)
 # are held in float16 between their producer and their last reader, and the operators
@@ -258,22 +258,24 @@ class _Refit:
                 add, others = None, []
         floor = (self._relu_floor(i, add, others, student)
                  if self.options.refit in ("act", "block") else None)
-        before = None if floor is None else conv.predict(x)
-        start = (conv.kernels.copy(), conv.bias.copy())
-        solution = conv.least_squares(x, target, self.options.refit_damping, floor,
-                                      self.options.refit_rounds)
-        yy = max(energy(target), 1e-30)
-        out = conv.predict(x)
-        fit = LayerFit(self.names[i], kind, solution.solver,
-                       float(np.sqrt(solution.objective_before / yy)),
-                       relative_error(out, target), 0.0)
+        # errors measured directly (not from the normal equations, whose float32 sums
+        # lose the small differences of a close fit), a chunk of images at a time
+        fit = LayerFit(self.names[i], kind, "", conv.error(x, target), 0.0, 0.0)
         if floor is not None:
-            fit.act_error_before = relative_error(before, target, floor)
+            fit.act_error_before = conv.error(x, target, floor)
+        start = (conv.kernels.copy(), conv.bias.copy())
+        fit.solver = conv.least_squares(x, target, self.options.refit_damping, floor,
+                                        self.options.refit_rounds).solver
+        out = conv.predict(x)
+        fit.error_after = relative_error(out, target)
+        if floor is not None:
             fit.act_error_after = relative_error(out, target, floor)
-            if fit.act_error_after > fit.act_error_before:  # a guard: keep the clustered ones
-                conv.kernels, conv.bias = start
-                out, fit.solver = before, "kept the clustered kernels (no improvement)"
-                fit.error_after, fit.act_error_after = fit.error_before, fit.act_error_before
+        judged = ("act_error_before", "act_error_after") if floor is not None else (
+            "error_before", "error_after")
+        if getattr(fit, judged[1]) > getattr(fit, judged[0]):  # a guard: keep the clustered
+            conv.kernels, conv.bias = start
+            out, fit.solver = conv.predict(x), "kept the clustered kernels (no improvement)"
+            fit.error_after, fit.act_error_after = fit.error_before, fit.act_error_before
         fit.seconds = time.perf_counter() - started
         self.result.layers.append(fit)
         return out
