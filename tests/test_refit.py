@@ -271,6 +271,26 @@ def test_refit_works_on_detectors_and_segmenters(tmp_path, builder):
     assert after < 0.8 * before, (before, after)
 
 
+def test_refit_refuses_an_unknown_operator_by_name(tmp_path, capsys):
+    """The refit runs the graph with the fine-tuning importer: an operator it cannot map
+    is one error naming it and its node, and nothing is written."""
+    from graphs import tiny_detector
+
+    model = tiny_detector(hw=16)
+    node = [n for n in model.graph.node if n.op_type == "Sigmoid"][-1]
+    node.op_type, node.domain = "FancySigmoid", "custom.ops"
+    model.opset_import.append(onnx.helper.make_opsetid("custom.ops", 1))
+    src, out, images = tmp_path / "custom.onnx", tmp_path / "out.onnx", tmp_path / "x.npz"
+    onnx.save(model, src)
+    np.savez(images, x=photo_batch((8, 3, 16, 16)))
+    code = main(["optimize", str(src), str(out), "--lowering", "compact",
+                 "--calibration", str(images)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("kse-onnx: error: ") and err.count("\n") == 1
+    assert f"custom.ops.FancySigmoid (node '{node.name}')" in err
+    assert not out.exists()
+
+
 def test_float16_holding_for_large_models_fits_as_well(resnet, monkeypatch):
     """Large models hold activations in float16 and run per-image operators in chunks
     (forced here): the fit lands where the float32 one does, and verifies exact."""

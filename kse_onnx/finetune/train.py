@@ -2,11 +2,13 @@
 
 Loss per batch (``--loss``, :mod:`.losses`): for classifier logits
 ``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)`` (distillation
-only when there are no labels); for other outputs, or the compressed Convs' outputs, the
-mean squared error divided by the teacher's variance. The teacher runs in onnxruntime on
-the same augmented batch. Under ``torchrun`` each process takes its slice of every global batch
-and DistributedDataParallel averages gradients, so K processes follow the same
-trajectory as one (up to float summation order).
+only when there are no labels); for other outputs (and, with ``--loss features``, the
+compressed Convs' outputs too) the mean squared error divided by the teacher's variance.
+The teacher runs in onnxruntime on the same augmented batch. ``--optimizer auto``: SGD
+with momentum for ``kd``, Adam for the dense targets of ``mse`` and ``features``.
+Under ``torchrun`` each process takes its slice of every global batch and
+DistributedDataParallel averages gradients, so K processes follow the same trajectory
+as one (up to float summation order).
 """
 
 from __future__ import annotations
