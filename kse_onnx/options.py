@@ -293,6 +293,8 @@ class QuantizeOptions:
 
 SCHEDULES = ("cosine", "step", "constant")
 LOSSES = ("auto", "kd", "mse", "features")
+OPTIMIZERS = ("auto", "sgd", "adam")
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.003}  # --lr 0: the chosen optimizer's
 
 
 @dataclass(frozen=True)
@@ -326,9 +328,14 @@ class FinetuneOptions:
 
     epochs: int = _opt(1, "passes over the training data")
     batch: int = _opt(128, "global batch size (split across torchrun processes)")
-    lr: float = _opt(0.01, "SGD learning rate (the authors' CIFAR setting)")
+    lr: float = _opt(0.0, "learning rate; 0 = the optimizer's default: 0.01 for SGD (the "
+                          "authors' CIFAR setting), 0.003 for Adam")
     momentum: float = _opt(0.9, "SGD momentum")
-    weight_decay: float = _opt(1e-5, "SGD weight decay (the authors' setting)")
+    weight_decay: float = _opt(1e-5, "weight decay (the authors' setting)")
+    optimizer: str = _opt("auto", "'sgd' (with --momentum) or 'adam'; 'auto' = SGD for "
+                                  "--loss kd, Adam for mse and features (dense targets, "
+                                  "whose gradients differ in scale from layer to layer)",
+                          choices=OPTIMIZERS)
     schedule: str = _opt("cosine", "learning-rate schedule", choices=SCHEDULES)
     clip_grad: float = _opt(5.0, "clip the gradient norm to this (0 = off): exported models "
                                  "have BatchNorm folded into the convs and diverge without it")
@@ -353,7 +360,7 @@ class FinetuneOptions:
         for name, low in (("epochs", 1), ("batch", 1), ("seed", 0), ("threads", 0),
                           ("qat_epochs", 0)):
             _check_int(self, name, low=low)
-        checks = (("lr", self.lr > 0), ("qat_lr", self.qat_lr > 0),
+        checks = (("lr", self.lr >= 0), ("qat_lr", self.qat_lr > 0),
                   ("momentum", 0 <= self.momentum < 1),
                   ("weight_decay", self.weight_decay >= 0), ("clip_grad", self.clip_grad >= 0),
                   ("temperature", self.temperature > 0),
@@ -365,6 +372,7 @@ class FinetuneOptions:
                                   f"out of range: {getattr(self, name)!r}")
         _check_choice("--schedule", self.schedule, SCHEDULES)
         _check_choice("--loss", self.loss, LOSSES)
+        _check_choice("--optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass(frozen=True)

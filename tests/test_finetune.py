@@ -122,6 +122,16 @@ def test_resume_continues_from_checkpoint(setup):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_another_optimizer_is_refused(setup, capsys):
+    tmp, teacher, student, data = setup
+    out = tmp / "out.onnx"
+    assert main(_args(tmp, teacher, student, data, out, "--optimizer", "sgd")) == 0
+    code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--resume",
+                      "--optimizer", "adam"))
+    err = capsys.readouterr().err
+    assert code == 1 and "written with the SGD optimizer, resumed with Adam" in err
+
+
 def test_nan_loss_stops_with_last_good_model(setup, capsys):
     tmp, teacher, student, data = setup
     out = tmp / "nan.onnx"

@@ -239,7 +239,9 @@ def test_refit_options_are_checked():
 @pytest.mark.parametrize("builder", ["tiny_detector", "tiny_unet"])
 def test_refit_works_on_detectors_and_segmenters(tmp_path, builder):
     """The refit runs every op the importer maps (Split, Resize, ConvTranspose, Sigmoid
-    heads...), lowers no layer's error and verifies exact."""
+    heads...), lowers no layer's error, brings the output closer to the original's than
+    the plain compression, and verifies exact. The act rounds run only where a Relu reads
+    the Conv, never on a SiLU (Sigmoid * x) or a head (the detector)."""
     import graphs
 
     src = tmp_path / "model.onnx"
@@ -257,7 +259,36 @@ def test_refit_works_on_detectors_and_segmenters(tmp_path, builder):
                  if layer["act_error_after"] is None
                  else layer["act_error_after"] > layer["act_error_before"] * (1 + 1e-6))
         assert not worse, layer
+    if builder == "tiny_detector":  # SiLU and heads: no matching after a Relu
+        assert all(layer["act_error_after"] is None for layer in layers)
     assert verify(src, out).exact
+    plain = tmp_path / "plain.onnx"
+    optimize(src, plain, KSEOptions(G=4), lower_options=LowerOptions("compact"))
+    check = tmp_path / "check.npz"
+    np.savez(check, x=photo_batch((16, 3, 16, 16), seed=6))
+    before = verify(src, plain, inputs=check).approximation[-1].rel_error
+    after = verify(src, out, inputs=check).approximation[-1].rel_error
+    assert after < 0.8 * before, (before, after)
+
+
+def test_refit_refuses_an_unknown_operator_by_name(tmp_path, capsys):
+    """The refit runs the graph with the fine-tuning importer: an operator it cannot map
+    is one error naming it and its node, and nothing is written."""
+    from graphs import tiny_detector
+
+    model = tiny_detector(hw=16)
+    node = [n for n in model.graph.node if n.op_type == "Sigmoid"][-1]
+    node.op_type, node.domain = "FancySigmoid", "custom.ops"
+    model.opset_import.append(onnx.helper.make_opsetid("custom.ops", 1))
+    src, out, images = tmp_path / "custom.onnx", tmp_path / "out.onnx", tmp_path / "x.npz"
+    onnx.save(model, src)
+    np.savez(images, x=photo_batch((8, 3, 16, 16)))
+    code = main(["optimize", str(src), str(out), "--lowering", "compact",
+                 "--calibration", str(images)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("kse-onnx: error: ") and err.count("\n") == 1
+    assert f"custom.ops.FancySigmoid (node '{node.name}')" in err
+    assert not out.exists()
 
 
 def test_float16_holding_for_large_models_fits_as_well(resnet, monkeypatch):

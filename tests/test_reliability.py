@@ -160,7 +160,7 @@ def test_constant_node_weight_is_compressed(tmp_path):
     (["eval", "{m}", "--data", "{m}"], 1, "unknown data format"),
     (["finetune", "{m}", "{tmp}/o.onnx", "--teacher", "{m}", "--data", "{tmp}/x.npz"], 1,
      "no such data"),
-    (["finetune", "{m}", "{tmp}/o.onnx", "--teacher", "{m}", "--data", "{m}", "--lr", "0"], 2,
+    (["finetune", "{m}", "{tmp}/o.onnx", "--teacher", "{m}", "--data", "{m}", "--lr", "-1"], 2,
      "--lr"),
     (["finetune", "{m}", "{tmp}/o.onnx", "--teacher", "{m}", "--data", "{m}",
       "--std", "0"], 2, "--std"),

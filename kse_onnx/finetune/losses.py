@@ -5,7 +5,9 @@
 - ``mse``: ``mean_k mean((s_k - t_k)^2) / var(t_k)`` over every graph output ``k``;
 - ``features``: the same over the outputs of the compressed Convs (the Conv node names
   kse-onnx records in ``compressed_layers``; lowering keeps their output tensor names, so
-  the teacher's tensor of the same name is the target), no labels or output type needed;
+  the teacher's tensor of the same name is the target), averaged with the ``mse`` term of
+  the graph outputs (the Convs alone leave the error of the layers between them, and of
+  the head, unchecked); no labels or output type needed;
 - ``auto``: ``kd`` for one 2-D output with at least two columns (logits), ``mse`` otherwise.
 
 Each ``var(t_k)`` is the teacher's variance on a fixed sample of the training inputs (the
@@ -79,8 +81,9 @@ class Objective:
     def describe(self) -> str:
         what = {"kd": "softened softmax of the logits",
                 "mse": f"{len(self.outputs)} output(s), each / the teacher's variance",
-                "features": f"{len(self.features)} compressed Conv output(s), each / the "
-                            "teacher's variance"}[self.kind]
+                "features": f"{len(self.features)} compressed Conv output(s) and "
+                            f"{len(self.outputs)} output(s), each / the teacher's "
+                            "variance"}[self.kind]
         return f"{self.kind} ({what})"
 
     def targets(self, x: np.ndarray) -> list[np.ndarray]:
@@ -94,9 +97,11 @@ class Objective:
             match = kd_loss(out[0], t[0], self.opts.temperature)
         elif self.kind == "mse":
             match = _normalised(out, t[:len(self.outputs)], self.variances)
-        else:
+        else:  # the graph outputs' term and the features' term weigh alike
+            k = len(self.outputs)
             got = [module.captured[name] for name in self.features]
-            match = _normalised(got, t[len(self.outputs):], self.variances)
+            match = 0.5 * (_normalised(out, t[:k], self.variances[:k])
+                           + _normalised(got, t[k:], self.variances[k:]))
         if labels is None or not self.classifier:
             return match
         w = self.opts.label_weight
@@ -134,7 +139,10 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
     if kind == "mse":
         objective.variances = _variances(objective, sample, 0)
     elif kind == "features":
-        names = feature_names(student, teacher)
+        names = [n for n in feature_names(student, teacher) if n not in outputs]
+        if not names:  # every compressed Conv writes a graph output: that is mse
+            raise ModelError("--loss features: the compressed Convs' outputs are the "
+                             "graph outputs; use --loss mse")
         objective.teacher = session(with_outputs(teacher, names))
         targets = objective.targets(sample[:2])[len(outputs):]
         module.capture = set(names)
@@ -151,7 +159,7 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
         objective.features = kept
         module.capture = set(kept)
         objective.teacher = session(with_outputs(teacher, kept))
-        objective.variances = _variances(objective, sample, len(outputs))
+        objective.variances = _variances(objective, sample, 0)
     note = " (auto: one 2-D logits output)" if opts.loss == "auto" and kind == "kd" else \
         " (auto: not a single 2-D logits output)" if opts.loss == "auto" else ""
     log(f"loss: {objective.describe()}{note}")

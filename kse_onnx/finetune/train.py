@@ -2,11 +2,13 @@
 
 Loss per batch (``--loss``, :mod:`.losses`): for classifier logits
 ``w * CE(student, labels) + (1 - w) * T^2 * KL(teacher_T || student_T)`` (distillation
-only when there are no labels); for other outputs, or the compressed Convs' outputs, the
-mean squared error divided by the teacher's variance. The teacher runs in onnxruntime on
-the same augmented batch. Under ``torchrun`` each process takes its slice of every global batch
-and DistributedDataParallel averages gradients, so K processes follow the same
-trajectory as one (up to float summation order).
+only when there are no labels); for other outputs (and, with ``--loss features``, the
+compressed Convs' outputs too) the mean squared error divided by the teacher's variance.
+The teacher runs in onnxruntime on the same augmented batch. ``--optimizer auto``: SGD
+with momentum for ``kd``, Adam for the dense targets of ``mse`` and ``features``.
+Under ``torchrun`` each process takes its slice of every global batch and
+DistributedDataParallel averages gradients, so K processes follow the same trajectory
+as one (up to float summation order).
 """
 
 from __future__ import annotations
@@ -24,19 +26,43 @@ from .. import paths
 from ..data import check_labels, load_data
 from ..errors import ModelError
 from ..graph.io import load_model, model_files, save_model
-from ..options import CalibrationOptions, DataOptions, FinetuneOptions, QuantizeOptions
+from ..options import (
+    DEFAULT_LR,
+    CalibrationOptions,
+    DataOptions,
+    FinetuneOptions,
+    QuantizeOptions,
+)
 from ..runtime.ort import session
 from . import losses
 from .epochs import EpochRunner, accuracy
 from .importer import import_model
 
 
-def learning_rate(opts: FinetuneOptions, step: int, total: int) -> float:
+def learning_rate(opts: FinetuneOptions, base: float, step: int, total: int) -> float:
+    """The rate at ``step`` of ``total`` under ``opts.schedule``, from ``base``."""
     if opts.schedule == "cosine":
-        return opts.lr * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+        return base * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
     if opts.schedule == "step":  # x0.1 at half and three quarters, as the authors did
-        return opts.lr * (0.1 ** (int(step >= total / 2) + int(step >= 3 * total / 4)))
-    return opts.lr
+        return base * (0.1 ** (int(step >= total / 2) + int(step >= 3 * total / 4)))
+    return base
+
+
+def make_optimizer(opts: FinetuneOptions, loss: str, params, log):
+    """(optimizer, base learning rate) of ``--optimizer``/``--lr`` for the chosen loss;
+    says which it picked."""
+    kind = opts.optimizer
+    if kind == "auto":
+        kind = "sgd" if loss == "kd" else "adam"
+    lr = opts.lr or DEFAULT_LR[kind]
+    if kind == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=opts.momentum,
+                                    weight_decay=opts.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opts.weight_decay)
+    note = f" (auto: loss {loss})" if opts.optimizer == "auto" else ""
+    log(f"optimizer: {kind}, lr {lr:g} ({opts.schedule}){note}")
+    return optimizer, lr
 
 
 class Distributed:
@@ -100,8 +126,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     n_val = int(len(x) * opts.val_fraction) if y is not None and objective.classifier else 0
     val, train = order[:n_val], order[n_val:]
     model = dist.wrap(module)
-    optimizer = torch.optim.SGD(module.parameters(), lr=opts.lr, momentum=opts.momentum,
-                                weight_decay=opts.weight_decay)
+    optimizer, base_lr = make_optimizer(opts, objective.kind, module.parameters(), say)
     steps_per_epoch = max(1, len(train) // opts.batch)
     total = steps_per_epoch * opts.epochs
     ckpt_dir = Path(f"{output}.ckpt")
@@ -113,6 +138,10 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         except Exception as exc:
             raise ModelError(f"{ckpt}: not a kse-onnx checkpoint or holds objects other "
                              f"than tensors; refused ({type(exc).__name__})") from exc
+        kind = type(optimizer).__name__
+        if state.get("optimizer_type", kind) != kind:
+            raise ModelError(f"{ckpt}: written with the {state['optimizer_type']} optimizer, "
+                             f"resumed with {kind}; pass the same --optimizer")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])
@@ -124,7 +153,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         step_losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
-            opts, e * steps_per_epoch + step, total), good_state, output)
+            opts, base_lr, e * steps_per_epoch + step, total), good_state, output)
         good_state = {k: v.clone() for k, v in module.state_dict().items()}
         record = {"epoch": epoch + 1, "loss": float(np.mean(step_losses)),
                   "seconds": time.perf_counter() - t0}
@@ -139,6 +168,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
                 + (f", held-out accuracy {record['val_accuracy']:.4f}" if n_val else ""))
             ckpt_dir.mkdir(exist_ok=True)
             state = {"module": good_state, "optimizer": optimizer.state_dict(),
+                     "optimizer_type": type(optimizer).__name__,
                      "epoch": epoch + 1, "best_acc": best_acc, "best": best_state}
             _save_checkpoint(ckpt_dir / f"epoch_{epoch + 1:03d}.pt", state)
             _save_checkpoint(ckpt, state)

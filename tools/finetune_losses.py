@@ -1,0 +1,161 @@
+"""Does one epoch of ``finetune --loss mse`` / ``--loss features`` bring a compressed
+detector and U-Net at least twice closer to their original? (issue #13, "done when")
+
+    apt-get install dataset-fashion-mnist
+    python tools/finetune_losses.py [--models yolo_tiny,unet_tiny] [--settings "4,0;5,1"]
+        [--losses mse,features] [--images 8192] [--data fmnist|random] [--threads 2]
+
+The teachers are the zoo's TinyYOLO (3x64x64) and TinyUNet (3x32x32) with seeded random
+weights and BatchNorm statistics (models/zoo.py), exported at opset 17. Inputs: the
+Fashion-MNIST training images (the first ``--images``; one epoch is one pass over them)
+resized bilinearly to the model's input, the grey channel repeated three times,
+normalised to mean 0 and std 1; or, with ``--data random``, Gaussian noise images. The
+error is what ``kse-onnx verify --inputs`` reports, the relative error of the output
+against the teacher's on 256 held-out inputs (the first Fashion-MNIST test images, or
+other noise images); the ratio after/before must be <= 0.5. Everything else is
+``finetune``'s default. With ``--refit-images N`` (default 1024; 0 = off) a row per
+setting also gives the post-training refit (``optimize --calibration``, default
+``--refit``) on the first N training inputs, which must lower the error (ratio < 1).
+Prints a Markdown table; ``--json`` writes the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kse_onnx.api import optimize  # noqa: E402
+from kse_onnx.data import fashion_mnist  # noqa: E402
+from kse_onnx.finetune.train import finetune  # noqa: E402
+from kse_onnx.options import (  # noqa: E402
+    CalibrationOptions,
+    DataOptions,
+    FinetuneOptions,
+    KSEOptions,
+    LowerOptions,
+    RefitOptions,
+)
+from kse_onnx.verify import verify  # noqa: E402
+from models.export import export  # noqa: E402
+from models.zoo import build  # noqa: E402
+
+RATIO = 0.5
+CHECK_IMAGES = 256
+
+
+def images(kind: str, split: str, n: int, size: int, seed: int) -> np.ndarray:
+    """(n, 3, size, size) float32 inputs, mean 0 and std 1."""
+    if kind == "random":
+        rng = np.random.default_rng(seed)
+        return rng.standard_normal((n, 3, size, size)).astype(np.float32)
+    x, _ = fashion_mnist(split)
+    x = torch.from_numpy(x[:n].astype(np.float32) / 255.0)[:, None]
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                        align_corners=False).numpy()
+    x = (x - x.mean()) / x.std()
+    return np.ascontiguousarray(np.repeat(x, 3, axis=1), dtype=np.float32)
+
+
+def error(teacher: Path, model: Path, check: Path) -> float:
+    """verify --inputs: the relative error on the given inputs (the last comparison)."""
+    return verify(teacher, model, inputs=check).approximation[-1].rel_error
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="yolo_tiny,unet_tiny")
+    parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
+    parser.add_argument("--losses", default="mse,features")
+    parser.add_argument("--images", type=int, default=8192, help="training inputs (1 epoch)")
+    parser.add_argument("--data", choices=("fmnist", "random"), default="fmnist")
+    parser.add_argument("--threads", type=int, default=2)
+    defaults = FinetuneOptions()
+    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="0: the optimizer's")
+    parser.add_argument("--optimizer", default=defaults.optimizer)
+    parser.add_argument("--refit-images", type=int, default=1024)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "finetune_losses")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{datetime.date.today()}; inputs: {args.data}, {args.images} training / "
+          f"{CHECK_IMAGES} check; finetune: batch {args.batch}, optimizer {args.optimizer}, "
+          f"lr {args.lr or 'auto'}, otherwise the defaults")
+    print("| model | G,T | loss | error before | error after | ratio | seconds | ok |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows, failed = [], 0
+    for name in args.models.split(","):
+        net, shape = build(name)
+        teacher = args.out / f"{name}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx.save(export(net, shape, 17), teacher)
+        train, check = args.out / f"{name}_train.npz", args.out / f"{name}_check.npz"
+        np.savez(train, x=images(args.data, "train", args.images, shape[-1], 1))
+        np.savez(check, input=images(args.data, "test", CHECK_IMAGES, shape[-1], 2))
+        for pair in args.settings.split(";"):
+            G, T = (int(v) for v in pair.split(","))
+            student = args.out / f"{name}_G{G}T{T}.onnx"
+            optimize(teacher, student, KSEOptions(G=G, T=T),
+                     lower_options=LowerOptions("compact"), overwrite=True)
+            before = error(teacher, student, check)
+            if args.refit_images:
+                refitted = args.out / f"{name}_G{G}T{T}_refit.onnx"
+                start = time.perf_counter()
+                optimize(teacher, refitted, KSEOptions(G=G, T=T),
+                         lower_options=LowerOptions("compact"), overwrite=True,
+                         calibration=CalibrationOptions(str(train), args.refit_images),
+                         refit=RefitOptions(), log=lambda line: None)
+                seconds = time.perf_counter() - start
+                after = error(teacher, refitted, check)
+                ok = bool(after < before)
+                failed += not ok
+                what = f"refit {RefitOptions().refit} ({args.refit_images} images)"
+                rows.append({"model": name, "G": G, "T": T, "loss": what, "before": before,
+                             "after": after, "ratio": after / before,
+                             "seconds": round(seconds, 1), "ok": ok})
+                print(f"| {name} | {G},{T} | {what} | {before:.4f} | {after:.4f} | "
+                      f"{after / before:.3f} | {seconds:.0f} | {'yes' if ok else 'NO'} |",
+                      flush=True)
+            for loss in [v for v in args.losses.split(",") if v]:
+                tuned = args.out / f"{name}_G{G}T{T}_{loss}.onnx"
+                start = time.perf_counter()
+                result = finetune(student, tuned, teacher, train,
+                                  FinetuneOptions(loss=loss, threads=args.threads, quiet=True,
+                                                  batch=args.batch, lr=args.lr,
+                                                  optimizer=args.optimizer),
+                                  DataOptions(), log=lambda text: None)
+                seconds = time.perf_counter() - start
+                after = error(teacher, tuned, check)
+                ratio = after / before
+                ok = bool(np.isfinite(ratio) and ratio <= RATIO)
+                failed += not ok
+                rows.append({"model": name, "G": G, "T": T, "loss": loss,
+                             "objective": result["loss"], "before": before, "after": after,
+                             "ratio": ratio, "seconds": round(seconds, 1), "ok": ok})
+                print(f"| {name} | {G},{T} | {loss} | {before:.4f} | {after:.4f} | "
+                      f"{ratio:.3f} | {seconds:.0f} | {'yes' if ok else 'NO'} |", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"{len(rows) - failed} of {len(rows)} runs at most {RATIO} of the error before")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
