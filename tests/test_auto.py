@@ -158,9 +158,12 @@ class FakeClock:
                 Timing(built, ratio, ratio)]
 
 
-def _settings(serialized: bytes) -> str:
-    model = onnx.load_from_string(serialized)
-    return next(p.value for p in model.metadata_props if p.key == "kse_onnx")
+def _settings(model) -> str:
+    """The kse-onnx settings of a serialized model or of an onnxruntime session."""
+    if hasattr(model, "get_modelmeta"):
+        return model.get_modelmeta().custom_metadata_map["kse_onnx"]
+    proto = onnx.load_from_string(model)
+    return next(p.value for p in proto.metadata_props if p.key == "kse_onnx")
 
 
 def test_whole_model_check_puts_layers_back_until_no_slower(tmp_path, monkeypatch):

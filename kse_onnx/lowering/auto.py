@@ -50,7 +50,7 @@ from ..graph.select import ConvSite, constant_values, quiet_graphsurgeon
 from ..graph.signature import timing_signature
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
-from ..runtime.ort import provider_list
+from ..runtime.ort import provider_list, session
 from . import LayerForm, Lowered, compressed_sites, lower
 
 AUTO_ALIGNS = (16, 8, 4, 1)
@@ -188,9 +188,13 @@ def time_candidates(name: str, models: dict[str, onnx.ModelProto], macs: dict[st
     """Time the candidate graphs of layer ``name`` at every timing point and pick."""
     choice = LayerChoice(name, WHOLE, macs=dict(macs))
     serialized = {label: m.SerializeToString() for label, m in models.items()}
+    made: dict[int, dict] = {}  # threads -> sessions, reused across batch sizes
     for batch, threads in options.timing_points:
         try:
-            timings = interleaved_latency(serialized, batch, threads, MAX_REPEATS,
+            if threads not in made:
+                made[threads] = {label: session(m, threads, providers)
+                                 for label, m in serialized.items()}
+            timings = interleaved_latency(made[threads], batch, threads, MAX_REPEATS,
                                           providers=providers, budget_s=LAYER_BUDGET_S,
                                           drop_slower=DROP_SLOWER)
         except ModelError as exc:  # the original runs (checked first): keep the layer as is
@@ -261,10 +265,13 @@ def _time_model(reference: bytes, label: str, model: onnx.ModelProto, options: L
         noise = abs(1 - medians["original again"] / medians["original"])
         return ratio + noise <= 1 or ratio - noise > limit + margin
 
-    rows = []
+    rows, made = [], {}  # threads -> sessions, reused across batch sizes
     for batch, threads in options.timing_points:
+        if threads not in made:
+            made[threads] = {name: session(m, threads, providers) for name, m in models.items()}
         t = {x.label: x for x in interleaved_latency(
-            models, batch, threads, MAX_REPEATS, warmup=MODEL_WARMUP, providers=providers,
+            made[threads], batch, threads, MAX_REPEATS, warmup=MODEL_WARMUP,
+            providers=providers,
             budget_s=MODEL_BUDGET_S, min_repeats=MODEL_MIN_REPEATS, settled=settled)}
         rows.append((t[label].ratio, abs(1 - t["original again"].ratio),
                      (batch, threads, t["original"].median_ms)))

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from onnxruntime import InferenceSession
 
 from ..errors import ModelError, first_line
 from .ort import random_inputs, session
@@ -25,9 +26,10 @@ def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int
                         budget_s: float | None = None, min_repeats: int = 7,
                         drop_slower: float = 0.0, drop_after: int = 3,
                         settled=None) -> list[Timing]:
-    """Median latency of each model (label -> ModelProto or serialized bytes) on the same
-    input. With ``budget_s``, the repeats are cut so that the timed loop takes about that
-    long (never fewer than ``min_repeats``, never more than ``repeats``).
+    """Median latency of each model (label -> ModelProto, serialized bytes, or a session
+    made earlier with these ``threads`` and ``providers``, reused) on the same input.
+    With ``budget_s``, the repeats are cut so that the timed loop takes about that long
+    (never fewer than ``min_repeats``, never more than ``repeats``).
 
     Early stops, both after whole rounds, so every model still alternates with the others:
     - ``drop_slower`` (> 1): from round ``drop_after`` on, a model other than the first
@@ -36,7 +38,8 @@ def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int
     - ``settled(medians)`` (label -> median s so far), asked from round ``min_repeats``
       on: True ends the loop (the caller's decision no longer depends on more rounds).
     """
-    sessions = {label: session(m, threads=threads, providers=providers)
+    sessions = {label: m if isinstance(m, InferenceSession) else
+                session(m, threads=threads, providers=providers)
                 for label, m in models.items()}
     first = next(iter(sessions.values()))
     feeds = random_inputs(first, batch, seed)
