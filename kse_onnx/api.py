@@ -20,6 +20,7 @@ from .options import (
     DataOptions,
     KSEOptions,
     LowerOptions,
+    ProgressOptions,
     QuantizeOptions,
     RefitOptions,
     SelectOptions,
@@ -49,30 +50,33 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
              lower_options: LowerOptions | None = None, overwrite: bool = False,
              target: TargetOptions | None = None, quantize: QuantizeOptions | None = None,
              data: DataOptions | None = None, calibration: CalibrationOptions | None = None,
-             refit: RefitOptions | None = None, log=None) -> ModelReport:
+             refit: RefitOptions | None = None, log=None,
+             progress: ProgressOptions | None = None) -> ModelReport:
     """Compress the model at ``input_path`` and write it to ``output_path``. With
     ``calibration`` images, the compressed layers are refitted to the original's outputs
     (``refit``, docs/refit.md) before they are written, and int8-static calibrates on
-    the same images."""
+    the same images. ``progress``: bars or log lines on stderr (analysis, refit,
+    ``auto`` timing) unless quiet."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
     lower_options = lower_options or LowerOptions()
     refit = refit or RefitOptions()
+    quiet = (progress or ProgressOptions()).quiet
     _check_paths(input_path, output_path, overwrite)
     model = load_model(input_path)
     images = _calibration(calibration, data, quantize)
     kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
-    result = analyse(model, kse, select, str(input_path))
+    result = analyse(model, kse, select, str(input_path), quiet=quiet)
     base = {**result.report.settings, **as_dict(lower_options)}
     base.pop("choices")  # the recorded layer_forms say what it gave: replays match byte for byte
     source = model  # the graph the lowering rewrites: the original, or its refitted copy
     base["refit"] = "none"
     if images is not None and refit.active:
-        source = _refit(model, result, select, refit, images, log)
+        source = _refit(model, result, select, refit, images, log, quiet)
         base.update(as_dict(refit))
         base["refit_images"] = len(images)
     if lower_options.lowering == "auto":
         optimized, lowered = _lower_auto(source, result, select, lower_options, base, quantize,
-                                         images)
+                                         images, quiet)
     else:
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
         optimized = export_model(result.graph, model,
@@ -109,7 +113,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
 def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
           teacher_path: str | os.PathLike, calibration: CalibrationOptions,
           options: RefitOptions | None = None, data: DataOptions | None = None,
-          log=None) -> ModelReport:
+          log=None, progress: ProgressOptions | None = None) -> ModelReport:
     """Refit a float model written earlier by :func:`optimize` from ``teacher_path`` (its
     original): the same analysis (recorded settings), the same layer forms (replayed),
     then the refit of :func:`optimize` with ``calibration``. The result does not depend
@@ -133,7 +137,7 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
     lowering = options_from(LowerOptions, settings, compressed_path, choices=str(
         compressed_path) if settings.get("lowering") == "auto" else "")
     return optimize(teacher_path, output_path, kse, select, lowering, calibration=calibration,
-                    refit=options, data=data, log=log)
+                    refit=options, data=data, log=log, progress=progress)
 
 
 def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None,
@@ -147,7 +151,7 @@ def _calibration(calibration: CalibrationOptions | None, data: DataOptions | Non
 
 
 def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, images,
-           log) -> object:
+           log, quiet: bool = False) -> object:
     """Refit ``result``'s plans in place; returns the model to lower (the original with
     the refitted biases and classifier) and points ``result`` at its graph."""
     try:
@@ -156,7 +160,7 @@ def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, 
         raise OptionError("--refit", f"the refit needs torch ({exc.name} is not installed): "
                           "pip install 'kse-onnx[finetune]', or pass --refit none") from exc
 
-    fitted = refit_model(model, result.plans, images, refit, log)
+    fitted = refit_model(model, result.plans, images, refit, log, quiet)
     result.graph = import_graph(fitted.model)
     result.sites = conv_sites(result.graph, select)
     result.report.extra["refit"] = fitted.to_dict()
@@ -164,7 +168,7 @@ def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, 
 
 
 def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: LowerOptions,
-                base: dict, quantize: QuantizeOptions | None, images):
+                base: dict, quantize: QuantizeOptions | None, images, quiet: bool = False):
     """The ``auto`` lowering: (optimized model, lowered layers); its report goes into
     ``result.report.extra`` ("auto", and "int8" when the INT8 builds were timed)."""
     def build(forms, compact_storage):
@@ -181,7 +185,7 @@ def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: L
 
         int8 = Int8Builds(model, quantize, images, build)
     auto = choose_forms(model, result.graph, result.sites, result.plans, lower_options,
-                        int8 or build, int8.reference if int8 else None)
+                        int8 or build, int8.reference if int8 else None, quiet)
     result.report.extra["auto"] = auto.to_dict()
     if int8 is not None and quantize.float_output:
         result.report.extra["note"] = "float model; layer forms chosen for its INT8 build"

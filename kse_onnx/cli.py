@@ -22,6 +22,7 @@ from .options import (
     KSEOptions,
     LowerOptions,
     OptimizeFiles,
+    ProgressOptions,
     QuantizeOptions,
     RefitFiles,
     RefitOptions,
@@ -97,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("output", help="output .onnx file")
     _add_options(optimize, OptimizeFiles)
     _add_options(optimize, KSEOptions, SelectOptions, LowerOptions, TargetOptions,
-                 CalibrationOptions, RefitOptions, QuantizeOptions, DataOptions)
+                 CalibrationOptions, RefitOptions, QuantizeOptions, DataOptions,
+                 ProgressOptions)
     optimize.set_defaults(run=_run_optimize)
 
     refit = add_command(commands, "refit", help="refit a model compressed earlier to its "
@@ -105,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("compressed", help="model written by kse-onnx optimize (float)")
     refit.add_argument("output", help="refitted .onnx file")
     _add_options(refit, RefitFiles)
-    _add_options(refit, CalibrationOptions, RefitOptions, DataOptions)
+    _add_options(refit, CalibrationOptions, RefitOptions, DataOptions, ProgressOptions)
     refit.set_defaults(run=_run_refit)
 
     verify = add_command(commands, "verify", help="check an optimized model against its original")
@@ -160,7 +162,8 @@ def _run_optimize(args) -> int:
                       overwrite=args.overwrite, target=_options(args, TargetOptions),
                       quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions),
                       calibration=_options(args, CalibrationOptions),
-                      refit=_options(args, RefitOptions))
+                      refit=_options(args, RefitOptions),
+                      progress=_options(args, ProgressOptions))
     return _written(report, args)
 
 
@@ -181,7 +184,7 @@ def _run_refit(args) -> int:
                  "--report": args.report})
     report = refit(args.compressed, args.output, args.teacher,
                    _options(args, CalibrationOptions), _options(args, RefitOptions),
-                   _options(args, DataOptions))
+                   _options(args, DataOptions), progress=_options(args, ProgressOptions))
     return _written(report, args)
 
 

@@ -422,6 +422,14 @@ _DATA = ".npz (x, optional y), IDX images file or an image folder"
 
 
 @dataclass(frozen=True)
+class ProgressOptions:
+    """Progress on stderr (optimize, refit): a bar on a terminal, a line per tenth of
+    the work in logs."""
+
+    quiet: bool = _opt(False, "no progress bars and no progress lines on stderr")
+
+
+@dataclass(frozen=True)
 class GlobalOptions:
     """Options of every command."""
 

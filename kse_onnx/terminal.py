@@ -34,5 +34,11 @@ class CleanStream:
         self._stream.write(clean(text))
         return len(text)
 
+    @property
+    def raw(self):
+        """The wrapped stream, for a progress bar: its ``\\r`` must stay a carriage return
+        (its text is ours, not a model's)."""
+        return self._stream
+
     def __getattr__(self, name):
         return getattr(self._stream, name)

@@ -250,3 +250,18 @@ def test_squared_distances():
 def test_option_errors_name_the_flag(kwargs, flag):
     with pytest.raises(OptionError, match=flag):
         KSEOptions(**kwargs)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_scalar_density_is_the_kd_tree_bit_for_bit(k):
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(0)
+    sets = [rng.standard_normal((6, 64)).astype(np.float32).astype(np.float64),
+            rng.integers(-2, 3, (4, 30)).astype(np.float64),  # many ties
+            np.zeros((2, 9))]
+    for values in sets:
+        tree = np.stack([cKDTree(v[:, None]).query(v[:, None], k=k + 1)[0].sum(1)
+                         for v in values])
+        assert kse.scalar_density(values, k).tobytes() == tree.tobytes()
+        assert kse.kernel_density(values[0][:, None], k).tobytes() == tree[0].tobytes()

@@ -148,17 +148,22 @@ class FakeClock:
     def __call__(self, models, batch, *args, **kwargs):
         if "original" not in models:  # per-layer timing: every candidate looks fast
             return [Timing(label, 1.0 if label == "whole" else 0.5, 1.0) for label in models]
-        forms = json.loads(_settings(models["dense"]))["layer_forms"]
+        built = next(label for label in models if label in ("dense", "compact"))
+        forms = json.loads(_settings(models[built]))["layer_forms"]
         changed = sum(label != "whole" for label in forms.values())
-        self.rounds.append(changed)
+        if built == "compact":
+            self.rounds.append(changed)
         ratio = 1 + self.slow * changed
         return [Timing("original", 1.0, 1.0), Timing("original again", 1.0, 1.0),
-                Timing("dense", ratio, ratio), Timing("compact", ratio, ratio)]
+                Timing(built, ratio, ratio)]
 
 
-def _settings(serialized: bytes) -> str:
-    model = onnx.load_from_string(serialized)
-    return next(p.value for p in model.metadata_props if p.key == "kse_onnx")
+def _settings(model) -> str:
+    """The kse-onnx settings of a serialized model or of an onnxruntime session."""
+    if hasattr(model, "get_modelmeta"):
+        return model.get_modelmeta().custom_metadata_map["kse_onnx"]
+    proto = onnx.load_from_string(model)
+    return next(p.value for p in proto.metadata_props if p.key == "kse_onnx")
 
 
 def test_whole_model_check_puts_layers_back_until_no_slower(tmp_path, monkeypatch):
@@ -188,3 +193,108 @@ def test_whole_model_check_ends_with_every_layer_whole(tmp_path, monkeypatch):
     convs_out = [n for n in onnx.load(dst).graph.node if n.op_type == "Conv"]
     assert len(convs_in) == len(convs_out)  # the original's graph, W_hat weights
     assert verify(src, dst, rtol=1e-5).exact
+
+
+def _repeated_layers(path):
+    """stem, then three 16->16 convs (conv3, conv5, conv7); the last two have the same
+    weights, so the same plan and the same candidate graphs (their producers are 16->16
+    convs too)."""
+    from onnx import numpy_helper
+
+    from graphs import GraphBuilder
+
+    b = GraphBuilder(3, 8)
+    x = b.relu(b.conv(b.input.name, 3, 16))
+    for _ in range(3):
+        x = b.relu(b.conv(x, 16, 16))
+    model = b.model(b.head(x, 16))
+    inits = {t.name: t for t in model.graph.initializer}
+    for part in ("weight", "bias"):
+        inits[f"conv7.{part}"].CopyFrom(numpy_helper.from_array(
+            numpy_helper.to_array(inits[f"conv5.{part}"]), f"conv7.{part}"))
+    onnx.save(model, path)
+
+
+def test_layers_with_one_timing_signature_are_timed_once(tmp_path, monkeypatch):
+    calls = []
+    real = auto.interleaved_latency
+
+    def counting(models, *args, **kwargs):
+        calls.append(sorted(models))
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(auto, "interleaved_latency", counting)
+    src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    _repeated_layers(src)
+    report = optimize(src, dst, KSEOptions(G=5, T=1),
+                      lower_options=LowerOptions(batches="1"))
+    layers = report.extra["auto"]["layers"]
+    assert set(layers) == {"conv3", "conv5", "conv7"}
+    assert layers["conv7"]["timed_with"] == "conv5"
+    assert layers["conv5"]["timed_with"] == "conv5" and layers["conv3"]["timed_with"] == "conv3"
+    assert layers["conv7"]["signature"] == layers["conv5"]["signature"] != \
+        layers["conv3"]["signature"]
+    assert layers["conv7"]["times_ms"] == layers["conv5"]["times_ms"]
+    assert layers["conv7"]["timed_pick"] == layers["conv5"]["timed_pick"]
+    per_layer = [c for c in calls if "whole" in c]
+    assert len(per_layer) == 2  # conv3 and conv5, at one batch; conv7 reused conv5's
+    again = tmp_path / "again.onnx"
+    optimize(src, again, KSEOptions(G=5, T=1),
+             lower_options=LowerOptions(batches="1", choices=str(dst)))
+    assert again.read_bytes() == dst.read_bytes()
+
+
+def test_signature_ignores_names_and_values_not_shapes():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from kse_onnx.graph.signature import timing_signature
+
+    def conv(prefix, c, value):
+        w = numpy_helper.from_array(np.full((c, c, 3, 3), value, np.float32), f"{prefix}w")
+        node = helper.make_node("Conv", [f"{prefix}x", f"{prefix}w"], [f"{prefix}y"],
+                                name=f"{prefix}conv", pads=[1, 1, 1, 1])
+        graph = helper.make_graph(
+            [node], "g", [helper.make_tensor_value_info(f"{prefix}x", TensorProto.FLOAT,
+                                                        ["batch", c, 8, 8])],
+            [helper.make_tensor_value_info(f"{prefix}y", TensorProto.FLOAT, None)], [w])
+        return helper.make_model(graph)
+
+    same = timing_signature({"whole": conv("a", 4, 1.0)})
+    assert timing_signature({"whole": conv("b", 4, 2.0)}) == same
+    assert timing_signature({"whole": conv("a", 8, 1.0)}) != same
+    assert timing_signature({"dense/align1": conv("a", 4, 1.0)}) != same
+
+
+def _bench_model(heavy: bool) -> onnx.ModelProto:
+    from graphs import GraphBuilder
+
+    b = GraphBuilder(32, 32)
+    x = b.input.name
+    x = b.conv(x, 32, 32) if heavy else b.relu(x)
+    return b.model(x, shape=("batch", 32, 32, 32))
+
+
+def test_a_clearly_slower_model_stops_being_timed():
+    from kse_onnx.runtime.bench import interleaved_latency
+
+    models = {"fast": _bench_model(False), "slow": _bench_model(True)}
+    timings = {t.label: t for t in interleaved_latency(models, 1, repeats=12, warmup=1,
+                                                       drop_slower=1.25, drop_after=3)}
+    assert timings["fast"].runs == 12 and timings["slow"].runs == 3  # a conv vs a Relu
+    kept = {t.label: t for t in interleaved_latency(models, 1, repeats=12, warmup=1)}
+    assert kept["slow"].runs == 12  # off by default
+
+
+def test_a_settled_verdict_ends_the_loop():
+    from kse_onnx.runtime.bench import interleaved_latency
+
+    models = {"a": _bench_model(False), "b": _bench_model(False)}
+    asked = []
+
+    def settled(medians):
+        asked.append(sorted(medians))
+        return True
+
+    timings = interleaved_latency(models, 1, repeats=20, warmup=1, min_repeats=4,
+                                  settled=settled)
+    assert [t.runs for t in timings] == [4, 4] and asked == [["a", "b"]]

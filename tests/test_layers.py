@@ -18,6 +18,7 @@ LAYERS = [
     "",  # kse_onnx/__init__.py: the version
     "errors",
     "terminal",  # escapes terminal control characters in what the CLI prints
+    "progress",  # progress bars (terminal) and lines (logs) of long loops
     "options",
     "paths",  # output paths checked against inputs and each other; atomic writes
     "report",  # counts and the summary table (numpy only)

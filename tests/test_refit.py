@@ -304,3 +304,17 @@ def test_float16_holding_for_large_models_fits_as_well(resnet, monkeypatch):
     for a, b in zip(plain.extra["refit"]["layers"], half.extra["refit"]["layers"], strict=True):
         assert b["error_after"] == pytest.approx(a["error_after"], rel=0.02, abs=2e-3)
     assert verify(src, out).exact
+
+
+def test_refit_command_logs_a_line_per_conv_and_quiet_none(resnet, capsys):
+    tmp, src, calibration = resnet
+    plain = tmp / "for_quiet.onnx"
+    optimize(src, plain, KSEOptions(G=4), lower_options=LowerOptions("compact"))
+    args = ["refit", str(plain), str(tmp / "refit_log.onnx"), "--teacher", str(src),
+            "--calibration", str(calibration), "--refit", "ls"]
+    assert main(args) == 0
+    err = capsys.readouterr().err  # not a terminal: one line per compressed conv
+    lines = [line for line in err.splitlines() if line.startswith("refit: ")]
+    assert lines and "\r" not in err
+    assert main([*args[:2], str(tmp / "refit_quiet.onnx"), *args[3:], "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

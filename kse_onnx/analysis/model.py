@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import __version__
+from .. import __version__, progress
 from ..graph.runtime_shapes import fill_conv_shapes
 from ..graph.select import ConvSite, conv_sites, import_graph
 from ..options import KSEOptions, SelectOptions, as_dict
@@ -27,8 +27,10 @@ class Analysis:
     report: ModelReport
 
 
-def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "") -> Analysis:
-    """Plan every eligible Conv of ``model`` (an onnx.ModelProto)."""
+def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "",
+            quiet: bool = True) -> Analysis:
+    """Plan every eligible Conv of ``model`` (an onnx.ModelProto); progress on stderr in
+    input channels scored unless ``quiet``."""
     notes: list[str] = []
     graph = import_graph(model, notes)
     filled = fill_conv_shapes(graph, model)  # sizes inference lost, from one onnxruntime run
@@ -37,12 +39,17 @@ def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "")
                      else "conv output sizes unknown: multiply-adds not counted")
     sites = conv_sites(graph, select)
     plans, layers = {}, []
+    eligible = [s for s in sites if s.reason is None]
+    bar = progress.bar(sum(s.weight.shape[1] for s in eligible), "KSE analysis",
+                       unit="channel", quiet=quiet, lines=True)
     for site in sites:
         shape = None if site.weight is None else site.weight.shape
         if site.reason is None:
             plans[site.name] = plan_layer(site.weight, kse, key=site.name)
+            bar.update(site.weight.shape[1], layers=f"{len(plans)}/{len(eligible)}")
         layers.append(layer_report(site.name, shape if shape and len(shape) == 4 else None,
                                    site.output_hw, plans.get(site.name), site.reason, kse.G))
+    bar.close()
     settings = {"kse_onnx_version": __version__, **as_dict(kse, select)}
     report = ModelReport(model_name, settings, layers)
     if notes:

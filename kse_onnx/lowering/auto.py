@@ -29,6 +29,7 @@ that model (or its report) as ``choices`` rebuilds the same bytes without timing
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .. import progress
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
 from ..graph.channels import producer_chain
@@ -45,16 +47,21 @@ from ..graph.count import conv_counts
 from ..graph.export import copy_model_fields
 from ..graph.names import unique_tensor_names
 from ..graph.select import ConvSite, constant_values, quiet_graphsurgeon
+from ..graph.signature import timing_signature
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
-from ..runtime.ort import provider_list
+from ..runtime.ort import provider_list, session
 from . import LayerForm, Lowered, compressed_sites, lower
 
 AUTO_ALIGNS = (16, 8, 4, 1)
 WHOLE = LayerForm("dense", 0)
 LAYER_BUDGET_S = 0.5  # timed loop per layer and batch, all candidates together
 MODEL_BUDGET_S = 8.0  # timed loop per whole-model check and batch
+MODEL_WARMUP = 1  # untimed runs per model before a whole-model check
+MODEL_MIN_REPEATS = 5  # rounds before a whole-model check may end on a plain verdict
 MAX_REPEATS = 200
+DROP_SLOWER = 1.25  # layer timing: a candidate this much slower than the fastest after
+# 3 rounds is not run further (it cannot be chosen: ties are within the tolerance)
 
 # build(forms, compact_storage) -> (optimized model, what each layer became)
 Builder = Callable[[dict, bool], "tuple[onnx.ModelProto, dict[str, Lowered]]"]
@@ -70,6 +77,8 @@ class LayerChoice:
     macs: dict[str, int] = field(default_factory=dict)  # label -> multiply-adds per image
     note: str = ""
     timed_pick: str = ""  # the form the layer's own timing chose (before the model check)
+    timed_with: str = ""  # the layer whose timing this one shares (same signature)
+    signature: str = ""  # timing signature of the candidate graphs (graph/signature.py)
 
     def ratio(self, label: str) -> float:
         """Mean over batches of the candidate's time over ``whole``'s."""
@@ -80,7 +89,8 @@ class LayerChoice:
 
     def to_dict(self) -> dict:
         return {"chosen": self.form.label, "timed_pick": self.timed_pick or self.form.label,
-                "note": self.note, "macs": self.macs,
+                "note": self.note, "signature": self.signature,
+                "timed_with": self.timed_with or self.name, "macs": self.macs,
                 "times_ms": {label: {p: round(t, 4) for p, t in by_point.items()}
                              for label, by_point in self.times_ms.items()}}
 
@@ -95,7 +105,7 @@ class ModelCheck:
     reverted: int  # layers put back to ``whole`` before this round
     original_ms: float
     noise: float  # |1 - ratio of the original's second session to its first|
-    dense: float
+    dense: float | None  # None: not timed (the compact build passed)
     compact: float
 
 
@@ -144,27 +154,49 @@ def pick(choice: LayerChoice, tolerance: float) -> LayerForm:
     return LayerForm.parse(min(tied, key=lambda lb: (choice.macs[lb], choice.ratio(lb))))
 
 
-def time_layer(graph: gs.Graph, site: ConvSite, plan: LayerPlan, options: LowerOptions,
-               original: onnx.ModelProto, providers) -> LayerChoice:
-    """Time every candidate form of one layer; returns them with the winner."""
+def layer_candidates(graph: gs.Graph, site: ConvSite, plan: LayerPlan,
+                     options: LowerOptions, original: onnx.ModelProto
+                     ) -> tuple[dict[str, onnx.ModelProto], dict[str, int]] | None:
+    """Every candidate form of one layer as a small timing graph (label -> model) and its
+    multiply-adds; None when the layer's input shape is unknown."""
     chain = producer_chain(graph, site.node) if options.prune_producers else None
     nodes = ([chain.head.inputs[0], *chain.nodes] if chain else []) + [site.node]
-    models, choice = {}, LayerChoice(site.name, WHOLE)
+    models, macs = {}, {}
     for form in candidate_forms(plan):
         mini = _layer_graph(nodes, graph.opset)
         if mini is None:
-            choice.note = "input shape unknown: not timed, kept whole"
-            return choice
+            return None
         layer = next(n for n in mini.nodes if n.name == site.name)
-        copy = ConvSite(site.name, layer, site.weight, site.output_hw, None)
-        lower(mini, [copy], {site.name: plan}, options, {site.name: form}, False)
-        model = _to_model(mini, original)
-        models[form.label] = model.SerializeToString()
-        choice.macs[form.label] = conv_counts(model)["macs"] or 0
+        mini_site = ConvSite(site.name, layer, site.weight, site.output_hw, None)
+        lower(mini, [mini_site], {site.name: plan}, options, {site.name: form}, False)
+        models[form.label] = _to_model(mini, original)
+        macs[form.label] = conv_counts(models[form.label])["macs"] or 0
+    return models, macs
+
+
+def time_layer(graph: gs.Graph, site: ConvSite, plan: LayerPlan, options: LowerOptions,
+               original: onnx.ModelProto, providers) -> LayerChoice:
+    """Time every candidate form of one layer; returns them with the winner."""
+    built = layer_candidates(graph, site, plan, options, original)
+    if built is None:
+        return LayerChoice(site.name, WHOLE, note="input shape unknown: not timed, kept whole")
+    return time_candidates(site.name, *built, options, providers)
+
+
+def time_candidates(name: str, models: dict[str, onnx.ModelProto], macs: dict[str, int],
+                    options: LowerOptions, providers) -> LayerChoice:
+    """Time the candidate graphs of layer ``name`` at every timing point and pick."""
+    choice = LayerChoice(name, WHOLE, macs=dict(macs))
+    serialized = {label: m.SerializeToString() for label, m in models.items()}
+    made: dict[int, dict] = {}  # threads -> sessions, reused across batch sizes
     for batch, threads in options.timing_points:
         try:
-            timings = interleaved_latency(models, batch, threads, MAX_REPEATS,
-                                          providers=providers, budget_s=LAYER_BUDGET_S)
+            if threads not in made:
+                made[threads] = {label: session(m, threads, providers)
+                                 for label, m in serialized.items()}
+            timings = interleaved_latency(made[threads], batch, threads, MAX_REPEATS,
+                                          providers=providers, budget_s=LAYER_BUDGET_S,
+                                          drop_slower=DROP_SLOWER)
         except ModelError as exc:  # the original runs (checked first): keep the layer as is
             choice.times_ms, choice.note = {}, f"not timed, kept whole: {exc}"
             return choice
@@ -179,7 +211,11 @@ def check_latency(original: onnx.ModelProto, build: Builder, choices: list[Layer
                   options: LowerOptions, providers, reference_label: str = "the original"
                   ) -> AutoResult:
     """Build with the chosen forms; put layers back to ``whole`` until no slower than
-    ``original`` (the original model, or its INT8 version when the output is INT8)."""
+    ``original`` (the original model, or its INT8 version when the output is INT8).
+
+    Each round times the compact build against the original; the dense build (the same
+    operators once onnxruntime has folded the codebook, so the same time up to noise)
+    is built and timed only when the compact one fails."""
     forms = {c.name: c.form for c in choices}
     order = sorted((c for c in choices if c.form != WHOLE),
                    key=lambda c: -c.ratio(c.form.label))  # least measured gain first
@@ -187,23 +223,23 @@ def check_latency(original: onnx.ModelProto, build: Builder, choices: list[Layer
     checks, reverted, step, round_ = [], 0, 1, 0
     reference = original.SerializeToString()
     while True:
-        dense, lowered = build(forms, False)
-        compact, _ = build(forms, True)
-        models = {"original": reference, "original again": reference,
-                  "dense": dense.SerializeToString(), "compact": compact.SerializeToString()}
-        for batch, threads in options.timing_points:
-            t = {x.label: x for x in interleaved_latency(
-                models, batch, threads, MAX_REPEATS, providers=providers,
-                budget_s=MODEL_BUDGET_S)}
-            checks.append(ModelCheck(round_, batch, threads, reverted, t["original"].median_ms,
-                                     abs(1 - t["original again"].ratio), t["dense"].ratio,
-                                     t["compact"].ratio))
-        this = [c for c in checks if c.round == round_]
-        compact_ok = all(c.compact + c.noise <= limit for c in this)
-        dense_ok = all(c.dense + c.noise <= limit for c in this)
+        compact, lowered = build(forms, True)
+        this = _time_model(reference, "compact", compact, options, providers, limit)
+        compact_ok = all(r + noise <= limit for r, noise, _ in this)
+        dense_ok, dense = False, None
+        if not compact_ok:
+            dense, lowered = build(forms, False)
+            dense_rows = _time_model(reference, "dense", dense, options, providers, limit)
+            dense_ok = all(r + noise <= limit for r, noise, _ in dense_rows)
+        for i, (ratio, noise, (batch, threads, ms)) in enumerate(this):
+            dense_ratio = None if dense is None else dense_rows[i][0]
+            checks.append(ModelCheck(round_, batch, threads, reverted, ms, noise,
+                                     dense_ratio, ratio))
+        this_round = [c for c in checks if c.round == round_]
         if compact_ok or dense_ok or reverted == len(order):
             model = compact if compact_ok or not dense_ok else dense
-            verdict = _verdict(this, compact_ok, dense_ok, reverted, limit, reference_label)
+            verdict = _verdict(this_round, compact_ok, dense_ok, reverted, limit,
+                               reference_label)
             return AutoResult(model, lowered, choices, checks, model is compact, verdict)
         for c in order[reverted:reverted + step]:
             forms[c.name] = c.form = WHOLE
@@ -211,6 +247,35 @@ def check_latency(original: onnx.ModelProto, build: Builder, choices: list[Layer
                 f"put back to whole by the whole-model check (round {round_})"
         reverted = min(len(order), reverted + step)
         step, round_ = step * 2, round_ + 1
+
+
+def _time_model(reference: bytes, label: str, model: onnx.ModelProto, options: LowerOptions,
+                providers, limit: float) -> list[tuple[float, float, tuple[int, int, float]]]:
+    """(ratio, noise, (batch, threads, original ms)) of ``model`` at each timing point:
+    the original twice (the spread of the two is the noise) and ``model``, interleaved.
+    The loop ends early once the verdict is plain: ratio + noise at most 1 (no slower
+    by more than the noise, well inside the tolerance) or ratio - noise above the limit
+    plus the tolerance."""
+    models = {"original": reference, "original again": reference,
+              label: model.SerializeToString()}
+    margin = limit - 1
+
+    def settled(medians):
+        ratio = medians[label] / medians["original"]
+        noise = abs(1 - medians["original again"] / medians["original"])
+        return ratio + noise <= 1 or ratio - noise > limit + margin
+
+    rows, made = [], {}  # threads -> sessions, reused across batch sizes
+    for batch, threads in options.timing_points:
+        if threads not in made:
+            made[threads] = {name: session(m, threads, providers) for name, m in models.items()}
+        t = {x.label: x for x in interleaved_latency(
+            made[threads], batch, threads, MAX_REPEATS, warmup=MODEL_WARMUP,
+            providers=providers,
+            budget_s=MODEL_BUDGET_S, min_repeats=MODEL_MIN_REPEATS, settled=settled)}
+        rows.append((t[label].ratio, abs(1 - t["original again"].ratio),
+                     (batch, threads, t["original"].median_ms)))
+    return rows
 
 
 def _verdict(checks, compact_ok, dense_ok, reverted, limit, reference_label) -> str:
@@ -228,10 +293,11 @@ def _verdict(checks, compact_ok, dense_ok, reverted, limit, reference_label) -> 
 
 def choose(original: onnx.ModelProto, graph: gs.Graph, sites: list[ConvSite],
            plans: dict[str, LayerPlan], options: LowerOptions, build: Builder,
-           reference: Callable[[], tuple[onnx.ModelProto, str]] | None = None) -> AutoResult:
+           reference: Callable[[], tuple[onnx.ModelProto, str]] | None = None,
+           quiet: bool = False) -> AutoResult:
     """The ``auto`` lowering: per-layer timing, then the whole-model check against
     ``reference()`` ((model, label); default the original); or, with ``options.choices``,
-    the recorded forms without timing."""
+    the recorded forms without timing. ``quiet``: no progress on stderr."""
     compressed = compressed_sites(sites, plans)
     if options.choices:
         forms, compact = recorded_forms(options.choices, [s.name for s in compressed])
@@ -257,10 +323,40 @@ def choose(original: onnx.ModelProto, graph: gs.Graph, sites: list[ConvSite],
     if not compressed:
         model, lowered = build({}, True)
         return AutoResult(model, lowered, [], [], True, "no compressed layer: nothing timed")
-    choices = [time_layer(graph, s, plans[s.name], options, original, providers)
-               for s in compressed]
+    choices = time_layers(graph, compressed, plans, options, original, providers, quiet)
     model, label = reference() if reference else (original, "the original")
     return check_latency(model, build, choices, options, providers, label)
+
+
+def time_layers(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
+                options: LowerOptions, original: onnx.ModelProto, providers,
+                quiet: bool = False) -> list[LayerChoice]:
+    """Time each layer's candidates, once per timing signature: a layer whose candidate
+    graphs equal (up to names and weight values) those of a layer timed before takes
+    that layer's times and verdict, and says so (``timed_with``)."""
+    choices, timed = [], {}
+    bar = progress.bar(len(sites), "auto: timing layers", unit="layer", quiet=quiet,
+                       lines=True)
+    for site in sites:
+        built = layer_candidates(graph, site, plans[site.name], options, original)
+        if built is None:
+            choices.append(LayerChoice(site.name, WHOLE,
+                                       note="input shape unknown: not timed, kept whole"))
+        else:
+            key = timing_signature(built[0])
+            first = timed.get(key)
+            if first is None:
+                choice = time_candidates(site.name, *built, options, providers)
+                timed[key] = choice
+            else:
+                choice = LayerChoice(site.name, first.form, copy.deepcopy(first.times_ms),
+                                     dict(built[1]), first.note, first.timed_pick,
+                                     timed_with=first.name)
+            choice.signature = key
+            choices.append(choice)
+        bar.update(1, distinct=len(timed))
+    bar.close()
+    return choices
 
 
 def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], bool]:

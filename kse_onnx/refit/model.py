@@ -27,9 +27,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from .. import progress
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, first_line
-from ..finetune import progress
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
@@ -75,11 +75,15 @@ class RefitResult:
 
 
 def refit_model(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarray,
-                options: RefitOptions, log=None) -> RefitResult:
+                options: RefitOptions, log=None, quiet: bool = False) -> RefitResult:
     """Refit the compressed layers of ``plans`` (changed in place) from calibration
     inputs ``x``; the result's ``model`` is ``model`` with the refitted biases (and
-    classifier), to be lowered with the changed plans."""
-    return _Refit(model, plans, x, options, log or _stderr).run()
+    classifier), to be lowered with the changed plans. Progress: a bar on a terminal,
+    else a ``log`` line per conv; nothing when ``quiet``."""
+    log = (lambda line: None) if quiet else (log or _stderr)
+    refit = _Refit(model, plans, x, options, log)
+    refit.quiet = quiet
+    return refit.run()
 
 
 def _stderr(line: str) -> None:
@@ -87,6 +91,8 @@ def _stderr(line: str) -> None:
 
 
 class _Refit:
+    quiet = False
+
     def __init__(self, model, plans, x, options: RefitOptions, log):
         self.model, self.options, self.log = model, options, log
         graph = model.graph
@@ -190,7 +196,7 @@ class _Refit:
         block_start, block_input = 0, self.input
         keep.add(block_input)
         total = len(self.plans)
-        bar = progress.bar(total, "refit", unit="conv")  # a terminal; else a line per conv
+        bar = progress.bar(total, "refit", unit="conv", quiet=self.quiet)  # else a line per conv
         with torch.no_grad():
             for pos, i in enumerate(self.walk.order):
                 node = nodes[i]

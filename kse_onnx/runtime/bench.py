@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from onnxruntime import InferenceSession
 
 from ..errors import ModelError, first_line
 from .ort import random_inputs, session
@@ -17,15 +18,28 @@ class Timing:
     label: str
     median_ms: float
     ratio: float  # median over the first model's median
+    runs: int = 0  # timed runs behind the median (fewer when dropped as clearly slower)
 
 
 def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int = 30,
                         warmup: int = 3, seed: int = 0, providers=("CPUExecutionProvider",),
-                        budget_s: float | None = None, min_repeats: int = 7) -> list[Timing]:
-    """Median latency of each model (label -> ModelProto or serialized bytes) on the same
-    input. With ``budget_s``, the repeats are cut so that the timed loop takes about that
-    long (never fewer than ``min_repeats``, never more than ``repeats``)."""
-    sessions = {label: session(m, threads=threads, providers=providers)
+                        budget_s: float | None = None, min_repeats: int = 7,
+                        drop_slower: float = 0.0, drop_after: int = 3,
+                        settled=None) -> list[Timing]:
+    """Median latency of each model (label -> ModelProto, serialized bytes, or a session
+    made earlier with these ``threads`` and ``providers``, reused) on the same input.
+    With ``budget_s``, the repeats are cut so that the timed loop takes about that long
+    (never fewer than ``min_repeats``, never more than ``repeats``).
+
+    Early stops, both after whole rounds, so every model still alternates with the others:
+    - ``drop_slower`` (> 1): from round ``drop_after`` on, a model other than the first
+      whose median exceeds ``drop_slower`` times the fastest median stops being run (its
+      median so far stays: it is clearly slower, whatever its exact time);
+    - ``settled(medians)`` (label -> median s so far), asked from round ``min_repeats``
+      on: True ends the loop (the caller's decision no longer depends on more rounds).
+    """
+    sessions = {label: m if isinstance(m, InferenceSession) else
+                session(m, threads=threads, providers=providers)
                 for label, m in models.items()}
     first = next(iter(sessions.values()))
     feeds = random_inputs(first, batch, seed)
@@ -38,14 +52,24 @@ def interleaved_latency(models: dict, batch: int, threads: int = 1, repeats: int
     if budget_s is not None:
         repeats = max(min_repeats, min(repeats, int(budget_s / max(round_s, 1e-9))))
     samples = {label: [] for label in sessions}
-    for _ in range(repeats):
-        for label, sess in sessions.items():
+    timed = dict(sessions)
+    reference = next(iter(sessions))
+    for done in range(1, repeats + 1):
+        for label, sess in timed.items():
             start = time.perf_counter()
             sess.run(None, feeds)
             samples[label].append(time.perf_counter() - start)
+        if drop_slower > 1 and done >= drop_after and len(timed) > 1:
+            now = {label: float(np.median(samples[label])) for label in timed}
+            limit = drop_slower * min(now.values())
+            timed = {label: sess for label, sess in timed.items()
+                     if label == reference or now[label] <= limit}
+        if settled is not None and done >= min_repeats and done < repeats and settled(
+                {label: float(np.median(s)) for label, s in samples.items()}):
+            break
     medians = {label: float(np.median(s)) * 1e3 for label, s in samples.items()}
-    base = next(iter(medians.values()))
-    return [Timing(label, ms, ms / base) for label, ms in medians.items()]
+    base = medians[reference]
+    return [Timing(label, ms, ms / base, len(samples[label])) for label, ms in medians.items()]
 
 
 def _run(sess, feeds, label) -> None:
