@@ -23,6 +23,7 @@ from .graph.export import copy_model_fields, settings_of
 from .graph.inputs import restore_graph_inputs
 from .graph.io import load_model
 from .graph.names import unique_tensor_names, with_unique_node_names
+from .graph.residual import find_streams, mask, masked_model
 from .graph.select import constant_values, import_graph, quiet_graphsurgeon
 from .lowering import LayerForm, effective_form, uniform_form
 from .lowering.readback import read_weight
@@ -92,7 +93,13 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     and the kernel values read back from ``optimized``, and the compressed Convs' biases
     and the refitted classifier's weights are taken from ``optimized`` too (docs/refit.md)."""
     kse, select = analysis_options(settings, "optimized model")
-    result = analyse(original, kse, select)
+    kept, streams = settings.get("budget_layers"), settings.get("budget_streams")
+    if streams:  # a latency budget: pruned stream channels are zero in the reference
+        try:
+            original = masked_model(original, streams)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"optimized model: recorded budget streams refused: {exc}") from None
+    result = analyse(original, kse, select, kept=kept if isinstance(kept, dict) else None)
     refitted = settings.get("refit", "none") != "none" and optimized is not None
     written = import_graph(optimized) if refitted else None
     for site in result.sites:
@@ -106,7 +113,11 @@ def reference_model(original: onnx.ModelProto, settings: dict,
                 _set_input(site.node, 2, gs.Constant(f"{site.name}_refit_bias", bias))
         site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
     if refitted and settings.get("refit_classifier"):
-        _copy_classifier(original, result.graph, written)
+        _copy_classifier(original, result.graph, written, streams or {})
+    if streams:  # the optimized model drops them: zero after W_hat
+        for stream in find_streams(result.graph):
+            if stream.key in streams:
+                mask(stream, streams[stream.key])
     graph = result.graph
     unique_tensor_names(graph)
     with quiet_graphsurgeon():
@@ -135,16 +146,33 @@ def _set_input(node, index: int, tensor) -> None:
     node.inputs[index] = tensor
 
 
-def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs.Graph):
-    """The refitted classifier's constants, taken from the optimized graph."""
+def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs.Graph,
+                     streams: dict):
+    """The refitted classifier's constants, taken from the optimized graph (columns of
+    pruned stream channels put back as zeros)."""
     names = set(node_names(original)[i] for i in classifier_gemms(original))
     mine = {n.name: n for n in written.nodes if n.op == "Gemm" and n.name in names}
+    widened = {}
+    for stream in find_streams(reference):
+        for gemm, tensor in stream.classifiers:
+            if stream.key in streams:
+                widened[gemm.name] = (stream.kept(tensor, streams[stream.key]),
+                                      len(stream.channels[tensor]), gemm.attrs.get("transB", 0))
     for node in reference.nodes:
         if node.name not in mine:
             continue
         for index in (1, 2):
             if index < len(node.inputs) and index < len(mine[node.name].inputs):
                 values = constant_values(mine[node.name].inputs[index])
+                if values is not None and index == 1 and node.name in widened:
+                    keep, channels, trans_b = widened[node.name]
+                    full = np.zeros((values.shape[0], channels) if trans_b
+                                    else (channels, values.shape[1]), values.dtype)
+                    if trans_b:
+                        full[:, keep] = values
+                    else:
+                        full[keep] = values
+                    values = full
                 if values is not None:
                     node.inputs[index] = gs.Constant(f"{node.name}_refit_{index}", values)
 
