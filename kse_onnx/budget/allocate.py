@@ -2,16 +2,18 @@
 
 Predicted model latency at timing point p, as a ratio to the measured original M_p:
 ``rho_p = 1 + sum_l (t_l,p(cin_l, cout_l) - t_l,p(full)) / F_p``, with ``t_l,p`` from the
-per-layer table (:mod:`.table`) and ``F_p`` the float original's measured time
-(``F_p = M_p`` for a float budget; the layer table is float, so for INT8 the whole-model
-measurements of :mod:`.search` correct the prediction).
+per-layer table (:mod:`.table`) and ``F_p = max(M_p, sum_l t_l,p(full) / CONV_SHARE)``,
+``M_p`` the float original's measured time (layers timed alone can add up to more than
+the model). The whole-model measurements of :mod:`.search` calibrate the prediction.
 
 Greedy rule: starting from every unit whole, repeatedly apply the cut of ``j`` aligned
 steps of one unit (its ``j * step`` least important ids) with the largest
 ``sum_p (rho_p before - rho_p after) / (mass removed + eps)`` (latency saved per
-indicator mass lost), until ``max_p rho_p <= target``. Looking ``j`` steps ahead lets a
+indicator mass lost), until ``rho_p <= target_p`` at every point. Looking ``j`` steps ahead lets a
 unit pass a count the runtime handles badly (an unaligned SIMD block) to a better one.
-Ties go to the larger saving, then to the unit listed first: deterministic.
+Then single steps are given back while the targets still hold, the most mass per
+predicted latency first (the look-ahead can overshoot). Ties go to the larger saving
+(mass), then to the unit listed first: deterministic.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .table import predict_ms
 from .units import Cuts
 
 EPS = 1e-6
+CONV_SHARE = 0.9  # least share of the model's time taken by its Convs, for the scale
 
 
 @dataclass
@@ -35,8 +38,12 @@ class Predictor:
     """Predicted ratios ``rho_p`` for a state (unit -> kept count)."""
 
     def __init__(self, cuts: Cuts, table: dict, float_ms: dict[str, float]):
-        self.cuts, self.table, self.float_ms = cuts, table, float_ms
+        self.cuts, self.table = cuts, table
         self.points = sorted(float_ms)
+        # layers timed alone can add up to more than the model (each pays its own layout
+        # changes): the denominator is at least their sum over CONV_SHARE
+        conv = {p: sum(t["full_ms"][p] for t in table.values()) for p in self.points}
+        self.float_ms = {p: max(float_ms[p], conv[p] / CONV_SHARE) for p in self.points}
 
     def layer_ms(self, name: str, cin: int, cout: int) -> dict[str, float]:
         return {p: predict_ms(self.table[name], cin, cout, p) for p in self.points}
@@ -68,11 +75,13 @@ def minimum(cuts: Cuts, step: int) -> dict[str, int]:
     return {u.name: min(u.size, step) for u in cuts.units}
 
 
-def allocate(cuts: Cuts, predictor: Predictor, step: int, target: float) -> Allocation:
-    """Greedy cuts (module docstring) until the predicted ratio is at most ``target``."""
+def allocate(cuts: Cuts, predictor: Predictor, step: int, targets: dict[str, float]
+             ) -> Allocation:
+    """Greedy cuts (module docstring) until the predicted ratio at every point ``p`` is at
+    most ``targets[p]``."""
     kept = {u.name: u.size for u in cuts.units}
     ratios = predictor.ratios(kept)
-    while max(ratios.values()) > target:
+    while any(ratios[p] > targets[p] for p in ratios):
         best = None
         for index, unit in enumerate(cuts.units):
             k = kept[unit.name]
@@ -89,4 +98,31 @@ def allocate(cuts: Cuts, predictor: Predictor, step: int, target: float) -> Allo
             return Allocation(kept, ratios, False)
         _, name, new, ratios = best
         kept[name] = new
-    return Allocation(kept, ratios, True)
+    return Allocation(*give_back(cuts, predictor, step, targets, kept, ratios), True)
+
+
+def give_back(cuts: Cuts, predictor: Predictor, step: int, targets: dict[str, float],
+              kept: dict[str, int], ratios: dict[str, float]):
+    """Undo single steps while the targets still hold: the look-ahead cuts can overshoot.
+    Each time, the step restoring the most mass per predicted latency it costs."""
+    while True:
+        best = None
+        for index, unit in enumerate(cuts.units):
+            k = kept[unit.name]
+            if k >= unit.size:
+                continue
+            new = min(unit.size, k + step)
+            now = predictor.partial(kept, unit)
+            after = predictor.partial({**kept, unit.name: new}, unit)
+            trial = {p: ratios[p] - now[p] + after[p] for p in ratios}
+            if any(trial[p] > targets[p] for p in trial):
+                continue
+            gained = float(unit.mass[unit.size - new:unit.size - k].sum())
+            cost = max(sum(after[p] - now[p] for p in ratios), 0.0)
+            key = (gained / (cost + EPS), gained, -index)
+            if best is None or key > best[0]:
+                best = (key, unit.name, new, trial)
+        if best is None:
+            return kept, ratios
+        _, name, new, ratios = best
+        kept[name] = new

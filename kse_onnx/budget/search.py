@@ -1,12 +1,14 @@
-"""The measured search: allocate for a predicted target, build, time the whole model
-against the reference, and tighten the predicted target until the measured ratio is at
-most R at every timing point (docs/budget.md).
+"""The measured search: allocate for predicted targets, build, time the whole model
+against the reference, and correct the targets until the measured ratio is at most R at
+every timing point, as close to R as the rounds allow (docs/budget.md).
 
-Round i allocates for ``target_i`` (``target_0 = R``), builds the model and times it
-interleaved with the reference; if ``max_p ratio_p > R`` then
-``target_{i+1} = target_i - (max_p ratio_p - R) - MARGIN``. Before round 0 the model with
-every unit at its smallest aligned count is timed: if even it is above R, R is out of
-reach and the error names the best reachable ratio.
+The per-layer table predicts savings only roughly (a layer timed alone is not a layer
+in the network, and with INT8 the table is float), so each point's predicted saving is
+calibrated by the last measurement: with ``f_p = (1 - measured_p) / (1 - predicted_p)``
+the next round's predicted target is ``1 - (1 - R + MARGIN) / f_p``. The first
+calibration comes from the smallest model (every unit at its smallest aligned count),
+timed first: if even it is above R, R is out of reach and the error names the best
+reachable ratio. Of the rounds that meet R, the one keeping the most indicator mass wins.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from .table import time_layer
 from .units import Cuts
 
 MODEL_BUDGET_S = 6.0  # timed loop per whole-model measurement and timing point
-MARGIN = 0.005
+MARGIN = 0.01  # aim this far below R (measurement noise)
+CLOSE = 0.025  # a round this close under R ends the search
 MAX_REPEATS = 200
 
 # build(layers, streams) -> serialized model timed against the reference
@@ -111,31 +114,44 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
         raise OptionError("--target-latency", f"{target:g} is out of reach: the best reachable "
                                               f"ratio is {best:.3f}x {reference_label} (every "
                                               f"prunable channel removed, {step} kept per cut)")
-    # predicted ratios are float ones; against an INT8 reference they are taken as the
-    # same ratio (INT8 time assumed to scale like float time) and the rounds correct that
+    # predicted ratios are float ones; against an INT8 reference the calibration below
+    # carries them over (INT8 time taken to scale like float time)
     float_ms = {p: first["original float ms"][p] for p in first["original float ms"]}
     predictor = Predictor(cuts, table, float_ms)
-    budget = Budget(target, step, {}, {}, {}, 1.0, table=table, reference=reference_label,
+    budget = Budget(target, step, {}, {}, {}, 0.0, table=table, reference=reference_label,
                     minimum={"ratio": first["smallest"], "noise": {
                         p: round(abs(1 - first["reference again"][p]), 4) for p in float_ms}})
-    goal = target
+    predicted, measured = predictor.ratios(smallest), first["smallest"]
     for round_ in range(rounds):
-        plan = allocate(cuts, predictor, step, goal)
+        goals = {p: _goal(predicted[p], measured[p], target) for p in float_ms}
+        plan = allocate(cuts, predictor, step, goals)
         layers, streams = keeps(cuts, plan.kept)
         ratios = measure({"reference": reference, "budget": build(layers, streams)}, points,
                          providers)["budget"]
-        worst = max(ratios.values())
-        budget.rounds.append({"round": round_, "predicted_target": round(goal, 4),
-                              "predicted": {p: round(v, 4) for p, v in plan.predicted.items()},
-                              "ratio": ratios, "indicator_mass_kept":
-                                  round(mass_kept(cuts, plan.kept), 6)})
-        if worst <= target:
+        mass = mass_kept(cuts, plan.kept)
+        budget.rounds.append({"round": round_, "predicted_target": _rounded(goals),
+                              "predicted": _rounded(plan.predicted), "ratio": ratios,
+                              "indicator_mass_kept": round(mass, 6)})
+        if max(ratios.values()) <= target and mass > budget.mass_kept:
             budget.layers, budget.streams, budget.kept_counts = layers, streams, plan.kept
-            budget.mass_kept = mass_kept(cuts, plan.kept)
-            return budget
-        goal = goal - (worst - target) - MARGIN
+            budget.mass_kept = mass
+        if 0 <= target - max(ratios.values()) <= CLOSE:
+            break
+        predicted, measured = plan.predicted, ratios
+    if budget.layers:
+        return budget
     worst = min(max(r["ratio"].values()) for r in budget.rounds)
     raise ModelError(f"target-latency {target:g}: not met after {rounds} measured round(s) "
                      f"(best {worst:.3f}x {reference_label}); raise --budget-rounds or "
                      "R, or measure on a quieter machine")
 
+
+def _goal(predicted: float, measured: float, target: float) -> float:
+    """Predicted target of the next round: ``1 - (1 - R + MARGIN) / f``."""
+    f = (1 - measured) / (1 - predicted) if predicted < 1 and measured < 1 else 1.0
+    f = min(max(f, 0.25), 4.0)
+    return 1 - (1 - target + MARGIN) / f
+
+
+def _rounded(values: dict) -> dict:
+    return {k: round(v, 4) for k, v in values.items()}

@@ -10,11 +10,11 @@ full layer, linear between measured counts: a product, like the multiply-adds
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
-
-import time
 
 from ..runtime.ort import random_inputs, session
 
