@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis.model import analyse
 from .errors import ModelError
+from .graph.channels import producer_chain
 from .graph.export import copy_model_fields, settings_of
 from .graph.inputs import restore_graph_inputs
 from .graph.io import load_model
@@ -26,7 +27,7 @@ from .graph.names import unique_tensor_names, with_unique_node_names
 from .graph.residual import find_streams, mask, masked_model
 from .graph.select import constant_values, import_graph, quiet_graphsurgeon
 from .lowering import LayerForm, effective_form, uniform_form
-from .lowering.readback import read_weight
+from .lowering.readback import folded, read_weight
 from .options import LowerOptions
 from .paths import regular_file
 from .refit.graph_walk import classifier_gemms, node_names
@@ -102,13 +103,14 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     result = analyse(original, kse, select, kept=kept if isinstance(kept, dict) else None)
     refitted = settings.get("refit", "none") != "none" and optimized is not None
     written = import_graph(optimized) if refitted else None
+    rows = _pruned_rows(result, kept, streams) if refitted else {}
     for site in result.sites:
         plan = result.plans.get(site.name)
         if plan is None or not plan.compressed:
             continue
         w_hat = plan.w_hat
         if refitted:
-            w_hat, bias = _read_back(written, site.name, plan, settings)
+            w_hat, bias = _read_back(written, site.name, plan, settings, rows.get(site.name))
             if bias is not None:
                 _set_input(site.node, 2, gs.Constant(f"{site.name}_refit_bias", bias))
         site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
@@ -126,17 +128,45 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     return copy_model_fields(model, original)
 
 
-def _read_back(graph, name: str, plan, settings: dict):
-    """(W_hat from the plan's codes and the kernels stored in ``graph``, bias)."""
+def _pruned_rows(result, kept, streams) -> dict:
+    """Filters a latency budget kept at each pruned producer: those of its stream's
+    kept classes, or its producer chain's reader's kept channels."""
+    rows = {}
+    for site in result.sites:
+        if isinstance(kept, dict) and site.name in kept:
+            chain = producer_chain(result.graph, site.node)
+            if chain is not None:
+                rows[chain.head.inputs[0].name] = np.asarray(kept[site.name], np.int64)
+    for stream in find_streams(result.graph) if streams else []:
+        if stream.key in streams:
+            for conv in stream.producers:
+                rows[conv.name] = stream.kept(conv.outputs[0].name, streams[stream.key])
+    return rows
+
+
+def _read_back(graph, name: str, plan, settings: dict, rows=None):
+    """(W_hat from the plan's codes and the kernels stored in ``graph``, bias); with
+    ``rows`` (a pruned producer), each kernel is read from the kept filters only."""
     forms = settings.get("layer_forms") or {}
     form = (LayerForm.parse(forms[name]) if name in forms
             else uniform_form(LowerOptions(settings.get("lowering", "dense"),
                                            settings.get("align", 8))))
-    weight, bias = read_weight(graph, name, plan, effective_form(form, plan))
+    n = plan.weight_shape[0]
+    node = next((x for x in graph.nodes if x.name == name), None)
+    stored = None if node is None else folded(node.inputs[1])
+    if rows is not None and (stored is None or stored.shape[0] == n):
+        rows = None  # not pruned in this graph (e.g. --no-prune-producers), or not plain
+    weight, bias = read_weight(graph, name, plan, effective_form(form, plan), rows)
+    labels = plan.labels
+    if rows is not None:
+        labels = np.full_like(plan.labels, -1)
+        labels[rows] = plan.labels[rows]
+        weight = weight.copy()
     layout = SharedLayout.from_labels(plan.labels, plan.q)
+    reader = SharedLayout.from_labels(labels, plan.q)
     n, c, kh, kw = plan.weight_shape
     flat = weight.reshape(n, c, kh * kw).astype(np.float64)
-    w_hat = layout.expand(layout.kernels_of(flat)).reshape(plan.weight_shape)
+    w_hat = layout.expand(reader.kernels_of(flat)).reshape(plan.weight_shape)
     return w_hat.astype(plan.w_hat.dtype), bias
 
 
