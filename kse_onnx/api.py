@@ -92,7 +92,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
                         streams)
         optimized = export_model(result.graph, model, {
             **base, "compressed_layers": sorted(lowered), "compact_storage": storage,
-            "layer_forms": {n: EXACT.label for n in sorted(lowered)}})
+            "layer_forms": {n: lowered[n].form.label for n in sorted(lowered)}})
     elif lower_options.lowering == "auto":
         optimized, lowered = _lower_auto(source, result, select, lower_options, base, quantize,
                                          images)

@@ -64,7 +64,7 @@ def macs_as_time(monkeypatch):
         out.update({f"{k} ms": dict.fromkeys(keys, v / 1e6) for k, v in macs.items()})
         return out
 
-    def layer(cin, cout, kernel, attrs, hw, opset, step, points, providers):
+    def layer(cin, cout, kernel, attrs, hw, opset, step, points, providers, int8=False):
         keys = [f"b{b}t{t}" for b, t in points]
         side = {"in": {}, "out": {}}
         for name, size in (("in", cin), ("out", cout)):

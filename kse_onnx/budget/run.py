@@ -57,8 +57,9 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
     providers = provider_list(lower_options.provider)
     points = lower_options.timing_points
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    table = measure_table(cuts, points, budget.budget_step, opset, providers)
     int8 = quantize is not None and quantize.active
+    table = measure_table(cuts, points, budget.budget_step, opset, providers,
+                          int8 and quantize.quantize == "int8-static")
     if int8:
         from ..quantize.apply import Int8Builds
 

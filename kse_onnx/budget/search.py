@@ -3,7 +3,7 @@ against the reference, and correct the targets until the measured ratio is at mo
 every timing point, as close to R as the rounds allow (docs/budget.md).
 
 The per-layer table predicts savings only roughly (a layer timed alone is not a layer
-in the network, and with INT8 the table is float), so each point's predicted saving is
+in the network), so each point's predicted saving is
 calibrated by the last measurement: with ``f_p = (1 - measured_p) / (1 - predicted_p)``
 the next round's predicted target is ``1 - (1 - R + MARGIN) / f_p``. The first
 calibration comes from the smallest model (every unit at its smallest aligned count),
@@ -79,12 +79,14 @@ def mass_kept(cuts: Cuts, kept: dict[str, int]) -> float:
     return held / total if total > 0 else 1.0
 
 
-def measure_table(cuts: Cuts, points, step: int, opset: int, providers) -> dict:
-    """The per-layer latency table of every Conv a unit touches."""
+def measure_table(cuts: Cuts, points, step: int, opset: int, providers,
+                  int8: bool = False) -> dict:
+    """The per-layer latency table of every Conv a unit touches (INT8 layers for an
+    INT8 budget)."""
     table = {}
     for name, g in sorted(cuts.geometry.items()):
         table[name] = time_layer(g["cin"], g["cout"], g["kernel"], g["attrs"], g["hw"], opset,
-                                 step, points, providers)
+                                 step, points, providers, int8)
     return table
 
 
@@ -114,9 +116,7 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
         raise OptionError("--target-latency", f"{target:g} is out of reach: the best reachable "
                                               f"ratio is {best:.3f}x {reference_label} (every "
                                               f"prunable channel removed, {step} kept per cut)")
-    # predicted ratios are float ones; against an INT8 reference the calibration below
-    # carries them over (INT8 time taken to scale like float time)
-    float_ms = {p: first["original float ms"][p] for p in first["original float ms"]}
+    float_ms = {p: first["reference ms"][p] for p in first["reference ms"]}
     predictor = Predictor(cuts, table, float_ms)
     budget = Budget(target, step, {}, {}, {}, 0.0, table=table, reference=reference_label,
                     minimum={"ratio": first["smallest"], "noise": {

@@ -48,14 +48,29 @@ def conv_model(cin: int, cout: int, kernel, attrs: dict, hw: tuple[int, int],
                              ).SerializeToString()
 
 
+def int8_conv(model: bytes, cin: int, hw) -> bytes:
+    """onnxruntime's static INT8 (QDQ) of a one-Conv model, calibrated on random inputs:
+    the INT8 budget times INT8 layers, whose speed by channel count differs from float."""
+    from ..quantize.ptq import quantize_int8
+
+    x = np.random.default_rng(0).standard_normal((4, cin, *hw)).astype(np.float32)
+    return quantize_int8(onnx.load_from_string(model), "int8-static", set(), x,
+                         share=False)[0].SerializeToString()
+
+
 def time_layer(cin: int, cout: int, kernel, attrs: dict, hw, opset: int, step: int,
-               points, providers) -> dict:
-    """{"in": {k: {point: ratio}}, "out": {k: {point: ratio}}, "full_ms": {point: ms}}."""
-    models = {"full": conv_model(cin, cout, kernel, attrs, hw, opset)}
+               points, providers, int8: bool = False) -> dict:
+    """{"in": {k: {point: ratio}}, "out": {k: {point: ratio}}, "full_ms": {point: ms}};
+    with ``int8``, of the layer's INT8 versions."""
+    def build(c_in, c_out):
+        model = conv_model(c_in, c_out, kernel, attrs, hw, opset)
+        return int8_conv(model, c_in, hw) if int8 else model
+
+    models = {"full": build(cin, cout)}
     for k in aligned_counts(cin, step)[:-1]:
-        models[f"in{k}"] = conv_model(k, cout, kernel, attrs, hw, opset)
+        models[f"in{k}"] = build(k, cout)
     for k in aligned_counts(cout, step)[:-1]:
-        models[f"out{k}"] = conv_model(cin, k, kernel, attrs, hw, opset)
+        models[f"out{k}"] = build(cin, k)
     entry = {"in": {cin: {}}, "out": {cout: {}}, "full_ms": {}}
     for batch, threads in points:
         key = f"b{batch}t{threads}"
