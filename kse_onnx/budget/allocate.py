@@ -4,7 +4,8 @@ Predicted model latency at timing point p, as a ratio to the measured original M
 ``rho_p = 1 + sum_l (t_l,p(cin_l, cout_l) - t_l,p(full)) / F_p``, with ``t_l,p`` from the
 per-layer table (:mod:`.table`) and ``F_p = max(M_p, sum_l t_l,p(full) / CONV_SHARE)``,
 ``M_p`` the reference's measured time (the original, or its INT8; layers timed alone
-can add up to more than the model). The whole-model measurements of :mod:`.search` calibrate the prediction.
+can add up to more than the model). The whole-model measurements of :mod:`.search`
+calibrate the prediction.
 
 Greedy rule: starting from every unit whole, repeatedly apply the cut of ``j`` aligned
 steps of one unit (its ``j * step`` least important ids) with the largest
