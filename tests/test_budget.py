@@ -229,8 +229,11 @@ def test_budget_end_to_end_replay_and_verify(tmp_path, macs_as_time):
     result = verify(src, out)
     assert result.exact, result.summary()
     replay = LowerOptions("compact", batches="1,8", choices=str(out))
-    optimize(src, again, KSEOptions(G=4), lower_options=replay, budget=BudgetOptions(0.6))
+    replayed = optimize(src, again, KSEOptions(G=4), lower_options=replay,
+                        budget=BudgetOptions(0.6))
     assert out.read_bytes() == again.read_bytes()
+    assert "latency budget 0.6 x the original: measured b1t1" in report.table()
+    assert "kept channels taken from" in replayed.table()
 
 
 def test_out_of_reach_is_one_clean_error(tmp_path, macs_as_time, capsys):
