@@ -234,6 +234,11 @@ def test_budget_end_to_end_replay_and_verify(tmp_path, macs_as_time):
     assert out.read_bytes() == again.read_bytes()
     assert "latency budget 0.6 x the original: measured b1t1" in report.table()
     assert "kept channels taken from" in replayed.table()
+    report.write_json(tmp_path / "r.json")  # the JSON report replays too
+    third = tmp_path / "third.onnx"
+    optimize(src, third, KSEOptions(G=4), budget=BudgetOptions(0.6),
+             lower_options=LowerOptions("compact", choices=str(tmp_path / "r.json")))
+    assert third.read_bytes() == out.read_bytes()
 
 
 def test_out_of_reach_is_one_clean_error(tmp_path, macs_as_time, capsys):
