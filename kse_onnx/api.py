@@ -16,6 +16,7 @@ from .graph.select import conv_sites, import_graph
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
 from .options import (
+    BudgetOptions,
     CalibrationOptions,
     DataOptions,
     KSEOptions,
@@ -51,30 +52,52 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
              target: TargetOptions | None = None, quantize: QuantizeOptions | None = None,
              data: DataOptions | None = None, calibration: CalibrationOptions | None = None,
              refit: RefitOptions | None = None, log=None,
-             progress: ProgressOptions | None = None) -> ModelReport:
+             progress: ProgressOptions | None = None,
+             budget: BudgetOptions | None = None) -> ModelReport:
     """Compress the model at ``input_path`` and write it to ``output_path``. With
     ``calibration`` images, the compressed layers are refitted to the original's outputs
     (``refit``, docs/refit.md) before they are written, and int8-static calibrates on
-    the same images. ``progress``: bars or log lines on stderr (analysis, refit,
-    ``auto`` timing) unless quiet."""
+    the same images. With an active ``budget``, the kept channels are chosen to meet a
+    measured latency (docs/budget.md). ``progress``: bars or log lines on stderr
+    (analysis, refit, ``auto`` timing) unless quiet."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
     lower_options = lower_options or LowerOptions()
     refit = refit or RefitOptions()
     quiet = (progress or ProgressOptions()).quiet
+    budget = budget or BudgetOptions()
     _check_paths(input_path, output_path, overwrite)
     model = load_model(input_path)
     images = _calibration(calibration, data, quantize)
     kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
-    result = analyse(model, kse, select, str(input_path), quiet=quiet)
+    kept, streams, budget_report = None, None, None
+    if budget.active:
+        from .budget.run import run_budget
+
+        model, kept, streams, budget_report = run_budget(
+            model, kse, select, lower_options, budget, target, quantize, images)
+    result = analyse(model, kse, select, str(input_path), quiet=quiet, kept=kept)
     base = {**result.report.settings, **as_dict(lower_options)}
     base.pop("choices")  # the recorded layer_forms say what it gave: replays match byte for byte
+    if budget.active:
+        base.update(as_dict(budget), budget_layers=kept, budget_streams=streams)
+        result.report.extra["budget"] = budget_report
     source = model  # the graph the lowering rewrites: the original, or its refitted copy
     base["refit"] = "none"
     if images is not None and refit.active:
         source = _refit(model, result, select, refit, images, log, quiet)
         base.update(as_dict(refit))
         base["refit_images"] = len(images)
-    if lower_options.lowering == "auto":
+    if budget.active:
+        from .budget.build import EXACT
+
+        forms = {name: EXACT for name in kept}
+        storage = lower_options.lowering != "dense"
+        lowered = lower(result.graph, result.sites, result.plans, lower_options, forms, storage,
+                        streams)
+        optimized = export_model(result.graph, model, {
+            **base, "compressed_layers": sorted(lowered), "compact_storage": storage,
+            "layer_forms": {n: lowered[n].form.label for n in sorted(lowered)}})
+    elif lower_options.lowering == "auto":
         optimized, lowered = _lower_auto(source, result, select, lower_options, base, quantize,
                                          images, quiet)
     else:
@@ -94,7 +117,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     for layer in report.layers:
         if layer.name in lowered:
             done = lowered[layer.name]
-            form = done.form.label if lower_options.lowering == "auto" else lower_options.lowering
+            form = (done.form.label if lower_options.lowering == "auto" or budget.active
+                    else lower_options.lowering)
             if lower_options.lowering == "factored" and done.form.form == "dense":
                 form = "dense (1x1 conv: never factored)"
             layer.lowering = f"{form}, input via {done.input_stage}"
@@ -134,10 +158,12 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
                          "(optimize --float-output) or run optimize --calibration --quantize")
     kse = options_from(KSEOptions, settings, compressed_path)
     select = options_from(SelectOptions, settings, compressed_path)
+    budget = (options_from(BudgetOptions, settings, compressed_path)
+              if "target_latency" in settings else BudgetOptions())
     lowering = options_from(LowerOptions, settings, compressed_path, choices=str(
-        compressed_path) if settings.get("lowering") == "auto" else "")
+        compressed_path) if settings.get("lowering") == "auto" or budget.active else "")
     return optimize(teacher_path, output_path, kse, select, lowering, calibration=calibration,
-                    refit=options, data=data, log=log, progress=progress)
+                    refit=options, data=data, log=log, progress=progress, budget=budget)
 
 
 def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None,

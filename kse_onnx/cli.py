@@ -13,6 +13,7 @@ from .errors import KSEError
 from .graph.io import model_files
 from .options import (
     BenchOptions,
+    BudgetOptions,
     CalibrationOptions,
     DataOptions,
     EvalFiles,
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("output", help="output .onnx file")
     _add_options(optimize, OptimizeFiles)
     _add_options(optimize, KSEOptions, SelectOptions, LowerOptions, TargetOptions,
-                 CalibrationOptions, RefitOptions, QuantizeOptions, DataOptions,
+                 BudgetOptions, CalibrationOptions, RefitOptions, QuantizeOptions, DataOptions,
                  ProgressOptions)
     optimize.set_defaults(run=_run_optimize)
 
@@ -162,7 +163,7 @@ def _run_optimize(args) -> int:
                       overwrite=args.overwrite, target=_options(args, TargetOptions),
                       quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions),
                       calibration=_options(args, CalibrationOptions),
-                      refit=_options(args, RefitOptions),
+                      refit=_options(args, RefitOptions), budget=_options(args, BudgetOptions),
                       progress=_options(args, ProgressOptions))
     return _written(report, args)
 

@@ -168,6 +168,34 @@ class TargetOptions:
         return bool(self.target_macs or self.target_size)
 
 
+@dataclass(frozen=True)
+class BudgetOptions:
+    """A measured latency budget (docs/budget.md): kept input channel counts per layer,
+    chosen by the KSE indicator, so that the whole model times at most R x the original
+    (with --quantize, R x onnxruntime's INT8 of the original) at every --batches/--threads
+    point; replayed without timing by --choices."""
+
+    target_latency: float = _opt(0.0, "prune to a measured latency of at most this fraction of "
+                                      "the original's at every timing point (0 = off)",
+                                 metavar="R")
+    budget_step: int = _opt(4, "target-latency: kept channel counts are multiples of this "
+                               "(the SIMD block of the convolutions)")
+    budget_rounds: int = _opt(4, "target-latency: whole-model measurements at most; each "
+                                 "one tightens the predicted target")
+
+    def __post_init__(self) -> None:
+        value = self.target_latency
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise OptionError("--target-latency",
+                              f"must be a fraction in (0, 1), or 0 for off; got {value!r}")
+        _check_int(self, "budget_step", low=1, high=1024)
+        _check_int(self, "budget_rounds", low=1, high=50)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.target_latency)
+
+
 def _check_int(obj, name: str, low: int, high: int | None = None) -> None:
     value = getattr(obj, name)
     flag = "--" + name.replace("_", "-")

@@ -183,9 +183,26 @@ class ModelReport:
         auto = self.extra.get("auto")
         if auto:
             lines.append(f"auto lowering, measured latency: {auto['verdict']}")
+        budget = self.extra.get("budget")
+        if budget:
+            lines.append(budget_line(budget))
         lines.append("multiply-adds are counts, not measured speed: "
                      "time the models with onnxruntime to know the latency.")
         return "\n".join(lines)
+
+
+def budget_line(budget: dict) -> str:
+    """The latency budget's outcome: target, measured ratio at each point, mass kept."""
+    if "replayed" in budget:
+        return f"latency budget {budget['target_latency']:g}: {budget['replayed']}"
+    chosen = [r for r in budget["measured"]
+              if r["indicator_mass_kept"] == budget["indicator_mass_kept"]
+              and max(r["ratio"].values()) <= budget["target_latency"]]
+    ratios = ", ".join(f"{p} {v:.3f}x" for p, v in (chosen or budget["measured"])[-1]
+                       ["ratio"].items())
+    return (f"latency budget {budget['target_latency']:g} x {budget['reference']}: measured "
+            f"{ratios} ({len(budget['measured'])} round(s)); indicator mass kept "
+            f"{budget['indicator_mass_kept']:.3f}")
 
 
 def refit_lines(refit: dict) -> list[str]:

@@ -19,13 +19,15 @@ import onnx_graphsurgeon as gs
 
 from .analysis.model import analyse
 from .errors import ModelError
+from .graph.channels import producer_chain
 from .graph.export import copy_model_fields, settings_of
 from .graph.inputs import restore_graph_inputs
 from .graph.io import load_model
 from .graph.names import unique_tensor_names, with_unique_node_names
+from .graph.residual import find_streams, mask, masked_model
 from .graph.select import constant_values, import_graph, quiet_graphsurgeon
 from .lowering import LayerForm, effective_form, uniform_form
-from .lowering.readback import read_weight
+from .lowering.readback import folded, read_weight
 from .options import LowerOptions
 from .paths import regular_file
 from .refit.graph_walk import classifier_gemms, node_names
@@ -92,21 +94,32 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     and the kernel values read back from ``optimized``, and the compressed Convs' biases
     and the refitted classifier's weights are taken from ``optimized`` too (docs/refit.md)."""
     kse, select = analysis_options(settings, "optimized model")
-    result = analyse(original, kse, select)
+    kept, streams = settings.get("budget_layers"), settings.get("budget_streams")
+    if streams:  # a latency budget: pruned stream channels are zero in the reference
+        try:
+            original = masked_model(original, streams)
+        except (ValueError, TypeError) as exc:
+            raise ModelError(f"optimized model: recorded budget streams refused: {exc}") from None
+    result = analyse(original, kse, select, kept=kept if isinstance(kept, dict) else None)
     refitted = settings.get("refit", "none") != "none" and optimized is not None
     written = import_graph(optimized) if refitted else None
+    rows = _pruned_rows(result, kept, streams) if refitted else {}
     for site in result.sites:
         plan = result.plans.get(site.name)
         if plan is None or not plan.compressed:
             continue
         w_hat = plan.w_hat
         if refitted:
-            w_hat, bias = _read_back(written, site.name, plan, settings)
+            w_hat, bias = _read_back(written, site.name, plan, settings, rows.get(site.name))
             if bias is not None:
                 _set_input(site.node, 2, gs.Constant(f"{site.name}_refit_bias", bias))
         site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
     if refitted and settings.get("refit_classifier"):
-        _copy_classifier(original, result.graph, written)
+        _copy_classifier(original, result.graph, written, streams or {})
+    if streams:  # the optimized model drops them: zero after W_hat
+        for stream in find_streams(result.graph):
+            if stream.key in streams:
+                mask(stream, streams[stream.key])
     graph = result.graph
     unique_tensor_names(graph)
     with quiet_graphsurgeon():
@@ -115,17 +128,45 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     return copy_model_fields(model, original)
 
 
-def _read_back(graph, name: str, plan, settings: dict):
-    """(W_hat from the plan's codes and the kernels stored in ``graph``, bias)."""
+def _pruned_rows(result, kept, streams) -> dict:
+    """Filters a latency budget kept at each pruned producer: those of its stream's
+    kept classes, or its producer chain's reader's kept channels."""
+    rows = {}
+    for site in result.sites:
+        if isinstance(kept, dict) and site.name in kept:
+            chain = producer_chain(result.graph, site.node)
+            if chain is not None:
+                rows[chain.head.inputs[0].name] = np.asarray(kept[site.name], np.int64)
+    for stream in find_streams(result.graph) if streams else []:
+        if stream.key in streams:
+            for conv in stream.producers:
+                rows[conv.name] = stream.kept(conv.outputs[0].name, streams[stream.key])
+    return rows
+
+
+def _read_back(graph, name: str, plan, settings: dict, rows=None):
+    """(W_hat from the plan's codes and the kernels stored in ``graph``, bias); with
+    ``rows`` (a pruned producer), each kernel is read from the kept filters only."""
     forms = settings.get("layer_forms") or {}
     form = (LayerForm.parse(forms[name]) if name in forms
             else uniform_form(LowerOptions(settings.get("lowering", "dense"),
                                            settings.get("align", 8))))
-    weight, bias = read_weight(graph, name, plan, effective_form(form, plan))
+    n = plan.weight_shape[0]
+    node = next((x for x in graph.nodes if x.name == name), None)
+    stored = None if node is None else folded(node.inputs[1])
+    if rows is not None and (stored is None or stored.shape[0] == n):
+        rows = None  # not pruned in this graph (e.g. --no-prune-producers), or not plain
+    weight, bias = read_weight(graph, name, plan, effective_form(form, plan), rows)
+    labels = plan.labels
+    if rows is not None:
+        labels = np.full_like(plan.labels, -1)
+        labels[rows] = plan.labels[rows]
+        weight = weight.copy()
     layout = SharedLayout.from_labels(plan.labels, plan.q)
+    reader = SharedLayout.from_labels(labels, plan.q)
     n, c, kh, kw = plan.weight_shape
     flat = weight.reshape(n, c, kh * kw).astype(np.float64)
-    w_hat = layout.expand(layout.kernels_of(flat)).reshape(plan.weight_shape)
+    w_hat = layout.expand(reader.kernels_of(flat)).reshape(plan.weight_shape)
     return w_hat.astype(plan.w_hat.dtype), bias
 
 
@@ -135,16 +176,33 @@ def _set_input(node, index: int, tensor) -> None:
     node.inputs[index] = tensor
 
 
-def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs.Graph):
-    """The refitted classifier's constants, taken from the optimized graph."""
+def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs.Graph,
+                     streams: dict):
+    """The refitted classifier's constants, taken from the optimized graph (columns of
+    pruned stream channels put back as zeros)."""
     names = set(node_names(original)[i] for i in classifier_gemms(original))
     mine = {n.name: n for n in written.nodes if n.op == "Gemm" and n.name in names}
+    widened = {}
+    for stream in find_streams(reference):
+        for gemm, tensor in stream.classifiers:
+            if stream.key in streams:
+                widened[gemm.name] = (stream.kept(tensor, streams[stream.key]),
+                                      len(stream.channels[tensor]), gemm.attrs.get("transB", 0))
     for node in reference.nodes:
         if node.name not in mine:
             continue
         for index in (1, 2):
             if index < len(node.inputs) and index < len(mine[node.name].inputs):
                 values = constant_values(mine[node.name].inputs[index])
+                if values is not None and index == 1 and node.name in widened:
+                    keep, channels, trans_b = widened[node.name]
+                    full = np.zeros((values.shape[0], channels) if trans_b
+                                    else (channels, values.shape[1]), values.dtype)
+                    if trans_b:
+                        full[:, keep] = values
+                    else:
+                        full[keep] = values
+                    values = full
                 if values is not None:
                     node.inputs[index] = gs.Constant(f"{node.name}_refit_{index}", values)
 

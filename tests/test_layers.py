@@ -28,6 +28,7 @@ LAYERS = [
     "analysis",  # KSE maths per layer, and the whole-model plan
     "lowering",  # plans written back into the graph; auto times them
     "quantize",  # INT8 after KSE
+    "budget",  # --target-latency: layer table, allocation, measured search
     "finetune",  # torch: importer, epochs, QAT
     "refit",  # post-training refit from calibration images (torch for the forward passes)
     "evaluate",  # accuracy with onnxruntime (the eval command)

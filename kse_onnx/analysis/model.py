@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import __version__, progress
+from ..errors import ModelError
 from ..graph.runtime_shapes import fill_conv_shapes
 from ..graph.select import ConvSite, conv_sites, import_graph
 from ..options import KSEOptions, SelectOptions, as_dict
@@ -28,9 +29,10 @@ class Analysis:
 
 
 def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "",
-            quiet: bool = True) -> Analysis:
+            quiet: bool = True, kept: dict | None = None) -> Analysis:
     """Plan every eligible Conv of ``model`` (an onnx.ModelProto); progress on stderr in
-    input channels scored unless ``quiet``."""
+    input channels scored unless ``quiet``; ``kept`` maps a layer name to the input
+    channels it keeps (the latency budget's override)."""
     notes: list[str] = []
     graph = import_graph(model, notes)
     filled = fill_conv_shapes(graph, model)  # sizes inference lost, from one onnxruntime run
@@ -45,7 +47,11 @@ def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "",
     for site in sites:
         shape = None if site.weight is None else site.weight.shape
         if site.reason is None:
-            plans[site.name] = plan_layer(site.weight, kse, key=site.name)
+            try:
+                plans[site.name] = plan_layer(site.weight, kse, key=site.name,
+                                              kept=(kept or {}).get(site.name))
+            except ValueError as exc:
+                raise ModelError(f"node {site.name!r}: recorded budget: {exc}") from None
             bar.update(site.weight.shape[1], layers=f"{len(plans)}/{len(eligible)}")
         layers.append(layer_report(site.name, shape if shape and len(shape) == 4 else None,
                                    site.output_hw, plans.get(site.name), site.reason, kse.G))

@@ -11,6 +11,7 @@ Degenerate layers are never an error: they come back unchanged (every channel wh
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -62,12 +63,17 @@ def layer_seed(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
 
 
-def plan_layer(weight: np.ndarray, options: KSEOptions, key: str = "") -> LayerPlan:
-    """Score, level and cluster ``weight`` (N, C, kh, kw); ``key`` names the layer for its seed."""
+def plan_layer(weight: np.ndarray, options: KSEOptions, key: str = "",
+               kept: np.ndarray | None = None) -> LayerPlan:
+    """Score, level and cluster ``weight`` (N, C, kh, kw); ``key`` names the layer for its seed.
+
+    ``kept`` (input channel indices) overrides the pruning: exactly those channels are
+    kept, each at its KSE level but at least level 1 (clustered as usual), the others
+    pruned (the latency budget, docs/budget.md)."""
     if weight.ndim != 4:
         raise ValueError(f"expected a 4-D Conv weight, got shape {weight.shape}")
     if weight.dtype.kind != "f":  # bfloat16 (ml_dtypes): analyse in float32, keep dtype
-        plan = plan_layer(weight.astype(np.float32), options, key)
+        plan = plan_layer(weight.astype(np.float32), options, key, kept)
         plan.w_hat = plan.w_hat.astype(weight.dtype)
         plan.kernels = [k.astype(weight.dtype) for k in plan.kernels]
         return plan
@@ -81,10 +87,10 @@ def plan_layer(weight: np.ndarray, options: KSEOptions, key: str = "") -> LayerP
         return _unchanged(weight, options, "single input channel: nothing to rank")
 
     with ThreadPoolExecutor(max_workers=worker_threads()) as pool:
-        return _plan(weight, options, key, pool)
+        return _plan(weight, options, key, pool, kept)
 
 
-def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
+def _plan(weight, options: KSEOptions, key: str, pool, kept=None) -> LayerPlan:
     n, c = weight.shape[:2]
     channel_sets = kse.channel_kernel_sets(weight)  # (C, N, D)
     entropy_sets = (kse.official_kernel_sets(weight) if options.entropy == "official"
@@ -98,6 +104,8 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
     if indicator is None:
         return _unchanged(weight, options, "every channel's indicator ties", sparsity, entropy)
     levels, q = kse.levels_and_counts(indicator, n, options.G, options.T)
+    if kept is not None:
+        levels, q = override_kept(levels, q, kept, n, options)
     if np.all(q == n):  # (not ``levels == G-1``: at G = 1 that level also prunes)
         return _unchanged(weight, options, "every channel kept whole at this G", sparsity, entropy)
 
@@ -106,6 +114,23 @@ def _plan(weight, options: KSEOptions, key: str, pool) -> LayerPlan:
     labels, kernels = _share_kernels(weight, channel_sets, levels, q, options, rng, trees)
     w_hat = effective_weight(weight.shape, weight.dtype, labels, kernels)
     return LayerPlan(weight.shape, sparsity, entropy, indicator, levels, q, labels, kernels, w_hat)
+
+
+def override_kept(levels, q, kept, n: int, options: KSEOptions):
+    """Levels and q with exactly ``kept`` channels kept: pruned ones there go to level 1
+    (``q = ceil(N * 2**(2-T-G))``, or N when level 1 is the top), the others to level 0."""
+    index = np.asarray(kept)
+    if (index.ndim != 1 or not len(index) or index.dtype.kind not in "iu"
+            or index.min() < 0 or index.max() >= len(q)):
+        raise ValueError(f"kept channels must be 1 to {len(q)} indices in [0, {len(q)})")
+    mask = np.zeros(len(q), dtype=bool)
+    mask[index] = True
+    levels, q = levels.copy(), q.copy()
+    lift = mask & (q == 0)
+    levels[lift] = min(1, options.G - 1)
+    q[lift] = n if options.G <= 2 else math.ceil(n * 2.0 ** (2 - options.T - options.G))
+    levels[~mask], q[~mask] = 0, 0
+    return levels, q
 
 
 def _scores(weight, entropy_sets, options: KSEOptions, pool):

@@ -22,6 +22,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
+from ..errors import ModelError
+from ..graph import residual
 from ..graph.channels import ProducerChain, kept_channels, producer_chain, prune_chain
 from ..graph.names import unique_tensor_names
 from ..graph.select import ConvSite, constant_values
@@ -89,20 +91,33 @@ def compressed_sites(sites: list[ConvSite], plans: dict[str, LayerPlan]) -> list
 
 def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
           options: LowerOptions, forms: dict[str, LayerForm] | None = None,
-          compact_storage: bool | None = None) -> dict[str, Lowered]:
+          compact_storage: bool | None = None, streams: dict | None = None
+          ) -> dict[str, Lowered]:
     """Rewrite every compressed Conv of ``graph`` in place; returns what was done.
 
     ``forms`` gives a layer's form by name (default: :func:`uniform_form`);
-    ``compact_storage`` defaults to ``options.lowering == "compact"``."""
+    ``compact_storage`` defaults to ``options.lowering == "compact"``; ``streams`` maps
+    a channel stream's key to the classes it keeps (:mod:`..graph.residual`; the graph
+    must be masked for them): its readers then read it as is, and the other channels
+    are removed from the whole stream."""
     done: dict[str, Lowered] = {}
     prunes: list[tuple[ProducerChain, np.ndarray]] = []
     compressed = compressed_sites(sites, plans)
     default = uniform_form(options)
+    pruned_streams = _streams(graph, streams)
+    readers = {r.name: (st, kept) for st, kept in pruned_streams for r in st.readers}
     for site in compressed:
         plan = plans[site.name]
         form = effective_form((forms or {}).get(site.name, default), plan)
         keep = form.keep(plan)
-        stage, x = lower_inputs(graph, site.node, keep, form, options, prunes)
+        if site.node.name in readers:
+            stream, kept = readers[site.node.name]
+            if not np.array_equal(keep, stream.kept(site.node.inputs[0].name, kept)):
+                raise ModelError(f"node {site.name!r}: its kept channels are not those its "
+                                 f"channel stream {stream.key!r} keeps")
+            stage, x = "stream", site.node.inputs[0]
+        else:
+            stage, x = lower_inputs(graph, site.node, keep, form, options, prunes)
         done[site.name] = Lowered(keep, stage, form)
         if form.form == "factored":
             factored.rewrite(graph, site.node, x, plan, keep)
@@ -110,6 +125,8 @@ def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
             dense.rewrite(site.node, x, plan, keep)
     for chain, keep in prunes:
         prune_chain(chain, keep)
+    for stream, kept in pruned_streams:
+        residual.prune(stream, kept)
     if options.lowering == "compact" if compact_storage is None else compact_storage:
         for site in compressed:
             if done[site.name].form.form == "dense":  # a factored layer stores its kernels once
@@ -117,6 +134,23 @@ def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
     unique_tensor_names(graph)  # before cleanup and toposort, which go by name
     graph.cleanup().toposort()
     return done
+
+
+def _streams(graph: gs.Graph, kept: dict | None) -> list:
+    """(Stream, kept classes) of every stream named in ``kept``; every reader of such a
+    stream must be a compressed layer reading exactly the kept channels."""
+    if not kept:
+        return []
+    found = {s.key: s for s in residual.find_streams(graph)}
+    out = []
+    for key in sorted(kept):
+        if key not in found:
+            raise ModelError(f"tensor {key!r}: starts no channel stream in this graph")
+        try:
+            out.append((found[key], residual.check_classes(found[key], kept[key])))
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+    return out
 
 
 def lower_inputs(graph, node, keep, form: LayerForm, options: LowerOptions, prunes):

@@ -43,9 +43,10 @@ def folded(tensor) -> np.ndarray | None:
     return table[codes.astype(np.int64)]
 
 
-def read_weight(graph: gs.Graph, name: str, plan: LayerPlan, form: LayerForm
-                ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(dense weight (N, C, kh, kw) as the optimized graph computes it, bias or None)."""
+def read_weight(graph: gs.Graph, name: str, plan: LayerPlan, form: LayerForm,
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(dense weight (N, C, kh, kw) as the optimized graph computes it, bias or None).
+    ``rows``: the filters a pruned producer kept (``dense`` only); the others read as 0."""
     nodes = {node.name: node for node in graph.nodes}
     n, c, kh, kw = plan.weight_shape
     weight = np.zeros(plan.weight_shape, plan.w_hat.dtype)
@@ -53,11 +54,17 @@ def read_weight(graph: gs.Graph, name: str, plan: LayerPlan, form: LayerForm
         node = nodes.get(name)
         values = None if node is None else folded(node.inputs[1])
         keep = form.keep(plan)
-        if values is None or values.shape != (n, len(keep), kh, kw):
+        rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+        if values is None or values.shape != (len(rows), len(keep), kh, kw):
             raise ModelError(f"node {name!r}: its weight in the optimized model is not the "
                              f"{form.label} form the model records")
-        weight[:, keep] = values
-        return weight, _bias(node)
+        weight[np.ix_(rows, keep)] = values
+        bias = _bias(node)
+        if bias is not None and len(bias) == len(rows) < n:
+            full = np.zeros(n, bias.dtype)
+            full[rows] = bias
+            bias = full
+        return weight, bias
     bias = None
     clustered = (plan.q > 0) & (plan.q < n)
     for level in sorted(set(plan.levels[clustered].tolist())):

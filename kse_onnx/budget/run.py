@@ -1,0 +1,83 @@
+"""``optimize --target-latency R``: the kept channels of every layer, timed on the user's
+runtime (or replayed from ``--choices``), and the original masked for the pruned stream
+channels, ready for the analysis, the refit and the lowering."""
+
+from __future__ import annotations
+
+import onnx
+
+from ..analysis.plan import layer_indicator
+from ..errors import OptionError
+from ..graph.residual import masked_model
+from ..graph.runtime_shapes import fill_conv_shapes
+from ..graph.select import conv_sites, import_graph
+from ..options import BudgetOptions, KSEOptions, LowerOptions, QuantizeOptions, SelectOptions
+from ..runtime.ort import provider_list
+from .build import timing_model
+from .replay import recorded_budget
+from .search import measure_table, search
+from .units import find_cuts
+
+
+def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
+               lower_options: LowerOptions, budget: BudgetOptions, target, quantize:
+               QuantizeOptions | None, images) -> tuple[onnx.ModelProto, dict, dict, dict]:
+    """(masked model, layer -> kept input channels, stream -> kept classes, report)."""
+    if lower_options.lowering == "factored":
+        raise OptionError("--lowering", "factored cannot be used with --target-latency (the "
+                                        "budget writes each layer dense over its kept channels)")
+    if target is not None and target.active:
+        raise OptionError("--target-latency", "cannot be combined with --target-macs or "
+                                              "--target-size")
+    if lower_options.choices:
+        layers, streams = recorded_budget(lower_options.choices)
+        report = {"target_latency": budget.target_latency,
+                  "replayed": f"kept channels taken from {lower_options.choices}, not timed"}
+    else:
+        layers, streams, report = _measured(model, kse, select, lower_options, budget,
+                                            quantize, images)
+    try:
+        masked = masked_model(model, streams)
+    except ValueError as exc:
+        raise OptionError("--choices", str(exc)) from None
+    return masked, layers, streams, report
+
+
+def _measured(model, kse, select, lower_options, budget, quantize, images):
+    graph = import_graph(model)
+    fill_conv_shapes(graph, model)
+    sites = conv_sites(graph, select)
+    indicators = {}
+    for site in sites:
+        if site.reason is None:
+            v = layer_indicator(site.weight, kse)
+            if v is not None:
+                indicators[site.name] = v
+    cuts = find_cuts(graph, sites, indicators)
+    providers = provider_list(lower_options.provider)
+    points = lower_options.timing_points
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    int8 = quantize is not None and quantize.active
+    table = measure_table(cuts, points, budget.budget_step, opset, providers,
+                          int8 and quantize.quantize == "int8-static")
+    if int8:
+        from ..quantize.apply import Int8Builds
+
+        quantizer = Int8Builds(model, quantize, images, None)
+        reference, label = quantizer.reference()
+    else:
+        reference, label = model, "the original"
+
+    def build(layers: dict, streams: dict) -> bytes:
+        built = timing_model(model, select, lower_options, layers, streams)
+        if int8:
+            from ..quantize.ptq import quantize_int8
+
+            built = quantize_int8(built, quantize.quantize, set(layers), quantizer.calibration,
+                                  share=False)[0]
+        return built.SerializeToString()
+
+    found = search(cuts, table, build, reference.SerializeToString(), model.SerializeToString(),
+                   budget.target_latency, budget.budget_step, budget.budget_rounds, points,
+                   providers, label)
+    return found.layers, found.streams, found.to_dict()

@@ -1,0 +1,157 @@
+"""The measured search: allocate for predicted targets, build, time the whole model
+against the reference, and correct the targets until the measured ratio is at most R at
+every timing point, as close to R as the rounds allow (docs/budget.md).
+
+The per-layer table predicts savings only roughly (a layer timed alone is not a layer
+in the network), so each point's predicted saving is
+calibrated by the last measurement: with ``f_p = (1 - measured_p) / (1 - predicted_p)``
+the next round's predicted target is ``1 - (1 - R + MARGIN) / f_p``. The first
+calibration comes from the smallest model (every unit at its smallest aligned count),
+timed first: if even it is above R, R is out of reach and the error names the best
+reachable ratio. Of the rounds that meet R, the one keeping the most indicator mass wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import ModelError, OptionError
+from ..runtime.bench import interleaved_latency
+from .allocate import Predictor, allocate, minimum
+from .table import time_layer
+from .units import Cuts
+
+MODEL_BUDGET_S = 6.0  # timed loop per whole-model measurement and timing point
+MARGIN = 0.01  # aim this far below R (measurement noise)
+CLOSE = 0.025  # a round this close under R ends the search
+MAX_REPEATS = 200
+
+# build(layers, streams) -> serialized model timed against the reference
+Builder = Callable[[dict, dict], bytes]
+
+
+@dataclass
+class Budget:
+    """The chosen kept channels and everything measured on the way."""
+
+    target: float
+    step: int
+    layers: dict[str, list[int]]  # compressed Conv -> kept input channels
+    streams: dict[str, list[int]]  # stream key -> kept classes
+    kept_counts: dict[str, int]  # unit -> kept ids
+    mass_kept: float  # indicator mass kept / total, over every unit
+    rounds: list[dict] = field(default_factory=list)
+    minimum: dict = field(default_factory=dict)
+    table: dict = field(default_factory=dict)
+    reference: str = "the original"
+
+    def to_dict(self) -> dict:
+        return {"target_latency": self.target, "step": self.step, "reference": self.reference,
+                "rule": "greedy: the aligned cut with the most predicted latency saved per "
+                        "indicator mass lost, until the predicted ratio meets the round's "
+                        "target; the target tightens by each round's measured excess",
+                "measured": self.rounds, "smallest_model": self.minimum,
+                "indicator_mass_kept": round(self.mass_kept, 6),
+                "kept_counts": self.kept_counts, "table": self.table}
+
+
+def keeps(cuts: Cuts, kept: dict[str, int]) -> tuple[dict, dict]:
+    """(layer -> kept input channels, stream key -> kept classes) for unit counts ``kept``."""
+    layers, classes = {}, {}
+    for unit in cuts.units:
+        ids = unit.kept(kept[unit.name])
+        if unit.stream is None:
+            layers[unit.name] = ids.tolist()
+        else:
+            classes.setdefault(unit.stream, []).extend(ids.tolist())
+    for key, ids in classes.items():
+        stream = cuts.streams[key]
+        classes[key] = sorted(ids)
+        for r in stream.readers:
+            layers[r.name] = stream.kept(r.inputs[0].name, ids).tolist()
+    return dict(sorted(layers.items())), dict(sorted(classes.items()))
+
+
+def mass_kept(cuts: Cuts, kept: dict[str, int]) -> float:
+    total = sum(float(u.mass.sum()) for u in cuts.units)
+    held = sum(float(u.mass[u.size - kept[u.name]:].sum()) for u in cuts.units)
+    return held / total if total > 0 else 1.0
+
+
+def measure_table(cuts: Cuts, points, step: int, opset: int, providers,
+                  int8: bool = False) -> dict:
+    """The per-layer latency table of every Conv a unit touches (INT8 layers for an
+    INT8 budget)."""
+    table = {}
+    for name, g in sorted(cuts.geometry.items()):
+        table[name] = time_layer(g["cin"], g["cout"], g["kernel"], g["attrs"], g["hw"], opset,
+                                 step, points, providers, int8)
+    return table
+
+
+def measure(models: dict, points, providers) -> dict[str, dict[str, float]]:
+    """label -> point -> ratio to the first model, interleaved."""
+    out: dict = {}
+    for batch, threads in points:
+        for t in interleaved_latency(models, batch, threads, MAX_REPEATS, providers=providers,
+                                     budget_s=MODEL_BUDGET_S):
+            out.setdefault(t.label, {})[f"b{batch}t{threads}"] = round(t.ratio, 4)
+            out.setdefault(t.label + " ms", {})[f"b{batch}t{threads}"] = round(t.median_ms, 4)
+    return out
+
+
+def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: bytes,
+           target: float, step: int, rounds: int, points, providers,
+           reference_label: str = "the original") -> Budget:
+    """Kept channels meeting ``target`` (module docstring); an OptionError if out of reach."""
+    if not cuts.units:
+        raise ModelError("target-latency: no Conv input channel can be pruned in this model")
+    smallest = minimum(cuts, step)
+    first = measure({"reference": reference, "reference again": reference,
+                     "original float": original, "smallest": build(*keeps(cuts, smallest))},
+                    points, providers)
+    best = max(first["smallest"].values())
+    if best > target:
+        raise OptionError("--target-latency", f"{target:g} is out of reach: the best reachable "
+                                              f"ratio is {best:.3f}x {reference_label} (every "
+                                              f"prunable channel removed, {step} kept per cut)")
+    float_ms = {p: first["reference ms"][p] for p in first["reference ms"]}
+    predictor = Predictor(cuts, table, float_ms)
+    budget = Budget(target, step, {}, {}, {}, 0.0, table=table, reference=reference_label,
+                    minimum={"ratio": first["smallest"], "noise": {
+                        p: round(abs(1 - first["reference again"][p]), 4) for p in float_ms}})
+    predicted, measured = predictor.ratios(smallest), first["smallest"]
+    for round_ in range(rounds):
+        goals = {p: _goal(predicted[p], measured[p], target) for p in float_ms}
+        plan = allocate(cuts, predictor, step, goals)
+        layers, streams = keeps(cuts, plan.kept)
+        ratios = measure({"reference": reference, "budget": build(layers, streams)}, points,
+                         providers)["budget"]
+        mass = mass_kept(cuts, plan.kept)
+        budget.rounds.append({"round": round_, "predicted_target": _rounded(goals),
+                              "predicted": _rounded(plan.predicted), "ratio": ratios,
+                              "indicator_mass_kept": round(mass, 6)})
+        if max(ratios.values()) <= target and mass > budget.mass_kept:
+            budget.layers, budget.streams, budget.kept_counts = layers, streams, plan.kept
+            budget.mass_kept = mass
+        if 0 <= target - max(ratios.values()) <= CLOSE:
+            break
+        predicted, measured = plan.predicted, ratios
+    if budget.layers:
+        return budget
+    worst = min(max(r["ratio"].values()) for r in budget.rounds)
+    raise ModelError(f"target-latency {target:g}: not met after {rounds} measured round(s) "
+                     f"(best {worst:.3f}x {reference_label}); raise --budget-rounds or "
+                     "R, or measure on a quieter machine")
+
+
+def _goal(predicted: float, measured: float, target: float) -> float:
+    """Predicted target of the next round: ``1 - (1 - R + MARGIN) / f``."""
+    f = (1 - measured) / (1 - predicted) if predicted < 1 and measured < 1 else 1.0
+    f = min(max(f, 0.25), 4.0)
+    return 1 - (1 - target + MARGIN) / f
+
+
+def _rounded(values: dict) -> dict:
+    return {k: round(v, 4) for k, v in values.items()}

@@ -1,0 +1,283 @@
+"""The latency budget (--target-latency): channel streams (residual and padded
+shortcuts), their exact pruning, the greedy allocation, the search, replay, and the
+out-of-reach error. Whole-model times are replaced by multiply-add ratios (a
+deterministic stand-in), so no test depends on the machine's speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from graphs import GraphBuilder, photo_batch
+from kse_onnx.analysis.plan import plan_layer
+from kse_onnx.api import optimize
+from kse_onnx.budget import allocate, search, table
+from kse_onnx.budget.units import Cuts, Unit
+from kse_onnx.cli import main
+from kse_onnx.errors import OptionError
+from kse_onnx.graph.count import conv_counts
+from kse_onnx.graph.residual import find_streams, mask, masked_model
+from kse_onnx.graph.select import import_graph
+from kse_onnx.options import BudgetOptions, KSEOptions, LowerOptions
+from kse_onnx.runtime.ort import session
+from kse_onnx.verify import verify
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def padded_resnet(width: int = 8, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Stem, an identity block, a downsampling block with the parameter-free "option A"
+    shortcut (strided Slice + channel Pad with zeros), and the classifier head."""
+    b = GraphBuilder(3, hw, seed)
+    x = b.relu(b.conv(b.input.name, 3, width))
+    y = b.conv(b.relu(b.conv(x, width, width)), width, width)
+    x = b.relu(b.op("Add", [x, y]))
+    wide = 2 * width
+    y = b.conv(b.relu(b.conv(x, width, wide, stride=2)), wide, wide)
+    starts, ends = b.const(np.array([0, 0])), b.const(np.array([hw, hw]))
+    axes, steps = b.const(np.array([2, 3])), b.const(np.array([2, 2]))
+    sliced = b.op("Slice", [x, starts, ends, axes, steps])
+    quarter = width // 2
+    pads = b.const(np.array([0, quarter, 0, 0, 0, quarter, 0, 0], dtype=np.int64))
+    shortcut = b.op("Pad", [sliced, pads], mode="constant")
+    x = b.relu(b.op("Add", [y, shortcut]))
+    return b.model(b.head(x, wide))
+
+
+def run(model, x):
+    sess = session(model)
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.fixture
+def macs_as_time(monkeypatch):
+    """Whole-model and per-layer "times" are multiply-add counts: deterministic."""
+    def measure(models, points, providers):
+        macs = {k: conv_counts(onnx.load_from_string(m) if isinstance(m, bytes) else m)["macs"]
+                for k, m in models.items()}
+        base = next(iter(macs.values()))
+        keys = [f"b{b}t{t}" for b, t in points]
+        out = {k: dict.fromkeys(keys, round(v / base, 4)) for k, v in macs.items()}
+        out.update({f"{k} ms": dict.fromkeys(keys, v / 1e6) for k, v in macs.items()})
+        return out
+
+    def layer(cin, cout, kernel, attrs, hw, opset, step, points, providers, int8=False):
+        keys = [f"b{b}t{t}" for b, t in points]
+        side = {"in": {}, "out": {}}
+        for name, size in (("in", cin), ("out", cout)):
+            for k in table.aligned_counts(size, step):
+                side[name][k] = dict.fromkeys(keys, k / size)
+        ms = cin * cout * int(np.prod(kernel)) * hw[0] * hw[1] / 1e6
+        return {**side, "full_ms": dict.fromkeys(keys, ms)}
+
+    monkeypatch.setattr(search, "measure", measure)
+    monkeypatch.setattr(search, "time_layer", layer)
+
+
+def test_streams_of_a_padded_resnet():
+    """One stream from the stem to the head: 8 classes born in stage 1 run through the
+    Pad into stage 2 (output channels 4..11), 8 more are born there; 3 readers."""
+    graph = import_graph(padded_resnet())
+    (stream,) = find_streams(graph)
+    assert stream.n_classes == 16
+    assert sorted(len(s) for s in stream.spans()) == [8, 8]
+    assert len(stream.readers) == 2 and len(stream.producers) == 3
+    assert len(stream.classifiers) == 1
+    pad = next(n for n in stream.ops if n.op == "Pad")
+    stage1 = stream.channels[pad.inputs[0].name]
+    stage2 = stream.channels[pad.outputs[0].name]
+    assert np.array_equal(stage2[4:12], stage1)
+    assert not set(stage2[:4]) & set(stage1) and not set(stage2[12:]) & set(stage1)
+
+
+def test_streams_of_the_bundled_resnet20():
+    """The exported ResNet-20 computes its Pad amounts in-graph: they are folded."""
+    graph = import_graph(onnx.load(ROOT / "models" / "fmnist_resnet20.onnx"))
+    (stream,) = find_streams(graph)
+    assert stream.n_classes == 64
+    assert [len(s) for s in stream.spans()] == [16, 16, 32]
+    assert len(stream.readers) == 9 and len(stream.producers) == 10
+
+
+def test_a_concat_ends_a_stream():
+    b = GraphBuilder(3, 8)
+    x = b.relu(b.conv(b.input.name, 3, 8))
+    y = b.conv(x, 8, 8)
+    z = b.op("Concat", [x, y], axis=1)
+    model = b.model(b.head(b.conv(z, 16, 8), 8))
+    assert find_streams(import_graph(model)) == []
+
+
+def test_masked_then_pruned_stream_is_exact():
+    """Mask classes, then remove them from producers, Pad and classifier (readers read
+    them with zero weight): same outputs as the masked model with zeroed reader columns."""
+    from kse_onnx.graph.export import export_model
+    from kse_onnx.graph.residual import prune
+
+    model = padded_resnet()
+    graph = import_graph(model)
+    (stream,) = find_streams(graph)
+    kept = np.array([0, 2, 3, 5, 8, 9, 12, 15])
+    masked = masked_model(model, {stream.key: kept.tolist()})
+    reference = import_graph(masked)
+    (ref_stream,) = find_streams(reference)
+    for r in ref_stream.readers:  # zero columns, the same graph otherwise
+        w = r.inputs[1].values.copy()
+        dropped = np.setdiff1d(np.arange(w.shape[1]), ref_stream.kept(r.inputs[0].name, kept))
+        w[:, dropped] = 0
+        r.inputs[1].values = w
+    graph = import_graph(masked)
+    (stream,) = find_streams(graph)
+    for r in stream.readers:
+        keep = stream.kept(r.inputs[0].name, kept)
+        r.inputs[1].values = np.ascontiguousarray(r.inputs[1].values[:, keep])
+    prune(stream, kept)
+    graph.cleanup().toposort()
+    pruned = export_model(graph, model, {})
+    x = photo_batch((2, 3, 8, 8))
+    expect = run(export_model(reference, model, {}), x)
+    np.testing.assert_allclose(run(pruned, x), expect, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(run(model, x), expect)  # the mask changed something
+
+
+def test_mask_zeroes_the_stream_channels():
+    model = padded_resnet()
+    graph = import_graph(model)
+    (stream,) = find_streams(graph)
+    keep = [1, 2]
+    mask(stream, keep)
+    lively = 0
+    for conv in stream.producers:
+        w = conv.inputs[1].values
+        live = np.isin(stream.channels[conv.outputs[0].name], keep)
+        assert np.all(w[~live] == 0) and np.all(conv.inputs[2].values[~live] == 0)
+        lively += int(np.any(w[live] != 0))
+    assert lively >= 1
+
+
+def test_kept_override_of_a_plan():
+    """Exactly the kept channels survive; those KSE would prune are lifted to level 1."""
+    w = np.random.default_rng(0).standard_normal((16, 8, 3, 3)).astype(np.float32)
+    free = plan_layer(w, KSEOptions(G=4))
+    kept = np.array([0, 1, 2, 3])
+    plan = plan_layer(w, KSEOptions(G=4), kept=kept)
+    assert np.array_equal(plan.kept_channels, kept)
+    lifted = kept[free.q[kept] == 0]
+    assert np.all(plan.levels[lifted] == 1) and np.all(plan.q[lifted] == 16 // 4)
+    assert np.all(plan.w_hat[:, 4:] == 0)
+    with pytest.raises(ValueError, match="kept channels"):
+        plan_layer(w, KSEOptions(G=4), kept=np.array([9]))
+
+
+def _cuts(masses: list[list[float]], size: int = 8) -> tuple[Cuts, allocate.Predictor]:
+    units, geometry, tab = [], {}, {}
+    for i, mass in enumerate(masses):
+        name = f"c{i}"
+        order = np.argsort(mass, kind="stable")
+        units.append(Unit(name, order, np.asarray(mass)[order], [name], []))
+        geometry[name] = {"cin": size, "cout": size}
+        tab[name] = {"in": {k: {"p": k / size} for k in (4, 8)},
+                     "out": {size: {"p": 1.0}}, "full_ms": {"p": 1.0}}
+    cuts = Cuts(units, {}, geometry)
+    return cuts, allocate.Predictor(cuts, tab, {"p": 10.0})
+
+
+def test_greedy_cuts_the_least_mass_first():
+    """Two equal layers (1 ms of a 10 ms model each; half the inputs, half the time);
+    cutting either saves the same time: the one with less mass goes."""
+    cuts, predictor = _cuts([[1.0] * 8, [0.1] * 8])
+    got = allocate.allocate(cuts, predictor, 4, {"p": 0.96})
+    assert got.reachable and got.kept == {"c0": 8, "c1": 4}
+    assert got.predicted["p"] == pytest.approx(0.95)
+    got = allocate.allocate(cuts, predictor, 4, {"p": 0.85})
+    assert not got.reachable and got.kept == {"c0": 4, "c1": 4}
+
+
+def test_give_back_restores_steps_the_target_allows():
+    cuts, predictor = _cuts([[1.0] * 8, [0.1] * 8])
+    kept, ratios = allocate.give_back(cuts, predictor, 4, {"p": 0.96}, {"c0": 4, "c1": 4},
+                                      {"p": 0.9})
+    assert kept == {"c0": 8, "c1": 4} and ratios["p"] == pytest.approx(0.95)
+
+
+def test_aligned_counts():
+    assert table.aligned_counts(16, 4) == [4, 8, 12, 16]
+    counts = table.aligned_counts(64, 4)
+    assert len(counts) == table.MAX_COUNTS and counts[0] == 4 and counts[-1] == 64
+    assert all(c % 4 == 0 for c in counts)
+
+
+def test_budget_end_to_end_replay_and_verify(tmp_path, macs_as_time):
+    """R = 0.6 by the stand-in clock: met, recorded, verified exact (stream channels
+    pruned through the Pad and the classifier), and replayed byte for byte."""
+    src, out, again = tmp_path / "m.onnx", tmp_path / "b.onnx", tmp_path / "again.onnx"
+    onnx.save(padded_resnet(width=16, hw=8), src)
+    lowering = LowerOptions("compact", batches="1,8")
+    report = optimize(src, out, KSEOptions(G=4), lower_options=lowering,
+                      budget=BudgetOptions(0.6))
+    budget = report.extra["budget"]
+    assert budget["target_latency"] == 0.6
+    ratios = [max(m["ratio"].values()) for m in budget["measured"]]
+    assert min(ratios) <= 0.6 and 0 < budget["indicator_mass_kept"] < 1
+    assert budget["table"] and budget["smallest_model"]["ratio"]
+    assert conv_counts(onnx.load(out))["macs"] <= 0.6 * conv_counts(onnx.load(src))["macs"]
+    settings = report.settings
+    assert settings["budget_streams"], "the residual stream was pruned"
+    result = verify(src, out)
+    assert result.exact, result.summary()
+    replay = LowerOptions("compact", batches="1,8", choices=str(out))
+    replayed = optimize(src, again, KSEOptions(G=4), lower_options=replay,
+                        budget=BudgetOptions(0.6))
+    assert out.read_bytes() == again.read_bytes()
+    assert "latency budget 0.6 x the original: measured b1t1" in report.table()
+    assert "kept channels taken from" in replayed.table()
+    report.write_json(tmp_path / "r.json")  # the JSON report replays too
+    third = tmp_path / "third.onnx"
+    optimize(src, third, KSEOptions(G=4), budget=BudgetOptions(0.6),
+             lower_options=LowerOptions("compact", choices=str(tmp_path / "r.json")))
+    assert third.read_bytes() == out.read_bytes()
+
+
+def test_out_of_reach_is_one_clean_error(tmp_path, macs_as_time, capsys):
+    src, out = tmp_path / "m.onnx", tmp_path / "b.onnx"
+    onnx.save(padded_resnet(width=16, hw=8), src)
+    with pytest.raises(OptionError, match=r"best reachable ratio is 0\.\d+x"):
+        optimize(src, out, lower_options=LowerOptions("compact"), budget=BudgetOptions(0.01))
+    assert not out.exists()
+    code = main(["optimize", str(src), str(out), "--target-latency", "0.01"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--target-latency" in err and "best reachable" in err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, "x", True])
+def test_bad_target_latency(value):
+    with pytest.raises(OptionError, match="--target-latency"):
+        BudgetOptions(value)
+
+
+def test_refit_and_finetune_work_on_a_budget_model(tmp_path, macs_as_time):
+    pytest.importorskip("torch")
+    from kse_onnx.api import refit
+    from kse_onnx.finetune.train import finetune
+    from kse_onnx.options import CalibrationOptions, DataOptions, FinetuneOptions
+
+    src, out = tmp_path / "m.onnx", tmp_path / "b.onnx"
+    onnx.save(padded_resnet(width=16, hw=8), src)
+    images = tmp_path / "images.npz"
+    np.savez(images, x=photo_batch((32, 3, 8, 8), seed=1))
+    optimize(src, out, lower_options=LowerOptions("compact"), budget=BudgetOptions(0.6))
+    refitted = tmp_path / "refit.onnx"
+    refit(out, refitted, src, CalibrationOptions(str(images)))
+    assert verify(src, refitted).exact
+    assert onnx.load(refitted).graph.node  # same shapes as the budget model:
+    x = photo_batch((2, 3, 8, 8))
+    assert run(onnx.load(refitted), x).shape == run(onnx.load(out), x).shape
+    tuned = tmp_path / "tuned.onnx"
+    finetune(refitted, tuned, src, str(images), FinetuneOptions(epochs=1, batch=16, threads=1,
+                                                                val_fraction=0.0, quiet=True),
+             DataOptions(), log=lambda text: None)
+    assert np.all(np.isfinite(run(onnx.load(tuned), x)))
