@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import warnings
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -38,3 +40,16 @@ def max_abs_diff(model: torch.nn.Module, proto: onnx.ModelProto, input_shape,
 
 def conv_count(proto: onnx.ModelProto) -> int:
     return sum(node.op_type == "Conv" for node in proto.graph.node)
+
+
+def export_kse_resnet56(weights, path, opset: int = 17) -> Path:
+    """Write the KSE authors' ResNet-56 (``.pth`` at ``weights``) as ONNX to ``path``,
+    once (an existing file is kept); the graph takes the normalised input."""
+    from .zoo import load_kse_resnet56
+
+    path = Path(path)
+    if not path.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            onnx.save(export(load_kse_resnet56(weights), (3, 32, 32), opset), path)
+    return path

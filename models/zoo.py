@@ -371,6 +371,10 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
     return model.eval(), input_shape
 
 
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)  # the input normalisation of the authors' ResNet-56
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
 def load_kse_resnet56(path) -> nn.Module:
     """The KSE authors' trained CIFAR-10 ResNet-56 (their ``.mask`` keys dropped).
 

@@ -23,7 +23,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,14 +87,9 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
         x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", DataOptions())
         calibration = load_data(train, DataOptions())[0][:256]
     else:
-        from models.export import export
-        from models.zoo import load_kse_resnet56
+        from models.export import export_kse_resnet56
 
-        original = out / "kse_resnet56_op17.onnx"
-        if not original.exists():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                onnx.save(export(load_kse_resnet56(args.weights), (3, 32, 32), 17), original)
+        original = export_kse_resnet56(args.weights, out / "kse_resnet56_op17.onnx")
         train, x_test, y_test = None, photo_crops(512, seed=1), None
         calibration = photo_crops(256, seed=0)
     rows, notes = {"original": original}, {"original": ""}

@@ -43,13 +43,13 @@ def original_model(name: str, out: Path, weights: Path) -> Path:
     path = out / f"{name}_op17.onnx"
     if path.exists():
         return path
-    from models.export import export
-    from models.zoo import build, load_kse_resnet56
+    from models.export import export, export_kse_resnet56
+    from models.zoo import build
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name == "kse_resnet56":
-            onnx.save(export(load_kse_resnet56(weights), (3, 32, 32), 17), path)
+            export_kse_resnet56(weights, path)
         else:
             model, shape = build(name, seed=0)
             onnx.save(export(model, shape, 17), path)

@@ -15,7 +15,6 @@ import datetime
 import os
 import platform
 import sys
-import warnings
 from pathlib import Path
 
 import onnx
@@ -26,8 +25,7 @@ sys.path.insert(0, str(ROOT))
 from kse_onnx.api import optimize  # noqa: E402
 from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
 from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
-from models.export import export  # noqa: E402
-from models.zoo import load_kse_resnet56  # noqa: E402
+from models.export import export_kse_resnet56  # noqa: E402
 
 LOWERINGS = {"dense": LowerOptions("dense"), "dense, align 1": LowerOptions("dense", align=1),
              "compact": LowerOptions("compact"), "factored": LowerOptions("factored")}
@@ -48,9 +46,8 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
 
     original = args.out / "kse_resnet56_op17.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        onnx.save(export(load_kse_resnet56(args.weights), (3, 32, 32), 17), original)
+    original.unlink(missing_ok=True)  # always from --weights
+    export_kse_resnet56(args.weights, original)
 
     print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
           f"onnxruntime CPU, {args.threads} thread(s), {datetime.date.today()}")

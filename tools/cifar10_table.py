@@ -1,0 +1,309 @@
+"""The README's CIFAR-10 table: the KSE authors' ResNet-56 on the JPEG copy of CIFAR-10.
+
+    python tools/cifar10_table.py [--epochs 1 --train-images 3072 --tune-lr 0.001]
+        [--data ../shared/data/cifar10-jpeg.tar.gz] [--out out/cifar10] [--block]
+
+Rows, all evaluated on the 10,000 JPEG test images with ``kse-onnx eval``:
+- the original (the authors' weights, trained on the lossless images);
+- the **control**: the original fine-tuned ``--epochs`` on ``--train-images`` JPEG
+  training images (``finetune``: distillation from the original + labels,
+  ``--control-lr``, ``--control-label-weight``). Every KSE row starts from it, is compared
+  with it, and distils from it;
+- onnxruntime's static INT8 of the control;
+- KSE G=4,T=0 and G=5,T=1 of the control (compact lowering): as compressed; after the
+  post-training refit (``--calibration``, 1,024 training images, ``--refit act``); the
+  refit + ``--epochs`` of ``finetune`` (distillation from the control + labels,
+  ``--tune-lr``); refit + INT8 in one ``optimize`` command;
+- with ``--block``, G=5,T=1 refitted with ``--refit block`` as well.
+
+Everything is seeded; each step's result goes to ``OUT/results.json`` as soon as it is
+known, and a rerun skips the steps whose result and model file exist (delete the JSON
+to start over). Latency (onnxruntime CPU, 1 thread, batch 1 and 64): every latency
+row runs interleaved in one loop, median of ``--repeats`` runs, as a ratio to the
+control's median in the same loop. The extracted images, the .npz files and the
+models stay under ``--out`` (ignored by git).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kse_onnx.api import optimize  # noqa: E402
+from kse_onnx.data import load_data, load_dataset  # noqa: E402
+from kse_onnx.finetune.train import finetune  # noqa: E402
+from kse_onnx.graph.count import conv_counts  # noqa: E402
+from kse_onnx.graph.io import save_model  # noqa: E402
+from kse_onnx.options import (  # noqa: E402
+    CalibrationOptions,
+    DataOptions,
+    FinetuneOptions,
+    KSEOptions,
+    LowerOptions,
+    QuantizeOptions,
+    RefitOptions,
+)
+from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
+from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
+from models.export import export_kse_resnet56  # noqa: E402
+from models.zoo import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+
+SETTINGS = ((4, 0), (5, 1))
+# Li et al., CVPR 2019, Table 1 (ResNet-56, CIFAR-10): top-1 %, params, FLOPs
+PUBLISHED_BASELINE = 93.26
+PUBLISHED = {(4, 0): (93.23, "0.43M", "60M"), (5, 1): (92.88, "0.36M", "50M")}
+NORMALISE = {"mean": tuple(str(v) for v in CIFAR_MEAN), "std": tuple(str(v) for v in CIFAR_STD)}
+TEST_DATA = DataOptions(**NORMALISE)
+
+
+class Results:
+    """Step results in a JSON file, written after every step (resume and rerun)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def step(self, key: str, fn, files=()):
+        if key in self.data and all(Path(f).exists() for f in files):
+            return self.data[key]
+        start = time.perf_counter()
+        value = fn()
+        value = dict(value or {}, seconds=round(time.perf_counter() - start, 1))
+        self.data[key] = value
+        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
+        print(f"[{datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}] {key}: {value}",
+              file=sys.stderr, flush=True)
+        return value
+
+
+def prepare_data(archive: Path, out: Path, train_images: int, calibration_images: int,
+                 seed: int) -> dict:
+    """Extract the archive (once) and write the .npz files: test (10k), the training
+    subset (``train_images`` drawn without replacement, seeded; class folders are
+    sorted, so the first images of the folder would be all one class) and the
+    calibration images (the subset's first ``calibration_images``). uint8 NCHW +
+    labels; normalisation is applied by ``--mean/--std`` on reading."""
+    folder = out / "cifar10-jpeg"
+    if not (folder / "test").is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+    files = {"test": out / "test.npz", "train": out / f"train_{train_images}_s{seed}.npz",
+             "calibration": out / f"calibration_{calibration_images}_s{seed}.npz"}
+    if all(f.exists() for f in files.values()):
+        return files
+
+    def as_uint8(x):
+        return np.round(x * 255).astype(np.uint8)
+
+    x, y = load_dataset(folder / "test")
+    np.savez(files["test"], x=as_uint8(x), y=y)
+    x, y = load_dataset(folder / "train")
+    pick = np.random.default_rng(seed).permutation(len(x))[:train_images]
+    np.savez(files["train"], x=as_uint8(x[pick]), y=y[pick])
+    np.savez(files["calibration"], x=as_uint8(x[pick[:calibration_images]]),
+             y=y[pick[:calibration_images]])
+    return files
+
+
+def kse_eval(model: Path, test: Path) -> float:
+    """Top-1 accuracy as ``kse-onnx eval`` prints it."""
+    cmd = [sys.executable, "-m", "kse_onnx.cli", "eval", str(model), "--data", str(test)]
+    for v in CIFAR_MEAN:
+        cmd += ["--mean", str(v)]
+    for v in CIFAR_STD:
+        cmd += ["--std", str(v)]
+    text = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    return float(re.search(r"top-1 ([0-9.]+)", text).group(1))
+
+
+def graph_counts(path: Path) -> dict:
+    c = conv_counts(onnx.load(path))
+    return {"graph_weights": c["weights"], "graph_macs": c["macs"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path,
+                        default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
+    parser.add_argument("--data", type=Path,
+                        default=ROOT.parent / "shared/data/cifar10-jpeg.tar.gz")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "cifar10")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-images", type=int, default=3072,
+                        help="training images per epoch (a seeded subset of the 50k)")
+    parser.add_argument("--calibration-images", type=int, default=1024)
+    parser.add_argument("--control-lr", type=float, default=0.001,
+                        help="the control's learning rate (cosine); 0.01 on 3,072 images "
+                             "lowered the accuracy")
+    parser.add_argument("--control-label-weight", type=float, default=0.5,
+                        help="the control's cross-entropy weight (the rest: distillation "
+                             "from the original)")
+    parser.add_argument("--tune-lr", type=float, default=0.001,
+                        help="learning rate of the KSE rows' fine-tuning (cosine)")
+    parser.add_argument("--pad-crop", type=int, default=0,
+                        help="fine-tuning augmentation (flip always): the padding is the "
+                             "mean colour, which the original never saw")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--block", action="store_true",
+                        help="also refit G=5,T=1 with --refit block (last)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    res = Results(out / "results.json")
+    t_start = time.perf_counter()
+    files = prepare_data(args.data, out, args.train_images, args.calibration_images,
+                         args.seed)
+    test, train, cal = files["test"], files["train"], files["calibration"]
+    calibration = CalibrationOptions(str(cal), args.calibration_images)
+    tag = f"E{args.epochs}_n{args.train_images}_s{args.seed}_pc{args.pad_crop}"
+    train_data = DataOptions(**NORMALISE, pad_crop=args.pad_crop, flip=True)
+    quiet = {"log": lambda text: None}
+
+    original = out / "original.onnx"
+    original.unlink(missing_ok=True)  # always from --weights (cheap)
+    export_kse_resnet56(args.weights, original)
+    control = out / f"control_{tag}_lr{args.control_lr}_w{args.control_label_weight}.onnx"
+    tune = FinetuneOptions(epochs=args.epochs, lr=args.control_lr, threads=args.threads,
+                           val_fraction=0.0, label_weight=args.control_label_weight,
+                           seed=args.seed, quiet=True)
+    rows, acc = {}, {}
+
+    def add(label, path):  # evaluated as soon as it exists: a cut run still has results
+        rows[label] = path
+        acc[label] = res.step(f"eval {path.name}", lambda: {
+            "top1": kse_eval(path, test), **graph_counts(path)})
+
+    add("original", original)
+    res.step(f"tune {control.name}", lambda: finetune(
+        original, control, original, train, tune, train_data, **quiet), [control])
+    add("control", control)
+
+    ort_int8 = out / f"{control.stem}_ort_int8.onnx"
+
+    def plain_int8():
+        x = load_data(cal, TEST_DATA)[0]
+        save_model(quantize_int8(onnx.load(control), "int8-static", set(), x)[0], ort_int8)
+
+    res.step(f"int8 {ort_int8.name}", plain_int8, [ort_int8])
+    add("onnxruntime INT8 of the control", ort_int8)
+    reports = {}
+    compact = LowerOptions("compact")
+    for G, T in SETTINGS:
+        kse, name = KSEOptions(G=G, T=T, seed=args.seed), f"{control.stem}_G{G}T{T}"
+        paths = {"compressed": out / f"{name}.onnx", "refit": out / f"{name}_act.onnx",
+                 "tuned": out / f"{name}_act_tuned_lr{args.tune_lr}.onnx",
+                 "int8": out / f"{name}_act_int8.onnx"}
+
+        def compress(kse=kse, path=paths["compressed"]):
+            report = optimize(control, path, kse, lower_options=compact, overwrite=True)
+            t = report.totals()
+            return {"paper_weights": t["params_factored"], "paper_macs": t["macs_factored"],
+                    "paper_weights_before": t["params_before"],
+                    "paper_macs_before": t["macs_before"]}
+
+        reports[G, T] = res.step(f"optimize {paths['compressed'].name}", compress,
+                                 [paths["compressed"]])
+        label = f"KSE G={G},T={T}"
+        add(f"{label}, compressed", paths["compressed"])
+        res.step(f"refit {paths['refit'].name}", lambda kse=kse, p=paths["refit"]: optimize(
+            control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
+            calibration=calibration, refit=RefitOptions("act"), **quiet) and None,
+            [paths["refit"]])
+        add(f"{label}, refit", paths["refit"])
+        res.step(f"tune {paths['tuned'].name}", lambda p=paths: finetune(
+            p["refit"], p["tuned"], control, train,
+            FinetuneOptions(epochs=args.epochs, lr=args.tune_lr, threads=args.threads,
+                            val_fraction=0.0, seed=args.seed, quiet=True),
+            train_data, **quiet), [paths["tuned"]])
+        add(f"{label}, refit + {args.epochs} epoch(s)", paths["tuned"])
+        res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]: optimize(
+            control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
+            calibration=calibration, refit=RefitOptions("act"),
+            quantize=QuantizeOptions("int8-static"), **quiet) and None, [paths["int8"]])
+        add(f"{label}, refit + INT8 (one command)", paths["int8"])
+    timed = {"control": control, "onnxruntime INT8 of the control": ort_int8}
+    for G, T in SETTINGS:
+        timed[f"KSE G={G},T={T}"] = rows[f"KSE G={G},T={T}, refit + {args.epochs} epoch(s)"]
+        timed[f"KSE G={G},T={T} + INT8"] = rows[f"KSE G={G},T={T}, refit + INT8 (one command)"]
+
+    def latency():
+        models = {label: onnx.load(p) for label, p in timed.items()}
+        return {f"b{b}": {t.label: t.ratio for t in interleaved_latency(
+            models, b, 1, args.repeats)} for b in (1, 64)}
+
+    lat = res.step(f"latency {tag} r{args.repeats}", latency)
+    if args.block:  # last: the table above is complete without it
+        p = out / f"{control.stem}_G5T1_block.onnx"
+        res.step(f"refit {p.name}", lambda: optimize(
+            control, p, KSEOptions(G=5, T=1, seed=args.seed), lower_options=compact,
+            overwrite=True, data=TEST_DATA, calibration=calibration,
+            refit=RefitOptions("block"), **quiet) and None, [p])
+        add("KSE G=5,T=1, refit block", p)
+    wall = time.perf_counter() - t_start
+    print_table(args, rows, acc, reports, lat, res.data, control, tag, wall)
+
+
+def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None:
+    base = acc["control"]["top1"]
+    size0 = control.stat().st_size
+    t40 = reports[4, 0]
+    load = os.getloadavg()
+    print(f"# {os.cpu_count()} cores {platform.machine()}, load {load[0]:.1f}/{load[1]:.1f}/"
+          f"{load[2]:.1f}, {datetime.date.today()}; E = {args.epochs} epoch(s) of "
+          f"{args.train_images} JPEG training images; control lr {args.control_lr}, KSE "
+          f"fine-tune lr {args.tune_lr}; this invocation {wall:.0f} s")
+    print("| model | JPEG test top-1 | vs control | conv weights graph / paper | "
+          "conv MACs graph / paper | file | latency b1 | latency b64 | published (delta) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for label, path in rows.items():
+        a = acc[label]
+        setting = re.match(r"KSE G=(\d),T=(\d)", label)
+        if setting:
+            G, T = int(setting.group(1)), int(setting.group(2))
+            r = reports[G, T]
+            paper = f"{r['paper_weights'] / 1e6:.3f}M", f"{r['paper_macs'] / 1e6:.1f}M"
+            top1, params, flops = PUBLISHED[G, T]
+            published = f"{top1:.2f} ({top1 - PUBLISHED_BASELINE:+.2f}), {params} / {flops}"
+            key = f"KSE G={G},T={T}" + (" + INT8" if "INT8" in label else "")
+            timed = ("epoch" in label or "INT8" in label) and "block" not in label
+        else:
+            paper = (f"{t40['paper_weights_before'] / 1e6:.3f}M",
+                     f"{t40['paper_macs_before'] / 1e6:.1f}M")
+            published = f"{PUBLISHED_BASELINE:.2f} (baseline), 0.85M / 125M"
+            key = "control" if label == "original" else label
+            timed = label != "original"
+        gw, gm = a["graph_weights"], a["graph_macs"]
+        graph_w = f"{gw / 1e6:.3f}M" if gw else "-"
+        graph_m = f"{gm / 1e6:.1f}M" if gm else "-"
+        b1, b64 = ((f"{lat['b1'][key]:.2f}", f"{lat['b64'][key]:.2f}") if timed
+                   else ("(same graph)", "(same graph)"))
+        if label == "original":
+            b1 = b64 = "(= control)"
+        print(f"| {label} | {100 * a['top1']:.2f} | {100 * (a['top1'] - base):+.2f} | "
+              f"{graph_w} / {paper[0]} | {graph_m} / {paper[1]} | "
+              f"{path.stat().st_size / size0:.3f} | {b1} | {b64} | {published} |")
+    steps = {k: v["seconds"] for k, v in data.items() if tag in k or "control" in k}
+    print("# step seconds (first run of each step): "
+          + ", ".join(f"{k}: {v:.0f}" for k, v in steps.items()))
+
+
+if __name__ == "__main__":
+    main()
