@@ -37,11 +37,14 @@ __all__ = ["Analysis", "analyse", "optimize", "refit", "score"]  # Analysis, ana
 
 
 def score(path: str | os.PathLike, kse: KSEOptions | None = None,
-          select: SelectOptions | None = None) -> ModelReport:
-    """KSE scores, levels and counts of every Conv of the model at ``path``; writes nothing."""
+          select: SelectOptions | None = None,
+          progress: ProgressOptions | None = None) -> ModelReport:
+    """KSE scores, levels and counts of every Conv of the model at ``path``; writes nothing.
+    ``progress``: the analysis's bar or log lines on stderr unless quiet."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
     model = load_model(path)
-    report = analyse(model, kse, select, str(path)).report
+    quiet = (progress or ProgressOptions()).quiet
+    report = analyse(model, kse, select, str(path), quiet=quiet).report
     report.file_size_before = os.path.getsize(path)
     return report
 

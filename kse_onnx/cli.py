@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     score = add_command(commands, "score", help="print the KSE plan of every Conv; write nothing")
     score.add_argument("model", help="input .onnx file")
     _add_options(score, ScoreFiles)
-    _add_options(score, KSEOptions, SelectOptions)
+    _add_options(score, KSEOptions, SelectOptions, ProgressOptions)
     score.set_defaults(run=_run_score)
 
     optimize = add_command(commands, "optimize", help="write the KSE-compressed model")
@@ -140,7 +140,8 @@ def _run_score(args) -> int:
     from .api import score
 
     check_paths({"MODEL": model_files(args.model)}, {"--json": args.json})
-    report = score(args.model, _options(args, KSEOptions), _options(args, SelectOptions))
+    report = score(args.model, _options(args, KSEOptions), _options(args, SelectOptions),
+                   _options(args, ProgressOptions))
     print(report.table())
     if args.json:
         report.write_json(args.json)

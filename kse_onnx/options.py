@@ -451,8 +451,8 @@ _DATA = ".npz (x, optional y), IDX images file or an image folder"
 
 @dataclass(frozen=True)
 class ProgressOptions:
-    """Progress on stderr (optimize, refit): a bar on a terminal, a line per tenth of
-    the work in logs."""
+    """Progress on stderr (score, optimize, refit): a bar on a terminal, a line per tenth
+    of the work in logs."""
 
     quiet: bool = _opt(False, "no progress bars and no progress lines on stderr")
 

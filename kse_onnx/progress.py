@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 import time
 
+from .terminal import CleanStream
+
 LINE_STEPS = 10  # lines mode: a line per tenth of the work
 LINE_AFTER_S = 10.0  # lines mode: nothing before the work has run this long
 
@@ -96,4 +98,5 @@ def bar(total: int, desc: str, unit: str = "img", quiet: bool = False, stream=No
         return _Silent()
     if not interactive(stream):
         return _Lines(total, desc, unit, stream) if lines else _Silent()
-    return _Bar(total, desc, unit, getattr(stream, "raw", stream), **options)
+    raw = stream.raw if isinstance(stream, CleanStream) else stream
+    return _Bar(total, desc, unit, raw, **options)

@@ -79,7 +79,7 @@ def test_old_import_path_still_works():
     assert progress.interactive(Terminal()) and not progress.interactive(io.StringIO())
 
 
-@pytest.mark.parametrize("command", ["optimize", "refit"])
+@pytest.mark.parametrize("command", ["score", "optimize", "refit"])
 def test_quiet_flag_with_its_default(command):
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices[command]
@@ -107,4 +107,8 @@ def test_optimize_logs_lines_and_quiet_silences_them(tmp_path, capsys, monkeypat
     assert "KSE analysis: 32/32 channel" in err and "auto: timing layers: 2/2 layer" in err
     assert "\r" not in err
     assert main([*args, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main(["score", str(src)]) == 0
+    assert "KSE analysis: 32/32 channel" in capsys.readouterr().err
+    assert main(["score", str(src), "--quiet"]) == 0
     assert capsys.readouterr().err == ""

@@ -65,7 +65,7 @@ def run(label: str, source: Path, model: Path, out: Path) -> dict:
         raise SystemExit(f"{label}: optimize failed, see {out / f'{label}.log'}")
     return {"label": label, "wall_s": round(wall, 1),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "load_before": load_before,
+            "peak_rss_mib": round(usage.ru_maxrss / 1024), "load_before": load_before,
             "load_after": os.getloadavg()[0], "report": str(report)}
 
 
@@ -94,7 +94,7 @@ def main() -> None:
             runs.append(run(f"new{r}", ROOT, model, args.out))
     for row in runs:
         print(f"{row['label']}: wall {row['wall_s']} s, CPU {row['cpu_s']} s, peak "
-              f"{row['peak_rss_mb']} MB, load {row['load_before']:.1f} -> "
+              f"{row['peak_rss_mib']} MiB, load {row['load_before']:.1f} -> "
               f"{row['load_after']:.1f}")
     old_report = args.old_report or next(r["report"] for r in runs if r["label"] == "old0")
     before, after = forms(old_report), forms(runs[-1]["report"])

@@ -13,14 +13,18 @@ runtime, and the whole model is then checked to be no slower than the original.
    the graph too (and in the ``whole`` graph it is compared with). A 1x1 depthwise Conv
    before and after puts the layer between Convs as in the network, so the layout
    changes a Gather or an unaligned count forces on its neighbours are timed too. Candidates run
-   interleaved; each time is a median (:func:`~kse_onnx.runtime.bench.interleaved_latency`).
+   interleaved; each time is a median (:func:`~kse_onnx.runtime.bench.interleaved_latency`);
+   a candidate ``DROP_SLOWER`` times slower than the fastest after 3 rounds is not run
+   further. Layers with equal candidate graphs up to names and weight values (one
+   timing signature, :mod:`..graph.signature`) are timed once (:func:`time_layers`).
 3. Choice (:func:`pick`): among candidates no slower than ``whole`` (ratio <= 1 + half the
    tolerance at every batch), those within the tolerance of the fastest count as tied,
    and the tie goes to the fewest multiply-adds. So a layer gets fewer multiply-adds
    only when they cost no time.
 4. Whole-model check (:func:`check_latency`): the original (twice: the spread of the two
-   is the measured noise) and the optimized model, with dense and with compact weight
-   storage, interleaved at every batch. While the optimized model's ratio plus that noise
+   is the measured noise) and the optimized model with compact weight storage (dense
+   storage too when compact fails), interleaved at every batch, each timing ending
+   early once its verdict is plain. While the optimized model's ratio plus that noise
    is above 1 + tolerance, layers go back to ``whole``, least measured gain first, 1, 2, 4, ...
    at a time. With every layer ``whole`` the graph has the original's shapes.
 Timings depend on the machine, so the chosen forms are recorded in the model; passing
@@ -172,15 +176,6 @@ def layer_candidates(graph: gs.Graph, site: ConvSite, plan: LayerPlan,
         models[form.label] = _to_model(mini, original)
         macs[form.label] = conv_counts(models[form.label])["macs"] or 0
     return models, macs
-
-
-def time_layer(graph: gs.Graph, site: ConvSite, plan: LayerPlan, options: LowerOptions,
-               original: onnx.ModelProto, providers) -> LayerChoice:
-    """Time every candidate form of one layer; returns them with the winner."""
-    built = layer_candidates(graph, site, plan, options, original)
-    if built is None:
-        return LayerChoice(site.name, WHOLE, note="input shape unknown: not timed, kept whole")
-    return time_candidates(site.name, *built, options, providers)
 
 
 def time_candidates(name: str, models: dict[str, onnx.ModelProto], macs: dict[str, int],
