@@ -379,9 +379,9 @@ class FinetuneOptions:
     qat_lr: float = _opt(0.001, "learning rate of the quantization-aware epochs (constant)")
     loss: str = _opt("auto", "what the student matches: 'kd' (softened classifier logits), "
                              "'mse' (every output, each divided by the teacher's variance), "
-                             "'features' (the compressed Convs' outputs, likewise; any model "
-                             "type, no labels); 'auto' = kd for one 2-D logits output, else "
-                             "mse", choices=LOSSES)
+                             "'features' (the compressed Convs' outputs, likewise, averaged "
+                             "with the mse term; any model type, no labels); 'auto' = kd "
+                             "for one 2-D logits output, else mse", choices=LOSSES)
     quiet: bool = _opt(False, "no progress bar and no per-epoch lines on stderr")
 
     def __post_init__(self) -> None:

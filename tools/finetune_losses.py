@@ -3,7 +3,8 @@ detector and U-Net at least twice closer to their original? (issue #13, "done wh
 
     apt-get install dataset-fashion-mnist
     python tools/finetune_losses.py [--models yolo_tiny,unet_tiny] [--settings "4,0;5,1"]
-        [--losses mse,features] [--images 8192] [--data fmnist|random] [--threads 2]
+        [--losses mse,features] [--images 4096] [--batch 32] [--data fmnist|random]
+        [--refit-images 1024] [--threads 1] [--lr 0] [--optimizer auto] [--json rows.json]
 
 The teachers are the zoo's TinyYOLO (3x64x64) and TinyUNet (3x32x32) with seeded random
 weights and BatchNorm statistics (models/zoo.py), exported at opset 17. Inputs: the
@@ -13,9 +14,10 @@ normalised to mean 0 and std 1; or, with ``--data random``, Gaussian noise image
 error is what ``kse-onnx verify --inputs`` reports, the relative error of the output
 against the teacher's on 256 held-out inputs (the first Fashion-MNIST test images, or
 other noise images); the ratio after/before must be <= 0.5. Everything else is
-``finetune``'s default. With ``--refit-images N`` (default 1024; 0 = off) a row per
-setting also gives the post-training refit (``optimize --calibration``, default
-``--refit``) on the first N training inputs, which must lower the error (ratio < 1).
+``finetune``'s default but ``--batch 32`` (128 steps). With ``--refit-images N``
+(default 1024; 0 = off) a row per setting also gives the post-training refit
+(``optimize --calibration``, default ``--refit``) on the first N training inputs, which
+must lower the error (ratio < 1).
 Prints a Markdown table; ``--json`` writes the rows.
 """
 
@@ -80,11 +82,13 @@ def main() -> int:
     parser.add_argument("--models", default="yolo_tiny,unet_tiny")
     parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
     parser.add_argument("--losses", default="mse,features")
-    parser.add_argument("--images", type=int, default=8192, help="training inputs (1 epoch)")
+    parser.add_argument("--images", type=int, default=4096, help="training inputs (1 epoch)")
     parser.add_argument("--data", choices=("fmnist", "random"), default="fmnist")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     defaults = FinetuneOptions()
-    parser.add_argument("--batch", type=int, default=defaults.batch)
+    parser.add_argument("--batch", type=int, default=32,
+                        help=f"finetune --batch (its default, {defaults.batch}, gives 32 steps "
+                             "on 4096 inputs)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="0: the optimizer's")
     parser.add_argument("--optimizer", default=defaults.optimizer)
     parser.add_argument("--refit-images", type=int, default=1024)
