@@ -75,11 +75,16 @@ class RefitResult:
 
 
 def refit_model(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarray,
-                options: RefitOptions, log=None) -> RefitResult:
+                options: RefitOptions, log=None, teacher_constants: dict | None = None
+                ) -> RefitResult:
     """Refit the compressed layers of ``plans`` (changed in place) from calibration
     inputs ``x``; the result's ``model`` is ``model`` with the refitted biases (and
-    classifier), to be lowered with the changed plans."""
-    return _Refit(model, plans, x, options, log or _stderr).run()
+    classifier), to be lowered with the changed plans. ``teacher_constants`` (name ->
+    array) replace constants of ``model`` in the teacher only (a latency budget's
+    masked filters: the teacher is the unmasked original)."""
+    refit = _Refit(model, plans, x, options, log or _stderr)
+    refit.teacher_constants = {k: _tensor(v) for k, v in (teacher_constants or {}).items()}
+    return refit.run()
 
 
 def _stderr(line: str) -> None:
@@ -182,7 +187,7 @@ class _Refit:
     def run(self) -> RefitResult:
         started = time.perf_counter()
         nodes = self.model.graph.node
-        teacher = {self.input: self.x}
+        teacher = {self.input: self.x, **getattr(self, "teacher_constants", {})}
         student = {self.input: self.x}
         remaining = dict(self.walk.consumers)
         keep = {o.name for o in self.model.graph.output}
