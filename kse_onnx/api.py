@@ -69,7 +69,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     quiet = (progress or ProgressOptions()).quiet
     budget = budget or BudgetOptions()
     _check_paths(input_path, output_path, overwrite)
-    model = load_model(input_path)
+    model = original = load_model(input_path)
     images = _calibration(calibration, data, quantize)
     kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
     kept, streams, budget_report = None, None, None
@@ -87,7 +87,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     source = model  # the graph the lowering rewrites: the original, or its refitted copy
     base["refit"] = "none"
     if images is not None and refit.active:
-        source = _refit(model, result, select, refit, images, log, quiet)
+        source = _refit(model, result, select, refit, images, log, quiet,
+                        _unmasked(original, model) if budget.active else None)
         base.update(as_dict(refit))
         base["refit_images"] = len(images)
     if budget.active:
@@ -179,8 +180,27 @@ def _calibration(calibration: CalibrationOptions | None, data: DataOptions | Non
     return calibration_inputs(calibration, data)
 
 
+def _unmasked(original, masked) -> dict:
+    """Constants a latency budget's mask replaced (masked name -> the original's values,
+    node by node), so that the refit's teacher is the original."""
+    import onnx
+
+    values = {i.name: i for i in original.graph.initializer}
+    nodes = {n.name: n for n in original.graph.node}
+    changed = {}
+    masked_values = {i.name for i in masked.graph.initializer}
+    for node in masked.graph.node:
+        before = nodes.get(node.name)
+        if before is None:
+            continue
+        for new, old in zip(node.input, before.input, strict=False):
+            if new != old and new in masked_values and old in values:
+                changed[new] = onnx.numpy_helper.to_array(values[old])
+    return changed
+
+
 def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, images,
-           log, quiet: bool = False) -> object:
+           log, quiet: bool = False, teacher_constants: dict | None = None) -> object:
     """Refit ``result``'s plans in place; returns the model to lower (the original with
     the refitted biases and classifier) and points ``result`` at its graph."""
     try:
@@ -189,7 +209,7 @@ def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, 
         raise OptionError("--refit", f"the refit needs torch ({exc.name} is not installed): "
                           "pip install 'kse-onnx[finetune]', or pass --refit none") from exc
 
-    fitted = refit_model(model, result.plans, images, refit, log, quiet)
+    fitted = refit_model(model, result.plans, images, refit, log, quiet, teacher_constants)
     result.graph = import_graph(fitted.model)
     result.sites = conv_sites(result.graph, select)
     result.report.extra["refit"] = fitted.to_dict()

@@ -281,3 +281,13 @@ def test_refit_and_finetune_work_on_a_budget_model(tmp_path, macs_as_time):
                                                                 val_fraction=0.0, quiet=True),
              DataOptions(), log=lambda text: None)
     assert np.all(np.isfinite(run(onnx.load(tuned), x)))
+
+
+def test_masked_filters_stay_zero_under_a_budget():
+    """A filter a budget zeroed gets no shared kernel (labels -1, W_hat row 0), so the
+    refit sees the stream channel the lowering drops; without a budget it is clustered."""
+    w = np.random.default_rng(1).standard_normal((16, 8, 3, 3)).astype(np.float32)
+    w[3] = 0
+    plan = plan_layer(w, KSEOptions(G=4), kept=np.arange(8))
+    assert np.all(plan.labels[3] == -1) and np.all(plan.w_hat[3] == 0)
+    assert np.any(plan_layer(w, KSEOptions(G=4)).w_hat[3] != 0)

@@ -112,6 +112,11 @@ def _plan(weight, options: KSEOptions, key: str, pool, kept=None) -> LayerPlan:
     rng = layer_seed(options.seed, key)
     trees = None if trees is None else trees.result()
     labels, kernels = _share_kernels(weight, channel_sets, levels, q, options, rng, trees)
+    if kept is not None:
+        # a budget masks the filters of pruned stream channels to 0: they stay 0 (no
+        # shared kernel), so the refit and verify see the channel the lowering drops
+        dead = ~weight.reshape(n, -1).any(axis=1)
+        labels[dead] = np.minimum(labels[dead], -1)
     w_hat = effective_weight(weight.shape, weight.dtype, labels, kernels)
     return LayerPlan(weight.shape, sparsity, entropy, indicator, levels, q, labels, kernels, w_hat)
 
@@ -182,11 +187,13 @@ def _share_kernels(weight, sets, levels, q, options, rng, trees):
 
 
 def effective_weight(shape, dtype, labels, kernels) -> np.ndarray:
-    """``W_hat[n, c] = kernels[c][labels[n, c]]``; zero where the channel is pruned."""
+    """``W_hat[n, c] = kernels[c][labels[n, c]]``; zero where ``labels`` is -1 (a pruned
+    channel, or a filter a latency budget zeroed)."""
     w_hat = np.zeros(shape, dtype=dtype)
     for ch, table in enumerate(kernels):
         if len(table):
-            w_hat[:, ch] = table[labels[:, ch]]
+            rows = labels[:, ch] >= 0
+            w_hat[rows, ch] = table[labels[rows, ch]]
     return w_hat
 
 

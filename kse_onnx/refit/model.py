@@ -75,14 +75,18 @@ class RefitResult:
 
 
 def refit_model(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarray,
-                options: RefitOptions, log=None, quiet: bool = False) -> RefitResult:
+                options: RefitOptions, log=None, quiet: bool = False,
+                teacher_constants: dict | None = None) -> RefitResult:
     """Refit the compressed layers of ``plans`` (changed in place) from calibration
     inputs ``x``; the result's ``model`` is ``model`` with the refitted biases (and
     classifier), to be lowered with the changed plans. Progress: a bar on a terminal,
-    else a ``log`` line per conv; nothing when ``quiet``."""
+    else a ``log`` line per conv; nothing when ``quiet``. ``teacher_constants`` (name ->
+    array) replace constants of ``model`` in the teacher only (a latency budget's
+    masked filters: the teacher is the unmasked original)."""
     log = (lambda line: None) if quiet else (log or _stderr)
     refit = _Refit(model, plans, x, options, log)
     refit.quiet = quiet
+    refit.teacher_constants = {k: _tensor(v) for k, v in (teacher_constants or {}).items()}
     return refit.run()
 
 
@@ -188,7 +192,7 @@ class _Refit:
     def run(self) -> RefitResult:
         started = time.perf_counter()
         nodes = self.model.graph.node
-        teacher = {self.input: self.x}
+        teacher = {self.input: self.x, **getattr(self, "teacher_constants", {})}
         student = {self.input: self.x}
         remaining = dict(self.walk.consumers)
         keep = {o.name for o in self.model.graph.output}
