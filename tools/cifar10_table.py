@@ -58,6 +58,7 @@ from kse_onnx.options import (  # noqa: E402
     QuantizeOptions,
     RefitOptions,
 )
+from kse_onnx.quantize.apply import quantize_output  # noqa: E402
 from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
 from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
 from models.export import export_kse_resnet56  # noqa: E402
@@ -160,14 +161,31 @@ def main() -> None:
                         help="fine-tuning augmentation (flip always): the padding is the "
                              "mean colour, which the original never saw")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--budget", type=float, default=120.0,
+                        help="seconds of timed runs per batch at most (7 repeats at least)")
     parser.add_argument("--block", action="store_true",
                         help="also refit G=5,T=1 with --refit block (last)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the step results (default OUT/results.json); a second "
+                             "process can fill another file, merged with --merge")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="add the steps of this results file first")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--one-command-int8", action="store_true",
+                        help="KSE + INT8 by one optimize (refit again, then quantize); "
+                             "default: quantize the refitted model, as that command does "
+                             "after its refit, with the same images")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    res = Results(out / "results.json")
+    res = Results(args.results or out / "results.json")
+    for extra in args.merge:
+        res.data.update({k: v for k, v in json.loads(extra.read_text()).items()
+                         if k not in res.data})
+    settings = [tuple(int(v) for v in pair.split(",")) for pair in args.settings.split(";")]
     t_start = time.perf_counter()
     files = prepare_data(args.data, out, args.train_images, args.calibration_images,
                          args.seed)
@@ -206,7 +224,7 @@ def main() -> None:
     add("onnxruntime INT8 of the control", ort_int8)
     reports = {}
     compact = LowerOptions("compact")
-    for G, T in SETTINGS:
+    for G, T in settings:
         kse, name = KSEOptions(G=G, T=T, seed=args.seed), f"{control.stem}_G{G}T{T}"
         paths = {"compressed": out / f"{name}.onnx", "refit": out / f"{name}_act.onnx",
                  "tuned": out / f"{name}_act_tuned_lr{args.tune_lr}.onnx",
@@ -228,26 +246,36 @@ def main() -> None:
             calibration=calibration, refit=RefitOptions("act"), **quiet) and None,
             [paths["refit"]])
         add(f"{label}, refit", paths["refit"])
+        if args.one_command_int8:
+            res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]:
+                     optimize(control, p, kse, lower_options=compact, overwrite=True,
+                              data=TEST_DATA, calibration=calibration,
+                              refit=RefitOptions("act"), quantize=QuantizeOptions("int8-static"),
+                              **quiet) and None, [paths["int8"]])
+        else:  # what the one command does after its refit, on the refitted model
+            paths["int8"] = out / f"{name}_act_q8.onnx"
+            res.step(f"int8 {paths['int8'].name}", lambda p=paths: save_model(quantize_output(
+                onnx.load(p["refit"]), QuantizeOptions("int8-static"),
+                load_data(cal, TEST_DATA)[0][:args.calibration_images])[0], p["int8"]),
+                [paths["int8"]])
+        add(f"{label}, refit + INT8", paths["int8"])
         res.step(f"tune {paths['tuned'].name}", lambda p=paths: finetune(
             p["refit"], p["tuned"], control, train,
             FinetuneOptions(epochs=args.epochs, lr=args.tune_lr, threads=args.threads,
                             val_fraction=0.0, seed=args.seed, quiet=True),
             train_data, **quiet), [paths["tuned"]])
         add(f"{label}, refit + {args.epochs} epoch(s)", paths["tuned"])
-        res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]: optimize(
-            control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
-            calibration=calibration, refit=RefitOptions("act"),
-            quantize=QuantizeOptions("int8-static"), **quiet) and None, [paths["int8"]])
-        add(f"{label}, refit + INT8 (one command)", paths["int8"])
     timed = {"control": control, "onnxruntime INT8 of the control": ort_int8}
+    if args.no_latency:
+        return
     for G, T in SETTINGS:
         timed[f"KSE G={G},T={T}"] = rows[f"KSE G={G},T={T}, refit + {args.epochs} epoch(s)"]
-        timed[f"KSE G={G},T={T} + INT8"] = rows[f"KSE G={G},T={T}, refit + INT8 (one command)"]
+        timed[f"KSE G={G},T={T} + INT8"] = rows[f"KSE G={G},T={T}, refit + INT8"]
 
     def latency():
         models = {label: onnx.load(p) for label, p in timed.items()}
         return {f"b{b}": {t.label: t.ratio for t in interleaved_latency(
-            models, b, 1, args.repeats)} for b in (1, 64)}
+            models, b, 1, args.repeats, budget_s=args.budget)} for b in (1, 64)}
 
     lat = res.step(f"latency {tag} r{args.repeats}", latency)
     if args.block:  # last: the table above is complete without it
