@@ -18,10 +18,12 @@ Rows, all evaluated on the 10,000 JPEG test images with ``kse-onnx eval``:
 
 Everything is seeded; each step's result goes to ``OUT/results.json`` as soon as it is
 known, and a rerun skips the steps whose result and model file exist (delete the JSON
-to start over). Latency (onnxruntime CPU, 1 thread, batch 1 and 64): every latency
-row runs interleaved in one loop, median of ``--repeats`` runs, as a ratio to the
-control's median in the same loop. The extracted images, the .npz files and the
-models stay under ``--out`` (ignored by git).
+to start over). Latency (onnxruntime CPU, 1 thread, batch 1 and 64): the control,
+its INT8, each KSE refit model (the compressed and fine-tuned ones have the same graph,
+other values) and each KSE + INT8 run interleaved in one loop, median of ``--repeats``
+runs (fewer if ``--budget`` runs out), as a ratio to the control's median in the loop.
+The extracted images, the .npz files and the models stay under ``--out`` (ignored by
+git).
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="add the steps of this results file first")
     parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--skip-tune", action="store_true",
+                        help="leave out the refit + epochs rows (a partial table)")
     parser.add_argument("--one-command-int8", action="store_true",
                         help="KSE + INT8 by one optimize (refit again, then quantize); "
                              "default: quantize the refitted model, as that command does "
@@ -259,6 +263,8 @@ def main() -> None:
                 load_data(cal, TEST_DATA)[0][:args.calibration_images])[0], p["int8"]),
                 [paths["int8"]])
         add(f"{label}, refit + INT8", paths["int8"])
+        if args.skip_tune:
+            continue
         res.step(f"tune {paths['tuned'].name}", lambda p=paths: finetune(
             p["refit"], p["tuned"], control, train,
             FinetuneOptions(epochs=args.epochs, lr=args.tune_lr, threads=args.threads,
@@ -266,10 +272,9 @@ def main() -> None:
             train_data, **quiet), [paths["tuned"]])
         add(f"{label}, refit + {args.epochs} epoch(s)", paths["tuned"])
     timed = {"control": control, "onnxruntime INT8 of the control": ort_int8}
-    if args.no_latency:
-        return
-    for G, T in SETTINGS:
-        timed[f"KSE G={G},T={T}"] = rows[f"KSE G={G},T={T}, refit + {args.epochs} epoch(s)"]
+    lat = None
+    for G, T in settings:
+        timed[f"KSE G={G},T={T}"] = rows[f"KSE G={G},T={T}, refit"]  # = the tuned graph
         timed[f"KSE G={G},T={T} + INT8"] = rows[f"KSE G={G},T={T}, refit + INT8"]
 
     def latency():
@@ -277,7 +282,8 @@ def main() -> None:
         return {f"b{b}": {t.label: t.ratio for t in interleaved_latency(
             models, b, 1, args.repeats, budget_s=args.budget)} for b in (1, 64)}
 
-    lat = res.step(f"latency {tag} r{args.repeats}", latency)
+    if not args.no_latency:
+        lat = res.step(f"latency {tag} r{args.repeats}", latency)
     if args.block:  # last: the table above is complete without it
         p = out / f"{control.stem}_G5T1_block.onnx"
         res.step(f"refit {p.name}", lambda: optimize(
@@ -292,7 +298,7 @@ def main() -> None:
 def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None:
     base = acc["control"]["top1"]
     size0 = control.stat().st_size
-    t40 = reports[4, 0]
+    t40 = next(iter(reports.values()))  # the original's counts
     load = os.getloadavg()
     print(f"# {os.cpu_count()} cores {platform.machine()}, load {load[0]:.1f}/{load[1]:.1f}/"
           f"{load[2]:.1f}, {datetime.date.today()}; E = {args.epochs} epoch(s) of "
@@ -311,7 +317,7 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
             top1, params, flops = PUBLISHED[G, T]
             published = f"{top1:.2f} ({top1 - PUBLISHED_BASELINE:+.2f}), {params} / {flops}"
             key = f"KSE G={G},T={T}" + (" + INT8" if "INT8" in label else "")
-            timed = ("epoch" in label or "INT8" in label) and "block" not in label
+            timed = label.endswith(("refit", "INT8"))
         else:
             paper = (f"{t40['paper_weights_before'] / 1e6:.3f}M",
                      f"{t40['paper_macs_before'] / 1e6:.1f}M")
@@ -321,15 +327,16 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
         gw, gm = a["graph_weights"], a["graph_macs"]
         graph_w = f"{gw / 1e6:.3f}M" if gw else "-"
         graph_m = f"{gm / 1e6:.1f}M" if gm else "-"
-        b1, b64 = ((f"{lat['b1'][key]:.2f}", f"{lat['b64'][key]:.2f}") if timed
-                   else ("(same graph)", "(same graph)"))
+        b1, b64 = ((f"{lat['b1'][key]:.2f}", f"{lat['b64'][key]:.2f}") if timed and lat
+                   else ("-", "-") if timed else ("(same graph)", "(same graph)"))
         if label == "original":
             b1 = b64 = "(= control)"
         print(f"| {label} | {100 * a['top1']:.2f} | {100 * (a['top1'] - base):+.2f} | "
               f"{graph_w} / {paper[0]} | {graph_m} / {paper[1]} | "
               f"{path.stat().st_size / size0:.3f} | {b1} | {b64} | {published} |")
-    steps = {k: v["seconds"] for k, v in data.items() if tag in k or "control" in k}
-    print("# step seconds (first run of each step): "
+    steps = {k: v["seconds"] for k, v in data.items()
+             if control.stem in k or k in ("eval original.onnx", f"latency {tag} r{args.repeats}")}
+    print(f"# step seconds (first run of each step), total {sum(steps.values()):.0f}: "
           + ", ".join(f"{k}: {v:.0f}" for k, v in steps.items()))
 
 
