@@ -175,6 +175,7 @@ def main() -> None:
                              "process can fill another file, merged with --merge")
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="add the steps of this results file first")
+    parser.add_argument("--refit-mode", default="act", help="--refit of the KSE rows")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--skip-tune", action="store_true",
                         help="leave out the refit + epochs rows (a partial table)")
@@ -230,9 +231,10 @@ def main() -> None:
     compact = LowerOptions("compact")
     for G, T in settings:
         kse, name = KSEOptions(G=G, T=T, seed=args.seed), f"{control.stem}_G{G}T{T}"
-        paths = {"compressed": out / f"{name}.onnx", "refit": out / f"{name}_act.onnx",
-                 "tuned": out / f"{name}_act_tuned_lr{args.tune_lr}.onnx",
-                 "int8": out / f"{name}_act_int8.onnx"}
+        mode = args.refit_mode
+        paths = {"compressed": out / f"{name}.onnx", "refit": out / f"{name}_{mode}.onnx",
+                 "tuned": out / f"{name}_{mode}_tuned_lr{args.tune_lr}.onnx",
+                 "int8": out / f"{name}_{mode}_int8.onnx"}
 
         def compress(kse=kse, path=paths["compressed"]):
             report = optimize(control, path, kse, lower_options=compact, overwrite=True)
@@ -247,17 +249,18 @@ def main() -> None:
         add(f"{label}, compressed", paths["compressed"])
         res.step(f"refit {paths['refit'].name}", lambda kse=kse, p=paths["refit"]: optimize(
             control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
-            calibration=calibration, refit=RefitOptions("act"), **quiet) and None,
+            calibration=calibration, refit=RefitOptions(args.refit_mode), **quiet) and None,
             [paths["refit"]])
         add(f"{label}, refit", paths["refit"])
         if args.one_command_int8:
             res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]:
                      optimize(control, p, kse, lower_options=compact, overwrite=True,
                               data=TEST_DATA, calibration=calibration,
-                              refit=RefitOptions("act"), quantize=QuantizeOptions("int8-static"),
-                              **quiet) and None, [paths["int8"]])
+                              refit=RefitOptions(args.refit_mode),
+                              quantize=QuantizeOptions("int8-static"), **quiet) and None,
+                     [paths["int8"]])
         else:  # what the one command does after its refit, on the refitted model
-            paths["int8"] = out / f"{name}_act_q8.onnx"
+            paths["int8"] = out / f"{name}_{mode}_q8.onnx"
             res.step(f"int8 {paths['int8'].name}", lambda p=paths: save_model(quantize_output(
                 onnx.load(p["refit"]), QuantizeOptions("int8-static"),
                 load_data(cal, TEST_DATA)[0][:args.calibration_images])[0], p["int8"]),
