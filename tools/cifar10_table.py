@@ -77,13 +77,15 @@ TEST_DATA = DataOptions(**NORMALISE)
 class Results:
     """Step results in a JSON file, written after every step (resume and rerun)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, cached_only: bool = False):
+        self.path, self.cached_only = path, cached_only
         self.data = json.loads(path.read_text()) if path.exists() else {}
 
-    def step(self, key: str, fn, files=()):
+    def step(self, key: str, fn, files=(), always: bool = False):
         if key in self.data and all(Path(f).exists() for f in files):
             return self.data[key]
+        if self.cached_only and not always:
+            return None
         start = time.perf_counter()
         value = fn()
         value = dict(value or {}, seconds=round(time.perf_counter() - start, 1))
@@ -176,6 +178,9 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, action="append", default=[],
                         help="add the steps of this results file first")
     parser.add_argument("--refit-mode", default="act", help="--refit of the KSE rows")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="run no step but the latency: the table of the steps already "
+                             "in the results")
     parser.add_argument("--no-latency", action="store_true")
     parser.add_argument("--skip-tune", action="store_true",
                         help="leave out the refit + epochs rows (a partial table)")
@@ -186,7 +191,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    res = Results(args.results or out / "results.json")
+    res = Results(args.results or out / "results.json", args.cached_only)
     for extra in args.merge:
         res.data.update({k: v for k, v in json.loads(extra.read_text()).items()
                          if k not in res.data})
@@ -210,9 +215,10 @@ def main() -> None:
     rows, acc = {}, {}
 
     def add(label, path):  # evaluated as soon as it exists: a cut run still has results
-        rows[label] = path
-        acc[label] = res.step(f"eval {path.name}", lambda: {
+        result = res.step(f"eval {path.name}", lambda: {
             "top1": kse_eval(path, test), **graph_counts(path)})
+        if result is not None and path.exists():
+            rows[label], acc[label] = path, result
 
     add("original", original)
     res.step(f"tune {control.name}", lambda: finetune(
@@ -277,8 +283,12 @@ def main() -> None:
     timed = {"control": control, "onnxruntime INT8 of the control": ort_int8}
     lat = None
     for G, T in settings:
-        timed[f"KSE G={G},T={T}"] = rows[f"KSE G={G},T={T}, refit"]  # = the tuned graph
-        timed[f"KSE G={G},T={T} + INT8"] = rows[f"KSE G={G},T={T}, refit + INT8"]
+        for key, labels in ((f"KSE G={G},T={T}", ("refit", "compressed")),
+                            (f"KSE G={G},T={T} + INT8", ("refit + INT8",))):
+            present = [f"KSE G={G},T={T}, {lb}" for lb in labels
+                       if f"KSE G={G},T={T}, {lb}" in rows]
+            if present:  # compressed, refit and tuned: one graph, other values
+                timed[key] = rows[present[0]]
 
     def latency():
         models = {label: onnx.load(p) for label, p in timed.items()}
@@ -286,7 +296,7 @@ def main() -> None:
             models, b, 1, args.repeats, budget_s=args.budget)} for b in (1, 64)}
 
     if not args.no_latency:
-        lat = res.step(f"latency {tag} r{args.repeats}", latency)
+        lat = res.step(f"latency {tag} r{args.repeats} m{len(timed)}", latency, always=True)
     if args.block:  # last: the table above is complete without it
         p = out / f"{control.stem}_G5T1_block.onnx"
         res.step(f"refit {p.name}", lambda: optimize(
@@ -320,7 +330,7 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
             top1, params, flops = PUBLISHED[G, T]
             published = f"{top1:.2f} ({top1 - PUBLISHED_BASELINE:+.2f}), {params} / {flops}"
             key = f"KSE G={G},T={T}" + (" + INT8" if "INT8" in label else "")
-            timed = label.endswith(("refit", "INT8"))
+            timed = "block" not in label
         else:
             paper = (f"{t40['paper_weights_before'] / 1e6:.3f}M",
                      f"{t40['paper_macs_before'] / 1e6:.1f}M")
@@ -330,7 +340,8 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
         gw, gm = a["graph_weights"], a["graph_macs"]
         graph_w = f"{gw / 1e6:.3f}M" if gw else "-"
         graph_m = f"{gm / 1e6:.1f}M" if gm else "-"
-        b1, b64 = ((f"{lat['b1'][key]:.2f}", f"{lat['b64'][key]:.2f}") if timed and lat
+        b1, b64 = ((f"{lat['b1'][key]:.2f}", f"{lat['b64'][key]:.2f}")
+                   if timed and lat and key in lat["b1"]
                    else ("-", "-") if timed else ("(same graph)", "(same graph)"))
         if label == "original":
             b1 = b64 = "(= control)"
@@ -338,7 +349,7 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
               f"{graph_w} / {paper[0]} | {graph_m} / {paper[1]} | "
               f"{path.stat().st_size / size0:.3f} | {b1} | {b64} | {published} |")
     steps = {k: v["seconds"] for k, v in data.items()
-             if control.stem in k or k in ("eval original.onnx", f"latency {tag} r{args.repeats}")}
+             if control.stem in k or k == "eval original.onnx" or k.startswith(f"latency {tag}")}
     print(f"# step seconds (first run of each step), total {sum(steps.values()):.0f}: "
           + ", ".join(f"{k}: {v:.0f}" for k, v in steps.items()))
 
