@@ -257,7 +257,7 @@ def main() -> None:
             control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
             calibration=calibration, refit=RefitOptions(args.refit_mode), **quiet) and None,
             [paths["refit"]])
-        add(f"{label}, refit", paths["refit"])
+        add(f"{label}, refit {args.refit_mode}", paths["refit"])
         if args.one_command_int8:
             res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]:
                      optimize(control, p, kse, lower_options=compact, overwrite=True,
@@ -271,7 +271,7 @@ def main() -> None:
                 onnx.load(p["refit"]), QuantizeOptions("int8-static"),
                 load_data(cal, TEST_DATA)[0][:args.calibration_images])[0], p["int8"]),
                 [paths["int8"]])
-        add(f"{label}, refit + INT8", paths["int8"])
+        add(f"{label}, refit {args.refit_mode} + INT8", paths["int8"])
         if args.skip_tune:
             continue
         res.step(f"tune {paths['tuned'].name}", lambda p=paths: finetune(
@@ -279,12 +279,13 @@ def main() -> None:
             FinetuneOptions(epochs=args.epochs, lr=args.tune_lr, threads=args.threads,
                             val_fraction=0.0, seed=args.seed, quiet=True),
             train_data, **quiet), [paths["tuned"]])
-        add(f"{label}, refit + {args.epochs} epoch(s)", paths["tuned"])
+        add(f"{label}, refit {args.refit_mode} + {args.epochs} epoch(s)", paths["tuned"])
     timed = {"control": control, "onnxruntime INT8 of the control": ort_int8}
     lat = None
     for G, T in settings:
-        for key, labels in ((f"KSE G={G},T={T}", ("refit", "compressed")),
-                            (f"KSE G={G},T={T} + INT8", ("refit + INT8",))):
+        refit = f"refit {args.refit_mode}"
+        for key, labels in ((f"KSE G={G},T={T}", (refit, "compressed")),
+                            (f"KSE G={G},T={T} + INT8", (f"{refit} + INT8",))):
             present = [f"KSE G={G},T={T}, {lb}" for lb in labels
                        if f"KSE G={G},T={T}, {lb}" in rows]
             if present:  # compressed, refit and tuned: one graph, other values
