@@ -18,10 +18,12 @@ Rows, all evaluated on the 10,000 JPEG test images with ``kse-onnx eval``:
 
 Everything is seeded; each step's result goes to ``OUT/results.json`` as soon as it is
 known, and a rerun skips the steps whose result and model file exist (delete the JSON
-to start over). Latency (onnxruntime CPU, 1 thread, batch 1 and 64): every latency
-row runs interleaved in one loop, median of ``--repeats`` runs, as a ratio to the
-control's median in the same loop. The extracted images, the .npz files and the
-models stay under ``--out`` (ignored by git).
+to start over). Latency (onnxruntime CPU, 1 thread, batch 1 and 64): the control,
+its INT8, each KSE refit model (the compressed and fine-tuned ones have the same graph,
+other values) and each KSE + INT8 run interleaved in one loop, median of ``--repeats``
+runs (fewer if ``--budget`` runs out), as a ratio to the control's median in the loop.
+The extracted images, the .npz files and the models stay under ``--out`` (ignored by
+git).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from kse_onnx.options import (  # noqa: E402
     QuantizeOptions,
     RefitOptions,
 )
+from kse_onnx.quantize.apply import quantize_output  # noqa: E402
 from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
 from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
 from models.export import export_kse_resnet56  # noqa: E402
@@ -74,13 +77,15 @@ TEST_DATA = DataOptions(**NORMALISE)
 class Results:
     """Step results in a JSON file, written after every step (resume and rerun)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, cached_only: bool = False):
+        self.path, self.cached_only = path, cached_only
         self.data = json.loads(path.read_text()) if path.exists() else {}
 
-    def step(self, key: str, fn, files=()):
+    def step(self, key: str, fn, files=(), always: bool = False):
         if key in self.data and all(Path(f).exists() for f in files):
             return self.data[key]
+        if self.cached_only and not always:
+            return None
         start = time.perf_counter()
         value = fn()
         value = dict(value or {}, seconds=round(time.perf_counter() - start, 1))
@@ -160,14 +165,37 @@ def main() -> None:
                         help="fine-tuning augmentation (flip always): the padding is the "
                              "mean colour, which the original never saw")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--budget", type=float, default=120.0,
+                        help="seconds of timed runs per batch at most (7 repeats at least)")
     parser.add_argument("--block", action="store_true",
                         help="also refit G=5,T=1 with --refit block (last)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="the step results (default OUT/results.json); a second "
+                             "process can fill another file, merged with --merge")
+    parser.add_argument("--merge", type=Path, action="append", default=[],
+                        help="add the steps of this results file first")
+    parser.add_argument("--refit-mode", default="act", help="--refit of the KSE rows")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="run no step but the latency: the table of the steps already "
+                             "in the results")
+    parser.add_argument("--no-latency", action="store_true")
+    parser.add_argument("--skip-tune", action="store_true",
+                        help="leave out the refit + epochs rows (a partial table)")
+    parser.add_argument("--one-command-int8", action="store_true",
+                        help="KSE + INT8 by one optimize (refit again, then quantize); "
+                             "default: quantize the refitted model, as that command does "
+                             "after its refit, with the same images")
     args = parser.parse_args()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    res = Results(out / "results.json")
+    res = Results(args.results or out / "results.json", args.cached_only)
+    for extra in args.merge:
+        res.data.update({k: v for k, v in json.loads(extra.read_text()).items()
+                         if k not in res.data})
+    settings = [tuple(int(v) for v in pair.split(",")) for pair in args.settings.split(";")]
     t_start = time.perf_counter()
     files = prepare_data(args.data, out, args.train_images, args.calibration_images,
                          args.seed)
@@ -187,9 +215,10 @@ def main() -> None:
     rows, acc = {}, {}
 
     def add(label, path):  # evaluated as soon as it exists: a cut run still has results
-        rows[label] = path
-        acc[label] = res.step(f"eval {path.name}", lambda: {
+        result = res.step(f"eval {path.name}", lambda: {
             "top1": kse_eval(path, test), **graph_counts(path)})
+        if result is not None and path.exists():
+            rows[label], acc[label] = path, result
 
     add("original", original)
     res.step(f"tune {control.name}", lambda: finetune(
@@ -206,11 +235,12 @@ def main() -> None:
     add("onnxruntime INT8 of the control", ort_int8)
     reports = {}
     compact = LowerOptions("compact")
-    for G, T in SETTINGS:
+    for G, T in settings:
         kse, name = KSEOptions(G=G, T=T, seed=args.seed), f"{control.stem}_G{G}T{T}"
-        paths = {"compressed": out / f"{name}.onnx", "refit": out / f"{name}_act.onnx",
-                 "tuned": out / f"{name}_act_tuned_lr{args.tune_lr}.onnx",
-                 "int8": out / f"{name}_act_int8.onnx"}
+        mode = args.refit_mode
+        paths = {"compressed": out / f"{name}.onnx", "refit": out / f"{name}_{mode}.onnx",
+                 "tuned": out / f"{name}_{mode}_tuned_lr{args.tune_lr}.onnx",
+                 "int8": out / f"{name}_{mode}_int8.onnx"}
 
         def compress(kse=kse, path=paths["compressed"]):
             report = optimize(control, path, kse, lower_options=compact, overwrite=True)
@@ -225,31 +255,49 @@ def main() -> None:
         add(f"{label}, compressed", paths["compressed"])
         res.step(f"refit {paths['refit'].name}", lambda kse=kse, p=paths["refit"]: optimize(
             control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
-            calibration=calibration, refit=RefitOptions("act"), **quiet) and None,
+            calibration=calibration, refit=RefitOptions(args.refit_mode), **quiet) and None,
             [paths["refit"]])
-        add(f"{label}, refit", paths["refit"])
+        add(f"{label}, refit {args.refit_mode}", paths["refit"])
+        if args.one_command_int8:
+            res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]:
+                     optimize(control, p, kse, lower_options=compact, overwrite=True,
+                              data=TEST_DATA, calibration=calibration,
+                              refit=RefitOptions(args.refit_mode),
+                              quantize=QuantizeOptions("int8-static"), **quiet) and None,
+                     [paths["int8"]])
+        else:  # what the one command does after its refit, on the refitted model
+            paths["int8"] = out / f"{name}_{mode}_q8.onnx"
+            res.step(f"int8 {paths['int8'].name}", lambda p=paths: save_model(quantize_output(
+                onnx.load(p["refit"]), QuantizeOptions("int8-static"),
+                load_data(cal, TEST_DATA)[0][:args.calibration_images])[0], p["int8"]),
+                [paths["int8"]])
+        add(f"{label}, refit {args.refit_mode} + INT8", paths["int8"])
+        if args.skip_tune:
+            continue
         res.step(f"tune {paths['tuned'].name}", lambda p=paths: finetune(
             p["refit"], p["tuned"], control, train,
             FinetuneOptions(epochs=args.epochs, lr=args.tune_lr, threads=args.threads,
                             val_fraction=0.0, seed=args.seed, quiet=True),
             train_data, **quiet), [paths["tuned"]])
-        add(f"{label}, refit + {args.epochs} epoch(s)", paths["tuned"])
-        res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]: optimize(
-            control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
-            calibration=calibration, refit=RefitOptions("act"),
-            quantize=QuantizeOptions("int8-static"), **quiet) and None, [paths["int8"]])
-        add(f"{label}, refit + INT8 (one command)", paths["int8"])
+        add(f"{label}, refit {args.refit_mode} + {args.epochs} epoch(s)", paths["tuned"])
     timed = {"control": control, "onnxruntime INT8 of the control": ort_int8}
-    for G, T in SETTINGS:
-        timed[f"KSE G={G},T={T}"] = rows[f"KSE G={G},T={T}, refit + {args.epochs} epoch(s)"]
-        timed[f"KSE G={G},T={T} + INT8"] = rows[f"KSE G={G},T={T}, refit + INT8 (one command)"]
+    lat = None
+    for G, T in settings:
+        refit = f"refit {args.refit_mode}"
+        for key, labels in ((f"KSE G={G},T={T}", (refit, "compressed")),
+                            (f"KSE G={G},T={T} + INT8", (f"{refit} + INT8",))):
+            present = [f"KSE G={G},T={T}, {lb}" for lb in labels
+                       if f"KSE G={G},T={T}, {lb}" in rows]
+            if present:  # compressed, refit and tuned: one graph, other values
+                timed[key] = rows[present[0]]
 
     def latency():
         models = {label: onnx.load(p) for label, p in timed.items()}
         return {f"b{b}": {t.label: t.ratio for t in interleaved_latency(
-            models, b, 1, args.repeats)} for b in (1, 64)}
+            models, b, 1, args.repeats, budget_s=args.budget)} for b in (1, 64)}
 
-    lat = res.step(f"latency {tag} r{args.repeats}", latency)
+    if not args.no_latency:
+        lat = res.step(f"latency {tag} r{args.repeats} m{len(timed)}", latency, always=True)
     if args.block:  # last: the table above is complete without it
         p = out / f"{control.stem}_G5T1_block.onnx"
         res.step(f"refit {p.name}", lambda: optimize(
@@ -264,7 +312,7 @@ def main() -> None:
 def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None:
     base = acc["control"]["top1"]
     size0 = control.stat().st_size
-    t40 = reports[4, 0]
+    t40 = next(iter(reports.values()))  # the original's counts
     load = os.getloadavg()
     print(f"# {os.cpu_count()} cores {platform.machine()}, load {load[0]:.1f}/{load[1]:.1f}/"
           f"{load[2]:.1f}, {datetime.date.today()}; E = {args.epochs} epoch(s) of "
@@ -283,7 +331,7 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
             top1, params, flops = PUBLISHED[G, T]
             published = f"{top1:.2f} ({top1 - PUBLISHED_BASELINE:+.2f}), {params} / {flops}"
             key = f"KSE G={G},T={T}" + (" + INT8" if "INT8" in label else "")
-            timed = ("epoch" in label or "INT8" in label) and "block" not in label
+            timed = "block" not in label
         else:
             paper = (f"{t40['paper_weights_before'] / 1e6:.3f}M",
                      f"{t40['paper_macs_before'] / 1e6:.1f}M")
@@ -293,15 +341,17 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
         gw, gm = a["graph_weights"], a["graph_macs"]
         graph_w = f"{gw / 1e6:.3f}M" if gw else "-"
         graph_m = f"{gm / 1e6:.1f}M" if gm else "-"
-        b1, b64 = ((f"{lat['b1'][key]:.2f}", f"{lat['b64'][key]:.2f}") if timed
-                   else ("(same graph)", "(same graph)"))
+        b1, b64 = ((f"{lat['b1'][key]:.2f}", f"{lat['b64'][key]:.2f}")
+                   if timed and lat and key in lat["b1"]
+                   else ("-", "-") if timed else ("(same graph)", "(same graph)"))
         if label == "original":
             b1 = b64 = "(= control)"
         print(f"| {label} | {100 * a['top1']:.2f} | {100 * (a['top1'] - base):+.2f} | "
               f"{graph_w} / {paper[0]} | {graph_m} / {paper[1]} | "
               f"{path.stat().st_size / size0:.3f} | {b1} | {b64} | {published} |")
-    steps = {k: v["seconds"] for k, v in data.items() if tag in k or "control" in k}
-    print("# step seconds (first run of each step): "
+    steps = {k: v["seconds"] for k, v in data.items()
+             if control.stem in k or k == "eval original.onnx" or k.startswith(f"latency {tag}")}
+    print(f"# step seconds (first run of each step), total {sum(steps.values()):.0f}: "
           + ", ".join(f"{k}: {v:.0f}" for k, v in steps.items()))
 
 
