@@ -58,7 +58,8 @@ class SharedConv:
         return ops.conv([x, self.weight(kernels), bias], self.attrs)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
-        """im2col of ``x``: (images, C*kh*kw, positions), rows in the weight's order."""
+        """im2col of ``x``: (C*kh*kw, images*positions), rows in the weight's order,
+        made by one copy of strided views (the layout the normal equations multiply)."""
         n, c, kh, kw = self.shape
         (dh, dw), (sh, sw) = self.attrs.get("dilations", [1, 1]), self.attrs.get("strides", [1, 1])
         pads = ops._explicit_pads(self.attrs, x, [kh, kw], [sh, sw], [dh, dw])
@@ -66,7 +67,7 @@ class SharedConv:
         # windows as strided views, then one copy (F.unfold is ~15x slower on the CPU)
         views = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
         views = views[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
-        return views.permute(0, 1, 4, 5, 2, 3).reshape(len(x), c * kh * kw, -1)
+        return views.permute(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, -1)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` over the calibration images in chunks, in ``x``'s dtype (float16
@@ -123,12 +124,12 @@ class SharedConv:
         step = max(1, _PATCH_ELEMENTS // max(1, positions * width))
         for start in range(0, len(x), step):
             inputs = x[start:start + step].float()
-            cols = self.patches(inputs)  # (B, CD, P)
+            cols = self.patches(inputs)  # (CD, B*P)
             ys = target[start:start + step].float()
             if floor is not None:
                 low = _rows(floor, start, step, len(x)).float()
                 ys = torch.where(ys > low, ys, torch.minimum(self.forward(inputs), low))
-            eq.add_batched(cols, ys.reshape(len(cols), n, -1), with_gram)  # (B, N, P)
+            eq.add_batched(cols, ys.transpose(0, 1).reshape(n, -1), with_gram)  # (N, B*P)
 
     def commit(self) -> np.ndarray:
         """Write the kernels into the plan (codes unchanged); returns the bias."""

@@ -99,15 +99,13 @@ class NormalEquations:
         self.y_sum[:] = 0
         self.yy = 0.0
 
-    def add_batched(self, patches, targets, with_gram: bool = True) -> None:
-        """torch tensors ``patches`` (B, CD, P) and ``targets`` (B, N, P): one float32
-        BLAS product over the batch (as (CD, B*P) matrices: per-image products would
-        take B*CD^2 values, 12 GB for ResNet-50's last convs), added to the float64
-        totals; ``with_gram=False`` adds the target terms only."""
+    def add_batched(self, cols, ys, with_gram: bool = True) -> None:
+        """torch tensors ``cols`` (CD, B*P) and ``ys`` (N, B*P): a batch's patches and
+        targets, one float32 BLAS product each (per-image products would take B*CD^2
+        values, 12 GB for ResNet-50's last convs), added to the float64 totals;
+        ``with_gram=False`` adds the target terms only."""
         import torch  # the refit's walk runs in torch; verify uses this module without it
 
-        cols = patches.transpose(0, 1).reshape(patches.shape[1], -1)  # (CD, B*P)
-        ys = targets.transpose(0, 1).reshape(targets.shape[1], -1)  # (N, B*P)
         if with_gram:
             self.G += (cols @ cols.T).double().numpy()
             self.s += cols.sum(1).double().numpy()  # torch sums pairwise: float32 is enough
