@@ -261,8 +261,10 @@ class _Refit:
         if add is not None:
             others = [n for n in self.model.graph.node[add].input if n != node.output[0]]
             if all(n in student or n in self.constants for n in others):
-                target = target + sum(self._lookup(teacher, n, raw=True)
-                                      - self._lookup(student, n, raw=True) for n in others)
+                target = target.clone()  # summed in place: one whole-set temporary
+                for n in others:
+                    target += self._lookup(teacher, n, raw=True)
+                    target -= self._lookup(student, n, raw=True)
                 kind = "residual Add"
             else:
                 add, others = None, []
@@ -299,7 +301,12 @@ class _Refit:
         readers = [j for j in self.walk.order if head in nodes[j].input]
         if len(readers) != 1 or nodes[readers[0]].op_type != "Relu":
             return None
-        return -sum((self._lookup(student, n, raw=True) for n in others), torch.zeros(()))
+        if not others:
+            return torch.zeros(())
+        floor = -self._lookup(student, others[0], raw=True)
+        for n in others[1:]:
+            floor -= self._lookup(student, n, raw=True)
+        return floor
 
     def _named(self, indices: list[int]) -> list[onnx.NodeProto]:
         """Copies of the nodes at ``indices``, each named as kse-onnx names it."""
