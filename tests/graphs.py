@@ -179,16 +179,25 @@ def biases_as_constant_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def folded_resnet(width: int = 16, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
-    """BatchNorm-folded residual net as exporters write it: stem, an identity block
-    (conv-relu-conv-Add-relu) and a downsampling block whose shortcut is a strided 1x1
-    conv (both branches of its Add end in a Conv), then the classifier head."""
+def residual_prefix(width: int, hw: int, seed: int):
+    """(builder, x, y): a stem and an identity block give ``x`` (width channels); ``y`` is
+    the main branch of a downsampling block (conv stride 2 to 2*width, relu, conv), whose
+    shortcut and Add the caller writes."""
     b = GraphBuilder(3, hw, seed)
     x = b.relu(b.conv(b.input.name, 3, width))
     y = b.conv(b.relu(b.conv(x, width, width)), width, width)
     x = b.relu(b.op("Add", [x, y]))
     wide = 2 * width
     y = b.conv(b.relu(b.conv(x, width, wide, stride=2)), wide, wide)
+    return b, x, y
+
+
+def folded_resnet(width: int = 16, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """BatchNorm-folded residual net as exporters write it: stem, an identity block
+    (conv-relu-conv-Add-relu) and a downsampling block whose shortcut is a strided 1x1
+    conv (both branches of its Add end in a Conv), then the classifier head."""
+    b, x, y = residual_prefix(width, hw, seed)
+    wide = 2 * width
     shortcut = b.conv(x, width, wide, k=1, stride=2)
     x = b.relu(b.op("Add", [shortcut, y]))
     return b.model(b.head(x, wide))

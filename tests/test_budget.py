@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graphs import GraphBuilder, photo_batch
+from graphs import GraphBuilder, photo_batch, residual_prefix
 from kse_onnx.analysis.plan import plan_layer
 from kse_onnx.api import optimize
 from kse_onnx.budget import allocate, search, table
@@ -31,12 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def padded_resnet(width: int = 8, hw: int = 8, seed: int = 0) -> onnx.ModelProto:
     """Stem, an identity block, a downsampling block with the parameter-free "option A"
     shortcut (strided Slice + channel Pad with zeros), and the classifier head."""
-    b = GraphBuilder(3, hw, seed)
-    x = b.relu(b.conv(b.input.name, 3, width))
-    y = b.conv(b.relu(b.conv(x, width, width)), width, width)
-    x = b.relu(b.op("Add", [x, y]))
+    b, x, y = residual_prefix(width, hw, seed)
     wide = 2 * width
-    y = b.conv(b.relu(b.conv(x, width, wide, stride=2)), wide, wide)
     starts, ends = b.const(np.array([0, 0])), b.const(np.array([hw, hw]))
     axes, steps = b.const(np.array([2, 3])), b.const(np.array([2, 2]))
     sliced = b.op("Slice", [x, starts, ends, axes, steps])

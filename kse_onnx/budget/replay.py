@@ -3,25 +3,13 @@ JSON report), applied without timing, so the output is byte-identical."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..errors import OptionError
+from ..graph.export import recorded_settings
 
 
 def recorded_budget(path: str) -> tuple[dict, dict]:
     """(layer -> kept input channels, stream key -> kept classes) recorded in ``path``."""
-    from ..graph.export import settings_of
-    from ..graph.io import load_model
-
-    source = Path(path)
-    if source.suffix == ".json":
-        try:
-            settings = json.loads(source.read_text()).get("settings", {})
-        except (OSError, ValueError, AttributeError) as exc:
-            raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from exc
-    else:
-        settings = settings_of(load_model(source)) or {}
+    settings = recorded_settings(path)
     layers, streams = settings.get("budget_layers"), settings.get("budget_streams")
     if not isinstance(layers, dict) or not isinstance(streams, dict):
         raise OptionError("--choices", f"{path}: records no latency budget (not an output of "

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import ModelError, first_line
+from ..errors import ModelError, OptionError, first_line
 from .inputs import restore_graph_inputs
+from .io import load_model  # reads untrusted files safely
 from .names import unique_tensor_names
 from .select import quiet_graphsurgeon
 
@@ -64,6 +66,18 @@ def settings_of(model: onnx.ModelProto) -> dict | None:
         if entry.key == METADATA_KEY:
             return json.loads(entry.value)
     return None
+
+
+def recorded_settings(path: str) -> dict:
+    """The kse-onnx settings recorded by an earlier run, in its model or its JSON report
+    (``--choices``); a file that is neither is a one-line option error."""
+    source = Path(path)
+    if source.suffix != ".json":
+        return settings_of(load_model(source)) or {}
+    try:
+        return json.loads(source.read_text()).get("settings", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from exc
 
 
 def record_settings(model: onnx.ModelProto, settings: dict) -> None:

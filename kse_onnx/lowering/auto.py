@@ -34,10 +34,8 @@ that model (or its report) as ``choices`` rebuilds the same bytes without timing
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -48,7 +46,7 @@ from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
 from ..graph.channels import producer_chain
 from ..graph.count import conv_counts
-from ..graph.export import copy_model_fields
+from ..graph.export import copy_model_fields, recorded_settings
 from ..graph.names import unique_tensor_names
 from ..graph.select import ConvSite, constant_values, quiet_graphsurgeon
 from ..graph.signature import timing_signature
@@ -356,17 +354,7 @@ def time_layers(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPl
 
 def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], bool]:
     """Layer forms and storage recorded by an earlier ``auto`` run (model or report)."""
-    from ..graph.export import settings_of  # graph.io reads untrusted files safely
-    from ..graph.io import load_model
-
-    source = Path(path)
-    if source.suffix == ".json":
-        try:
-            settings = json.loads(source.read_text()).get("settings", {})
-        except (OSError, ValueError, AttributeError) as exc:
-            raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from exc
-    else:
-        settings = settings_of(load_model(source)) or {}
+    settings = recorded_settings(path)
     recorded = settings.get("layer_forms")
     if not isinstance(recorded, dict):
         raise OptionError("--choices", f"{path}: records no layer forms (not an auto output)")
