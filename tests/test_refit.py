@@ -88,6 +88,41 @@ def test_conjugate_gradients_agree_with_the_exact_solve(monkeypatch):
     assert exact.objective_after < exact.objective_before
 
 
+@pytest.mark.parametrize("sharing, iterations", [("none", 1), ("one kernel per channel", 2)])
+def test_the_preconditioner_is_the_inverse_without_sharing(monkeypatch, sharing, iterations):
+    """With every filter its own kernels the preconditioner is A's inverse: conjugate
+    gradients end in one iteration, at the exact solution (a pruned channel, labels -1,
+    is left out of it). With one kernel per input channel it is the inverse up to the
+    per-filter biases' coupling: two iterations."""
+    from kse_onnx.refit import normal
+
+    rng = np.random.default_rng(2)
+    n, c, d = 6, 3, 4
+    labels = (np.repeat(np.arange(n)[:, None], c, 1) if sharing == "none"
+              else np.zeros((n, c), np.int64))
+    labels[:, 2] = -1
+    q = np.array([n, n, 0]) if sharing == "none" else np.array([1, 1, 0])
+    layout = SharedLayout.from_labels(labels, q)
+    eq = normal.NormalEquations(c * d, n)
+    x = rng.standard_normal((300, c * d)) + 0.5  # a mean: the bias is coupled to the kernels
+    eq.add(x, x @ rng.standard_normal((c * d, n)) + rng.standard_normal((300, n)))
+    problem = normal.SharedLeastSquares(layout, eq, d, 1e-12)
+    k0, b0 = np.zeros((layout.slots, d)), np.zeros(n)
+    exact = problem.solve(k0, b0)
+    monkeypatch.setattr(normal, "EXACT_MAX", 0)
+    iterative = problem.solve(k0, b0)
+    assert iterative.solver == f"conjugate gradients ({iterations} iterations)"
+    assert iterative.objective_after == pytest.approx(exact.objective_after, rel=1e-5)
+
+
+def test_an_after_relu_round_runs_at_most_its_share_of_iterations():
+    from kse_onnx.refit.normal import PCG_MAX_ITER, PCG_ROUND_ITER, round_iterations
+
+    assert round_iterations(12_544, 4608) == PCG_ROUND_ITER  # ResNet-50's last 3x3s
+    assert round_iterations(50_176, 576) == 50_176 // 576  # ResNet-20's 64-channel 3x3s
+    assert round_iterations(10**7, 9) == PCG_MAX_ITER
+
+
 @pytest.mark.parametrize("mode", ["ls", "act", "block"])
 def test_refit_keeps_codes_and_never_increases_an_error(resnet, mode):
     """Each layer's error on the calibration images falls: before the activation with
@@ -318,3 +353,25 @@ def test_refit_command_logs_a_line_per_conv_and_quiet_none(resnet, capsys):
     assert lines and "\r" not in err
     assert main([*args[:2], str(tmp / "refit_quiet.onnx"), *args[3:], "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_chunked_sum_equals_the_whole_sum_slice_by_slice():
+    """A residual target and its ReLU floor, computed per slice of images, equal the sum
+    formed whole, broadcast terms included, and no term is changed."""
+    from kse_onnx.refit.layer import ChunkedSum, relative_error
+
+    rng = np.random.default_rng(4)
+    a, b, c = (torch.from_numpy(rng.standard_normal((10, 3, 4, 4)).astype(np.float32))
+               for _ in range(3))
+    bias = torch.from_numpy(rng.standard_normal((1, 3, 1, 1)).astype(np.float32))
+    kept = a.clone()
+    total = ChunkedSum([(1, a), (1, b.half()), (-1, c), (1, bias)])
+    whole = a + b.half().float() - c + bias
+    assert len(total) == 10 and total.dim() == 4
+    torch.testing.assert_close(torch.cat([total[0:3], total[3:10]]), whole)
+    assert torch.equal(a, kept)
+    out = whole + 0.1
+    assert relative_error(out, total) == pytest.approx(relative_error(out, whole), rel=1e-6)
+    floor = ChunkedSum([(-1, c)])
+    assert relative_error(out, total, floor) == pytest.approx(
+        relative_error(out, whole, -c), rel=1e-6)

@@ -10,7 +10,13 @@ import torch.nn.functional as F
 
 from ..analysis.plan import LayerPlan, effective_weight
 from ..finetune import ops
-from .normal import NormalEquations, SharedLayout, SharedLeastSquares, Solution
+from .normal import (
+    NormalEquations,
+    SharedLayout,
+    SharedLeastSquares,
+    Solution,
+    round_iterations,
+)
 
 # A normal-equation batch's temporaries (patches, targets, their transposed copies and,
 # after a ReLU, the relaxed targets) are capped at about this many float32 values.
@@ -73,13 +79,18 @@ class SharedConv:
         """``forward`` over the calibration images in chunks, in ``x``'s dtype (float16
         when the refit holds activations so)."""
         step = 256 if x.dtype == torch.float32 else 32
-        return torch.cat([self.forward(x[s:s + step].float()).to(x.dtype)
-                          for s in range(0, len(x), step)])
+        out = None
+        for s in range(0, len(x), step):
+            part = self.forward(x[s:s + step].float())
+            if out is None:  # filled in place: a list of chunks + cat would hold it twice
+                out = torch.empty((len(x), *part.shape[1:]), dtype=x.dtype)
+            out[s:s + len(part)] = part
+        return out
 
-    def error(self, x: torch.Tensor, target: torch.Tensor,
-              floor: torch.Tensor | None = None) -> float:
-        """:func:`relative_error` of the current kernels, predicted a chunk at a time."""
-        return relative_error(lambda a, b: self.forward(x[a:b].float()), target, floor)
+    def errors(self, x: torch.Tensor, target: torch.Tensor,
+               floor: torch.Tensor | None = None) -> tuple[float, float | None]:
+        """:func:`relative_errors` of the current kernels, predicted a chunk at a time."""
+        return relative_errors(lambda a, b: self.forward(x[a:b].float()), target, floor)
 
     def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float,
                       floor: torch.Tensor | None = None, rounds: int = 0) -> Solution:
@@ -99,13 +110,14 @@ class SharedConv:
         self.kernels, self.bias = solution.kernels, solution.bias
         if floor is None or not rounds:
             return solution
+        first = solution.solver
         for done in range(1, rounds + 1):
             eq.reset_targets()
             self._accumulate(eq, x, target, with_gram=False, floor=floor)
             problem.retarget()  # A (and its factor) is the same: only the targets moved
-            again = problem.solve(self.kernels, self.bias)
+            again = problem.solve(self.kernels, self.bias, round_iterations(eq.P, c * kh * kw))
             self.kernels, self.bias = again.kernels, again.bias
-            solution.solver = f"{again.solver}, {done} after-ReLU round{'s' * (done > 1)}"
+            solution.solver = f"{first}, {done} after-ReLU round{'s' * (done > 1)}"
             gained = again.objective_before - again.objective_after
             if gained <= ROUND_STALL * again.objective_before:
                 break  # the bound no longer falls: further rounds would not move the kernels
@@ -157,6 +169,32 @@ def run_node(node: onnx.NodeProto, args: list, opset: int, convs: dict | None = 
     return out if isinstance(out, tuple) else (out,)
 
 
+class ChunkedSum:
+    """``sum_i sign_i * terms_i`` over the calibration images, never formed whole: indexing
+    it with a slice of images computes that slice in float32. A residual Conv's target
+    (the teacher's Add output minus the student's other inputs) and its ReLU floor are
+    such sums; holding them whole would cost two more whole-set tensors per fit."""
+
+    def __init__(self, terms: list[tuple[float, torch.Tensor]]):
+        self.terms = terms
+        self.shape = torch.broadcast_shapes(*(term.shape for _, term in terms))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        out = None
+        for sign, term in self.terms:
+            part = (term[rows] if term.dim() == len(self.shape) and term.shape[0] == len(self)
+                    else term).float()
+            part = part if sign > 0 else -part
+            out = part if out is None else out + part  # never in place: part may be a term
+        return out
+
+
 def _rows(value: torch.Tensor, start: int, step: int, images: int) -> torch.Tensor:
     """Images ``start:start+step`` of a whole-set tensor; a broadcast value as it is."""
     return value[start:start + step] if value.dim() and value.shape[0] == images else value
@@ -173,18 +211,29 @@ def relative_error(out, target: torch.Tensor, floor: torch.Tensor | None = None)
     ``floor``, of ``relu(out - floor)`` against ``relu(target - floor)`` (the error after
     the activation). ``out`` is a whole-set tensor, or a function of (start, stop) giving
     those images' outputs (so no whole-set prediction need be held)."""
-    diff = total = 0.0
+    plain, after = relative_errors(out, target, floor)
+    return plain if floor is None else after
+
+
+def relative_errors(out, target: torch.Tensor, floor: torch.Tensor | None = None
+                    ) -> tuple[float, float | None]:
+    """(the error before the activation, after it or None without ``floor``) of
+    :func:`relative_error`, from one pass over ``out``."""
+    sums = np.zeros(4)  # |o - t|^2, |t|^2, after the activation: the same two
     step = _chunk(target)
     for start in range(0, len(target), step):
         stop = start + step
         o = out(start, stop) if callable(out) else out[start:stop]
         o, t = o.float(), target[start:stop].float()
+        sums[0] += float(torch.linalg.vector_norm(o - t)) ** 2
+        sums[1] += float(torch.linalg.vector_norm(t)) ** 2
         if floor is not None:
             low = _rows(floor, start, step, len(target)).float()
             o, t = torch.relu(o - low), torch.relu(t - low)
-        diff += float(torch.linalg.vector_norm(o - t)) ** 2
-        total += float(torch.linalg.vector_norm(t)) ** 2
-    return (diff / max(total, 1e-30)) ** 0.5
+            sums[2] += float(torch.linalg.vector_norm(o - t)) ** 2
+            sums[3] += float(torch.linalg.vector_norm(t)) ** 2
+    plain = (sums[0] / max(sums[1], 1e-30)) ** 0.5
+    return plain, None if floor is None else (sums[2] / max(sums[3], 1e-30)) ** 0.5
 
 
 def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],

@@ -33,7 +33,15 @@ from ..errors import ModelError, first_line
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
-from .layer import SharedConv, attributes, fit_segment, relative_error, run_node
+from .layer import (
+    ChunkedSum,
+    SharedConv,
+    attributes,
+    fit_segment,
+    relative_error,
+    relative_errors,
+    run_node,
+)
 
 # Activations over all calibration images above this many bytes (largest tensor, float32)
 # are held in float16 between their producer and their last reader, and the operators
@@ -172,12 +180,18 @@ class _Refit:
         if not (self.half and node.op_type in PER_IMAGE and any(batch)):
             args = [a.float() if a is not None and a.dtype == torch.float16 else a for a in raw]
             return tuple(self._hold(v) for v in run_node(node, args, self.opset))
-        parts = []
+        outs: list[torch.Tensor] = []
         for start in range(0, n, CHUNK):
             args = [a[start:start + CHUNK].float() if b else a for a, b in zip(raw, batch,
                                                                                   strict=True)]
-            parts.append([self._hold(v) for v in run_node(node, args, self.opset)])
-        return tuple(torch.cat(list(outs)) for outs in zip(*parts, strict=True))
+            for k, value in enumerate(run_node(node, args, self.opset)):
+                value = self._hold(value)
+                if k == len(outs):  # written in place, chunk by chunk: no list + cat copy
+                    outs.append(value.new_empty((n, *value.shape[1:])))
+                if value.dtype != outs[k].dtype:  # a chunk outside float16's range
+                    outs[k] = outs[k].float()
+                outs[k][start:start + len(value)] = value
+        return tuple(outs)
 
     def _hold(self, value: torch.Tensor) -> torch.Tensor:
         """How an activation is kept until its last reader: float16 when the model's
@@ -261,10 +275,10 @@ class _Refit:
         if add is not None:
             others = [n for n in self.model.graph.node[add].input if n != node.output[0]]
             if all(n in student or n in self.constants for n in others):
-                target = target.clone()  # summed in place: one whole-set temporary
-                for n in others:
-                    target += self._lookup(teacher, n, raw=True)
-                    target -= self._lookup(student, n, raw=True)
+                target = ChunkedSum([(1, target)] + [
+                    term for n in others for term in (
+                        (1, self._lookup(teacher, n, raw=True)),
+                        (-1, self._lookup(student, n, raw=True)))])
                 kind = "residual Add"
             else:
                 add, others = None, []
@@ -272,16 +286,13 @@ class _Refit:
                  if self.options.refit in ("act", "block") else None)
         # errors measured directly (not from the normal equations, whose float32 sums
         # lose the small differences of a close fit), a chunk of images at a time
-        fit = LayerFit(self.names[i], kind, "", conv.error(x, target), 0.0, 0.0)
-        if floor is not None:
-            fit.act_error_before = conv.error(x, target, floor)
+        plain, act = conv.errors(x, target, floor)
+        fit = LayerFit(self.names[i], kind, "", plain, plain, 0.0, act, act)
         start = (conv.kernels.copy(), conv.bias.copy())
         fit.solver = conv.least_squares(x, target, self.options.refit_damping, floor,
                                         self.options.refit_rounds).solver
         out = conv.predict(x)
-        fit.error_after = relative_error(out, target)
-        if floor is not None:
-            fit.act_error_after = relative_error(out, target, floor)
+        fit.error_after, fit.act_error_after = relative_errors(out, target, floor)
         judged = ("act_error_before", "act_error_after") if floor is not None else (
             "error_before", "error_after")
         if getattr(fit, judged[1]) > getattr(fit, judged[0]):  # a guard: keep the clustered
@@ -303,10 +314,7 @@ class _Refit:
             return None
         if not others:
             return torch.zeros(())
-        floor = -self._lookup(student, others[0], raw=True)
-        for n in others[1:]:
-            floor -= self._lookup(student, n, raw=True)
-        return floor
+        return ChunkedSum([(-1, self._lookup(student, n, raw=True)) for n in others])
 
     def _named(self, indices: list[int]) -> list[onnx.NodeProto]:
         """Copies of the nodes at ``indices``, each named as kse-onnx names it."""
