@@ -165,8 +165,26 @@ def test_auto_times_int8_builds_against_int8_of_the_original(compressed):
     report = optimize(src, out, quantize=_quantize("int8-static"), overwrite=True,
                       **_calibrated(calibration))
     assert "onnxruntime's int8-static of the original" in report.extra["auto"]["verdict"]
-    assert report.extra["int8"]["integer_convs"] == report.extra["int8"]["convs"]
+    int8 = report.extra["int8"]
+    # every conv integer but the one reading the model input, kept float on purpose
+    assert int8["integer_convs"] == int8["convs"] - 1
+    assert list(int8["float_convs"].values()) == [
+        "kept in float (float_input_conv: it reads the model input)"]
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(out).graph.node)
+
+
+def test_int8_static_quantizes_the_input_conv_when_asked(compressed):
+    """--no-float-input-conv: every conv integer, the input conv too."""
+    tmp, src, kse, calibration = compressed
+    out = tmp / "all_int8.onnx"
+    options = _quantize("int8-static", float_input_conv=False)
+    report = optimize(src, out, quantize=options, overwrite=True, **_calibrated(calibration))
+    assert report.extra["int8"]["integer_convs"] == report.extra["int8"]["convs"]
+    assert main(["optimize", str(src), str(tmp / "cli_all.onnx"), "--quantize",
+                 "int8-static", "--calibration", str(calibration), "--no-float-input-conv",
+                 "--lowering", "dense", "--quiet"]) == 0
+    kernels = integer_convs(onnx.load(tmp / "cli_all.onnx"))
+    assert all(k.integer for k in kernels), kernels
 
 
 def test_float_output_keeps_forms_chosen_for_int8(compressed):

@@ -71,10 +71,11 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
     def build(layers: dict, streams: dict) -> bytes:
         built = timing_model(model, select, lower_options, layers, streams)
         if int8:
+            from ..quantize.apply import kept_float
             from ..quantize.ptq import quantize_int8
 
             built = quantize_int8(built, quantize.quantize, set(layers), quantizer.calibration,
-                                  share=False)[0]
+                                  share=False, float_convs=kept_float(built, quantize))[0]
         return built.SerializeToString()
 
     found = search(cuts, table, build, reference.SerializeToString(), model.SerializeToString(),

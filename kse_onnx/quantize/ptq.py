@@ -85,11 +85,19 @@ def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     return converted
 
 
+def input_convs(model: onnx.ModelProto) -> set[str]:
+    """Names of the Convs whose data input is a graph input (not an initializer)."""
+    stored = {t.name for t in model.graph.initializer}
+    inputs = {i.name for i in model.graph.input} - stored
+    return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs}
+
+
 def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
-                  calibration: np.ndarray | None = None, share: bool = True
-                  ) -> tuple[onnx.ModelProto, list[str]]:
+                  calibration: np.ndarray | None = None, share: bool = True,
+                  float_convs: set[str] = frozenset()) -> tuple[onnx.ModelProto, list[str]]:
     """(quantized model, weights stored as int8 codebook + codes). The Convs named in
-    ``shared_convs`` get per-tensor weights; ``share`` stores theirs as codebook + codes."""
+    ``shared_convs`` get per-tensor weights; ``share`` stores theirs as codebook + codes;
+    those in ``float_convs`` stay float (int8-static)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -116,6 +124,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
                     floating, out, _Batches(name, calibration), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=sorted(float_convs),
                     extra_options={"TensorQuantOverrides": {
                         w: [{"symmetric": True}] for w in sorted(weights)}})
             else:
