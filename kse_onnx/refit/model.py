@@ -226,6 +226,12 @@ class _Refit:
                                      f"calibration images: {first_line(exc)}") from exc
                 for name, value in zip(node.output, t_out, strict=False):
                     teacher[name] = value
+                # the teacher's inputs no later node reads go before the student runs: a
+                # residual Add would otherwise hold both models' inputs and outputs at once
+                # (2.5 GB at ResNet-50's first stage)
+                for name in node.input:
+                    if remaining.get(name, 2) <= 1 and name not in keep:
+                        teacher.pop(name, None)
                 if i in self.plans:
                     s_args = [self._lookup(student, n, raw=True) for n in node.input]
                     s_out = (self._fit_conv(i, s_args, teacher, student),)
