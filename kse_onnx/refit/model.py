@@ -52,6 +52,9 @@ PER_IMAGE = {"Conv", "ConvTranspose", "Relu", "LeakyRelu", "PRelu", "Clip", "Sig
              "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus", "Add", "Sub", "Mul",
              "Div", "BatchNormalization", "MaxPool", "AveragePool", "GlobalAveragePool",
              "GlobalMaxPool", "Identity", "Dropout"}
+# Operators whose output may overwrite their first input, chunk by chunk (same shape).
+ELEMENTWISE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
+               "Elu", "Selu", "Softplus", "Add", "Sub", "Mul", "Div"}
 
 
 @dataclass
@@ -169,11 +172,21 @@ class _Refit:
         value = env[name]
         return value.float() if value.dtype == torch.float16 and not raw else value
 
-    def _run(self, node, env) -> tuple:
+    def _run(self, node, env, other=None, remaining=None, keep=()) -> tuple:
         """``node``'s outputs from ``env``, held (:meth:`_hold`). With float16 holding, a
         node that treats images independently runs CHUNK images at a time, so no
-        float32 copy of a whole-set tensor is made."""
+        float32 copy of a whole-set tensor is made; an elementwise node whose first input
+        no later node reads, and which no other name (in ``env`` or ``other``) holds,
+        writes its output over that input."""
         raw = [self._lookup(env, n, raw=True) for n in node.input]
+        reuse = None
+        if self.half and node.op_type in ELEMENTWISE and remaining is not None:
+            first = node.input[0]
+            value = env.get(first)
+            if (value is not None and remaining.get(first, 2) <= 1 and first not in keep
+                    and sum(v is value for v in env.values()) == 1
+                    and all(v is not value for v in (other or {}).values())):
+                reuse = value
         n = len(self.x)
         batch = [name in env and a.dim() >= 1 and a.shape[0] == n
                  for name, a in zip(node.input, raw, strict=True)]
@@ -187,7 +200,10 @@ class _Refit:
             for k, value in enumerate(run_node(node, args, self.opset)):
                 value = self._hold(value)
                 if k == len(outs):  # written in place, chunk by chunk: no list + cat copy
-                    outs.append(value.new_empty((n, *value.shape[1:])))
+                    outs.append(reuse if k == 0 and reuse is not None
+                                and reuse.shape[1:] == value.shape[1:]
+                                and reuse.dtype == value.dtype
+                                else value.new_empty((n, *value.shape[1:])))
                 if value.dtype != outs[k].dtype:  # a chunk outside float16's range
                     outs[k] = outs[k].float()
                 outs[k][start:start + len(value)] = value
@@ -220,7 +236,7 @@ class _Refit:
                 node = nodes[i]
                 same = all(student.get(n) is teacher.get(n) for n in node.input if n)
                 try:
-                    t_out = self._run(node, teacher)
+                    t_out = self._run(node, teacher, student, remaining, keep)
                 except (RuntimeError, ValueError, IndexError) as exc:
                     raise ModelError(f"node {self.names[i]!r} ({node.op_type}) fails on the "
                                      f"calibration images: {first_line(exc)}") from exc
@@ -248,7 +264,7 @@ class _Refit:
                 elif same:
                     s_out = t_out  # the student equals the teacher up to here
                 else:
-                    s_out = self._run(node, student)
+                    s_out = self._run(node, student, teacher, remaining, keep)
                 for name, value in zip(node.output, s_out, strict=False):
                     student[name] = value
                 if pos in cuts:
