@@ -278,12 +278,17 @@ class RefitOptions:
                                         "(Gemm) to the original's logits")
     refit_damping: float = _opt(1e-6, "least squares: ridge damping, relative to the mean "
                                       "diagonal of the normal equations")
-    refit_seed: int = _opt(0, "block: seed of the minibatch order")
+    refit_positions: int = _opt(131_072, "least squares: output positions (images x height "
+                                         "x width) summed per layer, drawn at random when "
+                                         "there are more; 0 = all")
+    refit_seed: int = _opt(0, "seed of the sampled positions, and of the block mode's "
+                              "minibatch order")
 
     def __post_init__(self) -> None:
         if self.refit not in REFIT_MODES:
             raise OptionError("--refit", f"must be one of {REFIT_MODES}, got {self.refit!r}")
-        for name in ("refit_rounds", "refit_steps", "refit_batch", "refit_seed"):
+        for name in ("refit_rounds", "refit_steps", "refit_batch", "refit_seed",
+                     "refit_positions"):
             _check_int(self, name, low=0 if name != "refit_batch" else 1)
         for name in ("refit_lr", "refit_damping"):
             value = getattr(self, name)

@@ -375,3 +375,70 @@ def test_chunked_sum_equals_the_whole_sum_slice_by_slice():
     floor = ChunkedSum([(-1, c)])
     assert relative_error(out, total, floor) == pytest.approx(
         relative_error(out, whole, -c), rel=1e-6)
+
+
+def _strided_conv(rng, **attrs):
+    """A compressed 3x3 Conv (G=4) with the given attributes and random inputs."""
+    from kse_onnx.refit.layer import SharedConv
+
+    weight = rng.standard_normal((8, 6, 3, 3)).astype(np.float32)
+    node = onnx.helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+    conv = SharedConv(node, plan_layer(weight, KSEOptions(G=4)),
+                      rng.standard_normal(8).astype(np.float32), 17)
+    x = torch.from_numpy(rng.standard_normal((5, 6, 9, 11)).astype(np.float32))
+    return conv, x
+
+
+@pytest.mark.parametrize("attrs", [dict(pads=[1, 1, 1, 1]), dict(strides=[2, 2]),
+                                   dict(dilations=[2, 1], pads=[2, 0, 1, 1]),
+                                   dict(auto_pad="SAME_UPPER", strides=[2, 3])])
+def test_patches_at_sampled_positions_are_the_columns_of_all_patches(attrs):
+    conv, x = _strided_conv(np.random.default_rng(5), **attrs)
+    everything = conv.patches(x)
+    ho, wo = conv.forward(x).shape[2:]
+    flat = torch.tensor([0, 3, wo + 1, ho * wo - 1, ho * wo, 4 * ho * wo + 2])
+    image, where = flat // (ho * wo), flat % (ho * wo)
+    at = conv.patches(x, (image, where // wo, where % wo))
+    torch.testing.assert_close(at, everything[:, image * ho * wo + where], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_sampling_every_position_sums_the_same_normal_equations(relu):
+    """The sampled path of the accumulation, given every position, adds what the whole
+    path adds: patches, targets and (after a ReLU) the relaxed targets."""
+    from kse_onnx.refit.normal import NormalEquations
+
+    conv, x = _strided_conv(np.random.default_rng(6), pads=[1, 1, 1, 1], strides=[2, 1])
+    target = conv.forward(x) + 0.3 * torch.randn(conv.forward(x).shape,
+                                                 generator=torch.Generator().manual_seed(0))
+    floor = torch.full((1, 8, 1, 1), 0.1) if relu else None  # broadcast, as a constant
+    sums = []
+    for sample in (None, np.arange(target.numel() // target.shape[1])):
+        eq = NormalEquations(6 * 9, 8)
+        conv._accumulate(eq, x, target, with_gram=True, floor=floor, sample=sample)
+        sums.append(eq)
+    for name in ("G", "H", "s", "y_sum", "yy", "P"):
+        np.testing.assert_allclose(getattr(sums[1], name), getattr(sums[0], name),
+                                   rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_sampled_least_squares_recovers_representable_kernels_deterministically():
+    """Exact targets: a quarter of the positions is still enough to find the kernels,
+    the same ones for the same seed; another seed draws other positions."""
+    from kse_onnx.refit.layer import SharedConv, relative_error, sampled_positions
+
+    rng = np.random.default_rng(7)
+    truth, x = _strided_conv(rng, pads=[1, 1, 1, 1])
+    truth.kernels = rng.standard_normal(truth.kernels.shape)
+    target = truth.forward(x)
+    total = target.numel() // target.shape[1]
+    fits = []
+    for seed in (0, 0):
+        fit = SharedConv(truth.node, truth.plan, None, 17)
+        fit.least_squares(x, target, damping=1e-9, positions=total // 4, seed=seed)
+        assert relative_error(fit.predict(x), target) < 1e-5
+        fits.append(fit.kernels)
+    np.testing.assert_array_equal(fits[0], fits[1])
+    assert len(sampled_positions(total, total // 4, 0)) == total // 4
+    assert not np.array_equal(sampled_positions(total, 50, 0), sampled_positions(total, 50, 1))
+    assert sampled_positions(total, 0, 0) is None and sampled_positions(total, total, 0) is None

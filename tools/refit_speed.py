@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -24,13 +25,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kse_onnx.options import RefitOptions  # noqa: E402
+
 CHILD = r"""
 import json, resource, sys, time, warnings
 import numpy as np
 sys.path.insert(0, {root!r})
 from kse_onnx.api import optimize
 from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions, RefitOptions
-name, mode, out = sys.argv[1], sys.argv[2], sys.argv[3]
+name, mode, out, positions = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if name == "fmnist_resnet20":
     from kse_onnx.data import fashion_mnist
     model = {root!r} + "/models/fmnist_resnet20.onnx"
@@ -50,11 +55,12 @@ np.savez(out + ".npz", x=x)
 start = time.perf_counter()
 report = optimize(model, out, KSEOptions(G=4, T=0), lower_options=LowerOptions("dense"),
                   calibration=CalibrationOptions(out + ".npz", len(x)),
-                  refit=RefitOptions(mode), log=lambda line: None, overwrite=True)
+                  refit=RefitOptions(mode, refit_positions=positions), log=lambda line: None,
+                  overwrite=True)
 total = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 refit = report.extra["refit"]
-print(json.dumps({{"model": name, "mode": mode, "images": len(x),
+print(json.dumps({{"model": name, "mode": mode, "images": len(x), "positions": positions,
                   "refit_s": refit["seconds"], "optimize_s": round(total, 1),
                   "peak_MiB": round(peak), "layers": len(refit["layers"])}}))
 """
@@ -64,24 +70,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="fmnist_resnet20,resnet50")
     parser.add_argument("--modes", default="ls,act")
+    parser.add_argument("--positions", default=str(RefitOptions().refit_positions),
+                        help="--refit-positions values, comma-separated (0 = all)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "refit_speed")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
           f"{datetime.date.today()}")
-    print("| model | mode | images | refit s | optimize s | peak memory |")
-    print("|---|---|---|---|---|---|")
+    print("| model | mode | images | positions | refit s | optimize s | peak memory |")
+    print("|---|---|---|---|---|---|---|")
     code = CHILD.format(root=str(ROOT))
     for name in args.models.split(","):
-        for mode in args.modes.split(","):
-            out = str(args.out / f"{name}_{mode}.onnx")
-            done = subprocess.run([sys.executable, "-c", code, name, mode, out],
+        for mode, positions in itertools.product(args.modes.split(","),
+                                                 args.positions.split(",")):
+            out = str(args.out / f"{name}_{mode}_{positions}.onnx")
+            done = subprocess.run([sys.executable, "-c", code, name, mode, out, positions],
                                   capture_output=True, text=True, cwd=ROOT)
             if done.returncode:
-                print(f"| {name} | {mode} | failed: {done.stderr.strip().splitlines()[-1]} |")
+                print(f"| {name} | {mode} | {positions} | failed: "
+                      f"{done.stderr.strip().splitlines()[-1]} |")
                 continue
             r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"| {name} | {mode} | {r['images']} | {r['refit_s']:.1f} | "
+            print(f"| {name} | {mode} | {r['images']} | {positions} | {r['refit_s']:.1f} | "
                   f"{r['optimize_s']:.1f} | {r['peak_MiB']} MiB |", flush=True)
 
 

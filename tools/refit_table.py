@@ -63,6 +63,9 @@ def main() -> None:
                         help="calibration sizes for the default mode (1024: every mode)")
     parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
     parser.add_argument("--no-finetune", action="store_true")
+    parser.add_argument("--modes", default=",".join(MODES), help="refit modes, comma-separated")
+    parser.add_argument("--positions", type=int, default=RefitOptions().refit_positions,
+                        help="--refit-positions of every refit (0 = all)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "refit_table")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +78,8 @@ def main() -> None:
         calibration[n] = args.out / f"calibration_{n}.npz"
         np.savez(calibration[n], x=x_train[:n])
     print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
-          f"{datetime.date.today()}; default refit mode: {DEFAULT_MODE}")
+          f"{datetime.date.today()}; default refit mode: {DEFAULT_MODE}; refit positions: "
+          f"{args.positions}")
     results = []
 
     def row(model, setting, what, path, seconds, images=""):
@@ -105,12 +109,13 @@ def main() -> None:
                                overwrite=True)
             row(name, setting, "compressed, no refit", plain, seconds)
             refitted = {}
-            for mode in MODES:
+            for mode in args.modes.split(","):
                 for n in (sizes if mode == DEFAULT_MODE else [1024]):
                     out = args.out / f"{name}_G{G}T{T}_{mode}_{n}.onnx"
                     report = optimize(teacher, out, kse, lower_options=lower, overwrite=True,
                                       calibration=CalibrationOptions(str(calibration[n]), n),
-                                      refit=RefitOptions(mode), log=lambda line: None)
+                                      refit=RefitOptions(mode, refit_positions=args.positions),
+                                      log=lambda line: None)
                     refitted[mode, n] = out
                     row(name, setting, f"refit {mode}", out, report.extra["refit"]["seconds"],
                         n)

@@ -63,9 +63,11 @@ class SharedConv:
             kernels, bias = self.tensors()
         return ops.conv([x, self.weight(kernels), bias], self.attrs)
 
-    def patches(self, x: torch.Tensor) -> torch.Tensor:
+    def patches(self, x: torch.Tensor, at=None) -> torch.Tensor:
         """im2col of ``x``: (C*kh*kw, images*positions), rows in the weight's order,
-        made by one copy of strided views (the layout the normal equations multiply)."""
+        made by one copy of strided views (the layout the normal equations multiply).
+        ``at``: (image, row, column) index tensors of the only output positions wanted,
+        giving (C*kh*kw, len(image))."""
         n, c, kh, kw = self.shape
         (dh, dw), (sh, sw) = self.attrs.get("dilations", [1, 1]), self.attrs.get("strides", [1, 1])
         pads = ops._explicit_pads(self.attrs, x, [kh, kw], [sh, sw], [dh, dw])
@@ -73,6 +75,9 @@ class SharedConv:
         # windows as strided views, then one copy (F.unfold is ~15x slower on the CPU)
         views = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
         views = views[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
+        if at is not None:
+            image, row, col = at
+            return views[image, :, row, col].reshape(len(image), -1).T  # (CD, S)
         return views.permute(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, -1)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +98,8 @@ class SharedConv:
         return relative_errors(lambda a, b: self.forward(x[a:b].float()), target, floor)
 
     def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float,
-                      floor: torch.Tensor | None = None, rounds: int = 0) -> Solution:
+                      floor: torch.Tensor | None = None, rounds: int = 0,
+                      positions: int = 0, seed: int = 0) -> Solution:
         """Fit kernels and bias so ``conv(x) ~ target`` (full calibration tensors).
 
         ``floor``: a ReLU follows, and the output is inactive where ``conv(x) <= floor``
@@ -101,10 +107,17 @@ class SharedConv:
         match the output after the ReLU: where the teacher is inactive (``target <=
         floor``) the target becomes ``min(prediction, floor)``. Since ``relu(u)^2 =
         min_{z <= 0} (u - z)^2``, each round lowers an upper bound of the after-ReLU
-        error, and only the cross term H is summed again (G does not change)."""
+        error, and only the cross term H is summed again (G does not change).
+
+        ``positions``: when the calibration images hold more output positions than this
+        (images x Ho x Wo), the normal equations are summed over this many of them, drawn
+        uniformly without replacement by ``seed`` (the same ones in every round); 0 uses
+        all."""
         n, c, kh, kw = self.shape
         eq = NormalEquations(c * kh * kw, n)
-        self._accumulate(eq, x, target, with_gram=True)
+        sample = sampled_positions(len(x) * target.shape[2] * target.shape[3], positions,
+                                   seed)
+        self._accumulate(eq, x, target, with_gram=True, sample=sample)
         problem = SharedLeastSquares(self.layout, eq, kh * kw, damping)
         solution = problem.solve(self.kernels, self.bias)
         self.kernels, self.bias = solution.kernels, solution.bias
@@ -113,7 +126,7 @@ class SharedConv:
         first = solution.solver
         for done in range(1, rounds + 1):
             eq.reset_targets()
-            self._accumulate(eq, x, target, with_gram=False, floor=floor)
+            self._accumulate(eq, x, target, with_gram=False, floor=floor, sample=sample)
             problem.retarget()  # A (and its factor) is the same: only the targets moved
             again = problem.solve(self.kernels, self.bias, round_iterations(eq.P, c * kh * kw))
             self.kernels, self.bias = again.kernels, again.bias
@@ -124,24 +137,53 @@ class SharedConv:
         return solution
 
     def _accumulate(self, eq: NormalEquations, x, target, with_gram: bool,
-                    floor: torch.Tensor | None = None) -> None:
+                    floor: torch.Tensor | None = None,
+                    sample: np.ndarray | None = None) -> None:
         """Add batches of patches and targets to ``eq``; with ``floor``, the target is
         relaxed where the teacher is inactive: ``min(prediction, floor)`` there, computed
-        batch by batch so no whole-set temporary is made."""
+        batch by batch so no whole-set temporary is made. ``sample``: sorted flat indices
+        (image * Ho * Wo + position) of the only positions to add."""
         n, c, kh, kw = self.shape
         positions = target.shape[2] * target.shape[3]
         # per image: the patches and their (CD, B*P) copy; the targets and their copy;
         # after a ReLU also the floor, the prediction and the relaxed target
         width = 2 * c * kh * kw + (5 if floor is not None else 2) * n
-        step = max(1, _PATCH_ELEMENTS // max(1, positions * width))
+        if sample is None:
+            step = max(1, _PATCH_ELEMENTS // max(1, positions * width))
+        else:  # the sampled patches are few; the batch's targets and inputs are whole
+            kept = max(1, len(sample) // len(x))  # sampled positions per image
+            whole = (3 if floor is not None else 1) * n * positions + c * x[0, 0].numel()
+            step = max(1, min(_PATCH_ELEMENTS // max(1, kept * width),
+                              _PATCH_ELEMENTS // max(1, whole)))
+        weight = None
         for start in range(0, len(x), step):
-            inputs = x[start:start + step].float()
-            cols = self.patches(inputs)  # (CD, B*P)
-            ys = target[start:start + step].float()
-            if floor is not None:
-                low = _rows(floor, start, step, len(x)).float()
-                ys = torch.where(ys > low, ys, torch.minimum(self.forward(inputs), low))
-            eq.add_batched(cols, ys.transpose(0, 1).reshape(n, -1), with_gram)  # (N, B*P)
+            stop = min(start + step, len(x))
+            inputs = x[start:stop].float()
+            ys = target[start:stop].float()
+            low = None if floor is None else _rows(floor, start, step, len(x)).float()
+            if sample is None:
+                cols = self.patches(inputs)  # (CD, B*P)
+                if low is not None:
+                    ys = torch.where(ys > low, ys, torch.minimum(self.forward(inputs), low))
+                eq.add_batched(cols, ys.transpose(0, 1).reshape(n, -1), with_gram)  # (N, B*P)
+                continue
+            lo, hi = np.searchsorted(sample, [start * positions, stop * positions])
+            if lo == hi:
+                continue
+            flat = torch.from_numpy(sample[lo:hi] - start * positions)
+            image, where = flat // positions, flat % positions
+            row, col = where // target.shape[3], where % target.shape[3]
+            cols = self.patches(inputs, (image, row, col))  # (CD, S)
+            if low is not None:  # a broadcast floor (a scalar, a constant) as a view
+                low = torch.broadcast_to(low, ys.shape)[image, :, row, col].T
+            ys = ys[image, :, row, col].T  # (N, S)
+            if low is not None:
+                if weight is None:
+                    kernels, bias = self.tensors()
+                    weight = (self.weight(kernels).reshape(n, -1), bias[:, None])
+                predicted = torch.addmm(weight[1], weight[0], cols)
+                ys = torch.where(ys > low, ys, torch.minimum(predicted, low))
+            eq.add_batched(cols, ys.contiguous(), with_gram)
 
     def commit(self) -> np.ndarray:
         """Write the kernels into the plan (codes unchanged); returns the bias."""
@@ -155,6 +197,15 @@ class SharedConv:
                 plan.kernels[ch] = self.kernels[start:start + q].reshape(q, kh, kw).astype(dtype)
         plan.w_hat = effective_weight(plan.weight_shape, dtype, plan.labels, plan.kernels)
         return self.bias.astype(dtype)
+
+
+def sampled_positions(total: int, wanted: int, seed: int) -> np.ndarray | None:
+    """Sorted flat indices of ``wanted`` of ``total`` positions, drawn without replacement
+    by ``seed``; None (use all) when ``wanted`` is 0 or not below ``total``."""
+    if not wanted or wanted >= total:
+        return None
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(total, size=wanted, replace=False))
 
 
 def run_node(node: onnx.NodeProto, args: list, opset: int, convs: dict | None = None,

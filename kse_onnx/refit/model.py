@@ -312,7 +312,9 @@ class _Refit:
         fit = LayerFit(self.names[i], kind, "", plain, plain, 0.0, act, act)
         start = (conv.kernels.copy(), conv.bias.copy())
         fit.solver = conv.least_squares(x, target, self.options.refit_damping, floor,
-                                        self.options.refit_rounds).solver
+                                        self.options.refit_rounds,
+                                        self.options.refit_positions,
+                                        self.options.refit_seed + i).solver
         out = conv.predict(x)
         fit.error_after, fit.act_error_after = relative_errors(out, target, floor)
         judged = ("act_error_before", "act_error_after") if floor is not None else (
