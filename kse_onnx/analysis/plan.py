@@ -174,7 +174,9 @@ def _share_kernels(weight, sets, levels, q, options, rng, trees):
     for level in np.unique(levels[(q > 0) & (q < n)]):
         channels = np.flatnonzero(levels == level)
         k = int(q[channels[0]])
-        step = max(1, _KMEANS_BATCH_ELEMENTS // (n * max(k, 8)))
+        # the 1-D path (cluster.lloyd_1d) holds a few (N,) rows per problem, not (N, q)
+        width = 8 if sets.shape[2] == 1 and options.kmeans_init == "ward" else max(k, 8)
+        step = max(1, _KMEANS_BATCH_ELEMENTS // (n * width))
         for start in range(0, len(channels), step):
             chunk = channels[start:start + step]
             result = kmeans(sets[chunk], k, rng, options.kmeans_init, options.kmeans_restarts,
