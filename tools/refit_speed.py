@@ -7,7 +7,9 @@
 - ``resnet50``: the zoo's ResNet-50 (random weights, BatchNorm statistics randomised,
   224x224, exported at opset 17), G=4,T=0, 256 random images (targets: < 10 minutes,
   peak memory < 4 GB).
-Each run is a separate process, so its peak resident memory (``ru_maxrss``) is its own;
+The model and images are prepared in one process (the zoo's torch build and export), then
+each run is a separate process that only calls ``optimize``, so its peak resident memory
+(``ru_maxrss``) is that of ``optimize`` from an ONNX file, as a user runs it;
 the time is the refit's own (``report.extra['refit']['seconds']``) and the whole
 ``optimize`` call (dense lowering, no timing).
 """
@@ -29,16 +31,13 @@ sys.path.insert(0, str(ROOT))
 
 from kse_onnx.options import RefitOptions  # noqa: E402
 
-CHILD = r"""
-import json, resource, sys, time, warnings
+PREPARE = r"""
+import sys, warnings
 import numpy as np
 sys.path.insert(0, {root!r})
-from kse_onnx.api import optimize
-from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions, RefitOptions
-name, mode, out, positions = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+name, model, images = sys.argv[1], sys.argv[2], sys.argv[3]
 if name == "fmnist_resnet20":
     from kse_onnx.data import fashion_mnist
-    model = {root!r} + "/models/fmnist_resnet20.onnx"
     x = fashion_mnist("train")[0][:1024].astype(np.float32)[:, None] / 255.0
 else:
     import onnx
@@ -47,20 +46,28 @@ else:
     net, shape = build(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proto = export(net, shape, 17)
-    model = out + ".original.onnx"
-    onnx.save(proto, model)
+        onnx.save(export(net, shape, 17), model)
     x = np.random.default_rng(0).standard_normal((256, *shape)).astype(np.float32)
-np.savez(out + ".npz", x=x)
+np.savez(images, x=x)
+print(len(x))
+"""
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from kse_onnx.api import optimize
+from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions, RefitOptions
+model, images, n, mode, out = sys.argv[1:6]
+n, positions = int(n), int(sys.argv[6])
 start = time.perf_counter()
 report = optimize(model, out, KSEOptions(G=4, T=0), lower_options=LowerOptions("dense"),
-                  calibration=CalibrationOptions(out + ".npz", len(x)),
+                  calibration=CalibrationOptions(images, n),
                   refit=RefitOptions(mode, refit_positions=positions), log=lambda line: None,
                   overwrite=True)
 total = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 refit = report.extra["refit"]
-print(json.dumps({{"model": name, "mode": mode, "images": len(x), "positions": positions,
+print(json.dumps({{"mode": mode, "images": n, "positions": positions,
                   "refit_s": refit["seconds"], "optimize_s": round(total, 1),
                   "peak_MiB": round(peak), "layers": len(refit["layers"])}}))
 """
@@ -81,10 +88,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     code = CHILD.format(root=str(ROOT))
     for name in args.models.split(","):
+        model = str(ROOT / "models" / "fmnist_resnet20.onnx") if name == "fmnist_resnet20" \
+            else str(args.out / f"{name}.original.onnx")
+        images = str(args.out / f"{name}.npz")
+        n = subprocess.run([sys.executable, "-c", PREPARE.format(root=str(ROOT)), name,
+                            model, images], check=True, cwd=ROOT, capture_output=True,
+                           text=True).stdout.split()[-1]
         for mode, positions in itertools.product(args.modes.split(","),
                                                  args.positions.split(",")):
             out = str(args.out / f"{name}_{mode}_{positions}.onnx")
-            done = subprocess.run([sys.executable, "-c", code, name, mode, out, positions],
+            done = subprocess.run([sys.executable, "-c", code, model, images, n, mode, out,
+                                   positions],
                                   capture_output=True, text=True, cwd=ROOT)
             if done.returncode:
                 print(f"| {name} | {mode} | {positions} | failed: "
