@@ -110,6 +110,31 @@ def test_fake_int8_rounds_forward_and_passes_gradient():
     assert torch.equal(w.grad, torch.ones_like(w))
 
 
+def test_prefetched_batches_are_the_sequential_ones():
+    """The next batch is augmented and its teacher run on a worker thread: the same
+    random draws in the same order, so the same bytes as one step after another."""
+    from kse_onnx.finetune.epochs import EpochRunner, augment
+    from kse_onnx.options import DataOptions, FinetuneOptions
+
+    class Teacher:  # stands for the onnxruntime teacher: a pure function of the batch
+        def targets(self, xb):
+            return [xb.sum(axis=(1, 2, 3))]
+
+    x = np.random.default_rng(1).standard_normal((40, 2, 6, 6)).astype(np.float32)
+    data, train = DataOptions(pad_crop=2, flip=True), np.arange(3, 40)
+    runner = EpochRunner(None, None, None, Teacher(), x, None, train,
+                         FinetuneOptions(batch=8), data, None, None)
+    perm = train[::-1]
+    got = list(runner._batches(perm, np.random.default_rng(7)))
+    rng = np.random.default_rng(7)
+    assert len(got) == runner.steps == 4
+    for step, (ids, xb, targets) in enumerate(got):
+        want_ids = perm[step * 8:(step + 1) * 8]
+        want = augment(x[want_ids], data, rng)
+        assert np.array_equal(ids, want_ids) and np.array_equal(xb, want)
+        assert np.array_equal(targets[0], want.sum(axis=(1, 2, 3)))
+
+
 def test_resume_continues_from_checkpoint(setup):
     tmp, teacher, student, data = setup
     full, part = tmp / "full.onnx", tmp / "part.onnx"

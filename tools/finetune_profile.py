@@ -9,7 +9,10 @@ teacher's logits (onnxruntime), the student's forward + loss, backward, gradient
 the original ONNX imported by ``finetune``, KSE G=4,T=0 (compact) imported likewise,
 and the authors' native torch module (train mode, BatchNorm unfolded) doing the same
 step. Reported: the median seconds per phase and each student's share, and the
-imported original's step time over the native module's.
+imported original's step time over the native module's. The phases run one after the
+other here; ``finetune`` itself prepares the next batch and its teacher logits on a worker
+thread during the current step, so with a free core a step costs about the step less the
+teacher.
 """
 
 from __future__ import annotations

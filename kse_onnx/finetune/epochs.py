@@ -6,6 +6,7 @@ terminal, one line per epoch in logs (:mod:`.progress`).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -68,10 +69,7 @@ class EpochRunner:
         history = []
         bar = progress.bar(self.steps * opts.batch, f"{label} {epoch + 1}",
                            quiet=opts.quiet or not dist.main)
-        for step in range(self.steps):
-            batch_idx = perm[step * opts.batch:(step + 1) * opts.batch]
-            xb = augment(self.x[batch_idx], self.data, epoch_rng)
-            targets = self.objective.targets(xb)
+        for step, (batch_idx, xb, targets) in enumerate(self._batches(perm, epoch_rng)):
             mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
             labels = None if self.y is None else torch.from_numpy(self.y[batch_idx][mine])
             for group in self.optimizer.param_groups:
@@ -95,3 +93,23 @@ class EpochRunner:
             bar.update(len(batch_idx), loss=f"{np.mean(history[-20:]):.4g}")
         bar.close()
         return history
+
+    def _batches(self, perm: np.ndarray, rng: np.random.Generator):
+        """``(ids, augmented batch, teacher targets)`` per step, the next one prepared on a
+        worker thread while the current step trains: the teacher (onnxruntime, one thread,
+        about a sixth of a ResNet-56 step) overlaps the student's step on another core.
+        The worker draws from ``rng`` in step order, so the batches are the same bytes."""
+        batch = self.opts.batch
+
+        def prepare(step: int):
+            ids = perm[step * batch:(step + 1) * batch]
+            xb = augment(self.x[ids], self.data, rng)
+            return ids, xb, self.objective.targets(xb)
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(prepare, 0)
+            for step in range(self.steps):
+                ready = ahead.result()
+                if step + 1 < self.steps:
+                    ahead = pool.submit(prepare, step + 1)
+                yield ready

@@ -69,9 +69,11 @@ def conv(args, a):
     strides = a.get("strides", [1] * spatial)
     dilations = a.get("dilations", [1] * spatial)
     pads = _explicit_pads(a, x, list(w.shape[2:]), strides, dilations)
-    x = F.pad(x, _torch_pads(pads)) if any(pads) else x
+    begins, ends = pads[:spatial], pads[spatial:]
+    if begins != ends:  # torch pads both sides alike: an asymmetric pad is a copy first
+        x, begins = F.pad(x, _torch_pads(pads)), [0] * spatial
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
-    return fn(x, w, b, strides, 0, dilations, a.get("group", 1))
+    return fn(x, w, b, strides, begins, dilations, a.get("group", 1))
 
 
 def conv_transpose(args, a):
@@ -263,8 +265,12 @@ def slice_(args, a):
             s, e = max(0, min(dim, s)), max(0, min(dim, e))
         else:  # ONNX clamps to [0, dim-1] and [-1, dim-1] going backwards
             s, e = max(-1, min(dim - 1, s)), max(-1, min(dim - 1, e))
-        index = torch.arange(s, e, st, dtype=torch.long)
-        x = torch.index_select(x, ax % x.dim(), index)
+        where = [slice(None)] * x.dim()
+        if st > 0:  # a strided view: its backward writes into zeros, no index_add
+            where[ax % x.dim()] = slice(s, e, st)
+            x = x[tuple(where)]
+        else:
+            x = torch.index_select(x, ax % x.dim(), torch.arange(s, e, st, dtype=torch.long))
     return x
 
 
