@@ -80,15 +80,16 @@ class SharedConv:
             return views[image, :, row, col].reshape(len(image), -1).T  # (CD, S)
         return views.permute(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, -1)
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, empty=torch.empty) -> torch.Tensor:
         """``forward`` over the calibration images in chunks, in ``x``'s dtype (float16
-        when the refit holds activations so)."""
+        when the refit holds activations so), written into ``empty(shape, dtype=)`` (a
+        file on disk when the refit holds there: holding.py)."""
         step = 256 if x.dtype == torch.float32 else 32
         out = None
         for s in range(0, len(x), step):
             part = self.forward(x[s:s + step].float())
             if out is None:  # filled in place: a list of chunks + cat would hold it twice
-                out = torch.empty((len(x), *part.shape[1:]), dtype=x.dtype)
+                out = empty((len(x), *part.shape[1:]), dtype=x.dtype)
             out[s:s + len(part)] = part
         return out
 

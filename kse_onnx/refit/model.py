@@ -33,6 +33,7 @@ from ..errors import ModelError, first_line
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
+from .holding import Holding, chunk_args, disk_wanted, is_held_on_disk, runs_by_images
 from .layer import (
     ChunkedSum,
     SharedConv,
@@ -98,7 +99,8 @@ def refit_model(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarr
     refit = _Refit(model, plans, x, options, log)
     refit.quiet = quiet
     refit.teacher_constants = {k: _tensor(v) for k, v in (teacher_constants or {}).items()}
-    return refit.run()
+    with refit.holding:  # the disk folder goes on success, error and Ctrl-C alike
+        return refit.run()
 
 
 def _stderr(line: str) -> None:
@@ -141,7 +143,11 @@ class _Refit:
         with torch.no_grad():
             self.constants = self._constants()
         self.walk = walk(model, set(self.plans))
-        self.half = len(x) * _largest_activation(model) * 4 > HALF_FROM_BYTES
+        largest = _largest_activation(model)
+        self.half = len(x) * largest * 4 > HALF_FROM_BYTES
+        # activations held in files when they would not fit (holding.py): then every
+        # PER_IMAGE node runs CHUNK images at a time, as with float16 holding
+        self.holding = Holding(disk_wanted(len(x), largest))
         self.classifiers = set(classifier_gemms(model)) if options.refit_classifier else set()
         self.result = RefitResult(options.refit, len(x))
         self.classifier: dict[str, np.ndarray] = {}
@@ -170,7 +176,8 @@ class _Refit:
         if name not in env:
             return self.constants[name]
         value = env[name]
-        return value.float() if value.dtype == torch.float16 and not raw else value
+        wide = value.dtype == torch.float16 or is_held_on_disk(value)
+        return value.float() if wide and not raw else value
 
     def _run(self, node, env, other=None, remaining=None, keep=()) -> tuple:
         """``node``'s outputs from ``env``, held (:meth:`_hold`). With float16 holding, a
@@ -180,7 +187,8 @@ class _Refit:
         writes its output over that input."""
         raw = [self._lookup(env, n, raw=True) for n in node.input]
         reuse = None
-        if self.half and node.op_type in ELEMENTWISE and remaining is not None:
+        chunked = self.half or self.holding.disk
+        if chunked and node.op_type in ELEMENTWISE and remaining is not None:
             first = node.input[0]
             value = env.get(first)
             if (value is not None and remaining.get(first, 2) <= 1 and first not in keep
@@ -190,22 +198,27 @@ class _Refit:
         n = len(self.x)
         batch = [name in env and a.dim() >= 1 and a.shape[0] == n
                  for name, a in zip(node.input, raw, strict=True)]
-        if not (self.half and node.op_type in PER_IMAGE and any(batch)):
-            args = [a.float() if a is not None and a.dtype == torch.float16 else a for a in raw]
-            return tuple(self._hold(v) for v in run_node(node, args, self.opset))
+        by_images = self.holding.disk and any(batch) and runs_by_images(
+            node.op_type, attributes(node, self.opset), raw, batch)  # Concat, Reshape...
+        if not (chunked and node.op_type in PER_IMAGE and any(batch) or by_images):
+            args = [a.float() if a is not None and (a.dtype == torch.float16 or (
+                is_held_on_disk(a) and node.op_type != "Shape")) else a for a in raw]
+            return tuple(self._keep(v) for v in run_node(node, args, self.opset))
         outs: list[torch.Tensor] = []
         for start in range(0, n, CHUNK):
             args = [a[start:start + CHUNK].float() if b else a for a, b in zip(raw, batch,
                                                                                   strict=True)]
+            if by_images:
+                args = chunk_args(node.op_type, args, len(args[0]), n)
             for k, value in enumerate(run_node(node, args, self.opset)):
                 value = self._hold(value)
                 if k == len(outs):  # written in place, chunk by chunk: no list + cat copy
                     outs.append(reuse if k == 0 and reuse is not None
                                 and reuse.shape[1:] == value.shape[1:]
                                 and reuse.dtype == value.dtype
-                                else value.new_empty((n, *value.shape[1:])))
+                                else self.holding.empty((n, *value.shape[1:]), value.dtype))
                 if value.dtype != outs[k].dtype:  # a chunk outside float16's range
-                    outs[k] = outs[k].float()
+                    outs[k] = self.holding.widened(outs[k])
                 outs[k][start:start + len(value)] = value
         return tuple(outs)
 
@@ -218,6 +231,10 @@ class _Refit:
                 and float(value.abs().max()) < 6e4):
             return value.half()
         return value
+
+    def _keep(self, value: torch.Tensor):
+        """A whole-set ``value`` as held (:meth:`_hold`), on disk when holding there."""
+        return self.holding.keep(self._hold(value))
 
     def run(self) -> RefitResult:
         started = time.perf_counter()
@@ -260,7 +277,7 @@ class _Refit:
                                  f"({fit.seconds:.1f} s)")
                 elif i in self.classifiers:
                     s_args = [self._lookup(student, n) for n in node.input]
-                    s_out = (self._hold(self._fit_classifier(i, s_args, teacher)),)
+                    s_out = (self._keep(self._fit_classifier(i, s_args, teacher)),)
                 elif same:
                     s_out = t_out  # the student equals the teacher up to here
                 else:
@@ -315,13 +332,14 @@ class _Refit:
                                         self.options.refit_rounds,
                                         self.options.refit_positions,
                                         self.options.refit_seed + i).solver
-        out = conv.predict(x)
+        out = conv.predict(x, self.holding.empty)
         fit.error_after, fit.act_error_after = relative_errors(out, target, floor)
         judged = ("act_error_before", "act_error_after") if floor is not None else (
             "error_before", "error_after")
         if getattr(fit, judged[1]) > getattr(fit, judged[0]):  # a guard: keep the clustered
             conv.kernels, conv.bias = start
-            out, fit.solver = conv.predict(x), "kept the clustered kernels (no improvement)"
+            out = conv.predict(x, self.holding.empty)
+            fit.solver = "kept the clustered kernels (no improvement)"
             fit.error_after, fit.act_error_after = fit.error_before, fit.act_error_before
         fit.seconds = time.perf_counter() - started
         self.result.layers.append(fit)
@@ -372,7 +390,7 @@ class _Refit:
             outputs = run_node(node, args, self.opset, convs)
             for name, value in zip(node.output, outputs, strict=False):
                 env[name] = value
-        student[output] = self._hold(env[output])
+        student[output] = self._keep(env[output])
         self.result.blocks.append({
             "first": self.names[members[0]], "last": self.names[members[-1]],
             "convs": len(convs), "error_before": before, "error_after": after,
