@@ -33,6 +33,9 @@ import torch
 DISK_FROM_BYTES = 1024 * 2**20
 # On disk, tensors below this many bytes (logits, pooled features) stay in memory.
 DISK_TENSOR_MIN_BYTES = 8 * 2**20
+# On disk, a chunk of images holds at most this many bytes of the largest activation
+# in float32 (fewer images than the walk's CHUNK on large inputs: :func:`chunk_images`).
+DISK_CHUNK_BYTES = 64 * 2**20
 # Bytes per read or write call (os.pread/pwrite may do less than asked on large sizes).
 _IO_BYTES = 256 * 2**20
 
@@ -41,6 +44,12 @@ def disk_wanted(images: int, largest_per_image: int) -> bool:
     """Whether activations of ``largest_per_image`` elements per image over ``images``
     calibration images go to disk."""
     return images * largest_per_image * 4 > DISK_FROM_BYTES
+
+
+def chunk_images(chunk: int, largest_per_image: int) -> int:
+    """Images per chunk on disk: ``chunk`` at most, fewer when a chunk of the largest
+    activation would exceed DISK_CHUNK_BYTES."""
+    return max(1, min(chunk, DISK_CHUNK_BYTES // max(1, 4 * largest_per_image)))
 
 
 class Holding:
@@ -110,14 +119,17 @@ def is_held_on_disk(value) -> bool:
 
 class DiskTensor:
     """A (images, ...) tensor in a raw file, C order, read and written by image slices.
-    The file is deleted when the object is."""
+    The file is unlinked as soon as it is opened; its space is freed when the object
+    goes (or the process ends)."""
 
     def __init__(self, path: str, shape, dtype: torch.dtype):
         self.path, self.shape, self.dtype = path, torch.Size(shape), dtype
         self._np = torch.empty((), dtype=dtype).numpy().dtype
         self._row = int(np.prod(self.shape[1:], dtype=np.int64))  # elements per image
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        self._closer = weakref.finalize(self, _remove, self._fd, path)
+        os.unlink(path)  # nameless from now on: the space goes with the descriptor, even
+        # when the process is killed (SIGTERM, SIGKILL) and no clean-up code runs
+        self._closer = weakref.finalize(self, os.close, self._fd)
         os.ftruncate(self._fd, len(self) * self._row * self._np.itemsize)
 
     def __len__(self) -> int:
@@ -182,14 +194,6 @@ class DiskTensor:
     def float(self) -> torch.Tensor:
         """The whole tensor in memory, as float32."""
         return self[0:len(self)].float()
-
-
-def _remove(fd: int, path: str) -> None:
-    os.close(fd)
-    try:
-        os.unlink(path)
-    except FileNotFoundError:  # the folder went first
-        pass
 
 
 def runs_by_images(op: str, attrs: dict, args: list, batch: list[bool]) -> bool:

@@ -80,11 +80,12 @@ class SharedConv:
             return views[image, :, row, col].reshape(len(image), -1).T  # (CD, S)
         return views.permute(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, -1)
 
-    def predict(self, x: torch.Tensor, empty=torch.empty) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, empty=torch.empty, step: int | None = None
+                ) -> torch.Tensor:
         """``forward`` over the calibration images in chunks, in ``x``'s dtype (float16
-        when the refit holds activations so), written into ``empty(shape, dtype=)`` (a
-        file on disk when the refit holds there: holding.py)."""
-        step = 256 if x.dtype == torch.float32 else 32
+        when the refit holds activations so), ``step`` images at a time, written into
+        ``empty(shape, dtype=)`` (a file on disk when the refit holds there: holding.py)."""
+        step = step or (256 if x.dtype == torch.float32 else 32)
         out = None
         for s in range(0, len(x), step):
             part = self.forward(x[s:s + step].float())

@@ -33,7 +33,14 @@ from ..errors import ModelError, first_line
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
-from .holding import Holding, chunk_args, disk_wanted, is_held_on_disk, runs_by_images
+from .holding import (
+    Holding,
+    chunk_args,
+    chunk_images,
+    disk_wanted,
+    is_held_on_disk,
+    runs_by_images,
+)
 from .layer import (
     ChunkedSum,
     SharedConv,
@@ -148,6 +155,7 @@ class _Refit:
         # activations held in files when they would not fit (holding.py): then every
         # PER_IMAGE node runs CHUNK images at a time, as with float16 holding
         self.holding = Holding(disk_wanted(len(x), largest))
+        self.chunk = chunk_images(CHUNK, largest) if self.holding.disk else CHUNK
         self.classifiers = set(classifier_gemms(model)) if options.refit_classifier else set()
         self.result = RefitResult(options.refit, len(x))
         self.classifier: dict[str, np.ndarray] = {}
@@ -205,8 +213,8 @@ class _Refit:
                 is_held_on_disk(a) and node.op_type != "Shape")) else a for a in raw]
             return tuple(self._keep(v) for v in run_node(node, args, self.opset))
         outs: list[torch.Tensor] = []
-        for start in range(0, n, CHUNK):
-            args = [a[start:start + CHUNK].float() if b else a for a, b in zip(raw, batch,
+        for start in range(0, n, self.chunk):
+            args = [a[start:start + self.chunk].float() if b else a for a, b in zip(raw, batch,
                                                                                   strict=True)]
             if by_images:
                 args = chunk_args(node.op_type, args, len(args[0]), n)
@@ -332,13 +340,14 @@ class _Refit:
                                         self.options.refit_rounds,
                                         self.options.refit_positions,
                                         self.options.refit_seed + i).solver
-        out = conv.predict(x, self.holding.empty)
+        step = self.chunk if self.chunk < CHUNK else None  # smaller chunks on disk
+        out = conv.predict(x, self.holding.empty, step)
         fit.error_after, fit.act_error_after = relative_errors(out, target, floor)
         judged = ("act_error_before", "act_error_after") if floor is not None else (
             "error_before", "error_after")
         if getattr(fit, judged[1]) > getattr(fit, judged[0]):  # a guard: keep the clustered
             conv.kernels, conv.bias = start
-            out = conv.predict(x, self.holding.empty)
+            out = conv.predict(x, self.holding.empty, step)
             fit.solver = "kept the clustered kernels (no improvement)"
             fit.error_after, fit.act_error_after = fit.error_before, fit.act_error_before
         fit.seconds = time.perf_counter() - started
