@@ -45,9 +45,11 @@ class Budget:
     minimum: dict = field(default_factory=dict)
     table: dict = field(default_factory=dict)
     reference: str = "the original"
+    timed: str = "float"  # the form every timed model took (the one written)
 
     def to_dict(self) -> dict:
         return {"target_latency": self.target, "step": self.step, "reference": self.reference,
+                "timed": self.timed,
                 "rule": "greedy: the aligned cut with the most predicted latency saved per "
                         "indicator mass lost, until the predicted ratio meets the round's "
                         "target; the target tightens by each round's measured excess",
@@ -80,13 +82,19 @@ def mass_kept(cuts: Cuts, kept: dict[str, int]) -> float:
 
 
 def measure_table(cuts: Cuts, points, step: int, opset: int, providers,
-                  int8: bool = False) -> dict:
+                  int8: bool = False, float_convs=frozenset()) -> dict:
     """The per-layer latency table of every Conv a unit touches (INT8 layers for an
-    INT8 budget)."""
-    table = {}
+    INT8 budget, except ``float_convs``, which the INT8 output keeps in float)."""
+    table, done = {}, {}
     for name, g in sorted(cuts.geometry.items()):
-        table[name] = time_layer(g["cin"], g["cout"], g["kernel"], g["attrs"], g["hw"], opset,
-                                 step, points, providers, int8)
+        quantized = int8 and name not in float_convs
+        # layers of one geometry (ResNet-50's repeated blocks) are timed once
+        key = repr((g["cin"], g["cout"], g["kernel"], sorted(g["attrs"].items()), g["hw"],
+                    quantized))
+        if key not in done:
+            done[key] = time_layer(g["cin"], g["cout"], g["kernel"], g["attrs"], g["hw"],
+                                   opset, step, points, providers, quantized)
+        table[name] = done[key]
     return table
 
 
@@ -103,7 +111,7 @@ def measure(models: dict, points, providers) -> dict[str, dict[str, float]]:
 
 def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: bytes,
            target: float, step: int, rounds: int, points, providers,
-           reference_label: str = "the original") -> Budget:
+           reference_label: str = "the original", timed: str = "float") -> Budget:
     """Kept channels meeting ``target`` (module docstring); an OptionError if out of reach."""
     if not cuts.units:
         raise ModelError("target-latency: no Conv input channel can be pruned in this model")
@@ -119,6 +127,7 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
     float_ms = {p: first["reference ms"][p] for p in first["reference ms"]}
     predictor = Predictor(cuts, table, float_ms)
     budget = Budget(target, step, {}, {}, {}, 0.0, table=table, reference=reference_label,
+                    timed=timed,
                     minimum={"ratio": first["smallest"], "noise": {
                         p: round(abs(1 - first["reference again"][p]), 4) for p in float_ms}})
     predicted, measured = predictor.ratios(smallest), first["smallest"]
