@@ -125,9 +125,100 @@ def whole_models(batches, quick: bool) -> list[str]:
     return lines
 
 
+def pruned_uniformly(model: onnx.ModelProto, fraction: float, step: int) -> onnx.ModelProto:
+    """``model`` with every budget unit (kse_onnx/budget/units.py: residual stream spans
+    and layer inputs) keeping ``fraction`` of its channels (a multiple of ``step``, at
+    least one step), the most important by the KSE indicator, as the budget builds it."""
+    from kse_onnx.analysis.plan import layer_indicator
+    from kse_onnx.budget.build import timing_model
+    from kse_onnx.budget.search import keeps
+    from kse_onnx.budget.units import find_cuts
+    from kse_onnx.graph.runtime_shapes import fill_conv_shapes
+    from kse_onnx.graph.select import conv_sites, import_graph
+    from kse_onnx.options import KSEOptions, LowerOptions, SelectOptions
+
+    graph = import_graph(model)
+    fill_conv_shapes(graph, model)
+    sites = conv_sites(graph, SelectOptions())
+    indicators = {s.name: layer_indicator(s.weight, KSEOptions()) for s in sites
+                  if s.reason is None}
+    cuts = find_cuts(graph, sites, {k: v for k, v in indicators.items() if v is not None})
+    kept = {u.name: min(u.size, max(step, step * round(u.size * fraction / step)))
+            for u in cuts.units}
+    layers, streams = keeps(cuts, kept)
+    return timing_model(model, SelectOptions(), LowerOptions("compact"), layers, streams)
+
+
+def resnet56_uniform(batch: int) -> list[str]:
+    """The authors' ResNet-56, every unit cut to the same fraction, float and INT8 (the
+    input conv kept float, as --quantize writes it), against onnxruntime's INT8."""
+    from kse_onnx.quantize.ptq import input_convs
+    from models.export import export_kse_resnet56
+
+    path = export_kse_resnet56("/work/shared/models/kse_resnet56_cifar10.pth",
+                               Path("/tmp") / "int8_curves_resnet56.onnx")
+    original = onnx.load(path)
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    models = {"int8 x1": quantize_int8(original, "int8-static", set(), x, share=False)[0],
+              "float x1": original}
+    macs = {1.0: conv_counts(original)["macs"]}
+    for fraction in (0.75, 0.5, 0.25):
+        built = pruned_uniformly(original, fraction, 8)
+        macs[fraction] = conv_counts(built)["macs"]
+        models[f"int8 x{fraction:g}"] = quantize_int8(built, "int8-static", set(), x,
+                                                      share=False,
+                                                      float_convs=input_convs(built))[0]
+    timings = {t.label: t for t in interleaved_latency(models, batch, 1, repeats=25,
+                                                       budget_s=60, min_repeats=7)}
+    lines = ["| ResNet-56, every unit kept x (multiple of 8) | Conv multiply-adds | batch | "
+             "INT8: ratio to INT8 x1 | INT8: ratio to float x1 |", "|---|---|---|---|---|"]
+    for fraction, m in macs.items():
+        t = timings[f"int8 x{fraction:g}"]
+        lines.append(f"| x{fraction:g} | {m / 1e6:.0f} M ({m / macs[1.0]:.2f}) | {batch} | "
+                     f"{t.ratio:.2f} | {t.median_ms / timings['float x1'].median_ms:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def profile(model: onnx.ModelProto, batch: int, label: str) -> str:
+    """Share of onnxruntime's profiled kernel time by op type and by stage (node names
+    containing layer1..layer4), INT8 (4 random calibration inputs), 1 thread, 5 runs."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+    x = np.random.default_rng(0).standard_normal((4, *shape)).astype(np.float32)
+    quantized = quantize_int8(model, "int8-static", set(), x, share=False)[0]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = 1, True
+    options.profile_file_prefix = f"/tmp/int8_curves_profile_{label}"
+    sess = ort.InferenceSession(quantized.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: np.random.default_rng(1).standard_normal(
+        (batch, *shape)).astype(np.float32)}
+    for _ in range(5):
+        sess.run(None, feed)
+    with open(sess.end_profiling()) as f:
+        events = [e for e in json.load(f) if e.get("cat") == "Node"
+                  and e["name"].endswith("_kernel_time")]
+    ops, stages = Counter(), Counter()
+    for e in events:
+        ops[e["args"]["op_name"]] += e["dur"]
+        if "Conv" in e["args"]["op_name"]:
+            stages[next((s for s in ("layer1", "layer2", "layer3", "layer4")
+                         if s in e["name"]), "stem/head")] += e["dur"]
+    total = sum(ops.values())
+    return (f"| {label} | {batch} | {total / 5e3:.1f} ms | "
+            + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in ops.most_common(4)) + " | "
+            + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(stages.items())) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("layers", "models", "all"), default="all")
+    parser.add_argument("--part", choices=("layers", "models", "resnet56", "all"),
+                        default="all")
     parser.add_argument("--batches", default="1,8", help="whole-model batches")
     parser.add_argument("--quick", action="store_true", help="two layers, two widths")
     args = parser.parse_args()
@@ -140,7 +231,17 @@ def main() -> None:
     if args.part in ("layers", "all"):
         out += layer_curves(args.quick) + [""]
     if args.part in ("models", "all"):
-        out += whole_models([int(b) for b in args.batches.split(",")], args.quick)
+        out += whole_models([int(b) for b in args.batches.split(",")], args.quick) + [""]
+    if args.part in ("resnet56", "all"):
+        out += resnet56_uniform(64) + [""]
+        from models.export import export_kse_resnet56
+
+        out += ["| INT8 model (profiled) | batch | kernel time / run | by op type | "
+                "Conv time by stage |", "|---|---|---|---|---|"]
+        r56 = export_kse_resnet56("/work/shared/models/kse_resnet56_cifar10.pth",
+                                  Path("/tmp") / "int8_curves_resnet56.onnx")
+        out.append(profile(onnx.load(r56), 64, "ResNet-56"))
+        out.append(profile(resnet50(1.0), 1, "ResNet-50 224"))
     print("\n".join(out))
     print(f"took {time.time() - start:.0f} s")
 
