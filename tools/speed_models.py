@@ -33,6 +33,7 @@ class Spec:
     batches: tuple[int, ...]
     classifier: bool
     make: object  # () -> torch module
+    int8_r: tuple[float, float] = (0.6, 0.8)  # the two R of the INT8 budget rows
 
     def build(self, folder: Path) -> Path:
         from models.export import export
@@ -128,7 +129,8 @@ def _yolo320():
 MODELS = {
     "resnet50": Spec("ResNet-50 224 (zoo, random weights)", (3, 224, 224), (1, 8), True,
                      _resnet50),
-    "resnet56": Spec("ResNet-56 CIFAR-10 (KSE authors)", (3, 32, 32), (64,), True, _resnet56),
+    "resnet56": Spec("ResNet-56 CIFAR-10 (KSE authors)", (3, 32, 32), (64,), True, _resnet56,
+                     (0.65, 0.9)),
     "yolo320": Spec("YOLOv8n-width detector 320", (3, 320, 320), (1,), False, _yolo320),
     "mobilenetv2": Spec("MobileNetV2 224 (torchvision ImageNet weights)", (3, 224, 224), (1,),
                         True, _mobilenetv2),

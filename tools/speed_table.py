@@ -2,7 +2,7 @@
 latency budget in float, and the budget + INT8 at two values of R, timed side by side.
 
     python tools/speed_table.py --models resnet50,resnet56 [--work /tmp/speed]
-        [--r 0.6,0.5] [--float-r 0.6] [--refit none] [--calibration-images 32]
+        [--r 0.6,0.8] [--float-r 0.6] [--refit none] [--calibration-images 32]
 
 Models (built in :mod:`speed_models`): the zoo's ResNet-50 at 224x224 (random weights,
 batches 1 and 8), the KSE authors' ResNet-56 (CIFAR-10, batch 64), a YOLOv8n-width
@@ -102,7 +102,7 @@ def one_model(name: str, args, work: Path) -> list[str]:
               "--overwrite"]
     runs = [(f"KSE budget float R={args.float_r:g}", args.float_r, [])]
     runs += [(f"KSE budget + INT8 R={r:g}", r, ["--quantize", "int8-static"])
-             for r in (float(v) for v in args.r.split(","))]
+             for r in ([float(v) for v in args.r.split(",")] if args.r else spec.int8_r)]
     for label, r, extra in runs:
         out = folder / f"{label.replace(' ', '_').replace('=', '').replace('+', 'p')}.onnx"
         cmd = [KSE, "optimize", str(src), str(out), "--target-latency", f"{r:g}", *common,
@@ -147,7 +147,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet50,resnet56")
     parser.add_argument("--work", type=Path, default=Path("/tmp/speed_table"))
-    parser.add_argument("--r", default="0.6,0.5", help="two R for the INT8 budget rows")
+    parser.add_argument("--r", default="", help="R of the INT8 budget rows (default: the "
+                                                "model's, speed_models.py)")
     parser.add_argument("--float-r", type=float, default=0.6)
     parser.add_argument("--refit", default="none", help="optimize --refit (none: speed only)")
     parser.add_argument("--calibration-images", type=int, default=32)

@@ -21,10 +21,9 @@ from ..runtime.ort import random_inputs, session
 LAYER_BUDGET_S = 0.3  # timed loop per layer and timing point, all candidates together
 MAX_COUNTS = 8  # measured kept counts per side at most (evenly spread multiples of step)
 # INT8 kept counts are multiples of this and of --budget-step (tools/int8_curves.py,
-# docs/budget.md): onnxruntime's integer Conv pays unaligned counts (c - 1, c - 4 can be
-# slower than c) and its outputs advance in blocks of 16 at ResNet-50 sizes, but a
-# 16-channel layer (ResNet-56's first stage) saves half its time at 8 inputs kept
-INT8_BLOCK = 8
+# docs/budget.md): onnxruntime's integer Conv runs its output channels in blocks of 16 and
+# pays for a partial block (ResNet-56 at batch 64 with 24/48 channels: 1.20x its INT8)
+INT8_BLOCK = 16
 
 
 def aligned_counts(size: int, step: int, limit: int = MAX_COUNTS) -> list[int]:
