@@ -2,7 +2,8 @@
 kept channels fall, at real sizes: per-layer curves and whole ResNet-50s with their
 bottleneck inner channels cut by hand.
 
-    python tools/int8_curves.py [--part layers|models|all] [--batches 1,8] [--quick]
+    python tools/int8_curves.py [--part layers|models|resnet56|all] [--batches 1,8]
+        [--layers MobileNetV2] [--quick]
 
 Per layer: one Conv (random weights, its real input size) quantized by
 ``kse_onnx.quantize.ptq.quantize_int8`` (calibrated on 4 random inputs: only time
@@ -45,6 +46,10 @@ LAYERS = [
     ("ResNet-50 layer4 3x3 512->512 @7", 512, 512, 3, 1, 7, (1, 8)),
     ("ResNet-56 stage1 3x3 16->16 @32", 16, 16, 3, 1, 32, (64,)),
     ("ResNet-56 stage3 3x3 64->64 @8", 64, 64, 3, 1, 8, (64,)),
+    ("MobileNetV2 expand 1x1 24->144 @56", 24, 144, 1, 1, 56, (1,)),
+    ("MobileNetV2 project 1x1 576->96 @14", 576, 96, 1, 1, 14, (1,)),
+    ("YOLOv8n-width 320 C2f 3x3 64->64 @40", 64, 64, 3, 1, 40, (1,)),
+    ("YOLOv8n-width 320 C2f out 1x1 512->256 @10", 512, 256, 1, 1, 10, (1,)),
 ]
 
 
@@ -55,10 +60,12 @@ def counts_for(c: int) -> list[int]:
     return sorted(fractions | near | {c}, reverse=True)
 
 
-def layer_curves(quick: bool) -> list[str]:
+def layer_curves(quick: bool, only: str = "") -> list[str]:
     lines = ["| layer | batch | side | kept k/c: time ratio (multiply-adds k/c) |",
              "|---|---|---|---|"]
     for label, cin, cout, k, stride, hw, batches in LAYERS[:2] if quick else LAYERS:
+        if only and only not in label:
+            continue
         attrs = {"pads": [k // 2] * 4, "strides": [stride, stride]}
         for side, size in (("in", cin), ("out", cout)):
             models = {}
@@ -221,6 +228,7 @@ def main() -> None:
                         default="all")
     parser.add_argument("--batches", default="1,8", help="whole-model batches")
     parser.add_argument("--quick", action="store_true", help="two layers, two widths")
+    parser.add_argument("--layers", default="", help="only the layers whose label has this")
     args = parser.parse_args()
     import onnxruntime
 
@@ -229,7 +237,7 @@ def main() -> None:
           f"onnxruntime {onnxruntime.__version__}, 1 thread", flush=True)
     out = []
     if args.part in ("layers", "all"):
-        out += layer_curves(args.quick) + [""]
+        out += layer_curves(args.quick, args.layers) + [""]
     if args.part in ("models", "all"):
         out += whole_models([int(b) for b in args.batches.split(",")], args.quick) + [""]
     if args.part in ("resnet56", "all"):

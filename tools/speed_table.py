@@ -2,7 +2,7 @@
 latency budget in float, and the budget + INT8 at two values of R, timed side by side.
 
     python tools/speed_table.py --models resnet50,resnet56 [--work /tmp/speed]
-        [--r 0.6,0.8] [--float-r 0.6] [--refit none] [--calibration-images 32]
+        [--r 0.6,0.8] [--float-r 0.6] [--reuse] [--refit none] [--calibration-images 32]
 
 Models (built in :mod:`speed_models`): the zoo's ResNet-50 at 224x224 (random weights,
 batches 1 and 8), the KSE authors' ResNet-56 (CIFAR-10, batch 64), a YOLOv8n-width
@@ -45,17 +45,24 @@ from kse_onnx.runtime.ort import session  # noqa: E402
 KSE = str(ROOT / ".venv" / "bin" / "kse-onnx")
 
 
-def timed_run(args: list[str], log: Path) -> dict:
-    """Run ``args`` under /usr/bin/time -v: wall seconds, peak MiB, exit code."""
-    start = time.time()
-    with open(log, "w") as out:
-        code = subprocess.call(["/usr/bin/time", "-v", *args], stdout=out, stderr=out,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+def timed_run(args: list[str], log: Path, reuse: bool = False) -> dict:
+    """Run ``args`` under /usr/bin/time -v: wall seconds, peak MiB, exit code (with
+    ``reuse``, read from the log of an earlier finished run instead)."""
+    if not (reuse and log.exists() and "Exit status" in log.read_text()):
+        with open(log, "w") as out:
+            subprocess.call(["/usr/bin/time", "-v", *args], stdout=out, stderr=out,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     text = log.read_text()
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    return {"seconds": time.time() - start, "code": code,
+    code = int(re.search(r"Exit status: (\d+)", text).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    seconds = sum(float(v) * 60 ** i for i, v in enumerate(reversed(wall.group(1).split(":"))))
+    cpu = sum(float(m) for m in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", text))
+    return {"seconds": seconds, "cpu": cpu, "code": code,
             "peak_mib": int(peak.group(1)) / 1024 if peak else float("nan"),
-            "error": "" if code == 0 else text.strip().splitlines()[-1][:200]}
+            "error": "" if code == 0 else next(
+                (line for line in text.splitlines() if "error" in line),
+                text.strip().splitlines()[0])[:300]}
 
 
 def agreement(models: dict, x: np.ndarray, classifier: bool) -> dict:
@@ -87,15 +94,16 @@ def one_model(name: str, args, work: Path) -> list[str]:
                                           ).astype(np.float32))
     x_agree = rng.standard_normal((64, *spec.shape)).astype(np.float32)
     paths = {"original float": src}
-    info = {"original float": {"seconds": 0.0, "peak_mib": float("nan"), "cmd": ""}}
+    info = {"original float": {"seconds": 0.0, "cpu": 0.0, "peak_mib": float("nan"),
+                               "cmd": ""}}
     start = time.time()
     int8 = folder / "ort_int8.onnx"
     if not int8.exists():
         x = np.load(calib)["x"]
         onnx.save(quantize_int8(onnx.load(src), "int8-static", set(), x, share=False)[0], int8)
     paths["onnxruntime INT8"] = int8
-    info["onnxruntime INT8"] = {"seconds": time.time() - start, "peak_mib": float("nan"),
-                                "cmd": "quantize_static (QDQ)"}
+    info["onnxruntime INT8"] = {"seconds": time.time() - start, "cpu": float("nan"),
+                                "peak_mib": float("nan"), "cmd": "quantize_static (QDQ)"}
     batches = ",".join(str(b) for b in spec.batches)
     common = ["--batches", batches, "--threads", "1", "--calibration", str(calib),
               "--calibration-images", str(args.calibration_images), "--refit", args.refit,
@@ -107,7 +115,7 @@ def one_model(name: str, args, work: Path) -> list[str]:
         out = folder / f"{label.replace(' ', '_').replace('=', '').replace('+', 'p')}.onnx"
         cmd = [KSE, "optimize", str(src), str(out), "--target-latency", f"{r:g}", *common,
                *extra, "--report", str(out.with_suffix(".json"))]
-        result = timed_run(cmd, out.with_suffix(".log"))
+        result = timed_run(cmd, out.with_suffix(".log"), args.reuse)
         result["cmd"] = " ".join(["kse-onnx", *cmd[1:]]).replace(str(folder) + "/", "")
         info[label] = result
         print(f"{name} {label}: {result['seconds']:.0f} s, peak {result['peak_mib']:.0f} MiB, "
@@ -130,7 +138,8 @@ def one_model(name: str, args, work: Path) -> list[str]:
     rows = []
     for label, path in paths.items():
         i = info[label]
-        peak = "" if np.isnan(i["peak_mib"]) else f" ({i['peak_mib'] / 1024:.2f} GiB)"
+        peak = "" if np.isnan(i["peak_mib"]) else (f" ({i['cpu']:.0f} s CPU, "
+                                                   f"{i['peak_mib'] / 1024:.2f} GiB)")
         rows.append(f"| {spec.title} | {label} | {'; '.join(ratios[label])} | "
                     f"{os.path.getsize(path) / size:.3f} | {i['seconds']:.0f} s{peak} | "
                     f"{agree[label]} |")
@@ -154,6 +163,8 @@ def main() -> None:
     parser.add_argument("--calibration-images", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--budget-s", type=float, default=90.0)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the outputs of earlier finished runs in --work")
     args = parser.parse_args()
     import onnxruntime
 
@@ -162,7 +173,7 @@ def main() -> None:
           f"{os.cpu_count()} cores, load {load:.1f}, onnxruntime {onnxruntime.__version__}",
           flush=True)
     rows = ["| model | row | latency ratio to float original / to INT8 original | file ratio "
-            "| seconds taken (peak memory) | agreement with the float original |",
+            "| seconds taken (CPU, peak memory) | agreement with the float original |",
             "|---|---|---|---|---|---|"]
     for name in args.models.split(","):
         rows += one_model(name, args, args.work)
