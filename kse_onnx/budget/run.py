@@ -77,10 +77,10 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
         float_convs = kept_float(model, quantize)
         reference = quantize_int8(model, quantize.quantize, set(), few, share=False)[0]
         label = f"onnxruntime's {quantize.quantize} of the original"
-        timed = (f"{quantize.quantize} as --quantize writes it (onnxruntime's quantizer, "
-                 f"QDQ{'' if static else ' dynamic'}), "
-                 + (f"calibrated on the first {len(few)} calibration input(s): enough for "
-                    "timing, the written model calibrates on all" if static else "no calibration"))
+        timed = (f"{quantize.quantize} as --quantize writes it (onnxruntime's quantizer), "
+                 + (f"QDQ calibrated on the first {len(few)} calibration input(s): enough for "
+                    "timing, the written model calibrates on all; INT8 layer table" if static
+                    else "ConvInteger; float layer table"))
     else:
         reference, label, float_convs = model, "the original", set()
     table = measure_table(cuts, points, step, opset, providers, static, float_convs)
