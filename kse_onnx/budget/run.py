@@ -94,5 +94,5 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
 
     found = search(cuts, table, build, reference.SerializeToString(), model.SerializeToString(),
                    budget.target_latency, step, budget.budget_rounds, points, providers, label,
-                   timed)
+                   timed, bracketed=int8)
     return found.layers, found.streams, found.to_dict()

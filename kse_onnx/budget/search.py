@@ -111,7 +111,8 @@ def measure(models: dict, points, providers) -> dict[str, dict[str, float]]:
 
 def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: bytes,
            target: float, step: int, rounds: int, points, providers,
-           reference_label: str = "the original", timed: str = "float") -> Budget:
+           reference_label: str = "the original", timed: str = "float",
+           bracketed: bool = False) -> Budget:
     """Kept channels meeting ``target`` (module docstring); an OptionError if out of reach."""
     if not cuts.units:
         raise ModelError("target-latency: no Conv input channel can be pruned in this model")
@@ -131,8 +132,10 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
                     minimum={"ratio": first["smallest"], "noise": {
                         p: round(abs(1 - first["reference again"][p]), 4) for p in float_ms}})
     predicted, measured = predictor.ratios(smallest), first["smallest"]
+    history = [(predicted, measured)]
     for round_ in range(rounds):
-        goals = {p: _goal(predicted[p], measured[p], target) for p in float_ms}
+        goals = {p: _bracketed_goal([(a[p], b[p]) for a, b in history], target)
+                 if bracketed else _goal(predicted[p], measured[p], target) for p in float_ms}
         plan = allocate(cuts, predictor, step, goals)
         layers, streams = keeps(cuts, plan.kept)
         ratios = measure({"reference": reference, "budget": build(layers, streams)}, points,
@@ -147,6 +150,7 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
         if 0 <= target - max(ratios.values()) <= CLOSE:
             break
         predicted, measured = plan.predicted, ratios
+        history.append((predicted, measured))
     if budget.layers:
         return budget
     worst = min(max(r["ratio"].values()) for r in budget.rounds)
@@ -160,6 +164,27 @@ def _goal(predicted: float, measured: float, target: float) -> float:
     f = (1 - measured) / (1 - predicted) if predicted < 1 and measured < 1 else 1.0
     f = min(max(f, 0.25), 4.0)
     return 1 - (1 - target + MARGIN) / f
+
+
+def _bracketed_goal(points: list[tuple[float, float]], target: float) -> float:
+    """Predicted target of the next round from every (predicted, measured) pair so far
+    (the INT8 search): between the largest predicted ratio measured at or under
+    ``R - MARGIN`` and the smallest measured over it, linear (regula falsi); with no pair
+    over it, :func:`_goal` from the best pair under it. Unlike :func:`_goal` alone, a
+    round measured above 1 (noise, or a layout the table does not see) cannot send the
+    next round to the smallest model."""
+    aim = target - MARGIN
+    under = [pm for pm in points if pm[1] <= aim]
+    over = [pm for pm in points if pm[1] > aim]
+    if not under:
+        return _goal(*points[-1], target)
+    low = max(under)
+    if not over:
+        return _goal(*low, target)
+    high = min(over)
+    if high[0] <= low[0]:  # noise made the pairs disagree: stay with the measured one
+        return low[0]
+    return low[0] + (aim - low[1]) * (high[0] - low[0]) / (high[1] - low[1])
 
 
 def _rounded(values: dict) -> dict:
