@@ -5,6 +5,7 @@ deterministic stand-in), so no test depends on the machine's speed."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,110 @@ def test_masked_filters_stay_zero_under_a_budget():
     plan = plan_layer(w, KSEOptions(G=4), kept=np.arange(8))
     assert np.all(plan.labels[3] == -1) and np.all(plan.w_hat[3] == 0)
     assert np.any(plan_layer(w, KSEOptions(G=4)).w_hat[3] != 0)
+
+
+def _calibration(tmp_path) -> str:
+    path = tmp_path / "images.npz"
+    np.savez(path, x=photo_batch((8, 3, 8, 8), seed=1))
+    return str(path)
+
+
+def _int8_budget(tmp_path, target: float, out_name: str = "b.onnx", choices=None):
+    from kse_onnx.options import CalibrationOptions, QuantizeOptions, RefitOptions
+
+    src, out = tmp_path / "m.onnx", tmp_path / out_name
+    if not src.exists():
+        onnx.save(padded_resnet(width=32, hw=8), src)
+    return src, out, optimize(src, out, KSEOptions(G=4), budget=BudgetOptions(target),
+                              lower_options=LowerOptions("compact", choices=choices),
+                              quantize=QuantizeOptions("int8-static"), refit=RefitOptions("none"),
+                              calibration=CalibrationOptions(_calibration(tmp_path)))
+
+
+def test_int8_budget_times_the_int8_form_and_replays(tmp_path, macs_as_time, monkeypatch):
+    """With int8-static, the table times INT8 layers and every whole model timed is the
+    QDQ model that is written (the reference: onnxruntime's INT8 of the original); counts
+    are aligned to the INT8 block; --choices replays the same bytes without timing."""
+    timed, layers = [], []
+    measure, layer = search.measure, search.time_layer
+
+    def recording_measure(models, points, providers):
+        timed.extend(onnx.load_from_string(m) for k, m in models.items()
+                     if k != "original float")  # the float original: a column only
+        return measure(models, points, providers)
+
+    def recording_layer(*args):
+        layers.append(args[-1])
+        return layer(*args)
+
+    monkeypatch.setattr(search, "measure", recording_measure)
+    monkeypatch.setattr(search, "time_layer", recording_layer)
+    src, out, report = _int8_budget(tmp_path, 0.6)
+    budget = report.extra["budget"]
+    assert budget["step"] == math.lcm(4, table.INT8_BLOCK) and "int8-static" in budget["timed"]
+    assert "first 4 calibration input" in budget["timed"]
+    assert budget["reference"] == "onnxruntime's int8-static of the original"
+    # every table layer timed in INT8 but the stem, which the output keeps in float
+    assert layers.count(False) == 1 and layers.count(True) >= 2
+    assert timed and all(any(n.op_type == "QuantizeLinear" for n in m.graph.node)
+                         for m in timed)
+    assert all(k % budget["step"] == 0 for k in budget["kept_counts"].values())
+    assert report.extra["int8"]["integer_convs"] > 0
+    n_timed = len(timed)
+    _, again, replayed = _int8_budget(tmp_path, 0.6, "again.onnx", choices=str(out))
+    assert len(timed) == n_timed and "kept channels taken from" in replayed.table()
+    assert out.read_bytes() == again.read_bytes()
+
+
+def test_int8_out_of_reach_names_the_best_ratio(tmp_path, macs_as_time, monkeypatch):
+    """An R INT8 cannot reach: one error naming the best measured ratio (forced here by
+    the stand-in clock, whatever the machine), nothing written."""
+    def slow_smallest(models, points, providers):
+        keys = [f"b{b}t{t}" for b, t in points]
+        return {**{k: dict.fromkeys(keys, 0.777 if k == "smallest" else 1.0) for k in models},
+                **{f"{k} ms": dict.fromkeys(keys, 1.0) for k in models}}
+
+    monkeypatch.setattr(search, "measure", slow_smallest)
+    with pytest.raises(OptionError, match=r"best reachable ratio is 0\.777x onnxruntime's "
+                                          r"int8-static of the original"):
+        _int8_budget(tmp_path, 0.6)
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_int8_budget_needs_calibration(tmp_path, macs_as_time):
+    from kse_onnx.options import QuantizeOptions
+
+    src = tmp_path / "m.onnx"
+    onnx.save(padded_resnet(width=32, hw=8), src)
+    with pytest.raises(OptionError, match="--calibration"):
+        optimize(src, tmp_path / "b.onnx", budget=BudgetOptions(0.6),
+                 lower_options=LowerOptions("compact"), quantize=QuantizeOptions("int8-static"))
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_layers_of_one_geometry_are_timed_once(macs_as_time, monkeypatch):
+    calls = []
+    layer = search.time_layer
+
+    def counting(*args):
+        calls.append(args)
+        return layer(*args)
+
+    monkeypatch.setattr(search, "time_layer", counting)
+    g = {"cin": 8, "cout": 8, "kernel": [3, 3], "attrs": {"pads": [1] * 4}, "hw": [8, 8]}
+    cuts = Cuts([], {}, {"a": g, "b": dict(g), "c": {**g, "cin": 16}})
+    got = search.measure_table(cuts, [(1, 1)], 4, 17, None)
+    assert len(calls) == 2 and got["a"] == got["b"] != got["c"]
+    search.measure_table(cuts, [(1, 1)], 4, 17, None, int8=True, float_convs={"a"})
+    assert [c[-1] for c in calls[2:]] == [False, True, True]
+
+
+def test_bracketed_goal_interpolates_between_measured_rounds():
+    """The INT8 search's next predicted target: between the best round under R and the
+    nearest over it (ResNet-50 INT8 round 0 at batch 1: predicted 0.66, measured 0.87)."""
+    smallest, noisy = (0.2, 0.15), (0.66, 0.87)
+    goal = search._bracketed_goal([smallest, noisy], 0.6)
+    assert goal == pytest.approx(0.2 + (0.59 - 0.15) * 0.46 / 0.72)
+    assert search._goal(*noisy, 0.6) < 0 < goal  # the linear correction alone overshoots
+    assert search._bracketed_goal([smallest], 0.6) == search._goal(*smallest, 0.6)
+    assert search._bracketed_goal([smallest, (0.1, 0.9)], 0.6) == 0.2  # disagreeing pairs

@@ -4,6 +4,8 @@ channels, ready for the analysis, the refit and the lowering."""
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
 from ..analysis.plan import layer_indicator
@@ -16,7 +18,10 @@ from ..runtime.ort import provider_list
 from .build import timing_model
 from .replay import recorded_budget
 from .search import measure_table, search
+from .table import INT8_BLOCK
 from .units import find_cuts
+
+TIMING_IMAGES = 4  # calibration inputs behind a timed INT8 model: only its time matters
 
 
 def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
@@ -58,27 +63,36 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
     points = lower_options.timing_points
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     int8 = quantize is not None and quantize.active
-    table = measure_table(cuts, points, budget.budget_step, opset, providers,
-                          int8 and quantize.quantize == "int8-static")
+    static = int8 and quantize.quantize == "int8-static"
+    step = math.lcm(budget.budget_step, INT8_BLOCK) if static else budget.budget_step
+    timed, few = "float", None
     if int8:
-        from ..quantize.apply import Int8Builds
+        from ..quantize.apply import kept_float
+        from ..quantize.ptq import quantize_int8
 
-        quantizer = Int8Builds(model, quantize, images, None)
-        reference, label = quantizer.reference()
+        if static:
+            if images is None:
+                raise OptionError("--calibration", "int8-static needs calibration inputs")
+            few = images[:TIMING_IMAGES]
+        float_convs = kept_float(model, quantize)
+        reference = quantize_int8(model, quantize.quantize, set(), few, share=False)[0]
+        label = f"onnxruntime's {quantize.quantize} of the original"
+        timed = (f"{quantize.quantize} as --quantize writes it (onnxruntime's quantizer), "
+                 + (f"QDQ calibrated on the first {len(few)} calibration input(s): enough for "
+                    "timing, the written model calibrates on all; INT8 layer table" if static
+                    else "ConvInteger; float layer table"))
     else:
-        reference, label = model, "the original"
+        reference, label, float_convs = model, "the original", set()
+    table = measure_table(cuts, points, step, opset, providers, static, float_convs)
 
     def build(layers: dict, streams: dict) -> bytes:
         built = timing_model(model, select, lower_options, layers, streams)
         if int8:
-            from ..quantize.apply import kept_float
-            from ..quantize.ptq import quantize_int8
-
-            built = quantize_int8(built, quantize.quantize, set(layers), quantizer.calibration,
-                                  share=False, float_convs=kept_float(built, quantize))[0]
+            built = quantize_int8(built, quantize.quantize, set(layers), few, share=False,
+                                  float_convs=kept_float(built, quantize))[0]
         return built.SerializeToString()
 
     found = search(cuts, table, build, reference.SerializeToString(), model.SerializeToString(),
-                   budget.target_latency, budget.budget_step, budget.budget_rounds, points,
-                   providers, label)
+                   budget.target_latency, step, budget.budget_rounds, points, providers, label,
+                   timed, bracketed=int8)
     return found.layers, found.streams, found.to_dict()

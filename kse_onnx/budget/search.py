@@ -45,9 +45,11 @@ class Budget:
     minimum: dict = field(default_factory=dict)
     table: dict = field(default_factory=dict)
     reference: str = "the original"
+    timed: str = "float"  # the form every timed model took (the one written)
 
     def to_dict(self) -> dict:
         return {"target_latency": self.target, "step": self.step, "reference": self.reference,
+                "timed": self.timed,
                 "rule": "greedy: the aligned cut with the most predicted latency saved per "
                         "indicator mass lost, until the predicted ratio meets the round's "
                         "target; the target tightens by each round's measured excess",
@@ -80,13 +82,19 @@ def mass_kept(cuts: Cuts, kept: dict[str, int]) -> float:
 
 
 def measure_table(cuts: Cuts, points, step: int, opset: int, providers,
-                  int8: bool = False) -> dict:
+                  int8: bool = False, float_convs=frozenset()) -> dict:
     """The per-layer latency table of every Conv a unit touches (INT8 layers for an
-    INT8 budget)."""
-    table = {}
+    INT8 budget, except ``float_convs``, which the INT8 output keeps in float)."""
+    table, done = {}, {}
     for name, g in sorted(cuts.geometry.items()):
-        table[name] = time_layer(g["cin"], g["cout"], g["kernel"], g["attrs"], g["hw"], opset,
-                                 step, points, providers, int8)
+        quantized = int8 and name not in float_convs
+        # layers of one geometry (ResNet-50's repeated blocks) are timed once
+        key = repr((g["cin"], g["cout"], g["kernel"], sorted(g["attrs"].items()), g["hw"],
+                    quantized))
+        if key not in done:
+            done[key] = time_layer(g["cin"], g["cout"], g["kernel"], g["attrs"], g["hw"],
+                                   opset, step, points, providers, quantized)
+        table[name] = done[key]
     return table
 
 
@@ -103,7 +111,8 @@ def measure(models: dict, points, providers) -> dict[str, dict[str, float]]:
 
 def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: bytes,
            target: float, step: int, rounds: int, points, providers,
-           reference_label: str = "the original") -> Budget:
+           reference_label: str = "the original", timed: str = "float",
+           bracketed: bool = False) -> Budget:
     """Kept channels meeting ``target`` (module docstring); an OptionError if out of reach."""
     if not cuts.units:
         raise ModelError("target-latency: no Conv input channel can be pruned in this model")
@@ -119,11 +128,14 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
     float_ms = {p: first["reference ms"][p] for p in first["reference ms"]}
     predictor = Predictor(cuts, table, float_ms)
     budget = Budget(target, step, {}, {}, {}, 0.0, table=table, reference=reference_label,
+                    timed=timed,
                     minimum={"ratio": first["smallest"], "noise": {
                         p: round(abs(1 - first["reference again"][p]), 4) for p in float_ms}})
     predicted, measured = predictor.ratios(smallest), first["smallest"]
+    history = [(predicted, measured)]
     for round_ in range(rounds):
-        goals = {p: _goal(predicted[p], measured[p], target) for p in float_ms}
+        goals = {p: _bracketed_goal([(a[p], b[p]) for a, b in history], target)
+                 if bracketed else _goal(predicted[p], measured[p], target) for p in float_ms}
         plan = allocate(cuts, predictor, step, goals)
         layers, streams = keeps(cuts, plan.kept)
         ratios = measure({"reference": reference, "budget": build(layers, streams)}, points,
@@ -138,6 +150,7 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
         if 0 <= target - max(ratios.values()) <= CLOSE:
             break
         predicted, measured = plan.predicted, ratios
+        history.append((predicted, measured))
     if budget.layers:
         return budget
     worst = min(max(r["ratio"].values()) for r in budget.rounds)
@@ -151,6 +164,27 @@ def _goal(predicted: float, measured: float, target: float) -> float:
     f = (1 - measured) / (1 - predicted) if predicted < 1 and measured < 1 else 1.0
     f = min(max(f, 0.25), 4.0)
     return 1 - (1 - target + MARGIN) / f
+
+
+def _bracketed_goal(points: list[tuple[float, float]], target: float) -> float:
+    """Predicted target of the next round from every (predicted, measured) pair so far
+    (the INT8 search): between the largest predicted ratio measured at or under
+    ``R - MARGIN`` and the smallest measured over it, linear (regula falsi); with no pair
+    over it, :func:`_goal` from the best pair under it. Unlike :func:`_goal` alone, a
+    round measured above 1 (noise, or a layout the table does not see) cannot send the
+    next round to the smallest model."""
+    aim = target - MARGIN
+    under = [pm for pm in points if pm[1] <= aim]
+    over = [pm for pm in points if pm[1] > aim]
+    if not under:
+        return _goal(*points[-1], target)
+    low = max(under)
+    if not over:
+        return _goal(*low, target)
+    high = min(over)
+    if high[0] <= low[0]:  # noise made the pairs disagree: stay with the measured one
+        return low[0]
+    return low[0] + (aim - low[1]) * (high[0] - low[0]) / (high[1] - low[1])
 
 
 def _rounded(values: dict) -> dict:

@@ -20,6 +20,10 @@ from ..runtime.ort import random_inputs, session
 
 LAYER_BUDGET_S = 0.3  # timed loop per layer and timing point, all candidates together
 MAX_COUNTS = 8  # measured kept counts per side at most (evenly spread multiples of step)
+# INT8 kept counts are multiples of this and of --budget-step (tools/int8_curves.py,
+# docs/budget.md): onnxruntime's integer Conv runs its output channels in blocks of 16 and
+# pays for a partial block (ResNet-56 at batch 64 with 24/48 channels: 1.20x its INT8)
+INT8_BLOCK = 16
 
 
 def aligned_counts(size: int, step: int, limit: int = MAX_COUNTS) -> list[int]:
@@ -49,13 +53,17 @@ def conv_model(cin: int, cout: int, kernel, attrs: dict, hw: tuple[int, int],
 
 
 def int8_conv(model: bytes, cin: int, hw) -> bytes:
-    """onnxruntime's static INT8 (QDQ) of a one-Conv model, calibrated on random inputs:
-    the INT8 budget times INT8 layers, whose speed by channel count differs from float."""
+    """onnxruntime's static INT8 (QDQ) of a one-Conv model as ``--quantize int8-static``
+    writes a compressed layer (:func:`..quantize.ptq.quantize_int8`: uint8 activations,
+    int8 weights with one symmetric scale per tensor), calibrated on 4 random inputs
+    (only its time matters): the INT8 budget times INT8 layers, whose speed by channel
+    count differs from float."""
     from ..quantize.ptq import quantize_int8
 
+    proto = onnx.load_from_string(model)
+    proto.graph.node[0].name = "conv"
     x = np.random.default_rng(0).standard_normal((4, cin, *hw)).astype(np.float32)
-    return quantize_int8(onnx.load_from_string(model), "int8-static", set(), x,
-                         share=False)[0].SerializeToString()
+    return quantize_int8(proto, "int8-static", {"conv"}, x, share=False)[0].SerializeToString()
 
 
 def time_layer(cin: int, cout: int, kernel, attrs: dict, hw, opset: int, step: int,
