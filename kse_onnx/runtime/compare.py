@@ -29,6 +29,7 @@ class Comparison:
     problem: str | None = None  # non-finite values or mismatched shapes: a failure
     note: str | None = None  # e.g. non-finite in both models alike: compared where finite
     classes: int | None = None  # columns of the first output when it is logits
+    reference: str = "reference"  # what the outputs were compared with
 
 
 def compare(label, outputs, references, reference: str = "reference") -> Comparison:
@@ -38,16 +39,17 @@ def compare(label, outputs, references, reference: str = "reference") -> Compari
     differ (module docstring)."""
     rel, max_abs, skipped, total = 0.0, 0.0, 0, 0
     if len(outputs) != len(references):
-        return Comparison(label, np.nan, np.nan, None,
-                          f"{len(outputs)} outputs where the {reference} has {len(references)}")
+        return Comparison(label, np.nan, np.nan, None, f"{len(outputs)} outputs where the "
+                          f"{reference} has {len(references)}", reference=reference)
     for i, (out, ref) in enumerate(zip(outputs, references, strict=True)):
         a, b = np.asarray(out, np.float64), np.asarray(ref, np.float64)
         if a.shape != b.shape:
             return Comparison(label, np.nan, np.nan, None, f"output {i} has shape "
-                              f"{list(a.shape)} where the {reference} has {list(b.shape)}")
+                              f"{list(a.shape)} where the {reference} has {list(b.shape)}",
+                              reference=reference)
         problem = _non_finite_problem(i, a, b, reference)
         if problem:
-            return Comparison(label, np.nan, np.nan, None, problem)
+            return Comparison(label, np.nan, np.nan, None, problem, reference=reference)
         finite = np.isfinite(b)
         skipped, total = skipped + int(b.size - finite.sum()), total + b.size
         diff = a[finite] - b[finite]
@@ -60,7 +62,7 @@ def compare(label, outputs, references, reference: str = "reference") -> Compari
     first = np.asarray(references[0])
     classes = first.shape[1] if first.ndim == 2 and first.shape[1] > 1 else None
     return Comparison(label, rel, max_abs, _agreement(outputs[0], references[0]), note=note,
-                      classes=classes)
+                      classes=classes, reference=reference)
 
 
 def _non_finite_problem(i: int, a: np.ndarray, b: np.ndarray, reference: str) -> str | None:
