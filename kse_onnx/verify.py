@@ -6,7 +6,11 @@ to the original?
     in the optimized model (the analysis is deterministic, so it is the same W_hat);
 (b) approximation: the optimized model against the original (relative error, top-1
     agreement) on random inputs and on the user's inputs.
-Relative error is ``||a - b|| / ||b||`` over each output, in float64.
+Relative error is ``||a - b|| / ||b||`` over each output, in float64; values non-finite
+in both models alike are left out and reported (:mod:`.runtime.compare`). An INT8 output
+replaces (a) by its error against the reference, and fails on a collapse
+(:func:`.runtime.checks.collapse`). A reference onnxruntime cannot load or run is
+reported as kse-onnx's fault, never the user's model's.
 """
 
 from __future__ import annotations
