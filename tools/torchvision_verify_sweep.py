@@ -156,7 +156,7 @@ def colour_convs_compressed(src: Path, report: Path) -> list[str]:
     return [x["name"] for x in layers if x["name"] in colour and x["status"] == "compressed"]
 
 
-def run(folder: Path, json_path: str | None) -> int:
+def run(folder: Path, json_path: str | None, models: list[str] | None = None) -> int:
     import numpy as np
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -166,7 +166,8 @@ def run(folder: Path, json_path: str | None) -> int:
     for size in sorted(set(sizes.values())):
         np.savez(folder / f"images{size}.npz", x=photo_batch((64, 3, size, size), seed=1))
     rows, failed = [], 0
-    for name, size in sizes.items():
+    for name in models or list(sizes):
+        size = sizes[name]
         src = folder / f"{name}.onnx"
         for calibrated in (False, True):
             tag = f"{name}{'_refit' if calibrated else ''}"
@@ -188,6 +189,8 @@ def run(folder: Path, json_path: str | None) -> int:
             print(f"{'ok  ' if ok else 'FAIL'} {tag:40s} {row.get('verify') or row.get('optimize')}"
                   f"  colour convs compressed: {row.get('colour_convs_compressed')}", flush=True)
             rows.append(row)
+            if json_path:  # after each row: a long sweep stopped early keeps its rows
+                Path(json_path).write_text(json.dumps(rows, indent=1))
     if json_path:
         Path(json_path).write_text(json.dumps(rows, indent=1))
     return 1 if failed else 0
@@ -198,11 +201,12 @@ def main(argv=None) -> int:
     parser.add_argument("step", choices=["export", "run"])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--json", help="write the rows here (run)")
+    parser.add_argument("--models", help="comma-separated names, in this order (run)")
     args = parser.parse_args(argv)
     if args.step == "export":
         export(args.folder)
         return 0
-    return run(args.folder, args.json)
+    return run(args.folder, args.json, args.models.split(",") if args.models else None)
 
 
 if __name__ == "__main__":
