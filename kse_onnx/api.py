@@ -10,6 +10,7 @@ from .analysis.target import choose_levels
 from .errors import ModelError, OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
+from .graph.inputs import refuse_listed_weights
 from .graph.io import load_model, model_files, save_model
 from .graph.runtime_shapes import fill_conv_shapes
 from .graph.select import conv_sites, import_graph
@@ -70,6 +71,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     budget = budget or BudgetOptions()
     _check_paths(input_path, output_path, overwrite)
     model = original = load_model(input_path)
+    refuse_listed_weights(model, input_path)  # before any work: IR 3 lists every weight
     images = _calibration(calibration, data, quantize)
     kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
     kept, streams, budget_report = None, None, None

@@ -6,7 +6,11 @@ to the original?
     in the optimized model (the analysis is deterministic, so it is the same W_hat);
 (b) approximation: the optimized model against the original (relative error, top-1
     agreement) on random inputs and on the user's inputs.
-Relative error is ``||a - b|| / ||b||`` over each output, in float64.
+Relative error is ``||a - b|| / ||b||`` over each output, in float64; values non-finite
+in both models alike are left out and reported (:mod:`.runtime.compare`). An INT8 output
+replaces (a) by its error against the reference, and fails on a collapse
+(:func:`.runtime.checks.collapse`). A reference onnxruntime cannot load or run is
+reported as kse-onnx's fault, never the user's model's.
 """
 
 from __future__ import annotations
@@ -32,17 +36,15 @@ from .options import LowerOptions
 from .paths import regular_file
 from .refit.graph_walk import classifier_gemms, node_names
 from .refit.normal import SharedLayout
-from .runtime.checks import analysis_options, default_rtol, is_quantized_output
+from .runtime.checks import (
+    INT8_COLLAPSE_REL_ERROR,
+    analysis_options,
+    collapse,
+    default_rtol,
+    is_quantized_output,
+)
+from .runtime.compare import Comparison, compare
 from .runtime.ort import random_inputs, run_batched, session
-
-
-@dataclass
-class Comparison:
-    label: str
-    rel_error: float
-    max_abs: float
-    top1_agreement: float | None
-    problem: str | None = None  # non-finite values or mismatched shapes: a failure
 
 
 @dataclass
@@ -51,11 +53,19 @@ class VerifyResult:
     exactness: list[Comparison] = field(default_factory=list)
     approximation: list[Comparison] = field(default_factory=list)
     quantized: bool = False  # an INT8 output: exactness does not apply
+    # an INT8 output against its float counterpart, the original with W_hat (not after a
+    # refit, whose float kernels an INT8 graph no longer holds): the INT8 error alone
+    int8: list[Comparison] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
-        return [f"{c.label}: {c.problem}" for c in (*self.exactness, *self.approximation)
-                if c.problem]
+        rows = (*self.exactness, *self.int8, *self.approximation)
+        found = [f"{c.label}: {c.problem}" for c in rows if c.problem]
+        if self.quantized:  # exactness cannot judge it: its outputs must still hold
+            found += [f"{c.label}: INT8 output collapsed against the {c.reference}: {why}"
+                      for c in self.int8 or self.approximation if not c.problem
+                      and (why := collapse(c.rel_error, c.top1_agreement, c.classes))]
+        return found
 
     @property
     def exact(self) -> bool:
@@ -66,7 +76,10 @@ class VerifyResult:
         lines = []
         for title, rows in (("rewrite exactness (optimized vs original with W_hat)",
                              self.exactness),
+                            ("INT8 error (optimized vs original with W_hat)", self.int8),
                             ("approximation (optimized vs original)", self.approximation)):
+            if not rows and title.startswith("INT8"):
+                continue
             lines.append(title + ":")
             for c in rows:
                 if c.problem:
@@ -76,11 +89,20 @@ class VerifyResult:
                          else f", top-1 agreement {c.top1_agreement:.3f}")
                 lines.append(f"  {c.label}: relative error {c.rel_error:.2e}, "
                              f"max abs {c.max_abs:.2e}{agree}")
+                if c.note:
+                    lines.append(f"    ({c.note})")
         if self.problems:
             return "\n".join(lines + [f"FAIL: {self.problems[0]}"])
         if self.quantized:
             lines[0] += " not checked: the model is quantized to INT8"
-            return "\n".join(lines + ["PASS: approximation only (INT8 output)"])
+            judged = self.int8 or self.approximation
+            worst = max(judged, key=lambda c: c.rel_error)
+            agree = ("" if worst.top1_agreement is None
+                     else f", top-1 agreement {worst.top1_agreement:.3f}")
+            return "\n".join(lines + [
+                f"PASS: INT8 output holds against the {worst.reference} ({worst.label}: "
+                f"relative error {worst.rel_error:.2e}{agree}; a collapse, relative error >= "
+                f"{INT8_COLLAPSE_REL_ERROR:g} or chance-level agreement, fails)"])
         verdict = "PASS" if self.exact else "FAIL"
         lines.append(f"{verdict}: rewrite exactness {'within' if self.exact else 'above'} "
                      f"relative tolerance {self.rtol:g}")
@@ -103,7 +125,7 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     result = analyse(original, kse, select, kept=kept if isinstance(kept, dict) else None)
     refitted = settings.get("refit", "none") != "none" and optimized is not None
     written = import_graph(optimized) if refitted else None
-    rows = _pruned_rows(result, kept, streams) if refitted else {}
+    rows = _pruned_rows(result, kept, streams, settings) if refitted else {}
     for site in result.sites:
         plan = result.plans.get(site.name)
         if plan is None or not plan.compressed:
@@ -125,18 +147,28 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     with quiet_graphsurgeon():
         model = gs.export_onnx(graph.cleanup())
     restore_graph_inputs(model, original)
+    del model.graph.value_info[:]  # inferred for the original: onnxruntime infers its own
     return copy_model_fields(model, original)
 
 
-def _pruned_rows(result, kept, streams) -> dict:
-    """Filters a latency budget kept at each pruned producer: those of its stream's
-    kept classes, or its producer chain's reader's kept channels."""
+def _pruned_rows(result, kept, streams, settings: dict) -> dict:
+    """Filters each pruned producer kept: those its producer chain's reader reads (the
+    latency budget's kept channels, else the reader's form's kept channels), or those
+    of its stream's kept classes. Whether the producer was pruned at all (not with
+    ``--no-prune-producers``, nor for a factored reader) :func:`_read_back` sees from
+    its stored weight."""
     rows = {}
     for site in result.sites:
+        plan = result.plans.get(site.name)
         if isinstance(kept, dict) and site.name in kept:
-            chain = producer_chain(result.graph, site.node)
-            if chain is not None:
-                rows[chain.head.inputs[0].name] = np.asarray(kept[site.name], np.int64)
+            reads = np.asarray(kept[site.name], np.int64)
+        elif plan is not None and plan.compressed:
+            reads = effective_form(_form(site.name, settings), plan).keep(plan)
+        else:
+            continue
+        chain = producer_chain(result.graph, site.node)
+        if chain is not None:
+            rows[chain.head.inputs[0].name] = reads
     for stream in find_streams(result.graph) if streams else []:
         if stream.key in streams:
             for conv in stream.producers:
@@ -144,13 +176,18 @@ def _pruned_rows(result, kept, streams) -> dict:
     return rows
 
 
+def _form(name: str, settings: dict) -> LayerForm:
+    """The form recorded for layer ``name``, else the lowering's uniform one."""
+    forms = settings.get("layer_forms") or {}
+    if name in forms:
+        return LayerForm.parse(forms[name])
+    return uniform_form(LowerOptions(settings.get("lowering", "dense"), settings.get("align", 8)))
+
+
 def _read_back(graph, name: str, plan, settings: dict, rows=None):
     """(W_hat from the plan's codes and the kernels stored in ``graph``, bias); with
     ``rows`` (a pruned producer), each kernel is read from the kept filters only."""
-    forms = settings.get("layer_forms") or {}
-    form = (LayerForm.parse(forms[name]) if name in forms
-            else uniform_form(LowerOptions(settings.get("lowering", "dense"),
-                                           settings.get("align", 8))))
+    form = _form(name, settings)
     n = plan.weight_shape[0]
     node = next((x for x in graph.nodes if x.name == name), None)
     stored = None if node is None else folded(node.inputs[1])
@@ -207,31 +244,6 @@ def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs
                     node.inputs[index] = gs.Constant(f"{node.name}_refit_{index}", values)
 
 
-def compare(label, outputs, references) -> Comparison:
-    """Relative error and top-1 agreement; a Comparison with a ``problem`` (never a pass)
-    when the output counts or shapes differ or any value is not finite."""
-    rel, max_abs, agree = 0.0, 0.0, None
-    if len(outputs) != len(references):
-        return Comparison(label, np.nan, np.nan, None,
-                          f"{len(outputs)} outputs where the reference has {len(references)}")
-    for i, (out, ref) in enumerate(zip(outputs, references, strict=True)):
-        a, b = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-        if a.shape != b.shape:
-            return Comparison(label, np.nan, np.nan, None, f"output {i} has shape "
-                              f"{list(a.shape)} where the reference has {list(b.shape)}")
-        for which, values in (("optimized", a), ("reference", b)):
-            if not np.all(np.isfinite(values)):
-                return Comparison(label, np.nan, np.nan, None,
-                                  f"output {i} of the {which} model has non-finite values")
-        diff = a - b
-        rel = max(rel, float(np.linalg.norm(diff) / max(np.linalg.norm(b), 1e-30)))
-        max_abs = max(max_abs, float(np.abs(diff).max()) if diff.size else 0.0)
-    first_out, first_ref = outputs[0], references[0]
-    if first_ref.ndim == 2 and first_ref.shape[1] > 1:
-        agree = float(np.mean(first_out.argmax(1) == first_ref.argmax(1)))
-    return Comparison(label, rel, max_abs, agree)
-
-
 def verify(original_path, optimized_path, inputs=None, batch: int = 2,
            rtol: float | None = None, seed: int = 0) -> VerifyResult:
     """``rtol`` None: from the weights' dtype (:func:`.checks.default_rtol`)."""
@@ -251,7 +263,9 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     sess_orig = _session(with_unique_node_names(original), original_path)
     quantized = is_quantized_output(original, optimized)  # from the graph, not metadata
     analysis_options(settings, optimized_path)  # bounded and well-typed before any work
-    sess_ref = None if quantized else session(reference_model(original, settings, optimized))
+    refitted = settings.get("refit", "none") != "none"
+    sess_ref = (None if quantized and refitted else
+                _reference_session(original, settings, optimized, original_path))
     feeds = [("random", random_inputs(sess_opt, batch, seed))]
     if inputs is not None:
         feeds.append(("user inputs", _load_inputs(inputs, sess_opt)))
@@ -259,11 +273,28 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     for label, feed in feeds:
         out = run_batched(sess_opt, feed, "optimized model")
         if sess_ref is not None:
-            result.exactness.append(compare(label, out, run_batched(sess_ref, feed,
-                                                                    "reference model")))
-        result.approximation.append(compare(label, out, run_batched(sess_orig, feed,
-                                                                    "original model")))
+            rows = result.int8 if quantized else result.exactness
+            rows.append(compare(label, out, run_batched(sess_ref, feed, REFERENCE),
+                                "original with W_hat"))
+        result.approximation.append(compare(label, out, run_batched(
+            sess_orig, feed, "original model"), "original"))
     return result
+
+
+REFERENCE = "kse-onnx's reference model (the original with W_hat, built by verify)"
+
+
+def _reference_session(original, settings, optimized, original_path):
+    """A session of :func:`reference_model`; a failure to load it is ours, not the
+    user's model's (which loaded), and the message says so."""
+    try:
+        return session(reference_model(original, settings, optimized))
+    except ModelError as exc:
+        if "onnxruntime cannot load" not in str(exc):
+            raise
+        raise ModelError(f"{REFERENCE} cannot be loaded by onnxruntime, although "
+                         f"{original_path} loads: a kse-onnx bug, please report it "
+                         f"({exc})") from exc
 
 
 def _session(model, path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import helper
@@ -16,6 +17,8 @@ from onnx import helper
 from graphs import branchy_net, residual_net
 from kse_onnx.api import optimize
 from kse_onnx.cli import main
+from kse_onnx.errors import ModelError
+from kse_onnx.graph.inputs import check_same_inputs
 from kse_onnx.graph.io import load_model
 from kse_onnx.options import LowerOptions
 from kse_onnx.verify import verify
@@ -138,14 +141,31 @@ def test_overridable_weight_inputs_are_kept_and_not_rewritten(tmp_path):
     assert verify(src, dst).exact
 
 
-def test_ir3_model_with_every_initializer_listed_optimizes(tmp_path, capsys):
+@pytest.mark.parametrize("lowering", ["dense", "compact", "factored"])
+def test_ir3_model_listing_its_weights_as_inputs_is_refused(tmp_path, capsys, lowering):
+    """IR 3 lists every weight as a graph input; a compressed model cannot keep that
+    list, so optimize refuses it in one line saying why, and writes nothing."""
     model = _with_weight_inputs(residual_net(16), 3, lambda name: True)
     src, dst = tmp_path / "ir3.onnx", tmp_path / "ir3_out.onnx"
     onnx.save(model, src)
-    assert main(["optimize", str(src), str(dst), "--lowering", "dense"]) == 0
-    out = load_model(dst)
-    assert out.ir_version == 3
-    inits = {i.name for i in out.graph.initializer}
-    listed = [v.name for v in out.graph.input]
-    assert listed[0] == "x" and inits <= set(listed)
-    assert main(["verify", str(src), str(dst)]) == 0
+    before = src.read_bytes()
+    assert main(["optimize", str(src), str(dst), "--lowering", lowering]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(src) in err and "IR version 3" in err
+    assert "conv1.weight" in err and "change the model's graph inputs" in err
+    assert not dst.exists() and src.read_bytes() == before
+
+
+def test_a_rewrite_that_changes_the_graph_inputs_is_refused():
+    """The check every written model passes: same input names, order, default shapes."""
+    original = _with_weight_inputs(residual_net(16), 8, lambda name: name == "conv3.weight")
+    check_same_inputs(original, original)
+    changed = onnx.ModelProto()
+    changed.CopyFrom(original)
+    changed.graph.input[1].name = "conv3_kse_in1"
+    with pytest.raises(ModelError, match="conv3"):
+        check_same_inputs(changed, original)
+    changed.CopyFrom(original)
+    next(i for i in changed.graph.initializer if i.name == "conv3.weight").dims[0] = 8
+    with pytest.raises(ModelError, match="graph inputs"):
+        check_same_inputs(changed, original)

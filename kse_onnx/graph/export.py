@@ -9,7 +9,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, OptionError, first_line
-from .inputs import restore_graph_inputs
+from .inputs import check_same_inputs, restore_graph_inputs
 from .io import load_model  # reads untrusted files safely
 from .names import unique_tensor_names
 from .select import quiet_graphsurgeon
@@ -28,6 +28,7 @@ def export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> 
     with quiet_graphsurgeon():
         model = gs.export_onnx(graph, do_type_check=True)
     restore_graph_inputs(model, original)
+    check_same_inputs(model, original)
     copy_model_fields(model, original)
     del model.graph.value_info[:]
     record_settings(model, settings)

@@ -5,7 +5,10 @@ default the caller may override: not a constant, so KSE must not rewrite what re
 graphsurgeon imports it as a constant and drops it from the inputs; here it becomes a
 graph input again (:func:`overridable_as_inputs`) and gets its default back on export.
 IR 3 required every initializer to be listed as an input (the style of older zoo
-models): there they are constants, and the output lists its own initializers again.
+models), which makes every weight part of the graph's input list: a rewrite cannot
+keep that list (the compressed weights are other tensors), so such a model is refused
+with the fix (:func:`refuse_listed_weights`) rather than written with other inputs;
+:func:`check_same_inputs` holds every written model to its original's input list.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
+
+from ..errors import ModelError
 
 
 def overridable_as_inputs(model: onnx.ModelProto, graph: gs.Graph) -> None:
@@ -59,3 +64,38 @@ def restore_graph_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> N
     listed += [v for v in model.graph.input if v.name not in {x.name for x in listed}]
     del model.graph.input[:]
     model.graph.input.extend(listed)
+
+
+def listed_weights(model: onnx.ModelProto) -> list[str]:
+    """Initializers the graph also lists as inputs, in input order."""
+    inits = {i.name for i in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name in inits]
+
+
+def refuse_listed_weights(model: onnx.ModelProto, where) -> None:
+    """An IR < 4 model listing its weights as graph inputs: compressing would change its
+    graph inputs (the README promises the same ones), so it is refused, saying how to
+    convert it (docs/lowering.md, "IR version 3")."""
+    listed = listed_weights(model)
+    if model.ir_version >= 4 or not listed:
+        return
+    shown = ", ".join(listed[:3]) + (f", ... ({len(listed)} in all)" if len(listed) > 3 else "")
+    raise ModelError(f"{where}: IR version {model.ir_version} lists its weights as graph "
+                     f"inputs ({shown}); compressing them would change the model's graph "
+                     "inputs, so it is refused: re-save it at IR version >= 4 with only its "
+                     "data inputs listed (docs/lowering.md, \"IR version 3\")")
+
+
+def check_same_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
+    """``model``, a rewrite of ``original``, has its graph input list: the same names in
+    the same order, each overridable default of the same shape; else a ModelError."""
+    def listed(m):
+        dims = {i.name: list(i.dims) for i in m.graph.initializer}
+        return [(v.name, dims.get(v.name)) for v in m.graph.input]
+
+    before, after = listed(original), listed(model)
+    if before != after:
+        changed = sorted({n for n, _ in before} ^ {n for n, _ in after}
+                         or {n for (n, d), (_, e) in zip(before, after, strict=False) if d != e})
+        raise ModelError(f"the rewrite would change the model's graph inputs ({changed[:3]}"
+                         f"{' ...' if len(changed) > 3 else ''}): refused, nothing written")

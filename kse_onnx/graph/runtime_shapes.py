@@ -5,8 +5,10 @@ ONNX shape inference loses spatial sizes behind ops whose output shape depends o
 sizes). Multiply-add counts and ``auto``'s per-layer timing graphs need each Conv's
 input and output shapes, so when some are missing and every graph input has declared
 sizes (other than the batch), the model is run once at batch 1 on random inputs with
-those tensors added as outputs, and their shapes (batch axis kept symbolic) are set on
-the graph. Best effort: a model onnxruntime cannot run keeps its unknown shapes.
+those tensors added as outputs, and their shapes are set on the graph: the first axis
+takes the graph input's symbolic batch, or, when the input declares its first axis (a
+batch of fixed size, or no batch at all), the size the run gave. Best effort: a model
+onnxruntime cannot run keeps its unknown shapes.
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ def fill_conv_shapes(graph: gs.Graph, model: onnx.ModelProto) -> int:
     if not shapes or not inputs:
         return 0
     batch = inputs[0].type.tensor_type.shape.dim[0]
-    batch = batch.dim_param or "batch" if not batch.HasField("dim_value") else batch.dim_value
     for name, shape in shapes.items():
-        missing[name].shape = [batch, *shape[1:]]
+        # a declared first axis is no batch (an unbatched 3xHxW image may become 1x3xHxW
+        # in the graph): the run's shape is the shape; a symbolic one is the batch
+        first = shape[0] if batch.HasField("dim_value") else batch.dim_param or "batch"
+        missing[name].shape = [first, *shape[1:]]
     return len(shapes)
 
 

@@ -13,7 +13,7 @@ from ..errors import first_line
 from ..options import SelectOptions
 from .inputs import overridable_as_inputs
 from .names import remember_tensors, unique_node_names
-from .optypes import QUANTIZED_CONVS
+from .optypes import CONVS, QUANTIZED_CONVS
 
 
 @dataclass
@@ -106,29 +106,39 @@ def conv_sites(graph: gs.Graph, options: SelectOptions) -> list[ConvSite]:
     return sites
 
 
-# Ops a model may apply to its input before the first conv (normalise, resize, layout)
-PREPROCESSING = {"Sub", "Div", "Mul", "Add", "Resize", "Upsample", "Transpose", "Cast",
-                 "Identity", "Pad"}
-_ELEMENTWISE = {"Sub", "Div", "Mul", "Add"}
+# What a model may do to its input before the first conv (normalise, resize, layout,
+# batch): steps that move, copy or rescale the input's values but never mix its
+# channels into learned features, so the conv after them still reads the colours
+SHAPE_STEPS = {"Identity", "Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
+               "Gather", "Slice", "Pad", "Concat", "Expand", "Tile", "Split", "Resize",
+               "Upsample", "DepthToSpace", "SpaceToDepth", "Dropout"}
+ELEMENTWISE_STEPS = {"Sub", "Div", "Mul", "Add", "Clip", "Neg", "Abs", "Sqrt", "Reciprocal",
+                     "Min", "Max", "Floor", "Ceil", "Round", "BatchNormalization"}
+PREPROCESSING = SHAPE_STEPS | ELEMENTWISE_STEPS
+# ops whose outputs are learned features: what is computed from them is no preprocessing
+LEARNED = {*CONVS, "ConvTranspose", "Gemm", "MatMul", "MatMulInteger", "QLinearMatMul",
+           "Einsum", "LSTM", "GRU", "RNN"}
 
 
 def preprocessed_inputs(graph: gs.Graph) -> set[str]:
-    """Names of the graph inputs and of every tensor computed from one only by in-graph
-    preprocessing (elementwise Sub/Div/Mul/Add with a constant, Resize, Transpose, Cast,
-    Identity, Pad): a conv reading one of them is the model's first conv."""
+    """Names of the graph inputs and of every tensor computed from one by preprocessing
+    steps only (:data:`PREPROCESSING`): a conv reading one of them is the model's first
+    conv. A step passes the input on when its data operand (the first; any operand of
+    Concat and of elementwise steps) is the input, and no operand comes from a learned
+    op (:data:`LEARNED`): sizes, scales, means and indices may be computed in the graph,
+    as exporters write them (torchvision's detectors resize and batch in the graph)."""
     names = {t.name for t in graph.inputs}
+    features: set[str] = set()
     for node in graph.nodes:  # ONNX keeps nodes in topological order
-        if node.op not in PREPROCESSING or not node.inputs:
+        operands = [t.name for t in node.inputs if t.name]
+        if node.op in LEARNED or features.intersection(operands):
+            features.update(t.name for t in node.outputs)
             continue
-        data = [t for t in node.inputs if t.name in names]
-        if not data:
+        if node.op not in PREPROCESSING or not operands:
             continue
-        if node.op in _ELEMENTWISE and not all(
-                t.name in names or constant_values(t) is not None for t in node.inputs):
-            continue
-        if node.op not in _ELEMENTWISE and node.inputs[0].name not in names:
-            continue
-        names.update(t.name for t in node.outputs)
+        anywhere = node.op in ELEMENTWISE_STEPS or node.op == "Concat"
+        if names.intersection(operands) if anywhere else node.inputs[0].name in names:
+            names.update(t.name for t in node.outputs)
     return names
 
 

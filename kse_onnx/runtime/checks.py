@@ -8,7 +8,9 @@ from an untrusted model's metadata.
 - whether the output is quantized is read from its graph (quantization operators the
   original does not have), never from metadata: a float model claiming INT8 still gets
   the exactness check;
-- the default tolerance of the exactness check follows the weights' precision.
+- the default tolerance of the exactness check follows the weights' precision;
+- an INT8 output, which exactness cannot judge, passes only when its outputs carry the
+  original's (:func:`collapse`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ QUANTIZATION_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear
 RTOL_BY_DTYPE = {onnx.TensorProto.FLOAT16: 1e-2, onnx.TensorProto.BFLOAT16: 5e-2}
 DEFAULT_RTOL = 1e-4
 MAX_SETTINGS_BYTES = 1 << 20
+# An INT8 output has collapsed when it tells no more about the original's outputs than
+# a trivial predictor: a relative error of 1 is what an all-zero output scores, and a
+# top-1 agreement of 1/classes what a random guess scores. Lines that need no tuning:
+# they catch a model that computes nothing useful, not a small loss of accuracy, which
+# the reported numbers show (docs/int8.md).
+INT8_COLLAPSE_REL_ERROR = 1.0
 
 
 def analysis_options(settings, where) -> tuple[KSEOptions, SelectOptions]:
@@ -59,3 +67,15 @@ def default_rtol(model: onnx.ModelProto) -> float:
     for node in model.graph.node:
         types.update(a.t.data_type for a in node.attribute if a.HasField("t"))
     return max([RTOL_BY_DTYPE[t] for t in types if t in RTOL_BY_DTYPE], default=DEFAULT_RTOL)
+
+
+def collapse(rel_error: float, top1_agreement: float | None, classes: int | None) -> str | None:
+    """Why an INT8 output has collapsed against the original's (``INT8_COLLAPSE_REL_ERROR``,
+    chance-level agreement over ``classes`` logits), or None."""
+    if not rel_error < INT8_COLLAPSE_REL_ERROR:  # NaN collapses too
+        return (f"relative error {rel_error:.3g} >= {INT8_COLLAPSE_REL_ERROR:g} (an all-zero "
+                "output scores 1)")
+    if top1_agreement is not None and classes and top1_agreement <= 1 / classes:
+        return (f"top-1 agreement {top1_agreement:.3f} is chance level or below "
+                f"(1/{classes} classes)")
+    return None
