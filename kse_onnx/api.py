@@ -70,7 +70,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     budget = budget or BudgetOptions()
     _check_paths(input_path, output_path, overwrite)
     model = original = load_model(input_path)
-    images = _calibration(calibration, data, quantize)
+    images = _calibration(calibration, data, model)
     kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
     kept, streams, budget_report = None, None, None
     if budget.active:
@@ -170,14 +170,14 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
                     refit=options, data=data, log=log, progress=progress, budget=budget)
 
 
-def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None,
-                 quantize: QuantizeOptions | None):
-    """The calibration images (refit and int8-static), None without ``--calibration``."""
+def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None, model):
+    """The calibration images (refit and int8-static), checked against ``model``'s
+    input; None without ``--calibration``."""
     if calibration is None or not calibration.calibration:
         return None
     from .quantize.apply import calibration_inputs
 
-    return calibration_inputs(calibration, data)
+    return calibration_inputs(calibration, data, model=model)
 
 
 def _unmasked(original, masked) -> dict:

@@ -217,11 +217,11 @@ def _run_finetune(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from .data import load_data
-    from .evaluate import evaluate
+    from .evaluate import evaluate_data
 
-    x, y = load_data(args.data, _options(args, DataOptions))
-    print(evaluate(args.model, x, y, other=args.compare or None).summary())
+    result = evaluate_data(args.model, args.data, _options(args, DataOptions),
+                           other=args.compare or None)
+    print(result.summary())
     return 0
 
 

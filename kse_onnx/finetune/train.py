@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..data import check_labels, load_data
+from ..data import ModelInput, check_labels, load_data
 from ..errors import ModelError
 from ..graph.io import load_model, model_files, save_model
 from ..options import (
@@ -111,7 +111,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     say = (lambda text: None) if opts.quiet or not dist.main else log
     student_model = load_model(compressed)
     module = import_model(student_model, str(compressed))  # unmappable ops: refused here
-    x, y = load_data(data_path, data)
+    x, y = load_data(data_path, data, ModelInput.of(student_model))
     teacher_model = load_model(teacher)
     if y is not None:  # every label one of the teacher's classes
         sess = session(teacher_model)
@@ -181,7 +181,8 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         from ..quantize.apply import calibration_inputs
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs
 
-        images = calibration_inputs(calibration, data, default=str(data_path))
+        images = calibration_inputs(calibration, data, default=str(data_path),
+                                    model=student_model)
         tuned, result["int8"] = quantize_tuned(run, quantize, images, val, output)
     else:
         tuned = module.export()
