@@ -153,7 +153,7 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
         raise OptionError("--refit", "'none' leaves nothing to do")
     check_paths({"COMPRESSED": model_files(compressed_path), "TEACHER": model_files(teacher_path)},
                 {"OUTPUT": output_path, "OUTPUT's weights file": f"{output_path}.data"})
-    settings = settings_of(load_model(compressed_path))
+    settings = settings_of(load_model(compressed_path), compressed_path)
     if settings is None:
         raise ModelError(f"{compressed_path}: carries no kse-onnx settings; was it written by "
                          "kse-onnx optimize?")

@@ -237,7 +237,7 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     original = load_model(original_path)
     optimized = load_model(optimized_path)
     try:
-        settings = settings_of(optimized)
+        settings = settings_of(optimized, optimized_path)
     except ValueError:
         raise ModelError(f"{optimized_path}: kse-onnx settings in its metadata are not "
                          "valid JSON") from None
