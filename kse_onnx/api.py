@@ -27,6 +27,7 @@ from .options import (
     SelectOptions,
     TargetOptions,
     as_dict,
+    check_combined,
     options_from,
 )
 from .paths import check_paths
@@ -68,6 +69,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     refit = refit or RefitOptions()
     quiet = (progress or ProgressOptions()).quiet
     budget = budget or BudgetOptions()
+    check_combined(lower_options, target, budget, quantize, calibration)  # before any file
     _check_paths(input_path, output_path, overwrite)
     model = original = load_model(input_path)
     images = _calibration(calibration, data, model)
