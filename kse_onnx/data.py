@@ -228,7 +228,8 @@ def as_images(x: np.ndarray, where) -> np.ndarray:
         raise ModelError(f"{where}: holds no images")
     if 0 in x.shape:
         raise ModelError(f"{where}: images of shape {list(x.shape[1:])} are empty")
-    x = np.ascontiguousarray(x.astype(np.float32) / np.float32(scale))
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is refused just below
+        x = np.ascontiguousarray(x.astype(np.float32) / np.float32(scale))
     finite = np.isfinite(x)
     if not finite.all():
         first = int(np.argmin(finite.reshape(len(x), -1).all(axis=1)))
@@ -342,10 +343,11 @@ def preprocess(x: np.ndarray, resize: int | None = None, crop: int | None = None
                                         + (" after --resize" if resize else ""))
         top, left = (h - crop) // 2, (w - crop) // 2
         x = x[:, :, top:top + crop, left:left + crop]
-    if mean is not None:
-        x = x - np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    if std is not None:
-        x = x / np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    with np.errstate(over="ignore", invalid="ignore"):  # load_data refuses non-finite
+        if mean is not None:
+            x = x - np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+        if std is not None:
+            x = x / np.asarray(std, np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
