@@ -60,6 +60,7 @@ def read_idx(path: str | Path) -> np.ndarray:
                 if held != need:
                     raise ModelError(f"{path}: IDX data holds {held} bytes, dimensions "
                                      f"{dims} need {need}")
+            _fits_memory(need, path, f"IDX dimensions {dims}")
             data = _read_at_most(f, need + 1)
     except KSEError:
         raise
@@ -70,6 +71,15 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise ModelError(f"{path}: IDX data holds {len(data) if len(data) <= need else 'more'}"
                          f" bytes, dimensions {dims} need {need}")
     return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _fits_memory(need: int, where, what: str) -> None:
+    """Refuse, before reading, data larger than the machine's memory (a gzip or zip
+    stream can expand a small file into anything its header declares)."""
+    memory = _memory_bytes()
+    if memory and need > memory:
+        raise ModelError(f"{where}: {what} need {need} bytes, more than this machine's "
+                         f"memory ({memory})")
 
 
 def _read_at_most(f, limit: int) -> bytes:
@@ -126,6 +136,7 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, na
             if held != need:
                 raise ModelError(f"{where}: shape {list(shape)} of {dtype} needs {need} bytes, "
                                  f"the file holds {held}: truncated or corrupt")
+            _fits_memory(need, where, f"shape {list(shape)} of {dtype}")
             data = _read_at_most(f, need + 1)
             if len(data) != need:
                 raise ModelError(f"{where}: holds {len(data)} bytes, {need} expected")

@@ -203,3 +203,12 @@ def test_image_folder_is_read_as_grayscale_for_a_one_channel_model(tmp_path):
     root = _folder(tmp_path)
     x, y = load_data(root, DataOptions(), ModelInput("x", (None, 1, 5, 6)))
     assert x.shape == (4, 1, 5, 6) and y.tolist() == [0, 0, 1, 1]
+
+
+def test_gzip_idx_declaring_more_than_the_memory_is_refused_unread(tmp_path):
+    """A gzip stream may expand to anything; its header's size is checked first."""
+    path = tmp_path / "bomb-images-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + np.array([2**31, 2**31, 2**20], ">u4")
+                                   .tobytes() + bytes(1000)))
+    with pytest.raises(ModelError, match="more than this machine's memory"):
+        load_data(path, DataOptions())
