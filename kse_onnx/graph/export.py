@@ -70,7 +70,7 @@ def settings_of(model: onnx.ModelProto, where="model") -> dict | None:
         if entry.key == METADATA_KEY:
             try:
                 settings = json.loads(entry.value)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise ModelError(f"{where}: kse-onnx settings in its metadata are not valid "
                                  "JSON") from None
             problem = settings_problem(settings, METADATA_KEY)
@@ -92,7 +92,7 @@ def recorded_settings(path: str) -> dict:
             raise OptionError("--choices", str(exc)) from None
     try:
         report = json.loads(regular_file(source, "a JSON report").read_text())
-    except (OSError, ValueError, ModelError) as exc:
+    except (OSError, ValueError, RecursionError, ModelError) as exc:
         raise OptionError("--choices", f"{path}: cannot read a JSON report "
                                        f"({first_line(exc)})") from None
     if not isinstance(report, dict):
