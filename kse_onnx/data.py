@@ -21,6 +21,7 @@ import gzip
 import math
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -263,8 +264,10 @@ def _image_folder(path: Path, channels: int | None = None):
             try:
                 if not file.is_file():
                     raise OSError("not a regular file")
-                with Image.open(file) as img:
-                    images.append(np.asarray(img.convert(mode)))
+                with warnings.catch_warnings():  # a decompression bomb is not an image
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(file) as img:
+                        images.append(np.asarray(img.convert(mode)))
             except Exception:
                 if file.suffix.lower() in IMAGE_SUFFIXES:  # an image that cannot be read
                     unreadable.append(file)

@@ -212,3 +212,12 @@ def test_gzip_idx_declaring_more_than_the_memory_is_refused_unread(tmp_path):
                                    .tobytes() + bytes(1000)))
     with pytest.raises(ModelError, match="more than this machine's memory"):
         load_data(path, DataOptions())
+
+
+def test_decompression_bomb_in_an_image_folder_is_an_unreadable_image(tmp_path):
+    """An image over PIL's pixel limit (a small PNG can declare 10^8 pixels) is refused
+    as unreadable, never decoded, and prints no warning."""
+    root = _folder(tmp_path)
+    Image.new("1", (10_000, 9_000)).save(root / "a_cat" / "bomb.png")
+    with pytest.raises(ModelError, match="bomb.png"):
+        load_dataset(root)
