@@ -28,6 +28,7 @@ from .options import (
     SelectOptions,
     TargetOptions,
     as_dict,
+    check_combined,
     options_from,
 )
 from .paths import check_paths
@@ -69,10 +70,11 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     refit = refit or RefitOptions()
     quiet = (progress or ProgressOptions()).quiet
     budget = budget or BudgetOptions()
+    check_combined(lower_options, target, budget, quantize, calibration)  # before any file
     _check_paths(input_path, output_path, overwrite)
     model = original = load_model(input_path)
     refuse_listed_weights(model, input_path)  # before any work: IR 3 lists every weight
-    images = _calibration(calibration, data, quantize)
+    images = _calibration(calibration, data, model)
     kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
     kept, streams, budget_report = None, None, None
     if budget.active:
@@ -155,7 +157,7 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
         raise OptionError("--refit", "'none' leaves nothing to do")
     check_paths({"COMPRESSED": model_files(compressed_path), "TEACHER": model_files(teacher_path)},
                 {"OUTPUT": output_path, "OUTPUT's weights file": f"{output_path}.data"})
-    settings = settings_of(load_model(compressed_path))
+    settings = settings_of(load_model(compressed_path), compressed_path)
     if settings is None:
         raise ModelError(f"{compressed_path}: carries no kse-onnx settings; was it written by "
                          "kse-onnx optimize?")
@@ -172,14 +174,14 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
                     refit=options, data=data, log=log, progress=progress, budget=budget)
 
 
-def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None,
-                 quantize: QuantizeOptions | None):
-    """The calibration images (refit and int8-static), None without ``--calibration``."""
+def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None, model):
+    """The calibration images (refit and int8-static), checked against ``model``'s
+    input; None without ``--calibration``."""
     if calibration is None or not calibration.calibration:
         return None
     from .quantize.apply import calibration_inputs
 
-    return calibration_inputs(calibration, data)
+    return calibration_inputs(calibration, data, model=model)
 
 
 def _unmasked(original, masked) -> dict:

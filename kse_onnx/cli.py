@@ -217,24 +217,24 @@ def _run_finetune(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from .data import load_data
-    from .evaluate import evaluate
+    from .evaluate import evaluate_data
 
-    x, y = load_data(args.data, _options(args, DataOptions))
-    print(evaluate(args.model, x, y, other=args.compare or None).summary())
+    result = evaluate_data(args.model, args.data, _options(args, DataOptions),
+                           other=args.compare or None)
+    print(result.summary())
     return 0
 
 
 def _run_bench(args) -> int:
     from .graph.io import load_model
-    from .runtime.bench import format_timings, interleaved_latency
+    from .runtime.bench import bench_models, format_timings
     from .runtime.ort import provider_list
 
     opts = _options(args, BenchOptions)
     providers = provider_list(opts.provider)
     models = {path: load_model(path) for path in args.models}
-    rows = [(b, interleaved_latency(models, b, opts.threads, opts.repeats, providers=providers))
-            for b in batch_list(opts.batch, "--batch")]
+    rows = bench_models(models, batch_list(opts.batch, "--batch"), opts.threads, opts.repeats,
+                        providers)
     print(format_timings(rows, providers))
     return 0
 

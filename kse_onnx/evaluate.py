@@ -6,10 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 
-from .data import check_labels
+from .data import ModelInput, check_labels, load_data
 from .errors import ModelError
 from .graph.io import load_model
+from .options import DataOptions
 from .runtime.ort import run_batched, session
 
 
@@ -29,15 +31,30 @@ class Evaluation:
         return ", ".join(parts)
 
 
-def logits(model_path, x: np.ndarray, batch: int = 256, threads: int = 0) -> np.ndarray:
-    sess = session(load_model(model_path), threads=threads)
+def logits(model_path, x: np.ndarray, batch: int = 256, threads: int = 0,
+           model: onnx.ModelProto | None = None) -> np.ndarray:
+    """Outputs of the model at ``model_path`` (``model``: it, loaded already) on ``x``."""
+    sess = session(model if model is not None else load_model(model_path), threads=threads)
     name = sess.get_inputs()[0].name
     return np.concatenate([run_batched(sess, {name: x[i:i + batch]}, str(model_path))[0]
                            for i in range(0, len(x), batch)])
 
 
-def evaluate(model_path, x: np.ndarray, y: np.ndarray | None, other=None) -> Evaluation:
-    out = logits(model_path, x)
+def evaluate_data(model_path, data_path, options: DataOptions, other=None) -> Evaluation:
+    """:func:`evaluate` on the data at ``data_path`` (read by :func:`kse_onnx.data.load_data`,
+    checked against both models' inputs before either runs)."""
+    model = load_model(model_path)
+    x, y = load_data(data_path, options, ModelInput.of(model))
+    if other is not None:
+        expect = ModelInput.of(load_model(other))
+        if expect is not None:
+            expect.check(x, data_path)
+    return evaluate(model_path, x, y, other, model=model)
+
+
+def evaluate(model_path, x: np.ndarray, y: np.ndarray | None, other=None,
+             model: onnx.ModelProto | None = None) -> Evaluation:
+    out = logits(model_path, x, model=model)
     top1 = top5 = agreement = None
     if y is not None:
         if out.ndim != 2:

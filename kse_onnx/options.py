@@ -396,10 +396,11 @@ class FinetuneOptions:
         for name, low in (("epochs", 1), ("batch", 1), ("seed", 0), ("threads", 0),
                           ("qat_epochs", 0)):
             _check_int(self, name, low=low)
-        checks = (("lr", self.lr >= 0), ("qat_lr", self.qat_lr > 0),
+        checks = (("lr", 0 <= self.lr < math.inf), ("qat_lr", 0 < self.qat_lr < math.inf),
                   ("momentum", 0 <= self.momentum < 1),
-                  ("weight_decay", self.weight_decay >= 0), ("clip_grad", self.clip_grad >= 0),
-                  ("temperature", self.temperature > 0),
+                  ("weight_decay", 0 <= self.weight_decay < math.inf),
+                  ("clip_grad", 0 <= self.clip_grad < math.inf),
+                  ("temperature", 0 < self.temperature < math.inf),
                   ("label_weight", 0 <= self.label_weight <= 1),
                   ("val_fraction", 0 <= self.val_fraction < 1))
         for name, ok in checks:
@@ -445,6 +446,23 @@ class BenchOptions:
         batch_list(self.batch, "--batch")
         _check_int(self, "threads", low=1)
         _check_int(self, "repeats", low=1)
+
+
+def check_combined(lower=None, target=None, budget=None, quantize=None,
+                   calibration=None) -> None:
+    """Checks across option groups of ``optimize`` (each group checks itself when built),
+    made before any file is read: an OptionError naming the flag."""
+    if budget is not None and budget.active:
+        if lower is not None and lower.lowering == "factored":
+            raise OptionError("--lowering", "factored cannot be used with --target-latency "
+                                            "(the budget writes each layer dense over its "
+                                            "kept channels)")
+        if target is not None and target.active:
+            raise OptionError("--target-latency", "cannot be combined with --target-macs or "
+                                                  "--target-size")
+    if (quantize is not None and quantize.quantize == "int8-static"
+            and not (calibration is not None and calibration.calibration)):
+        raise OptionError("--calibration", "int8-static needs calibration inputs")
 
 
 def _check_choice(flag: str, value, choices: tuple[str, ...]) -> None:

@@ -60,6 +60,13 @@ def _check_output(label: str, path: Path) -> None:
         raise OptionError(flag, "empty path")
     if "\0" in str(path):
         raise OptionError(flag, "path contains a NUL byte")
+    if name_too_long(path):
+        if "weights file" in label:  # written only beside a model over 2 GiB: save refuses it
+            return
+        derived = "" if flag == "OUTPUT" else " (named after OUTPUT: shorten OUTPUT)"
+        raise OptionError(flag, f"{path.name[:24]}...: a file name of "
+                                f"{len(os.fsencode(path.name))} bytes, longer than the file "
+                                f"system allows{derived}")
     if path.exists() or path.is_symlink():
         try:
             mode = path.stat().st_mode
@@ -97,6 +104,26 @@ def regular_file(path, what: str = "file") -> Path:
     return path
 
 
+TEMPORARY_PREFIX = ".kse-onnx-"
+
+
+def temporary_file(folder: Path, suffix: str = ".tmp") -> tuple[int, str]:
+    """(descriptor, path) of a new empty file in ``folder`` with a short random name,
+    independent of the output's name (a valid output name of 255 bytes leaves no room
+    for a suffix)."""
+    return tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=folder)
+
+
+def name_too_long(path: Path) -> bool:
+    """Whether ``path``'s last component is longer than its folder's file system allows."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    return len(os.fsencode(path.name)) > limit
+
+
 def atomic_write(path, data: bytes | str | None = None, writer=None) -> None:
     """Write ``data`` (or call ``writer(file)``) to a temporary file in ``path``'s folder,
     then rename it to ``path``. Failures, Ctrl-C and SIGTERM leave no temporary file;
@@ -105,7 +132,7 @@ def atomic_write(path, data: bytes | str | None = None, writer=None) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = temporary_file(folder)
         umask = os.umask(0)
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it 0600; an output is an ordinary file

@@ -33,7 +33,6 @@ from .graph.select import constant_values, import_graph, quiet_graphsurgeon
 from .lowering import LayerForm, effective_form, uniform_form
 from .lowering.readback import folded, read_weight
 from .options import LowerOptions
-from .paths import regular_file
 from .refit.graph_walk import classifier_gemms, node_names
 from .refit.normal import SharedLayout
 from .runtime.checks import (
@@ -250,7 +249,7 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     original = load_model(original_path)
     optimized = load_model(optimized_path)
     try:
-        settings = settings_of(optimized)
+        settings = settings_of(optimized, optimized_path)
     except ValueError:
         raise ModelError(f"{optimized_path}: kse-onnx settings in its metadata are not "
                          "valid JSON") from None
@@ -306,15 +305,6 @@ def _session(model, path):
 
 
 def _load_inputs(path, sess) -> dict:
-    regular_file(path, "an .npz file")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read inputs ({type(exc).__name__})") from exc
-    names = [i.name for i in sess.get_inputs()]
-    if len(names) == 1 and names[0] not in data.files and len(data.files) == 1:
-        return {names[0]: data[data.files[0]]}
-    missing = [n for n in names if n not in data.files]
-    if missing:
-        raise ModelError(f"{path}: has no array for input(s) {missing}")
-    return {n: data[n] for n in names}
+    from .runtime.feeds import user_feeds  # validated reader of the user's .npz
+
+    return user_feeds(path, sess)

@@ -178,3 +178,152 @@ def mutate_metadata(model: onnx.ModelProto, seed: int) -> None:
     for key in rng.choice(sorted(settings), int(rng.integers(1, 4)), replace=False):
         settings[str(key)] = odd[int(rng.integers(0, len(odd)))]
     entry.value = json.dumps(settings)
+
+
+# --- data files (tools/fuzz.py --data): every reader of user images --------------------
+
+DATA_KINDS = ("npz", "idx", "gz", "folder")
+# mutation -> whether the result is certainly bad data (exit 0 on it is a failure)
+DATA_MUTATIONS = {"valid": False, "random bytes": True, "truncate": True, "flip": False,
+                  "dtype": True, "pickle": True, "huge header": True, "shape": True,
+                  "values": True, "labels": True, "empty": True}
+
+
+def _image_array(rng, n: int, channels: int, hw: int) -> np.ndarray:
+    """Valid images for a model input of (channels, hw, hw), in a random dtype/layout."""
+    dtype = rng.choice(["uint8", "float32", "float64", "int16", "float16"])
+    x = rng.integers(0, 256, (n, channels, hw, hw)) if dtype in ("uint8", "int16") else \
+        rng.random((n, channels, hw, hw))
+    x = x.astype(dtype)
+    if channels == 3 and rng.random() < 0.3:
+        x = x.transpose(0, 2, 3, 1)  # NHWC
+    return x
+
+
+def _idx_bytes(values: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, values.ndim]) + np.array(values.shape, ">u4").tobytes()
+    return header + values.astype(np.uint8).tobytes()
+
+
+def _bad_array(rng, mutation: str, x: np.ndarray) -> np.ndarray:
+    if mutation == "dtype":
+        choice = int(rng.integers(0, 5))
+        return [x.astype(str), x.astype(np.complex64), x.astype(bool),
+                np.zeros(len(x), [("a", "f4"), ("b", "i2")]),
+                x.astype("datetime64[s]") if x.dtype.kind in "iu" else x.astype(str)][choice]
+    if mutation == "pickle":
+        return np.array([object(), x], dtype=object)
+    if mutation == "shape":
+        return [x[:, :, 0, 0], x[None], np.repeat(x[:, :1], 16, 1) if x.shape[1] in (1, 3)
+                else x[:, :, :, :1].repeat(16, 3), x.reshape(-1)][int(rng.integers(0, 4))]
+    if mutation == "values":
+        y = x.astype(np.float64)
+        y.flat[int(rng.integers(0, y.size))] = rng.choice([np.nan, np.inf, -np.inf, 1e39])
+        return y
+    if mutation == "empty":
+        return x[:0] if rng.random() < 0.5 else x[:, :, :0]
+    return x
+
+
+def _npz_with_huge_header(path, rng) -> None:
+    import zipfile
+
+    shape = tuple(int(v) for v in rng.choice([2**31, 10**9, 7, 2**40], int(rng.integers(1, 5))))
+    with zipfile.ZipFile(path, "w") as archive, archive.open("x.npy", "w") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
+                                                 "shape": shape})
+        f.write(bytes(int(rng.integers(0, 64))))
+
+
+def data_case(seed: int) -> tuple[str, str, np.random.Generator]:
+    """(format, mutation, the generator that draws the rest) of data case ``seed``."""
+    rng = np.random.default_rng(seed)
+    return DATA_KINDS[seed % len(DATA_KINDS)], str(rng.choice(sorted(DATA_MUTATIONS))), rng
+
+
+def random_data_file(seed: int, folder, channels: int = 3, hw: int = 8):
+    """(kind, mutation, certainly bad, path) of one data file for a model input of
+    (channels, hw, hw), valid or damaged (``DATA_MUTATIONS``), written in ``folder``."""
+    import gzip
+
+    kind, mutation, rng = data_case(seed)
+    n = int(rng.integers(1, 7))
+    x = _image_array(rng, n, channels, hw)
+    y = rng.integers(0, 10, n)
+    if kind == "folder":
+        return _random_folder(rng, folder, mutation, x, y)
+    if kind == "npz":
+        path = folder / "data.npz"
+        if mutation == "huge header":
+            _npz_with_huge_header(path, rng)
+            return kind, mutation, True, path
+        arrays = {"x": _bad_array(rng, mutation, x)}
+        if mutation == "labels":
+            arrays["y"] = [y.astype(str), -y - 1, np.append(y, 1), y[:, None], y + 0.5,
+                           y + 10**4][int(rng.integers(0, 6))]
+        elif rng.random() < 0.5:
+            arrays["y"] = y
+        np.savez(path, **arrays) if rng.random() < 0.5 else np.savez_compressed(path, **arrays)
+    else:
+        path = folder / ("data-images-idx3-ubyte" + (".gz" if kind == "gz" else ""))
+        images = x if x.ndim == 4 and x.shape[1] == channels else x.transpose(0, 3, 1, 2)
+        values = images[:, 0] if channels == 1 else images.reshape(n, -1, hw)
+        data = _idx_bytes(values.astype(np.uint8) if mutation != "empty" else values[:0])
+        if mutation == "huge header":
+            data = data[:4] + np.array(rng.integers(2**20, 2**32, values.ndim), ">u4"
+                                       ).tobytes() + data[4 + 4 * values.ndim:]
+        elif mutation == "shape":
+            data = data[:3] + bytes([int(rng.choice([0, 1, 2, 5]))]) + data[4:]
+        elif mutation in ("dtype", "pickle", "values"):
+            data = data[:2] + bytes([int(rng.choice([0, 1, 7, 0x0A, 0xFF]))]) + data[3:]
+        elif mutation == "labels":
+            labels = folder / path.name.replace("images-idx3", "labels-idx1")
+            bad = [np.append(y, 1), y[:-1]][int(rng.integers(0, 2))]
+            raw = _idx_bytes(bad)
+            labels.write_bytes(gzip.compress(raw) if kind == "gz" else raw)
+        path.write_bytes(gzip.compress(data) if kind == "gz" else data)
+    _damage_bytes(rng, path, mutation)
+    return kind, mutation, DATA_MUTATIONS[mutation], path
+
+
+def _damage_bytes(rng, path, mutation: str) -> None:
+    data = path.read_bytes()
+    if mutation == "random bytes":
+        data = bytes(rng.integers(0, 256, int(rng.integers(0, 400))).astype(np.uint8))
+    elif mutation == "truncate":
+        data = data[:int(rng.integers(0, len(data)))]
+    elif mutation == "flip":
+        buf = bytearray(data)
+        for _ in range(int(rng.integers(1, 6))):
+            buf[int(rng.integers(0, len(buf)))] ^= 1 << int(rng.integers(0, 8))
+        data = bytes(buf)
+    path.write_bytes(data)
+
+
+def _random_folder(rng, folder, mutation: str, x: np.ndarray, y: np.ndarray):
+    """An image folder (one sub-folder per class) of PNGs, valid or damaged."""
+    from PIL import Image
+
+    root = folder / "images"
+    images = x if x.shape[-1] in (1, 3) and x.ndim == 4 and x.shape[1] not in (1, 3) \
+        else x.transpose(0, 2, 3, 1)
+    images = (images.astype(np.float64) * (255 if x.dtype.kind == "f" else 1)).clip(0, 255)
+    files = []
+    for i, (image, label) in enumerate(zip(images.astype(np.uint8), y % 3, strict=True)):
+        (root / f"c{label}").mkdir(parents=True, exist_ok=True)
+        files.append(root / f"c{label}" / f"{i}.png")
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(files[-1])
+    bad = DATA_MUTATIONS[mutation]
+    target = files[int(rng.integers(0, len(files)))]
+    if mutation in ("random bytes", "truncate", "flip"):
+        _damage_bytes(rng, target, mutation)
+        bad = mutation == "random bytes"  # PIL decodes a PNG cut after its pixel data
+    elif mutation == "shape":  # one image of another size
+        Image.new("RGB", (5, 7)).save(target)
+    elif mutation == "empty":
+        for f in files:
+            f.unlink()
+    elif mutation in ("dtype", "pickle", "values", "huge header", "labels"):
+        target.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(rng.integers(0, 256, 64)
+                                                        .astype(np.uint8)))
+    return "folder", mutation, bad, root

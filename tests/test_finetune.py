@@ -157,14 +157,16 @@ def test_resume_with_another_optimizer_is_refused(setup, capsys):
     assert code == 1 and "written with the SGD optimizer, resumed with Adam" in err
 
 
-def test_nan_loss_stops_with_last_good_model(setup, capsys):
+def test_nan_loss_stops_and_writes_nothing(setup, capsys):
+    """A diverged run (finite data, a huge rate) says so and writes no output that would
+    claim to be trained; the finished epochs stay in the checkpoint folder."""
     tmp, teacher, student, data = setup
     out = tmp / "nan.onnx"
     code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--lr", "1e6",
                       "--clip-grad", "0"))
-    assert code == 1
-    assert "loss became" in capsys.readouterr().err
-    onnx.checker.check_model(onnx.load(out), full_check=True)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 1 and "loss became" in err and "training diverged: lower --lr" in err
+    assert "nothing was written" in err and not out.exists()
 
 
 def test_two_processes_match_one(setup):
@@ -225,3 +227,56 @@ def test_malicious_checkpoint_is_refused(setup, capsys, monkeypatch):
     code = main(_args(tmp, teacher, student, data, tmp / "out.onnx", "--resume"))
     assert code == 1 and "refused" in capsys.readouterr().err
     assert not (tmp / "PWNED").exists() and not (tmp / "out.onnx").exists()
+
+
+def _tampered(state: dict, kind: str):
+    """A checkpoint of the wrong structure, of ``kind``."""
+    module = dict(state["module"])
+    name = sorted(module)[0]
+    if kind == "not a dict":
+        return list(module.values())
+    if kind == "missing field":
+        return {k: v for k, v in state.items() if k != "epoch"}
+    if kind == "field type":
+        return {**state, "epoch": "1"}
+    if kind == "other model":
+        module[name + "_other"] = module.pop(name)
+    elif kind == "shape":
+        module[name] = torch.zeros(3, 3)
+    elif kind == "nan":
+        module[name] = torch.full_like(module[name], float("nan"))
+    elif kind == "optimizer":
+        optimizer = {"state": {0: {"momentum_buffer": torch.zeros(7)}},
+                     "param_groups": state["optimizer"]["param_groups"]}
+        return {**state, "optimizer": optimizer}
+    return {**state, "module": module}
+
+
+RESUME_ERRORS = {"not a dict": "not a kse-onnx checkpoint (a list, expected a dict)",
+                 "missing field": "field 'epoch' is NoneType",
+                 "field type": "field 'epoch' is str",
+                 "other model": "written for another model",
+                 "shape": "the model has torch.float32",
+                 "nan": "holds NaN or infinite values",
+                 "optimizer": "optimizer state 'momentum_buffer' has shape [7]"}
+
+
+def test_resume_refuses_checkpoints_of_the_wrong_structure(setup, capsys):
+    """Each tampered checkpoint is a one-line error naming it (after the usual progress
+    lines), never torch's state-dict message; no output is written."""
+    tmp, teacher, student, data = setup
+    first = tmp / "first.onnx"
+    assert main(_args(tmp, teacher, student, data, first, "--optimizer", "sgd")) == 0
+    state = torch.load(tmp / "first.onnx.ckpt" / "last.pt", weights_only=True)
+    capsys.readouterr()
+    out = tmp / "out.onnx"
+    (tmp / "out.onnx.ckpt").mkdir()
+    ckpt = tmp / "out.onnx.ckpt" / "last.pt"
+    for kind, words in RESUME_ERRORS.items():
+        torch.save(_tampered(state, kind), ckpt)
+        code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--resume",
+                          "--optimizer", "sgd"))
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+        assert code == 1 and err.startswith(f"kse-onnx: error: {ckpt}: "), (kind, err)
+        assert words in err, (kind, err)
+        assert not out.exists()

@@ -1,6 +1,7 @@
-"""Fuzzing: random CNNs through every lowering, mutated bytes through the loader.
-Each case either succeeds (and passes verify) or is refused with a KSEError; anything
-else is a crash and fails the test. tools/fuzz.py runs thousands."""
+"""Fuzzing: random CNNs through every lowering, mutated bytes through the loader, valid
+and damaged data files through every command that reads them. Each case either succeeds
+(and passes verify) or is refused with a KSEError; anything else is a crash and fails
+the test. tools/fuzz.py runs thousands."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ import numpy as np
 import onnx
 import pytest
 
-from fuzzgen import mutate, mutate_fields, mutate_metadata, mutate_structure, random_cnn
-from graphs import residual_net
+from fuzzgen import (
+    DATA_KINDS,
+    DATA_MUTATIONS,
+    data_case,
+    mutate,
+    mutate_fields,
+    mutate_metadata,
+    mutate_structure,
+    random_cnn,
+    random_data_file,
+)
+from graphs import conv_stack, residual_net
 from kse_onnx.api import optimize
 from kse_onnx.cli import main
 from kse_onnx.errors import KSEError
@@ -121,3 +132,72 @@ def test_mutated_structure(tmp_path):
         folder.mkdir()
         outcomes.append(run_structure_case(seed, folder, base))
     assert "ok" in outcomes and any(o.startswith("refused") for o in outcomes)
+
+
+DATA_COMMANDS = {
+    "eval": ["eval", "{m}", "--data", "{d}"],
+    "verify": ["verify", "{m}", "{o}", "--inputs", "{d}"],
+    "finetune": ["finetune", "{o}", "{out}", "--teacher", "{m}", "--data", "{d}", "--epochs",
+                 "1", "--batch", "4", "--threads", "1", "--quiet"],
+    "optimize": ["optimize", "{m}", "{out}", "--calibration", "{d}", "--lowering", "dense",
+                 "--refit", "ls", "--quiet"],
+    "refit": ["refit", "{o}", "{out}", "--teacher", "{m}", "--calibration", "{d}", "--quiet"],
+    "quantize": ["optimize", "{m}", "{out}", "--quantize", "int8-static", "--calibration", "{d}",
+             "--refit", "none", "--lowering", "dense", "--quiet"],
+}
+LABELLED = ("eval", "finetune")  # the commands that read labels against the model's classes
+
+
+def data_models(folder):
+    """(model, its dense KSE output): a one-channel 8x8 classifier, as for Fashion-MNIST."""
+    model, optimized = folder / "m.onnx", folder / "o.onnx"
+    onnx.save(conv_stack((1, 16, 16)), model)
+    optimize(model, optimized, lower_options=LowerOptions("dense"))
+    return model, optimized
+
+
+def _files(folder, outputs=()) -> dict:
+    """Every file under ``folder`` and its bytes, except ``outputs`` (files, folders)."""
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+            and not any(p == o or o in p.parents for o in outputs)}
+
+
+def data_command(seed: int) -> str:
+    return sorted(DATA_COMMANDS)[(seed // len(DATA_KINDS)) % len(DATA_COMMANDS)]
+
+
+def run_data_case(seed: int, folder, models) -> str:
+    """One data file (:func:`fuzzgen.random_data_file`) through one command that reads
+    data: it succeeds or is refused in one line (no internal error), writes nothing when
+    refused, never changes its inputs, and never exits 0 on certainly bad data."""
+    kind, mutation, bad, data = random_data_file(seed, folder, channels=1)
+    command = data_command(seed)
+    bad = bad and (mutation != "labels" or command in LABELLED)
+    out = folder / "out.onnx"
+    model, optimized = models
+    argv = [a.format(m=model, o=optimized, out=out, d=data) for a in DATA_COMMANDS[command]]
+    outputs = (out, folder / "out.onnx.ckpt")
+    before = _files(folder, outputs)
+    code, text = _cli(argv)
+    assert _files(folder, outputs) == before  # the inputs are never changed
+    assert {p for p in folder.rglob("*") if p.name.startswith(".kse-onnx-")} == set()
+    if code:
+        assert not out.exists(), (seed, command, text)
+        return f"refused ({kind}, {mutation}, {command}): {text}"
+    assert not bad, (seed, kind, mutation, command, "exit 0 on bad data")
+    return "ok"
+
+
+def test_data_files(tmp_path):
+    """A seeded sample of the data campaign (tools/fuzz.py --data runs 1,000): the six
+    readers, four formats, valid and damaged."""
+    models = data_models(tmp_path)
+    outcomes = []
+    # a refit that succeeds takes seconds (its least squares); tools/fuzz.py runs those
+    quick = [s for s in range(60) if data_command(s) not in ("optimize", "refit")
+             or DATA_MUTATIONS[data_case(s)[1]]]
+    for seed in quick[:24]:
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        outcomes.append(run_data_case(seed, folder, models))
+    assert "ok" in outcomes and sum(o.startswith("refused") for o in outcomes) >= 12

@@ -276,3 +276,36 @@ def test_fifo_as_external_data_is_refused(tmp_path):
     os.mkfifo(tmp_path / "pipe.bin")
     with pytest.raises(ModelError, match="not a regular file"):
         load_model(src)
+
+
+def test_an_output_name_of_255_bytes_works(tmp_path, capsys):
+    """Temporary files have short random names, not the output's name plus a suffix:
+    the longest valid name works, leaves nothing else behind, and verifies."""
+    src, out = tmp_path / "m.onnx", tmp_path / ("o" * 250 + ".onnx")
+    onnx.save(residual_net(16), src)
+    report = tmp_path / ("r" * 250 + ".json")
+    assert main(["optimize", str(src), str(out), "--lowering", "dense",
+                 "--report", str(report)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", out.name,
+                                                                 report.name])
+    assert main(["verify", str(src), str(out)]) == 0
+    paths.atomic_write(tmp_path / ("j" * 255), "{}")
+    assert (tmp_path / ("j" * 255)).read_text() == "{}"
+
+
+def test_an_output_name_too_long_is_an_option_error(tmp_path, capsys):
+    src, out = tmp_path / "m.onnx", tmp_path / ("o" * 251 + ".onnx")
+    onnx.save(residual_net(16), src)
+    assert main(["optimize", str(src), str(out), "--lowering", "dense"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kse-onnx: error: option OUTPUT: oooo") and "256 bytes" in err
+    assert "longer than the file system allows" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_large_model_whose_weights_file_name_is_too_long_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "_PROTOBUF_LIMIT", 10_000)  # stand-in for 2 GiB
+    out = tmp_path / ("o" * 250 + ".onnx")
+    with pytest.raises(ModelError, match="a name too long for the file system"):
+        io.save_model(residual_net(32), out)
+    assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+
 import numpy as np
 import onnx
 import pytest
@@ -11,6 +13,7 @@ from graphs import GraphBuilder, cast_model, conv_stack, residual_net
 from kse_onnx.api import optimize
 from kse_onnx.cli import main
 from kse_onnx.graph import io
+from kse_onnx.options import LowerOptions
 from kse_onnx.verify import verify
 
 
@@ -173,3 +176,169 @@ def test_other_commands_fail_in_one_line(tmp_path, capsys, argv, code, words):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "o.onnx").exists()
+
+
+# --- every reader of user files validates first (issue #30) -----------------------------
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A model (input 3x8x8), its dense KSE output and one bad data file of each kind."""
+    folder = tmp_path_factory.mktemp("readers")
+    model, optimized = folder / "m.onnx", folder / "o.onnx"
+    onnx.save(residual_net(16), model)
+    optimize(model, optimized, lower_options=LowerOptions("dense"))
+    rng = np.random.default_rng(0)
+    good = rng.random((4, 3, 8, 8)).astype(np.float32)
+    bad = {"pickle": np.array([object()], dtype=object), "text": np.array(["a"]),
+           "empty": good[:0], "nan": np.where(good > 0.5, np.nan, good),
+           "channels": rng.random((4, 16, 8, 8)).astype(np.float32)}
+    files = {}
+    for kind, x in bad.items():
+        files[kind] = folder / f"{kind}.npz"
+        np.savez(files[kind], x=x)
+    idx = bytes([0, 0, 8, 3, 0, 0, 0, 4, 0, 0, 0, 8, 0, 0, 0, 8]) + bytes(4 * 64)
+    files["idx"] = folder / "cut-images-idx3-ubyte"
+    files["idx"].write_bytes(idx[:-10])
+    files["gz"] = folder / "cut-images-idx3-ubyte.gz"
+    files["gz"].write_bytes(gzip.compress(idx)[:-8])
+    return folder, model, optimized, files
+
+
+READERS = {
+    "eval": ["eval", "{m}", "--data", "{d}"],
+    "verify": ["verify", "{m}", "{o}", "--inputs", "{d}"],
+    "finetune": ["finetune", "{o}", "{out}", "--teacher", "{m}", "--data", "{d}"],
+    "optimize": ["optimize", "{m}", "{out}", "--calibration", "{d}", "--lowering", "dense"],
+    "refit": ["refit", "{o}", "{out}", "--teacher", "{m}", "--calibration", "{d}"],
+    "int8": ["optimize", "{m}", "{out}", "--quantize", "int8-static", "--calibration", "{d}",
+             "--refit", "none", "--lowering", "dense"],
+}
+BAD_DATA = {"pickle": "holds Python objects (a pickle)", "text": "expected numbers",
+            "empty": "holds no", "nan": "NaN or infinite", "channels": "16",
+            "idx": "IDX data holds", "gz": "truncated or corrupt gzip data"}
+
+
+@pytest.mark.parametrize("command", sorted(READERS))
+def test_every_reader_refuses_bad_data_in_one_line(models, capsys, command):
+    """Each command that reads data refuses each kind of bad data file with a one-line
+    error naming it (exit 1) and writes nothing; verify reads .npz only."""
+    folder, model, optimized, files = models
+    out = folder / "out.onnx"
+    for kind, words in BAD_DATA.items():
+        if command == "verify" and kind in ("idx", "gz"):
+            words = "not an .npz archive"
+        argv = [a.format(m=model, o=optimized, out=out, d=files[kind])
+                for a in READERS[command]]
+        code = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and len(err.splitlines()) == 1, (kind, err)
+        assert words in err and str(files[kind]) in err and "internal" not in err, (kind, err)
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["finetune", "{t}/c.onnx", "{t}/o.onnx", "--teacher", "{t}/m.onnx", "--data",
+      "{t}/missing.npz", "--lr", "-1"], "--lr"),
+    (["finetune", "{t}/c.onnx", "{t}/o.onnx", "--teacher", "{t}/m.onnx", "--data",
+      "{t}/missing.npz", "--lr", "nan"], "--lr"),
+    (["finetune", "{t}/c.onnx", "{t}/o.onnx", "--teacher", "{t}/m.onnx", "--data",
+      "{t}/missing.npz", "--lr", "inf"], "--lr"),
+    (["finetune", "{t}/c.onnx", "{t}/o.onnx", "--teacher", "{t}/m.onnx", "--data",
+      "{t}/missing.npz", "--temperature", "inf"], "--temperature"),
+    (["optimize", "{t}/m.onnx", "{t}/o.onnx", "--quantize", "int8-static"], "--calibration"),
+    (["optimize", "{t}/m.onnx", "{t}/o.onnx", "--target-latency", "0.5", "--lowering",
+      "factored"], "--lowering"),
+    (["optimize", "{t}/m.onnx", "{t}/o.onnx", "--target-latency", "0.5", "--target-macs",
+      "0.5"], "--target-latency"),
+    (["eval", "{t}/m.onnx", "--data", "{t}/missing.npz", "--std", "-1"], "--std"),
+    (["verify", "{t}/m.onnx", "{t}/o.onnx", "--rtol", "-1"], "--rtol"),
+    (["bench", "{t}/m.onnx", "--repeats", "0"], "--repeats"),
+])
+def test_options_are_checked_before_any_file_is_read(tmp_path, capsys, argv, flag):
+    """Every file here is missing: an option error (exit 2) must come first."""
+    assert main([a.format(t=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"option {flag}" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, flag, words", [
+    (["--mean", "0.5", "--mean", "0.5"], "--mean", "2 values for the 3-channel images"),
+    (["--crop", "20"], "--crop", "20 is larger than the 8x8 images"),
+])
+def test_preprocessing_that_does_not_fit_the_images_is_an_option_error(models, capsys, extra,
+                                                                       flag, words):
+    folder, model, _, _ = models
+    data = folder / "good.npz"
+    np.savez(data, x=np.zeros((2, 3, 8, 8), np.float32))
+    assert main(["eval", str(model), "--data", str(data), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"option {flag}: {words}" in err and len(err.splitlines()) == 1
+
+
+def _choices(folder, name, content):
+    path = folder / name
+    path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"settings": [1, 2]}', "field 'settings' is a list, expected a JSON object"),
+    ('{"settings": {"layer_forms": {"conv3": 5}}}', "field 'settings.layer_forms' is"),
+    ('{"settings": {"compact_storage": "yes"}}', "field 'settings.compact_storage' is"),
+    ('{"settings": {"budget_layers": {"a": ["x"]}, "budget_streams": {}}}',
+     "field 'settings.budget_layers'"),
+    ("[1]", "a JSON report is an object, this one is a list"),
+    ("{", "cannot read a JSON report"),
+    ("[" * 100_000, "cannot read a JSON report (maximum recursion depth exceeded"),
+])
+@pytest.mark.parametrize("budget", [False, True])
+def test_malformed_choices_are_one_line_errors(models, capsys, content, words, budget):
+    folder, model, _, _ = models
+    choices = _choices(folder, "choices.json", content)
+    argv = ["optimize", str(model), str(folder / "c.onnx"), "--choices", str(choices)]
+    assert main(argv + (["--target-latency", "0.9"] if budget else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"option --choices: {choices}: {words}" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("value, words", [
+    ("[1]", "field 'kse_onnx' is a list"),
+    ('{"G": "4"}', "field 'kse_onnx.G' is '4', expected an integer"),
+    ('{"layer_forms": 3}', "field 'kse_onnx.layer_forms' is 3"),
+    ('{"compressed_layers": [1]}', "field 'kse_onnx.compressed_layers' is [1]"),
+    ("[" * 100_000, "are not valid JSON"),
+])
+def test_malformed_recorded_settings_are_one_line_errors(models, capsys, value, words):
+    folder, model, optimized, _ = models
+    bad = folder / "bad_settings.onnx"
+    m = onnx.load(optimized)
+    next(p for p in m.metadata_props if p.key == "kse_onnx").value = value
+    onnx.save(m, bad)
+    for argv, code in ((["verify", str(model), str(bad)], 1),
+                       (["refit", str(bad), str(folder / "r.onnx"), "--teacher", str(model),
+                         "--calibration", str(folder / "channels.npz")], 1),
+                       (["optimize", str(model), str(folder / "c.onnx"), "--choices",
+                         str(bad)], 2)):
+        assert main(argv) == code
+        err = capsys.readouterr().err.strip()
+        assert f"{bad}: kse-onnx settings in its metadata" in err and words in err, err
+        assert len(err.splitlines()) == 1
+
+
+def test_bench_of_a_model_that_cannot_run_at_a_batch_fails(models, capsys):
+    folder, model, _, _ = models
+    fixed = folder / "batch1.onnx"
+    m = onnx.load(model)
+    m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(m, fixed)
+    assert main(["bench", str(model), str(fixed), "--batch", "1,8", "--repeats", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"{fixed}: input 'x' has a fixed batch of 1; it cannot run at --batch 8" in err
+    broken = folder / "broken.onnx"
+    b = GraphBuilder(3, 8)
+    y = b.op("Reshape", [b.input.name, b.const(np.array([1, 192], np.int64))])
+    onnx.save(b.model(b.op("Gemm", [y, b.const(np.ones((10, 192), np.float32))], transB=1)),
+              broken)
+    assert main(["bench", str(broken), "--batch", "2", "--repeats", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "onnxruntime cannot run" in err and len(err.splitlines()) == 1

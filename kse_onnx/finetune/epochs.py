@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from ..errors import ModelError
-from ..graph.io import save_model
 from ..options import DataOptions, FinetuneOptions
 from . import losses, progress
 
@@ -46,6 +45,20 @@ def accuracy(module, x, y, batch: int = 512, quiet: bool = True) -> float:
     return float((np.concatenate(preds) == y).mean())
 
 
+def _diverged(loss, targets, label: str, epoch: int, step: int, output: Path) -> str:
+    """The error of a non-finite loss, blaming what caused it: the teacher's outputs, the
+    student before any update, or the training (the learning rate)."""
+    where = f"loss became {loss.item()} at {label} {epoch + 1} step {step + 1}"
+    if not all(np.all(np.isfinite(np.asarray(t))) for t in targets):
+        cause = "the teacher's outputs on this batch are not finite (check --teacher)"
+    elif epoch == 0 and step == 0:
+        cause = "the compressed model's outputs are not finite before any update"
+    else:
+        cause = "training diverged: lower --lr (or --clip-grad)"
+    return (f"{where}: {cause}; nothing was written to {output} (finished epochs are in "
+            f"{output}.ckpt/, see --resume)")
+
+
 class EpochRunner:
     """One pass of distillation over the training split (shared by fine-tuning and its
     quantization-aware epochs)."""
@@ -61,7 +74,9 @@ class EpochRunner:
     def epoch(self, epoch: int, lr_at, good_state: dict, output: Path,
               label: str = "epoch") -> list[float]:
         """Train one epoch; ``lr_at(step)`` gives the learning rate. A non-finite loss
-        restores ``good_state``, writes it to ``output`` and stops with an error."""
+        restores ``good_state`` and stops with an error; nothing is written to ``output``
+        (the data were checked finite, so a model claiming to be trained would be a
+        diverged one's last good state)."""
         opts, dist, module = self.opts, self.dist, self.module
         per_rank = opts.batch // dist.world
         epoch_rng = np.random.default_rng([opts.seed, epoch])
@@ -79,11 +94,7 @@ class EpochRunner:
             if not torch.isfinite(loss):
                 bar.close()
                 module.load_state_dict(good_state)
-                if dist.main:
-                    save_model(module.export(), output)
-                raise ModelError(f"loss became {loss.item()} at {label} {epoch + 1} step "
-                                 f"{step + 1}; the last good model was written to {output}. "
-                                 "Lower --lr.")
+                raise ModelError(_diverged(loss, targets, label, epoch, step, output))
             self.optimizer.zero_grad()
             loss.backward()
             if opts.clip_grad:

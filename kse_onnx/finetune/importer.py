@@ -77,7 +77,7 @@ class OnnxModule(nn.Module):
         self.opset = default_opset(model)
         self.attrs = [ops.attributes(node, self.opset) for node in graph.node]
         refuse_unmapped(graph, self.attrs, where)
-        settings = settings_of(model) or {}
+        settings = settings_of(model, where) or {}
         compressed = set(settings.get("compressed_layers", []))
         shared = {n.input[1] for n in graph.node if n.op_type == "Conv" and n.name in compressed}
         # BatchNormalization runs with its stored statistics (inference mode): its mean

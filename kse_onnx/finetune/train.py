@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..data import check_labels, load_data
-from ..errors import ModelError
+from ..data import ModelInput, check_labels, load_data
+from ..errors import OptionError
 from ..graph.io import load_model, model_files, save_model
 from ..options import (
     DEFAULT_LR,
@@ -35,6 +35,7 @@ from ..options import (
 )
 from ..runtime.ort import session
 from . import losses
+from .checkpoint import load_checkpoint
 from .epochs import EpochRunner, accuracy
 from .importer import import_model
 
@@ -103,6 +104,9 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if opts.threads:
         torch.set_num_threads(opts.threads)
     output = Path(output)
+    if opts.batch % dist.world:
+        raise OptionError("--batch", f"{opts.batch} must be a multiple of the {dist.world} "
+                                          "torchrun processes")
     paths.check_paths({"COMPRESSED": model_files(compressed),
                        "--teacher": model_files(teacher), "--data": data_path,
                        "--calibration": calibration.calibration if calibration else ""},
@@ -111,15 +115,12 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     say = (lambda text: None) if opts.quiet or not dist.main else log
     student_model = load_model(compressed)
     module = import_model(student_model, str(compressed))  # unmappable ops: refused here
-    x, y = load_data(data_path, data)
+    x, y = load_data(data_path, data, ModelInput.of(student_model))
     teacher_model = load_model(teacher)
     if y is not None:  # every label one of the teacher's classes
         sess = session(teacher_model)
         classes = sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0].shape[-1]
         y = check_labels(y, len(x), data_path, classes)
-    if opts.batch % dist.world:
-        raise ModelError(f"--batch {opts.batch} must be a multiple of the {dist.world} "
-                         "torchrun processes")
     objective = losses.plan(opts, student_model, teacher_model, module, x, say)
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(len(x))
@@ -133,19 +134,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     ckpt = ckpt_dir / "last.pt"
     start_epoch, best_acc, best_state = 0, -1.0, None
     if resume and ckpt.exists():
-        try:  # tensors and plain containers only: nothing in the file is executed
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelError(f"{ckpt}: not a kse-onnx checkpoint or holds objects other "
-                             f"than tensors; refused ({type(exc).__name__})") from exc
-        kind = type(optimizer).__name__
-        if state.get("optimizer_type", kind) != kind:
-            raise ModelError(f"{ckpt}: written with the {state['optimizer_type']} optimizer, "
-                             f"resumed with {kind}; pass the same --optimizer")
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])
-        best_state = state.get("best")
+        start_epoch, best_acc, best_state = load_checkpoint(ckpt, module, optimizer)
         say(f"resumed from {ckpt} at epoch {start_epoch}")
     good_state = {k: v.clone() for k, v in module.state_dict().items()}
     history = []
@@ -181,7 +170,8 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         from ..quantize.apply import calibration_inputs
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs
 
-        images = calibration_inputs(calibration, data, default=str(data_path))
+        images = calibration_inputs(calibration, data, default=str(data_path),
+                                    model=student_model)
         tuned, result["int8"] = quantize_tuned(run, quantize, images, val, output)
     else:
         tuned = module.export()

@@ -9,10 +9,12 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, OptionError, first_line
+from ..paths import regular_file
 from .inputs import check_same_inputs, restore_graph_inputs
 from .io import load_model  # reads untrusted files safely
 from .names import unique_tensor_names
 from .select import quiet_graphsurgeon
+from .settings import settings_problem
 
 METADATA_KEY = "kse_onnx"
 
@@ -61,24 +63,47 @@ def check_model(model: onnx.ModelProto, where) -> None:
                          f"{first_line(exc)}") from exc
 
 
-def settings_of(model: onnx.ModelProto) -> dict | None:
-    """The settings kse-onnx recorded in an optimized model, or None."""
+def settings_of(model: onnx.ModelProto, where="model") -> dict | None:
+    """The settings kse-onnx recorded in an optimized model, or None; recorded settings
+    that are not valid JSON or break the schema (:mod:`.settings`) are a one-line error
+    naming ``where`` and the field."""
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
+            try:
+                settings = json.loads(entry.value)
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
+                raise ModelError(f"{where}: kse-onnx settings in its metadata are not valid "
+                                 "JSON") from None
+            problem = settings_problem(settings, METADATA_KEY)
+            if problem:
+                raise ModelError(f"{where}: kse-onnx settings in its metadata: {problem}")
+            return settings
     return None
 
 
 def recorded_settings(path: str) -> dict:
     """The kse-onnx settings recorded by an earlier run, in its model or its JSON report
-    (``--choices``); a file that is neither is a one-line option error."""
+    (``--choices``); a file that is neither, or whose settings break the schema, is a
+    one-line option error naming the file and the field."""
     source = Path(path)
     if source.suffix != ".json":
-        return settings_of(load_model(source)) or {}
+        try:
+            return settings_of(load_model(source), source) or {}
+        except ModelError as exc:
+            raise OptionError("--choices", str(exc)) from None
     try:
-        return json.loads(source.read_text()).get("settings", {})
-    except (OSError, ValueError, AttributeError) as exc:
-        raise OptionError("--choices", f"{path}: cannot read a JSON report ({exc})") from exc
+        report = json.loads(regular_file(source, "a JSON report").read_text())
+    except (OSError, ValueError, RecursionError, ModelError) as exc:
+        raise OptionError("--choices", f"{path}: cannot read a JSON report "
+                                       f"({first_line(exc)})") from None
+    if not isinstance(report, dict):
+        raise OptionError("--choices", f"{path}: a JSON report is an object, this one is a "
+                                       f"{type(report).__name__}")
+    settings = report.get("settings", {})
+    problem = settings_problem(settings)
+    if problem:
+        raise OptionError("--choices", f"{path}: {problem}")
+    return settings
 
 
 def record_settings(model: onnx.ModelProto, settings: dict) -> None:

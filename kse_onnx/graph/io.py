@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
 
 import onnx
 
 from ..errors import ModelError, first_line
-from ..paths import regular_file
+from ..paths import name_too_long, regular_file, temporary_file
 
 # Protobuf cannot serialise a model over 2 GiB; larger ones keep weights beside it.
 _PROTOBUF_LIMIT = 2**31 - 1
@@ -213,13 +212,17 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> None:
 
 def _save(model: onnx.ModelProto, path: Path, folder: Path) -> None:
     large = model.ByteSize() > _PROTOBUF_LIMIT
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    data_name = f"{path.name}.data"
+    if large and name_too_long(folder / data_name):
+        raise ModelError(f"{path}: the model is over 2 GiB, so its weights go to "
+                         f"{data_name!r}, a name too long for the file system: choose a "
+                         "shorter output name")
+    fd, tmp = temporary_file(folder)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a saved model is an ordinary file
-    data_name = f"{path.name}.data"
-    tmp_data = folder / f".{data_name}.tmp"
+    tmp_data = Path(tmp).with_suffix(".data.tmp")  # the same short random name
     try:
         if large:
             copy = onnx.ModelProto()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ..data import load_data
+from ..data import ModelInput, load_data
 from ..errors import OptionError
 from ..graph.export import record_settings, settings_of
 from ..options import CalibrationOptions, DataOptions, QuantizeOptions, as_dict
@@ -19,20 +19,19 @@ from .shared import quantized_weight_names, share_int8_weights
 
 
 def calibration_inputs(calibration: CalibrationOptions | None, data: DataOptions | None,
-                       default: str | None = None, flag: str = "--calibration"
+                       default: str | None = None, model: onnx.ModelProto | None = None
                        ) -> np.ndarray | None:
     """The first ``calibration_images`` inputs of ``calibration.calibration`` (or of
-    ``default``), preprocessed by ``data``; None when neither names a source."""
+    ``default``), preprocessed by ``data`` and checked by :func:`kse_onnx.data.load_data`
+    (numbers, at least one image, finite, fitting ``model``'s input); None when neither
+    names a source."""
     calibration = calibration or CalibrationOptions()
     source = calibration.calibration or default
     if not source:
         return None
-    x = load_data(source, data or DataOptions())[0][:calibration.calibration_images]
-    if not len(x):
-        raise OptionError(flag, f"{source}: holds no images")
-    if not np.all(np.isfinite(x)):
-        raise OptionError(flag, f"{source}: images hold NaN or infinite values")
-    return x
+    expect = ModelInput.of(model) if model is not None else None
+    return load_data(source, data or DataOptions(), expect,
+                     limit=calibration.calibration_images)[0]
 
 
 def _static_inputs(options: QuantizeOptions, calibration: np.ndarray | None):

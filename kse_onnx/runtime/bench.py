@@ -80,6 +80,28 @@ def _run(sess, feeds, label) -> None:
         raise ModelError(f"onnxruntime cannot run {label}: {first_line(exc)}") from exc
 
 
+def bench_models(models: dict, batches: list[int], threads: int, repeats: int,
+                 providers) -> list[tuple[int, list[Timing]]]:
+    """(batch, timings) rows of ``kse-onnx bench``: every model must load and run at every
+    batch (a model whose inputs fix another batch cannot: it is an error, not a row
+    timed at its own batch); a failure is a one-line error naming the model."""
+    sessions = {}
+    for label, model in models.items():
+        try:
+            sessions[label] = session(model, threads=threads, providers=providers)
+        except ModelError as exc:
+            raise ModelError(f"{label}: {exc}") from None
+    for label, sess in sessions.items():
+        for i in sess.get_inputs():
+            fixed = i.shape[0] if i.shape and isinstance(i.shape[0], int) else None
+            wrong = [b for b in batches if fixed and fixed > 0 and b != fixed]
+            if wrong:
+                raise ModelError(f"{label}: input {i.name!r} has a fixed batch of {fixed}; "
+                                 f"it cannot run at --batch {wrong[0]}")
+    return [(b, interleaved_latency(sessions, b, threads, repeats, providers=providers))
+            for b in batches]
+
+
 def format_timings(rows: list[tuple[int, list[Timing]]], providers) -> str:
     """Table of (batch, timings) rows: median ms and ratio to the first model."""
     lines = [f"providers: {', '.join(providers)}; ratio = median / first model's median"]

@@ -41,7 +41,7 @@ def session(model: onnx.ModelProto | str, threads: int = 1,
     # turn they steal the cores of the next session (measured: identical models 1.3-1.5x
     # apart at 2 threads). No spinning: every session pays the same wake-up, ratios hold.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # no C++ log lines: failures are our one-line errors
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
     try:
         sess = ort.InferenceSession(data, options, providers=list(providers))
