@@ -161,10 +161,24 @@ def test_nan_loss_stops_with_last_good_model(setup, capsys):
     tmp, teacher, student, data = setup
     out = tmp / "nan.onnx"
     code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--lr", "1e6",
-                      "--clip-grad", "0"))
+                      "--clip-grad", "0", "--val-fraction", "0"))
     assert code == 1
     assert "loss became" in capsys.readouterr().err
     onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+def test_nan_loss_with_a_held_out_split_keeps_the_input(setup, capsys):
+    """With a held-out split a diverged run stops training and writes the best measured
+    state: here nothing beat the start, so the input's weights, and says so."""
+    tmp, teacher, student, data = setup
+    out = tmp / "nan.onnx"
+    code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--lr", "1e6",
+                      "--clip-grad", "0"))
+    captured = capsys.readouterr()
+    assert code == 0 and "loss became" in captured.err
+    assert "wrote the input's weights unchanged" in captured.out
+    assert _weights(out).keys() == _weights(student).keys()
+    assert all(np.array_equal(_weights(out)[k], v) for k, v in _weights(student).items())
 
 
 def test_two_processes_match_one(setup):

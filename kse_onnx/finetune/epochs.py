@@ -1,19 +1,17 @@
 """One epoch of training, shared by fine-tuning (:mod:`.train`) and its quantization-aware
-epochs (:mod:`.qat`), with the pieces it needs: augmentation and held-out accuracy. The
-loss is the objective of :mod:`.losses` (``--loss``); progress shows as a bar on a
-terminal, one line per epoch in logs (:mod:`.progress`).
+epochs (:mod:`.qat`), with the pieces it needs: augmentation and the held-out measure that
+picks the epoch to keep. The loss is the objective of :mod:`.losses` (``--loss``);
+progress shows as a bar on a terminal, one line per epoch in logs (:mod:`.progress`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import ModelError
-from ..graph.io import save_model
 from ..options import DataOptions, FinetuneOptions
 from . import losses, progress
 
@@ -46,6 +44,53 @@ def accuracy(module, x, y, batch: int = 512, quiet: bool = True) -> float:
     return float((np.concatenate(preds) == y).mean())
 
 
+class Diverged(ModelError):
+    """The loss became non-finite; the module holds the good state it was given again."""
+
+
+class HeldOut:
+    """How close the student is to what it should be on the held-out split, higher is
+    better: top-1 accuracy against the labels for a classifier with labels, top-1
+    agreement with the teacher for a classifier without, and otherwise minus the loss's
+    own normalised error (``--loss mse``/``features``: per-channel squared error over
+    the teacher's variance; ``kd``: the distillation term) on the un-augmented images."""
+
+    def __init__(self, objective: losses.Objective, x: np.ndarray, y, batch: int = 256):
+        self.objective, self.x, self.batch = objective, x, batch
+        self.want = None
+        if objective.classifier:
+            self.name = "accuracy" if y is not None else "agreement"
+            self.want = y if y is not None else np.concatenate(
+                [objective.targets(x[i:i + batch])[0].argmax(1)
+                 for i in range(0, len(x), batch)])
+        else:
+            self.name = "error"
+
+    def shown(self, score: float) -> float:
+        """The score as printed: the accuracy or agreement, or the error (positive)."""
+        return -score if self.name == "error" else score
+
+    def score(self, module) -> float:
+        module.eval()
+        total = 0.0
+        with torch.no_grad():
+            for i in range(0, len(self.x), self.batch):
+                xb = self.x[i:i + self.batch]
+                if self.want is not None:
+                    out = module(torch.from_numpy(xb))
+                    pred = (out[0] if isinstance(out, tuple) else out).argmax(1).numpy()
+                    total += float((pred == self.want[i:i + len(xb)]).sum())
+                else:
+                    _, match = self.objective.match(module, module, torch.from_numpy(xb),
+                                                    self.objective.targets(xb))
+                    total -= float(match) * len(xb)
+        module.train()
+        score = total / len(self.x)
+        if not np.isfinite(score):
+            return -np.inf
+        return score
+
+
 class EpochRunner:
     """One pass of distillation over the training split (shared by fine-tuning and its
     quantization-aware epochs)."""
@@ -58,10 +103,10 @@ class EpochRunner:
         self.opts, self.data, self.dist, self.log = opts, data, dist, log
         self.steps = max(1, len(train) // opts.batch)
 
-    def epoch(self, epoch: int, lr_at, good_state: dict, output: Path,
+    def epoch(self, epoch: int, lr_at, good_state: dict,
               label: str = "epoch") -> list[float]:
         """Train one epoch; ``lr_at(step)`` gives the learning rate. A non-finite loss
-        restores ``good_state``, writes it to ``output`` and stops with an error."""
+        restores ``good_state`` (the best measured so far) and raises :class:`Diverged`."""
         opts, dist, module = self.opts, self.dist, self.module
         per_rank = opts.batch // dist.world
         epoch_rng = np.random.default_rng([opts.seed, epoch])
@@ -79,11 +124,8 @@ class EpochRunner:
             if not torch.isfinite(loss):
                 bar.close()
                 module.load_state_dict(good_state)
-                if dist.main:
-                    save_model(module.export(), output)
-                raise ModelError(f"loss became {loss.item()} at {label} {epoch + 1} step "
-                                 f"{step + 1}; the last good model was written to {output}. "
-                                 "Lower --lr.")
+                raise Diverged(f"loss became {loss.item()} at {label} {epoch + 1} step "
+                               f"{step + 1}")
             self.optimizer.zero_grad()
             loss.backward()
             if opts.clip_grad:

@@ -5,7 +5,14 @@ Loss per batch (``--loss``, :mod:`.losses`): for classifier logits
 only when there are no labels); for other outputs (and, with ``--loss features``, the
 compressed Convs' outputs too) the mean squared error divided by the teacher's variance.
 The teacher runs in onnxruntime on the same augmented batch. ``--optimizer auto``: SGD
-with momentum for ``kd``, Adam for the dense targets of ``mse`` and ``features``.
+with momentum for ``kd``, Adam for the dense targets of ``mse`` and ``features``; the
+rate rises linearly over the first ``--warmup`` of the steps, so the first steps cannot
+throw a good start far away.
+
+Never worse: ``--val-fraction`` of the images is held out and the student is measured on
+it (:class:`.epochs.HeldOut`) at the start and after every epoch; the best epoch is
+written, and when no epoch beats the start the input's weights are written unchanged
+and the run says so.
 Under ``torchrun`` each process takes its slice of every global batch and
 DistributedDataParallel averages gradients, so K processes follow the same trajectory
 as one (up to float summation order).
@@ -35,34 +42,41 @@ from ..options import (
 )
 from ..runtime.ort import session
 from . import losses
-from .epochs import EpochRunner, accuracy
+from .epochs import Diverged, EpochRunner, HeldOut
 from .importer import import_model
+from .lrcheck import checked_lr
 
 
 def learning_rate(opts: FinetuneOptions, base: float, step: int, total: int) -> float:
-    """The rate at ``step`` of ``total`` under ``opts.schedule``, from ``base``."""
+    """The rate at ``step`` of ``total`` under ``opts.schedule``, from ``base``, times the
+    linear warm-up ``min(1, (step + 1) / W)`` over the first ``W = ceil(warmup * total)``
+    steps."""
+    warm = min(1.0, (step + 1) / max(1, math.ceil(opts.warmup * total)))
     if opts.schedule == "cosine":
-        return base * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
+        return warm * base * 0.5 * (1 + math.cos(math.pi * step / max(1, total)))
     if opts.schedule == "step":  # x0.1 at half and three quarters, as the authors did
-        return base * (0.1 ** (int(step >= total / 2) + int(step >= 3 * total / 4)))
-    return base
+        return warm * base * (0.1 ** (int(step >= total / 2) + int(step >= 3 * total / 4)))
+    return warm * base
 
 
 def make_optimizer(opts: FinetuneOptions, loss: str, params, log):
-    """(optimizer, base learning rate) of ``--optimizer``/``--lr`` for the chosen loss;
-    says which it picked."""
+    """(optimizer, base learning rate, ``lr -> optimizer`` over ``params``) of
+    ``--optimizer``/``--lr`` for the chosen loss; says which it picked."""
     kind = opts.optimizer
     if kind == "auto":
         kind = "sgd" if loss == "kd" else "adam"
-    lr = opts.lr or DEFAULT_LR[kind]
-    if kind == "sgd":
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=opts.momentum,
-                                    weight_decay=opts.weight_decay)
-    else:
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=opts.weight_decay)
+    lr = opts.lr or DEFAULT_LR[kind]  # Adam: measured on dense losses (tools/finetune_dense.py)
+    params = list(params)
+
+    def build(rate: float):
+        if kind == "sgd":
+            return torch.optim.SGD(params, lr=rate, momentum=opts.momentum,
+                                   weight_decay=opts.weight_decay)
+        return torch.optim.Adam(params, lr=rate, weight_decay=opts.weight_decay)
+
     note = f" (auto: loss {loss})" if opts.optimizer == "auto" else ""
     log(f"optimizer: {kind}, lr {lr:g} ({opts.schedule}){note}")
-    return optimizer, lr
+    return build(lr), lr, build
 
 
 class Distributed:
@@ -123,15 +137,27 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     objective = losses.plan(opts, student_model, teacher_model, module, x, say)
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(len(x))
-    n_val = int(len(x) * opts.val_fraction) if y is not None and objective.classifier else 0
+    n_val = min(int(len(x) * opts.val_fraction), len(x) - 1)
     val, train = order[:n_val], order[n_val:]
     model = dist.wrap(module)
-    optimizer, base_lr = make_optimizer(opts, objective.kind, module.parameters(), say)
+    optimizer, base_lr, build = make_optimizer(opts, objective.kind, module.parameters(), say)
+    first = np.sort(train[:opts.batch])  # the lr check's batch: no draw from the run's rng
+    base_lr = checked_lr(module, objective, build, x[first], None if y is None else y[first],
+                         base_lr, opts.lr_check, opts.clip_grad, say)
     steps_per_epoch = max(1, len(train) // opts.batch)
     total = steps_per_epoch * opts.epochs
+    initial = {k: v.clone() for k, v in module.state_dict().items()}
+    judge = HeldOut(objective, x[val], None if y is None else y[val]) if n_val else None
+    start_score = judge.score(module) if judge else None
+    if judge:
+        say(f"held-out {judge.name} ({n_val} images) at the start: "
+            f"{judge.shown(start_score):.4g}")
+    else:
+        log("no held-out split (--val-fraction 0 or too few images): the last epoch is "
+            "written, unchecked against the input")
     ckpt_dir = Path(f"{output}.ckpt")
     ckpt = ckpt_dir / "last.pt"
-    start_epoch, best_acc, best_state = 0, -1.0, None
+    start_epoch, best_score, best_state, best_epoch = 0, start_score, None, 0
     if resume and ckpt.exists():
         try:  # tensors and plain containers only: nothing in the file is executed
             state = torch.load(ckpt, map_location="cpu", weights_only=True)
@@ -144,39 +170,71 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
                              f"resumed with {kind}; pass the same --optimizer")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_acc = int(state["epoch"]), float(state["best_acc"])
-        best_state = state.get("best")
+        start_epoch = int(state["epoch"])
+        best_state, best_epoch = state.get("best"), int(state.get("best_epoch", 0))
+        if best_state is not None and state.get("best_score") is not None:
+            best_score = float(state["best_score"])
         say(f"resumed from {ckpt} at epoch {start_epoch}")
     good_state = {k: v.clone() for k, v in module.state_dict().items()}
-    history = []
+    history, diverged = [], None
     run = EpochRunner(model, module, optimizer, objective, x, y, train, opts, data, dist, say)
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
-        step_losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
-            opts, base_lr, e * steps_per_epoch + step, total), good_state, output)
+        fallback = good_state if judge is None else best_state or initial  # on a NaN
+        try:
+            step_losses = run.epoch(epoch, lambda step, e=epoch: learning_rate(
+                opts, base_lr, e * steps_per_epoch + step, total), fallback)
+        except Diverged as exc:
+            if judge is None:  # nothing measured to fall back on: stop with an error
+                if dist.main:
+                    save_model(module.export(), output)
+                raise ModelError(f"{exc}; the last good model was written to {output}. "
+                                 "Lower --lr.") from exc
+            log(f"{exc}: training stopped, the best measured state is kept. Lower --lr.")
+            diverged = str(exc)
+            break
         good_state = {k: v.clone() for k, v in module.state_dict().items()}
         record = {"epoch": epoch + 1, "loss": float(np.mean(step_losses)),
                   "seconds": time.perf_counter() - t0}
-        if n_val:
-            record["val_accuracy"] = accuracy(module, x[val], y[val], quiet=opts.quiet)
-            if record["val_accuracy"] > best_acc:
-                best_acc, best_state = record["val_accuracy"], good_state
+        shown = ""
+        if judge:
+            score = judge.score(module)
+            record[f"val_{judge.name}"] = judge.shown(score)
+            shown = f", held-out {judge.name} {judge.shown(score):.4g}"
+            if score > best_score:
+                best_score, best_state, best_epoch = score, good_state, epoch + 1
         history.append(record)
         if dist.main:
             say(f"epoch {epoch + 1}/{opts.epochs}: loss {record['loss']:.4g}, "
-                f"{record['seconds']:.1f} s"
-                + (f", held-out accuracy {record['val_accuracy']:.4f}" if n_val else ""))
+                f"{record['seconds']:.1f} s{shown}")
             ckpt_dir.mkdir(exist_ok=True)
             state = {"module": good_state, "optimizer": optimizer.state_dict(),
-                     "optimizer_type": type(optimizer).__name__,
-                     "epoch": epoch + 1, "best_acc": best_acc, "best": best_state}
+                     "optimizer_type": type(optimizer).__name__, "epoch": epoch + 1,
+                     "best_score": best_score, "best": best_state, "best_epoch": best_epoch}
             _save_checkpoint(ckpt_dir / f"epoch_{epoch + 1:03d}.pt", state)
             _save_checkpoint(ckpt, state)
         dist.barrier()
+    kept_input = judge is not None and best_state is None
     if best_state is not None:
         module.load_state_dict(best_state)
-    result = {"history": history, "best_val_accuracy": best_acc if n_val else None,
-              "loss": objective.describe()}
+    elif kept_input:
+        module.load_state_dict(initial)
+    result = {"history": history, "loss": objective.describe(), "kept_input": kept_input,
+              "diverged": diverged,
+              "best_val_accuracy": best_score if judge and judge.name == "accuracy" else None}
+    if judge:
+        result["held_out"] = {"measure": judge.name, "images": int(n_val),
+                              "start": judge.shown(start_score),
+                              "best": judge.shown(best_score), "best_epoch": best_epoch}
+        if kept_input:
+            result["selection"] = (f"no epoch beat the input on the held-out split "
+                                   f"({judge.name} {judge.shown(start_score):.4g} at the "
+                                   "start): wrote the input's weights unchanged")
+        else:
+            result["selection"] = (f"kept epoch {best_epoch}: held-out {judge.name} "
+                                   f"{judge.shown(start_score):.4g} -> "
+                                   f"{judge.shown(best_score):.4g}")
+        (log if kept_input else say)(result["selection"])
     if quantize is not None and quantize.active:
         from ..quantize.apply import calibration_inputs
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs
@@ -184,7 +242,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         images = calibration_inputs(calibration, data, default=str(data_path))
         tuned, result["int8"] = quantize_tuned(run, quantize, images, val, output)
     else:
-        tuned = module.export()
+        tuned = student_model if kept_input else module.export()
     if dist.main:
         save_model(tuned, output)
     dist.barrier()
