@@ -101,7 +101,7 @@ def test_auto_picks_and_says(tmp_path, pairs, name, picked):
     assert result["loss"].startswith(picked + " ")
     assert any(line.startswith(f"loss: {picked} (") and "(auto:" in line for line in lines)
     optimizer = "sgd, lr 0.01" if picked == "kd" else f"adam, lr {DEFAULT_LR['adam']:g}"
-    assert f"optimizer: {optimizer} (cosine) (auto: loss {picked})" in lines
+    assert f"optimizer: {optimizer} (cosine), batch 16 (auto: loss {picked})" in lines
 
 
 def test_optimizer_and_lr_as_given(tmp_path, pairs):
@@ -110,7 +110,7 @@ def test_optimizer_and_lr_as_given(tmp_path, pairs):
     finetune(student, tmp_path / "out.onnx", teacher, data,
              FinetuneOptions(batch=16, threads=1, optimizer="sgd", lr=0.02, loss="features"),
              DataOptions(), log=lines.append)
-    assert "optimizer: sgd, lr 0.02 (cosine)" in lines
+    assert "optimizer: sgd, lr 0.02 (cosine), batch 16" in lines
     assert any(line.startswith("loss: features (") and "and 1 output(s)" in line
                for line in lines)
 

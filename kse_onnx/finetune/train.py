@@ -20,6 +20,7 @@ as one (up to float summation order).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -34,6 +35,7 @@ from ..data import check_labels, load_data
 from ..errors import ModelError
 from ..graph.io import load_model, model_files, save_model
 from ..options import (
+    DEFAULT_BATCH,
     DEFAULT_LR,
     CalibrationOptions,
     DataOptions,
@@ -75,7 +77,7 @@ def make_optimizer(opts: FinetuneOptions, loss: str, params, log):
         return torch.optim.Adam(params, lr=rate, weight_decay=opts.weight_decay)
 
     note = f" (auto: loss {loss})" if opts.optimizer == "auto" else ""
-    log(f"optimizer: {kind}, lr {lr:g} ({opts.schedule}){note}")
+    log(f"optimizer: {kind}, lr {lr:g} ({opts.schedule}), batch {opts.batch}{note}")
     return build(lr), lr, build
 
 
@@ -131,10 +133,12 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         sess = session(teacher_model)
         classes = sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0].shape[-1]
         y = check_labels(y, len(x), data_path, classes)
+    objective = losses.plan(opts, student_model, teacher_model, module, x, say)
+    if not opts.batch:
+        opts = dataclasses.replace(opts, batch=DEFAULT_BATCH[objective.kind])
     if opts.batch % dist.world:
         raise ModelError(f"--batch {opts.batch} must be a multiple of the {dist.world} "
                          "torchrun processes")
-    objective = losses.plan(opts, student_model, teacher_model, module, x, say)
     rng = np.random.default_rng(opts.seed)
     order = rng.permutation(len(x))
     n_val = min(int(len(x) * opts.val_fraction), len(x) - 1)
