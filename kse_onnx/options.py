@@ -331,7 +331,7 @@ SCHEDULES = ("cosine", "step", "constant")
 LOSSES = ("auto", "kd", "mse", "features")
 OPTIMIZERS = ("auto", "sgd", "adam")
 # --lr 0: the chosen optimizer's. Adam's from tools/finetune_dense.py (docs/results.md)
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.003}
 DEFAULT_BATCH = {"kd": 128, "mse": 32, "features": 32}  # --batch 0: the loss's
 
 
@@ -369,7 +369,7 @@ class FinetuneOptions:
                          "for --loss kd, 32 for mse and features (a dense target gives "
                          "each image many targets: smaller batches, more steps)")
     lr: float = _opt(0.0, "learning rate; 0 = the optimizer's default: 0.01 for SGD (the "
-                          "authors' CIFAR setting), 0.001 for Adam (measured on dense "
+                          "authors' CIFAR setting), 0.003 for Adam (measured on dense "
                           "losses)")
     lr_check: int = _opt(2, "steps of the one-batch learning-rate check before training: "
                             "if that many steps at the peak rate raise the loss of the first "

@@ -4,7 +4,7 @@ error of a compressed detector and U-Net against their original? (issue #32)
     apt-get install dataset-fashion-mnist
     python tools/finetune_dense.py [--models yolo_tiny,unet_tiny,unet64] [--losses mse,features]
         [--lrs 0] [--warmups 0.1] [--epochs 3] [--images 1024] [--batch 128] [--G 4 --T 0]
-        [--threads 1] [--json rows.json]
+        [--lr-checks 2] [--student TUNED.onnx] [--threads 1] [--json rows.json]
 
 The teachers are the zoo's TinyYOLO (3x64x64) and TinyUNet (3x32x32, 3 classes) with
 seeded random weights and BatchNorm statistics (models/zoo.py), and ``unet64``: the same
@@ -17,7 +17,10 @@ of them to pick the epoch). The error is what ``kse-onnx verify --inputs`` repor
 test images: before, after epoch 1 and after the last epoch (both from the run's
 checkpoints), and of the model written (the best held-out epoch, or the input).
 ``--lrs`` and ``--warmups`` take comma-separated lists (0 = finetune's default lr) for
-the learning-rate measurement behind the Adam default. Prints a Markdown table.
+the learning-rate measurement behind the Adam default, ``--lr-checks`` likewise for
+``--lr-check``. ``--student`` starts from a given model (one ``--models`` entry), e.g. the
+output of an earlier run: a near start, where a rate that suits a far one does harm.
+Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def main() -> int:
     parser.add_argument("--losses", default="mse,features")
     parser.add_argument("--lrs", default="0", help="comma-separated; 0 = finetune's default")
     parser.add_argument("--warmups", default=str(FinetuneOptions().warmup))
+    parser.add_argument("--lr-checks", default=str(FinetuneOptions().lr_check))
+    parser.add_argument("--student", type=Path, help="start from this model instead")
     parser.add_argument("--optimizer", default="auto")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--images", type=int, default=1024)
@@ -92,9 +97,9 @@ def main() -> int:
           f"{datetime.date.today()}; Fashion-MNIST {args.images} training / {CHECK_IMAGES} "
           f"check images; G={args.G},T={args.T} compact; finetune: {args.epochs} epochs, "
           f"batch {args.batch}, optimizer {args.optimizer}, otherwise the defaults")
-    print("| model | loss | lr | warm-up | error before | after 1 epoch | after last epoch | "
-          "written (epoch) | ratio | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | loss | lr | warm-up | lr check | error before | after 1 epoch | "
+          "after last epoch | written (epoch) | ratio | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows, failed = [], 0
     for name in args.models.split(","):
         net, shape = teacher_net(name)
@@ -105,39 +110,44 @@ def main() -> int:
         train, check = args.out / f"{name}_train.npz", args.out / f"{name}_check.npz"
         np.savez(train, x=images("fmnist", "train", args.images, shape[-1], 1))
         np.savez(check, input=images("fmnist", "test", CHECK_IMAGES, shape[-1], 2))
-        student = args.out / f"{name}_G{args.G}T{args.T}.onnx"
-        optimize(teacher, student, KSEOptions(G=args.G, T=args.T),
-                 lower_options=LowerOptions("compact"), overwrite=True)
+        student = args.student or args.out / f"{name}_G{args.G}T{args.T}.onnx"
+        if not args.student:
+            optimize(teacher, student, KSEOptions(G=args.G, T=args.T),
+                     lower_options=LowerOptions("compact"), overwrite=True)
         before = error(teacher, student, check)
         for loss in args.losses.split(","):
-            for lr in (float(v) for v in args.lrs.split(",")):
-                for warmup in (float(v) for v in args.warmups.split(",")):
-                    tuned = args.out / f"{name}_{loss}_lr{lr:g}_w{warmup:g}.onnx"
-                    start = time.perf_counter()
-                    result = finetune(student, tuned, teacher, train, FinetuneOptions(
-                        loss=loss, threads=args.threads, quiet=True, batch=args.batch,
-                        lr=lr, warmup=warmup, epochs=args.epochs, optimizer=args.optimizer),
-                        DataOptions(), log=lambda text: None)
-                    seconds = time.perf_counter() - start
-                    ckpts = Path(f"{tuned}.ckpt")
-                    tmp = args.out / "epoch.onnx"
-                    first = checkpoint_error(student, ckpts / "epoch_001.pt", teacher, check,
-                                             tmp)
-                    last = checkpoint_error(student, ckpts / f"epoch_{args.epochs:03d}.pt",
-                                            teacher, check, tmp)
-                    written = error(teacher, tuned, check)
-                    best = result["held_out"]["best_epoch"]
-                    ratio = written / before
-                    failed += not ratio <= 0.5
-                    rows.append({"model": name, "loss": loss, "lr": lr, "warmup": warmup,
-                                 "before": before, "after_1": first, "after_last": last,
-                                 "written": written, "best_epoch": best, "ratio": ratio,
-                                 "seconds": round(seconds, 1),
-                                 "held_out": result["held_out"],
-                                 "history": result["history"]})
-                    print(f"| {name} | {loss} | {lr or 'default'} | {warmup:g} | "
-                          f"{before:.4f} | {first:.4f} | {last:.4f} | {written:.4f} ({best}) "
-                          f"| {ratio:.3f} | {seconds:.0f} |", flush=True)
+            for lr, warmup, check_steps in ((float(a), float(b), int(c))
+                                            for a in args.lrs.split(",")
+                                            for b in args.warmups.split(",")
+                                            for c in args.lr_checks.split(",")):
+                tuned = args.out / f"{name}_{loss}_lr{lr:g}_w{warmup:g}_c{check_steps}.onnx"
+                start = time.perf_counter()
+                lines = []
+                result = finetune(student, tuned, teacher, train, FinetuneOptions(
+                    loss=loss, threads=args.threads, quiet=True, batch=args.batch, lr=lr,
+                    warmup=warmup, lr_check=check_steps, epochs=args.epochs,
+                    optimizer=args.optimizer), DataOptions(), log=lines.append)
+                seconds = time.perf_counter() - start
+                ckpts = Path(f"{tuned}.ckpt")
+                tmp = args.out / "epoch.onnx"
+                first = checkpoint_error(student, ckpts / "epoch_001.pt", teacher, check, tmp)
+                last = checkpoint_error(student, ckpts / f"epoch_{args.epochs:03d}.pt",
+                                        teacher, check, tmp)
+                written = error(teacher, tuned, check)
+                best = result["held_out"]["best_epoch"]
+                ratio = written / before
+                failed += not ratio <= 0.5
+                backed = [line for line in lines if line.startswith("lr check")]
+                rows.append({"model": name, "loss": loss, "lr": lr, "warmup": warmup,
+                             "lr_check": check_steps, "lr_check_line": backed,
+                             "before": before, "after_1": first, "after_last": last,
+                             "written": written, "best_epoch": best, "ratio": ratio,
+                             "seconds": round(seconds, 1), "held_out": result["held_out"],
+                             "history": result["history"]})
+                chosen = backed[0].rsplit("lr ", 1)[1] if backed else f"{lr or 'default'}"
+                print(f"| {name} | {loss} | {chosen} | {warmup:g} | {check_steps} | "
+                      f"{before:.4f} | {first:.4f} | {last:.4f} | {written:.4f} ({best}) "
+                      f"| {ratio:.3f} | {seconds:.0f} |", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{len(rows) - failed} of {len(rows)} runs at most 0.5 of the error before")
