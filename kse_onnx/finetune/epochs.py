@@ -49,46 +49,44 @@ class Diverged(ModelError):
 
 
 class HeldOut:
-    """How close the student is to what it should be on the held-out split, higher is
-    better: top-1 accuracy against the labels for a classifier with labels, top-1
-    agreement with the teacher for a classifier without, and otherwise minus the loss's
-    own normalised error (``--loss mse``/``features``: per-channel squared error over
-    the teacher's variance; ``kd``: the distillation term) on the un-augmented images."""
+    """How close the student is to what it should be on the held-out split, as a pair
+    compared in order (higher is better): for a classifier, (top-1 accuracy against the
+    labels, or top-1 agreement with the teacher without them; minus the loss's matching
+    term), so an agreement already at 1 is still told apart by the distillation error;
+    otherwise (minus the loss's own normalised error, 0): ``--loss mse``/``features``,
+    per-channel squared error over the teacher's variance. On the un-augmented images."""
 
     def __init__(self, objective: losses.Objective, x: np.ndarray, y, batch: int = 256):
-        self.objective, self.x, self.batch = objective, x, batch
-        self.want = None
-        if objective.classifier:
-            self.name = "accuracy" if y is not None else "agreement"
-            self.want = y if y is not None else np.concatenate(
-                [objective.targets(x[i:i + batch])[0].argmax(1)
-                 for i in range(0, len(x), batch)])
-        else:
-            self.name = "error"
+        self.objective, self.x, self.y, self.batch = objective, x, y, batch
+        self.classifier = objective.classifier
+        self.name = ("accuracy" if y is not None else "agreement") if self.classifier \
+            else "error"
 
-    def shown(self, score: float) -> float:
-        """The score as printed: the accuracy or agreement, or the error (positive)."""
-        return -score if self.name == "error" else score
+    def shown(self, score: tuple[float, float]) -> float:
+        """The accuracy or agreement, or the error (positive)."""
+        return -score[0] if self.name == "error" else score[0]
 
-    def score(self, module) -> float:
+    def text(self, score: tuple[float, float]) -> str:
+        extra = f" ({self.objective.kind} error {-score[1]:.4g})" if self.classifier else ""
+        return f"{self.name} {self.shown(score):.4g}{extra}"
+
+    def score(self, module) -> tuple[float, float]:
         module.eval()
-        total = 0.0
+        hits, error = 0.0, 0.0
         with torch.no_grad():
             for i in range(0, len(self.x), self.batch):
                 xb = self.x[i:i + self.batch]
-                if self.want is not None:
-                    out = module(torch.from_numpy(xb))
-                    pred = (out[0] if isinstance(out, tuple) else out).argmax(1).numpy()
-                    total += float((pred == self.want[i:i + len(xb)]).sum())
-                else:
-                    _, match = self.objective.match(module, module, torch.from_numpy(xb),
-                                                    self.objective.targets(xb))
-                    total -= float(match) * len(xb)
+                targets = self.objective.targets(xb)
+                out, match = self.objective.match(module, module, torch.from_numpy(xb),
+                                                  targets)
+                error += float(match) * len(xb)
+                if self.classifier:
+                    want = targets[0].argmax(1) if self.y is None else self.y[i:i + len(xb)]
+                    hits += float((out[0].argmax(1).numpy() == want).sum())
         module.train()
-        score = total / len(self.x)
-        if not np.isfinite(score):
-            return -np.inf
-        return score
+        n = len(self.x)
+        pair = (hits / n, -error / n) if self.classifier else (-error / n, 0.0)
+        return pair if all(np.isfinite(pair)) else (-np.inf, -np.inf)
 
 
 class EpochRunner:

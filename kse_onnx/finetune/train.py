@@ -155,7 +155,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     start_score = judge.score(module) if judge else None
     if judge:
         say(f"held-out {judge.name} ({n_val} images) at the start: "
-            f"{judge.shown(start_score):.4g}")
+            f"{judge.text(start_score).split(' ', 1)[1]}")
     else:
         log("no held-out split (--val-fraction 0 or too few images): the last epoch is "
             "written, unchecked against the input")
@@ -177,7 +177,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         start_epoch = int(state["epoch"])
         best_state, best_epoch = state.get("best"), int(state.get("best_epoch", 0))
         if best_state is not None and state.get("best_score") is not None:
-            best_score = float(state["best_score"])
+            best_score = tuple(float(v) for v in state["best_score"])
         say(f"resumed from {ckpt} at epoch {start_epoch}")
     good_state = {k: v.clone() for k, v in module.state_dict().items()}
     history, diverged = [], None
@@ -204,7 +204,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         if judge:
             score = judge.score(module)
             record[f"val_{judge.name}"] = judge.shown(score)
-            shown = f", held-out {judge.name} {judge.shown(score):.4g}"
+            shown = f", held-out {judge.text(score)}"
             if score > best_score:
                 best_score, best_state, best_epoch = score, good_state, epoch + 1
         history.append(record)
@@ -225,19 +225,19 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         module.load_state_dict(initial)
     result = {"history": history, "loss": objective.describe(), "kept_input": kept_input,
               "diverged": diverged,
-              "best_val_accuracy": best_score if judge and judge.name == "accuracy" else None}
+              "best_val_accuracy": best_score[0] if judge and judge.name == "accuracy"
+              else None}
     if judge:
         result["held_out"] = {"measure": judge.name, "images": int(n_val),
                               "start": judge.shown(start_score),
                               "best": judge.shown(best_score), "best_epoch": best_epoch}
         if kept_input:
             result["selection"] = (f"no epoch beat the input on the held-out split "
-                                   f"({judge.name} {judge.shown(start_score):.4g} at the "
-                                   "start): wrote the input's weights unchanged")
+                                   f"({judge.text(start_score)} at the start): wrote the "
+                                   "input's weights unchanged")
         else:
-            result["selection"] = (f"kept epoch {best_epoch}: held-out {judge.name} "
-                                   f"{judge.shown(start_score):.4g} -> "
-                                   f"{judge.shown(best_score):.4g}")
+            result["selection"] = (f"kept epoch {best_epoch}: held-out "
+                                   f"{judge.text(start_score)} -> {judge.text(best_score)}")
         (log if kept_input else say)(result["selection"])
     if quantize is not None and quantize.active:
         from ..quantize.apply import calibration_inputs
