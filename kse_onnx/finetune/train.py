@@ -156,7 +156,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
     if judge:
         say(f"held-out {judge.name} ({n_val} images) at the start: "
             f"{judge.text(start_score).split(' ', 1)[1]}")
-    else:
+    elif dist.main:
         log("no held-out split (--val-fraction 0 or too few images): the last epoch is "
             "written, unchecked against the input")
     ckpt_dir = Path(f"{output}.ckpt")
@@ -194,7 +194,8 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
                     save_model(module.export(), output)
                 raise ModelError(f"{exc}; the last good model was written to {output}. "
                                  "Lower --lr.") from exc
-            log(f"{exc}: training stopped, the best measured state is kept. Lower --lr.")
+            if dist.main:
+                log(f"{exc}: training stopped, the best measured state is kept. Lower --lr.")
             diverged = str(exc)
             break
         good_state = {k: v.clone() for k, v in module.state_dict().items()}
@@ -238,7 +239,8 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         else:
             result["selection"] = (f"kept epoch {best_epoch}: held-out "
                                    f"{judge.text(start_score)} -> {judge.text(best_score)}")
-        (log if kept_input else say)(result["selection"])
+        if dist.main:
+            (log if kept_input else say)(result["selection"])
     if quantize is not None and quantize.active:
         from ..quantize.apply import calibration_inputs
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs
