@@ -207,8 +207,8 @@ def _run_finetune(args) -> int:
                       _options(args, FinetuneOptions), _options(args, DataOptions),
                       resume=args.resume, quantize=_options(args, QuantizeOptions),
                       calibration=_options(args, CalibrationOptions))
-    print(f"wrote {args.output}; loss: {result['loss']}; best validation accuracy: "
-          f"{result['best_val_accuracy']}")
+    print(f"wrote {args.output}; loss: {result['loss']}; "
+          f"{result.get('selection', 'no held-out split')}")
     if "int8" in result:
         int8 = result["int8"]
         print(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run as "

@@ -330,7 +330,9 @@ class QuantizeOptions:
 SCHEDULES = ("cosine", "step", "constant")
 LOSSES = ("auto", "kd", "mse", "features")
 OPTIMIZERS = ("auto", "sgd", "adam")
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.003}  # --lr 0: the chosen optimizer's
+# --lr 0: the chosen optimizer's. Adam's from tools/finetune_dense.py (docs/results.md)
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.003}
+DEFAULT_BATCH = {"kd": 128, "mse": 32, "features": 32}  # --batch 0: the loss's
 
 
 @dataclass(frozen=True)
@@ -363,9 +365,18 @@ class FinetuneOptions:
     """Fine-tuning by distillation from the original model (docs/algorithm.md, section 8)."""
 
     epochs: int = _opt(1, "passes over the training data")
-    batch: int = _opt(128, "global batch size (split across torchrun processes)")
+    batch: int = _opt(0, "global batch size (split across torchrun processes); 0 = 128 "
+                         "for --loss kd, 32 for mse and features (a dense target gives "
+                         "each image many targets: smaller batches, more steps)")
     lr: float = _opt(0.0, "learning rate; 0 = the optimizer's default: 0.01 for SGD (the "
-                          "authors' CIFAR setting), 0.003 for Adam")
+                          "authors' CIFAR setting), 0.003 for Adam (measured on dense "
+                          "losses)")
+    lr_check: int = _opt(2, "steps of the one-batch learning-rate check before training: "
+                            "if that many steps at the peak rate raise the loss of the first "
+                            "batch, the rate is divided by 3 (up to 4 times; 0 = off)")
+    warmup: float = _opt(0.1, "fraction of all steps over which the learning rate rises "
+                              "linearly from 0 (0 = off), so the first steps do not throw a "
+                              "good start away")
     momentum: float = _opt(0.9, "SGD momentum")
     weight_decay: float = _opt(1e-5, "weight decay (the authors' setting)")
     optimizer: str = _opt("auto", "'sgd' (with --momentum) or 'adam'; 'auto' = SGD for "
@@ -378,7 +389,11 @@ class FinetuneOptions:
     temperature: float = _opt(4.0, "distillation temperature")
     label_weight: float = _opt(0.5, "weight of cross-entropy on labels (when labels exist); "
                                     "the rest is distillation")
-    val_fraction: float = _opt(0.1, "held-out fraction for choosing the best epoch (labels only)")
+    val_fraction: float = _opt(0.1, "held-out fraction of the images: the student is measured "
+                                    "on it at the start and after every epoch (accuracy, or "
+                                    "agreement with the teacher, for logits; the loss's "
+                                    "normalised error otherwise) and the best is written, the "
+                                    "input unchanged if no epoch beats it (0 = off)")
     seed: int = _opt(0, "seed of shuffling and augmentation")
     threads: int = _opt(0, "torch threads per process (0 = torch's default)")
     qat_epochs: int = _opt(1, "with --quantize int8-static: quantization-aware epochs (fake "
@@ -393,8 +408,8 @@ class FinetuneOptions:
     quiet: bool = _opt(False, "no progress bar and no per-epoch lines on stderr")
 
     def __post_init__(self) -> None:
-        for name, low in (("epochs", 1), ("batch", 1), ("seed", 0), ("threads", 0),
-                          ("qat_epochs", 0)):
+        for name, low in (("epochs", 1), ("batch", 0), ("seed", 0), ("threads", 0),
+                          ("qat_epochs", 0), ("lr_check", 0)):
             _check_int(self, name, low=low)
         checks = (("lr", 0 <= self.lr < math.inf), ("qat_lr", 0 < self.qat_lr < math.inf),
                   ("momentum", 0 <= self.momentum < 1),
@@ -402,7 +417,8 @@ class FinetuneOptions:
                   ("clip_grad", 0 <= self.clip_grad < math.inf),
                   ("temperature", 0 < self.temperature < math.inf),
                   ("label_weight", 0 <= self.label_weight <= 1),
-                  ("val_fraction", 0 <= self.val_fraction < 1))
+                  ("val_fraction", 0 <= self.val_fraction < 1),
+                  ("warmup", 0 <= self.warmup <= 1))
         for name, ok in checks:
             if not ok:
                 raise OptionError(f"--{name.replace('_', '-')}",

@@ -163,10 +163,24 @@ def test_nan_loss_stops_and_writes_nothing(setup, capsys):
     tmp, teacher, student, data = setup
     out = tmp / "nan.onnx"
     code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--lr", "1e6",
-                      "--clip-grad", "0"))
+                      "--clip-grad", "0", "--val-fraction", "0"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 1 and "loss became" in err and "training diverged: lower --lr" in err
     assert "nothing was written" in err and not out.exists()
+
+
+def test_nan_loss_with_a_held_out_split_keeps_the_input(setup, capsys):
+    """With a held-out split a diverged run stops training and writes the best measured
+    state: here nothing beat the start, so the input's weights, and says so."""
+    tmp, teacher, student, data = setup
+    out = tmp / "nan.onnx"
+    code = main(_args(tmp, teacher, student, data, out, "--epochs", "2", "--lr", "1e6",
+                      "--clip-grad", "0"))
+    captured = capsys.readouterr()
+    assert code == 0 and "loss became" in captured.err
+    assert "wrote the input's weights unchanged" in captured.out
+    assert _weights(out).keys() == _weights(student).keys()
+    assert all(np.array_equal(_weights(out)[k], v) for k, v in _weights(student).items())
 
 
 def test_two_processes_match_one(setup):

@@ -19,7 +19,13 @@ from kse_onnx.cli import main  # noqa: E402
 from kse_onnx.errors import ModelError  # noqa: E402
 from kse_onnx.finetune import progress  # noqa: E402
 from kse_onnx.finetune.train import finetune  # noqa: E402
-from kse_onnx.options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions  # noqa: E402
+from kse_onnx.options import (  # noqa: E402
+    DEFAULT_LR,
+    DataOptions,
+    FinetuneOptions,
+    KSEOptions,
+    LowerOptions,
+)
 from kse_onnx.verify import verify  # noqa: E402
 
 MAKERS = {"detector": tiny_detector, "unet": tiny_unet, "classifier": conv_stack}
@@ -94,8 +100,8 @@ def test_auto_picks_and_says(tmp_path, pairs, name, picked):
                       FinetuneOptions(batch=16, threads=1), DataOptions(), log=lines.append)
     assert result["loss"].startswith(picked + " ")
     assert any(line.startswith(f"loss: {picked} (") and "(auto:" in line for line in lines)
-    optimizer = "sgd, lr 0.01" if picked == "kd" else "adam, lr 0.003"
-    assert f"optimizer: {optimizer} (cosine) (auto: loss {picked})" in lines
+    optimizer = "sgd, lr 0.01" if picked == "kd" else f"adam, lr {DEFAULT_LR['adam']:g}"
+    assert f"optimizer: {optimizer} (cosine), batch 16 (auto: loss {picked})" in lines
 
 
 def test_optimizer_and_lr_as_given(tmp_path, pairs):
@@ -104,7 +110,7 @@ def test_optimizer_and_lr_as_given(tmp_path, pairs):
     finetune(student, tmp_path / "out.onnx", teacher, data,
              FinetuneOptions(batch=16, threads=1, optimizer="sgd", lr=0.02, loss="features"),
              DataOptions(), log=lines.append)
-    assert "optimizer: sgd, lr 0.02 (cosine)" in lines
+    assert "optimizer: sgd, lr 0.02 (cosine), batch 16" in lines
     assert any(line.startswith("loss: features (") and "and 1 output(s)" in line
                for line in lines)
 
@@ -168,8 +174,10 @@ def test_log_lines_per_epoch_and_quiet(tmp_path, pairs, capsys):
             "--data", str(data), "--batch", "8", "--threads", "1", "--epochs", "2"]
     assert main(args) == 0
     err = capsys.readouterr().err.splitlines()  # not a terminal: one line per epoch
-    assert [line.split(":")[0] for line in err] == ["loss", "optimizer", "epoch 1/2",
-                                                    "epoch 2/2"]
+    assert [line.split(":")[0] for line in err[:5]] == [
+        "loss", "optimizer", "held-out error (3 images) at the start", "epoch 1/2",
+        "epoch 2/2"]
+    assert len(err) == 6 and err[5].startswith(("kept epoch ", "no epoch beat the input"))
     assert main([*args, "--quiet"]) == 0
     assert capsys.readouterr().err == ""
 
@@ -191,3 +199,109 @@ def test_progress_bar_on_a_terminal():
     progress.bar(64, "epoch 1", quiet=True, stream=silent).update(16)
     assert silent.getvalue() == ""
     assert not progress.interactive(io.StringIO())
+
+
+class _Teacher:
+    """An onnxruntime-session stand-in whose one output is a fixed function of x."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": "x"})()]
+
+    def run(self, names, feeds):
+        return [self.fn(feeds["x"])]
+
+
+def test_channel_normalisation_weighs_a_narrow_channel_like_a_wide_one():
+    """mse: each channel's squared error over its own teacher variance. The same error
+    relative to a channel's spread costs the same in a channel of 1/100 the spread;
+    divided by one variance for the whole tensor, the narrow channel's would be ~1e-4 of
+    it. A constant channel is divided by the floor, not by zero."""
+    from kse_onnx.finetune import losses
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 3, 4, 4)).astype(np.float32)
+    scale = np.array([1.0, 1e-2, 0.0], np.float32)[None, :, None, None]
+    objective = losses.Objective("mse", FinetuneOptions(loss="mse"), ["y"],
+                                 teacher=_Teacher(lambda v: v * scale + 5.0))
+    var = losses.channel_variances(objective, x, 0)[0].numpy()
+    want = (x * scale).var(axis=(0, 2, 3))
+    assert var[:2] == pytest.approx(want[:2], rel=1e-4)
+    assert var[2] == pytest.approx(losses.FLOOR * want.mean(), rel=1e-4)  # constant: floored
+    objective.variances = [torch.from_numpy(var)]
+    target = objective.targets(x)[0]
+    noise = 0.1 * rng.standard_normal(target.shape).astype(np.float32)
+
+    def cost(channel):
+        s = target.copy()
+        s[:, channel] += noise[:, channel] * np.sqrt(var[channel])
+        return losses.normalised([torch.from_numpy(s)], [torch.from_numpy(target)],
+                                 objective.variances).item()
+
+    wide, narrow = cost(0), cost(1)
+    assert wide > 0 and narrow == pytest.approx(wide, rel=0.2)
+    assert cost(2) == pytest.approx(wide, rel=0.2)  # the floor, not a zero division
+    # one variance for the whole tensor would weigh the two by their raw squared errors
+    assert narrow * var[1] < 1e-3 * wide * var[0]
+
+
+def test_absurd_lr_writes_the_input_unchanged_and_says_so(tmp_path, pairs, capsys):
+    """No epoch beats the start on the held-out split: the input's weights are written,
+    the run says so, and the held-out error is the input's."""
+    folder, teacher, student, data, check = pairs["unet"]
+    out = tmp_path / "out.onnx"
+    code = main(["finetune", str(student), str(out), "--teacher", str(teacher), "--data",
+                 str(data), "--batch", "64", "--threads", "1", "--epochs", "2",
+                 "--loss", "mse", "--lr", "0.3", "--warmup", "0", "--lr-check", "0"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "wrote the input's weights unchanged" in captured.out
+    assert "no epoch beat the input on the held-out split" in captured.err
+    epochs = [line for line in captured.err.splitlines() if line.startswith("epoch ")]
+    start = float(next(line for line in captured.err.splitlines()
+                       if "at the start" in line).split(": ")[-1])
+    assert len(epochs) == 2 or "loss became" in captured.err  # finite, or stopped
+    assert all(float(e.split()[-1]) > start for e in epochs)
+    got = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer}
+    want = {i.name: onnx.numpy_helper.to_array(i) for i in onnx.load(student).graph.initializer}
+    assert got.keys() == want.keys() and all(np.array_equal(got[k], want[k]) for k in want)
+    assert _error(teacher, out, check) == _error(teacher, student, check)
+
+
+def test_lr_check_backs_off_an_absurd_rate(tmp_path, pairs):
+    """The same absurd rate with the one-batch check: it is divided by 3 until two steps
+    lower the first batch's loss, says so, and the run then beats the start."""
+    _, teacher, student, data, _ = pairs["unet"]
+    lines = []
+    result = finetune(student, tmp_path / "out.onnx", teacher, data,
+                      FinetuneOptions(batch=64, threads=1, epochs=1, loss="mse", lr=3.0,
+                                      warmup=0.0), DataOptions(), log=lines.append)
+    check = next(line for line in lines if line.startswith("lr check: 2 step(s)"))
+    chosen = float(check.rsplit("lr ", 1)[1])
+    assert chosen < 3.0 and f"{chosen:g}: " in check and "3: " in check
+    assert not result["kept_input"]
+    assert result["held_out"]["best"] < result["held_out"]["start"]
+
+
+def test_best_epoch_is_kept_and_reported(tmp_path, pairs):
+    """A sane run keeps an epoch that beats the start, and the result names it."""
+    teacher, student, data = _small(tmp_path, pairs, "detector")
+    result = finetune(student, tmp_path / "out.onnx", teacher, data,
+                      FinetuneOptions(batch=8, threads=1, epochs=2, loss="mse"),
+                      DataOptions(), log=lambda text: None)
+    held = result["held_out"]
+    assert held["measure"] == "error" and not result["kept_input"]
+    assert held["best"] < held["start"] and held["best_epoch"] in (1, 2)
+    assert held["best"] == min(r["val_error"] for r in result["history"])
+
+
+def test_warmup_rises_linearly_then_follows_the_schedule():
+    from kse_onnx.finetune.train import learning_rate
+
+    opts = FinetuneOptions(warmup=0.1, schedule="constant")
+    assert [learning_rate(opts, 1.0, s, 100) for s in (0, 4, 9, 10, 99)] == \
+        pytest.approx([0.1, 0.5, 1.0, 1.0, 1.0])
+    cosine = FinetuneOptions(warmup=0.0)
+    assert learning_rate(cosine, 1.0, 0, 100) == 1.0

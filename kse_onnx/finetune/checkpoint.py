@@ -16,13 +16,13 @@ import torch
 from ..errors import ModelError
 
 FIELDS = {"module": dict, "optimizer": dict, "optimizer_type": str, "epoch": int,
-          "best_acc": (int, float)}
+          "best_epoch": int}
 
 
-def load_checkpoint(path: Path, module: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer) -> tuple[int, float, dict | None]:
-    """(epoch to start from, best held-out accuracy, best state or None) of the
-    checkpoint at ``path``, its states loaded into ``module`` and ``optimizer``."""
+def load_checkpoint(path: Path, module: torch.nn.Module, optimizer: torch.optim.Optimizer
+                    ) -> tuple[int, tuple[float, float] | None, dict | None, int]:
+    """(epoch to start from, best held-out score or None, best state or None, best epoch)
+    of the checkpoint at ``path``, its states loaded into ``module`` and ``optimizer``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -36,9 +36,10 @@ def load_checkpoint(path: Path, module: torch.nn.Module,
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ModelError(f"{path}: not a kse-onnx checkpoint (field {key!r} is "
                              f"{type(value).__name__})")
-    if state["epoch"] < 0 or not math.isfinite(state["best_acc"]):
-        raise ModelError(f"{path}: epoch {state['epoch']} or best accuracy "
-                         f"{state['best_acc']} out of range")
+    score = _score(state.get("best_score"), path)
+    if not 0 <= state["best_epoch"] <= state["epoch"]:
+        raise ModelError(f"{path}: epoch {state['epoch']} or best epoch "
+                         f"{state['best_epoch']} out of range")
     kind = type(optimizer).__name__
     if state["optimizer_type"] != kind:
         raise ModelError(f"{path}: written with the {state['optimizer_type']} optimizer, "
@@ -56,7 +57,18 @@ def load_checkpoint(path: Path, module: torch.nn.Module,
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ModelError(f"{path}: optimizer state does not fit ({exc})") from None
-    return state["epoch"], float(state["best_acc"]), best
+    return state["epoch"], score, best, state["best_epoch"]
+
+
+def _score(value, path: Path) -> tuple[float, float] | None:
+    """The recorded best held-out score: None, or two numbers (-inf allowed, never NaN)."""
+    if value is None:
+        return None
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and not math.isnan(v) for v in value)):
+        raise ModelError(f"{path}: field 'best_score' is not a pair of numbers")
+    return float(value[0]), float(value[1])
 
 
 def _check_state(state: dict, expected: dict, path: Path, field: str) -> None:

@@ -1,13 +1,12 @@
 """One epoch of training, shared by fine-tuning (:mod:`.train`) and its quantization-aware
-epochs (:mod:`.qat`), with the pieces it needs: augmentation and held-out accuracy. The
-loss is the objective of :mod:`.losses` (``--loss``); progress shows as a bar on a
-terminal, one line per epoch in logs (:mod:`.progress`).
+epochs (:mod:`.qat`), with the pieces it needs: augmentation and the held-out measure that
+picks the epoch to keep. The loss is the objective of :mod:`.losses` (``--loss``);
+progress shows as a bar on a terminal, one line per epoch in logs (:mod:`.progress`).
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ def accuracy(module, x, y, batch: int = 512, quiet: bool = True) -> float:
     return float((np.concatenate(preds) == y).mean())
 
 
-def _diverged(loss, targets, label: str, epoch: int, step: int, output: Path) -> str:
+def _diverged(loss, targets, label: str, epoch: int, step: int) -> str:
     """The error of a non-finite loss, blaming what caused it: the teacher's outputs, the
     student before any update, or the training (the learning rate)."""
     where = f"loss became {loss.item()} at {label} {epoch + 1} step {step + 1}"
@@ -55,8 +54,52 @@ def _diverged(loss, targets, label: str, epoch: int, step: int, output: Path) ->
         cause = "the compressed model's outputs are not finite before any update"
     else:
         cause = "training diverged: lower --lr (or --clip-grad)"
-    return (f"{where}: {cause}; nothing was written to {output} (finished epochs are in "
-            f"{output}.ckpt/, see --resume)")
+    return f"{where}: {cause}"
+
+
+class Diverged(ModelError):
+    """The loss became non-finite; the module holds the good state it was given again."""
+
+
+class HeldOut:
+    """How close the student is to what it should be on the held-out split, as a pair
+    compared in order (higher is better): for a classifier, (top-1 accuracy against the
+    labels, or top-1 agreement with the teacher without them; minus the loss's matching
+    term), so an agreement already at 1 is still told apart by the distillation error;
+    otherwise (minus the loss's own normalised error, 0): ``--loss mse``/``features``,
+    per-channel squared error over the teacher's variance. On the un-augmented images."""
+
+    def __init__(self, objective: losses.Objective, x: np.ndarray, y, batch: int = 256):
+        self.objective, self.x, self.y, self.batch = objective, x, y, batch
+        self.classifier = objective.classifier
+        self.name = ("accuracy" if y is not None else "agreement") if self.classifier \
+            else "error"
+
+    def shown(self, score: tuple[float, float]) -> float:
+        """The accuracy or agreement, or the error (positive)."""
+        return -score[0] if self.name == "error" else score[0]
+
+    def text(self, score: tuple[float, float]) -> str:
+        extra = f" ({self.objective.kind} error {-score[1]:.4g})" if self.classifier else ""
+        return f"{self.name} {self.shown(score):.4g}{extra}"
+
+    def score(self, module) -> tuple[float, float]:
+        module.eval()
+        hits, error = 0.0, 0.0
+        with torch.no_grad():
+            for i in range(0, len(self.x), self.batch):
+                xb = self.x[i:i + self.batch]
+                targets = self.objective.targets(xb)
+                out, match = self.objective.match(module, module, torch.from_numpy(xb),
+                                                  targets)
+                error += float(match) * len(xb)
+                if self.classifier:
+                    want = targets[0].argmax(1) if self.y is None else self.y[i:i + len(xb)]
+                    hits += float((out[0].argmax(1).numpy() == want).sum())
+        module.train()
+        n = len(self.x)
+        pair = (hits / n, -error / n) if self.classifier else (-error / n, 0.0)
+        return pair if all(np.isfinite(pair)) else (-np.inf, -np.inf)
 
 
 class EpochRunner:
@@ -71,12 +114,10 @@ class EpochRunner:
         self.opts, self.data, self.dist, self.log = opts, data, dist, log
         self.steps = max(1, len(train) // opts.batch)
 
-    def epoch(self, epoch: int, lr_at, good_state: dict, output: Path,
+    def epoch(self, epoch: int, lr_at, good_state: dict,
               label: str = "epoch") -> list[float]:
         """Train one epoch; ``lr_at(step)`` gives the learning rate. A non-finite loss
-        restores ``good_state`` and stops with an error; nothing is written to ``output``
-        (the data were checked finite, so a model claiming to be trained would be a
-        diverged one's last good state)."""
+        restores ``good_state`` (the best measured so far) and raises :class:`Diverged`."""
         opts, dist, module = self.opts, self.dist, self.module
         per_rank = opts.batch // dist.world
         epoch_rng = np.random.default_rng([opts.seed, epoch])
@@ -94,7 +135,7 @@ class EpochRunner:
             if not torch.isfinite(loss):
                 bar.close()
                 module.load_state_dict(good_state)
-                raise ModelError(_diverged(loss, targets, label, epoch, step, output))
+                raise Diverged(_diverged(loss, targets, label, epoch, step))
             self.optimizer.zero_grad()
             loss.backward()
             if opts.clip_grad:

@@ -2,7 +2,10 @@
 
 - ``kd``: ``T^2 KL(softmax(t / T) || softmax(s / T))`` on the first output (classifier
   logits, classes on axis 1);
-- ``mse``: ``mean_k mean((s_k - t_k)^2) / var(t_k)`` over every graph output ``k``;
+- ``mse``: ``mean_k mean_c mean((s_kc - t_kc)^2) / var(t_kc)`` over every graph output
+  ``k`` and its channels ``c`` (axis 1): each channel divided by its own teacher
+  variance, so a channel with a small spread (a mask's rare class, a box offset) counts
+  as much as a wide one;
 - ``features``: the same over the outputs of the compressed Convs (the Conv node names
   kse-onnx records in ``compressed_layers``; lowering keeps their output tensor names, so
   the teacher's tensor of the same name is the target), averaged with the ``mse`` term of
@@ -10,8 +13,11 @@
   the head, unchecked); no labels or output type needed;
 - ``auto``: ``kd`` for one 2-D output with at least two columns (logits), ``mse`` otherwise.
 
-Each ``var(t_k)`` is the teacher's variance on a fixed sample of the training inputs (the
-first 256), so the terms weigh alike whatever their scale. With labels, cross-entropy
+Each ``var(t_kc)`` is the teacher's variance of that channel on a fixed sample of the
+training inputs (the first 256), so the terms weigh alike whatever their scale; a
+channel whose variance is under ``FLOOR`` times its tensor's mean channel variance (a
+near-constant channel) is divided by that floor instead, so it cannot dominate. Tensors
+of fewer than 2 axes have one variance. With labels, cross-entropy
 ``w CE + (1 - w) matching`` is added only when the first output is a classifier's.
 """
 
@@ -31,6 +37,7 @@ from ..runtime.ort import session
 
 SAMPLE = 256
 CHUNK = 32
+FLOOR = 1e-6
 
 
 def looks_like_logits(outputs: list[np.ndarray]) -> bool:
@@ -74,38 +81,42 @@ class Objective:
     opts: FinetuneOptions
     outputs: list[str]
     features: list[str] = field(default_factory=list)
-    variances: list[float] = field(default_factory=list)
+    variances: list[torch.Tensor] = field(default_factory=list)  # per channel (axis 1)
     classifier: bool = False
     teacher: object = None  # onnxruntime session: graph outputs, then the features
 
     def describe(self) -> str:
         what = {"kd": "softened softmax of the logits",
-                "mse": f"{len(self.outputs)} output(s), each / the teacher's variance",
+                "mse": f"{len(self.outputs)} output(s), each channel / the teacher's "
+                       "variance",
                 "features": f"{len(self.features)} compressed Conv output(s) and "
-                            f"{len(self.outputs)} output(s), each / the teacher's "
-                            "variance"}[self.kind]
+                            f"{len(self.outputs)} output(s), each channel / the "
+                            "teacher's variance"}[self.kind]
         return f"{self.kind} ({what})"
 
     def targets(self, x: np.ndarray) -> list[np.ndarray]:
         return self.teacher.run(None, {self.teacher.get_inputs()[0].name: x})
 
     def loss(self, model, module, x: torch.Tensor, targets: list[np.ndarray], labels):
-        out = model(x)
-        out = out if isinstance(out, tuple) else (out,)
-        t = [torch.from_numpy(v) for v in targets]
-        if self.kind == "kd":
-            match = kd_loss(out[0], t[0], self.opts.temperature)
-        elif self.kind == "mse":
-            match = _normalised(out, t[:len(self.outputs)], self.variances)
-        else:  # the graph outputs' term and the features' term weigh alike
-            k = len(self.outputs)
-            got = [module.captured[name] for name in self.features]
-            match = 0.5 * (_normalised(out, t[:k], self.variances[:k])
-                           + _normalised(got, t[k:], self.variances[k:]))
+        out, match = self.match(model, module, x, targets)
         if labels is None or not self.classifier:
             return match
         w = self.opts.label_weight
         return w * F.cross_entropy(out[0], labels) + (1 - w) * match
+
+    def match(self, model, module, x: torch.Tensor, targets: list[np.ndarray]):
+        """(student outputs, the matching term without labels) on ``x``."""
+        out = model(x)
+        out = out if isinstance(out, tuple) else (out,)
+        t = [torch.from_numpy(v) for v in targets]
+        if self.kind == "kd":
+            return out, kd_loss(out[0], t[0], self.opts.temperature)
+        if self.kind == "mse":
+            return out, normalised(out, t[:len(self.outputs)], self.variances)
+        k = len(self.outputs)  # the graph outputs' term and the features' term weigh alike
+        got = [module.captured[name] for name in self.features]
+        return out, 0.5 * (normalised(out, t[:k], self.variances[:k])
+                           + normalised(got, t[k:], self.variances[k:]))
 
 
 def kd_loss(student, teacher, temperature: float):
@@ -114,8 +125,15 @@ def kd_loss(student, teacher, temperature: float):
                     reduction="batchmean") * t * t
 
 
-def _normalised(got, want, variances):
-    terms = [F.mse_loss(g, w) / v for g, w, v in zip(got, want, variances, strict=True)]
+def normalised(got, want, variances) -> torch.Tensor:
+    """``mean_k mean_c mean((got_kc - want_kc)^2) / variances_kc``: the squared error of
+    each channel (axis 1) over its own variance, averaged over channels, then tensors."""
+    terms = []
+    for g, w, v in zip(got, want, variances, strict=True):
+        squared = (g - w.to(g.dtype)) ** 2
+        if squared.dim() >= 2:
+            squared = squared.transpose(0, 1).reshape(squared.shape[1], -1).mean(1)
+        terms.append((squared / v).mean())
     return torch.stack(terms).mean()
 
 
@@ -137,7 +155,7 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
                          "use --loss mse or features")
     objective = Objective(kind, opts, outputs, classifier=classifier, teacher=plain)
     if kind == "mse":
-        objective.variances = _variances(objective, sample, 0)
+        objective.variances = channel_variances(objective, sample, 0)
     elif kind == "features":
         names = [n for n in feature_names(student, teacher) if n not in outputs]
         if not names:  # every compressed Conv writes a graph output: that is mse
@@ -159,23 +177,37 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
         objective.features = kept
         module.capture = set(kept)
         objective.teacher = session(with_outputs(teacher, kept))
-        objective.variances = _variances(objective, sample, 0)
+        objective.variances = channel_variances(objective, sample, 0)
     note = " (auto: one 2-D logits output)" if opts.loss == "auto" and kind == "kd" else \
         " (auto: not a single 2-D logits output)" if opts.loss == "auto" else ""
     log(f"loss: {objective.describe()}{note}")
     return objective
 
 
-def _variances(objective: Objective, x: np.ndarray, first: int) -> list[float]:
-    """Variance of each teacher target from index ``first`` on, over ``x``, accumulated
-    chunk by chunk in float64 (feature maps of many images need not fit at once)."""
-    count, total, squares = 0, None, None
+def channel_variances(objective: Objective, x: np.ndarray, first: int) -> list[torch.Tensor]:
+    """Per-channel (axis 1) variance of each teacher target from index ``first`` on, over
+    ``x``, accumulated chunk by chunk in float64 (feature maps of many images need not fit
+    at once), floored at ``FLOOR`` times the tensor's mean channel variance."""
+    sums, squares, count = None, None, 0
     for i in range(0, len(x), CHUNK):
-        targets = [t.astype(np.float64) for t in objective.targets(x[i:i + CHUNK])[first:]]
-        sums = np.array([t.sum() for t in targets])
-        sq = np.array([(t * t).sum() for t in targets])
-        total = sums if total is None else total + sums
-        squares = sq if squares is None else squares + sq
-        count += np.array([t.size for t in targets])
-    mean = total / count
-    return [max(float(v), 1e-12) for v in squares / count - mean * mean]
+        targets = objective.targets(x[i:i + CHUNK])[first:]
+        s = [_channel_sums(t) for t in targets]
+        q = [_channel_sums(np.square(t.astype(np.float64))) for t in targets]
+        sums = s if sums is None else [a + b for a, b in zip(sums, s, strict=True)]
+        squares = q if squares is None else [a + b for a, b in zip(squares, q, strict=True)]
+        count += len(targets[0]) if targets else 0
+    out = []
+    for total, sq, t in zip(sums, squares, objective.targets(x[:1])[first:], strict=True):
+        n = count * (t.size // max(1, t.shape[1] if t.ndim >= 2 else t.size))
+        var = np.maximum(sq / max(1, n) - (total / max(1, n)) ** 2, 0.0)
+        floor = max(FLOOR * float(var.mean()), 1e-12)
+        out.append(torch.tensor(np.maximum(var, floor), dtype=torch.float32))
+    return out
+
+
+def _channel_sums(t: np.ndarray) -> np.ndarray:
+    """Sum over every axis but 1 (the channels) in float64; a scalar below 2 axes."""
+    t = t.astype(np.float64)
+    if t.ndim < 2:
+        return np.array(t.sum())
+    return t.swapaxes(0, 1).reshape(t.shape[1], -1).sum(1)

@@ -19,7 +19,7 @@ import onnx
 from ..options import QuantizeOptions
 from ..quantize.apply import quantize_output
 from ..runtime.ort import session
-from .epochs import EpochRunner, accuracy
+from .epochs import Diverged, EpochRunner, accuracy
 
 QAT_THRESHOLD = 0.003
 
@@ -50,11 +50,16 @@ def quantize_tuned(run: EpochRunner, quantize: QuantizeOptions, calibration,
         return int8, info
     good = {k: v.clone() for k, v in module.state_dict().items()}
     module.set_fake_quant(True)
-    for epoch in range(opts.qat_epochs):
-        losses = run.epoch(opts.epochs + epoch, lambda step: opts.qat_lr, good, output,
-                           label="quantization-aware epoch")
-        run.log(f"quantization-aware epoch {epoch + 1}/{opts.qat_epochs}: "
-                f"loss {np.mean(losses):.4g}")
+    try:
+        for epoch in range(opts.qat_epochs):
+            losses = run.epoch(opts.epochs + epoch, lambda step: opts.qat_lr, good,
+                               label="quantization-aware epoch")
+            run.log(f"quantization-aware epoch {epoch + 1}/{opts.qat_epochs}: "
+                    f"loss {np.mean(losses):.4g}")
+    except Diverged as exc:  # the module holds ``good`` again
+        module.set_fake_quant(False)
+        info["qat"] = f"quantization-aware epochs stopped ({exc}): kept the PTQ model"
+        return int8, info
     module.set_fake_quant(False)
     retrained, again = quantize_output(module.export(), quantize, calibration)
     again["val_float"] = info["val_float"]
