@@ -203,3 +203,32 @@ def test_macs_of_symbolic_sizes_come_from_the_calibration_images(resnet, tmp_pat
     assert main(["optimize", str(path), str(tmp_path / "o.onnx"), *COMPACT,
                  "--input-shape", "3,8,8"]) == 0
     json.dumps(shaped.report.to_dict())
+
+
+def test_the_pipelines_page_commands_run(tmp_path, monkeypatch, capsys):
+    """docs/pipelines.md's command lines, run in a folder with the demo model and random
+    images: optimize writes, verify's gate prints its verdict and exits 0 or 1 by it."""
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    from test_docs import ROOT, blocks, command_lines
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(ROOT / "models/small_cnn.onnx", tmp_path / "models/small_cnn.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "calibration.npz", x=rng.random((128, 1, 28, 28), dtype=np.float32))
+    np.savez(tmp_path / "held_out.npz", x=rng.random((32, 1, 28, 28), dtype=np.float32))
+    monkeypatch.chdir(tmp_path)
+    lines = [line for _, block in blocks(Path(ROOT / "docs/pipelines.md").read_text(), "sh")
+             for line in command_lines(block)]
+    assert [shlex.split(line)[1] for line in lines] == ["optimize", "verify"]
+    for line in lines:
+        args = shlex.split(line)[1:]
+        code = main(args + (["--refit", "none"] if args[0] == "optimize" else []))
+        out, err = capsys.readouterr()
+        if args[0] == "optimize":
+            assert code == 0 and "max-drop search" in err and (tmp_path / "small_kse.onnx").exists()
+        else:
+            verdict = out.strip().splitlines()[-1]
+            assert verdict.startswith("PASS: drop" if code == 0 else "FAIL: drop")
