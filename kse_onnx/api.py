@@ -69,7 +69,8 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
                    quantize: QuantizeOptions | None = None, data: DataOptions | None = None,
                    refit: RefitOptions | None = None, budget: BudgetOptions | None = None,
                    guard: GuardOptions | None = None, calibration_images: int | None = None,
-                   progress: ProgressOptions | None = None, log=None) -> Optimized:
+                   progress: ProgressOptions | None = None, log=None,
+                   output_name: str = "compressed model") -> Optimized:
     """Compress ``model`` (a path, or a ModelProto checked like a file) and return the
     compressed ModelProto with its report; nothing is written (:func:`save` does).
 
@@ -81,7 +82,8 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     that drop (docs/pipelines.md); without it the written model's error is measured and
     reported all the same (``report.extra["accuracy"]``), on the calibration images or
     on random inputs. With an active ``budget``, the kept channels meet a measured
-    latency (docs/budget.md). ``progress``: bars or log lines on stderr unless quiet."""
+    latency (docs/budget.md). ``progress``: bars or log lines on stderr unless quiet;
+    ``output_name``: what errors about the compressed model call it (the CLI: OUTPUT)."""
     from .guard.calibration import as_images
     from .guard.check import finish_checks
     from .guard.measure import input_name
@@ -98,7 +100,8 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     if quantize is not None and quantize.quantize == "int8-static" and images is None:
         raise OptionError("--calibration", "int8-static needs calibration inputs")
     settings = dict(kse=kse, select=select, lower_options=lower_options, target=target,
-                    quantize=quantize, refit=refit, budget=budget, progress=progress, log=log)
+                    quantize=quantize, refit=refit, budget=budget, progress=progress, log=log,
+                    output_name=output_name)
     if guard.active:
         built, drop = guarded_search(Builder(_compress, source, where, size, settings),
                                      images, guard, data)
@@ -136,7 +139,7 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
     built = optimize_model(input_path, calibration=calibration, kse=kse, select=select,
                            lower_options=lower_options, target=target, quantize=quantize,
                            data=data, refit=refit, budget=budget, guard=guard, log=log,
-                           progress=progress)
+                           progress=progress, output_name=str(output_path))
     save(built, output_path)
     return built.report
 
@@ -154,7 +157,7 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
               lower_options: LowerOptions | None = None, target: TargetOptions | None = None,
               quantize: QuantizeOptions | None = None, refit: RefitOptions | None = None,
               budget: BudgetOptions | None = None, progress: ProgressOptions | None = None,
-              log=None) -> Optimized:
+              log=None, output_name: str = "compressed model") -> Optimized:
     """One compression of ``model`` with fixed settings: the analysis, the optional
     refit on ``images``, the lowering, optional INT8, the checks."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
@@ -206,8 +209,8 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand
 
         optimized, report.extra["int8"] = quantize_output(optimized, quantize, images)
-    check_model(optimized, where)
-    report.extra["runtime_check"] = runtime_check(optimized, model, where)
+    check_model(optimized, output_name)
+    report.extra["runtime_check"] = runtime_check(optimized, model, output_name)
     report.settings = settings_of(optimized)
     for layer in report.layers:
         if layer.name in lowered:

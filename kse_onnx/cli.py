@@ -168,7 +168,8 @@ def _run_optimize(args) -> int:
                 if args.overwrite else ())
     built = optimize_model(args.input, calibration=calibration, kse=kse, select=select,
                            lower_options=lower, target=target, quantize=quantize, data=data,
-                           refit=refit, budget=budget, guard=guard, progress=progress)
+                           refit=refit, budget=budget, guard=guard, progress=progress,
+                           output_name=args.output)
     save(built, args.output)
     return _written(built.report, args)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Union
 
 from olive.data.config import DataConfig
 from olive.model import ONNXModelHandler
@@ -57,7 +56,7 @@ class KSECompression(Pass):
     def _default_config(cls, accelerator_spec) -> dict[str, PassConfigParam]:
         params = {f.name: _param(f) for c in OPTION_CLASSES for f in dataclasses.fields(c)}
         params["data_config"] = PassConfigParam(
-            type_=Union[DataConfig, dict], description="calibration images (unlabeled): "
+            type_=DataConfig | dict, description="calibration images (unlabeled): "
             "their first calibration_images samples refit the compressed layers; without "
             "it (nor 'calibration', a path) the model is compressed without a refit")
         params.update(get_external_data_config())

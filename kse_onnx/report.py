@@ -226,7 +226,7 @@ def accuracy_lines(extra: ReportExtra) -> list[str]:
                      f"G={last['G']} T={last['T']} with {len(last['layers_left_whole'])} "
                      "layer(s) left whole: " + (", ".join(last["layers_left_whole"]) or "none"))
     accuracy = extra.get("accuracy")
-    if accuracy:
+    if accuracy and accuracy.get("measured", True):
         if accuracy["points"] is None:
             measured = f"non-finite outputs on {accuracy['images']} {accuracy['source']}"
         else:

@@ -29,9 +29,15 @@ def finish_checks(original: onnx.ModelProto, optimized: onnx.ModelProto, report,
     raise under ``strict``; then fill counts a known input size makes countable."""
     shape = shape_list(guard.input_shape) or (None if images is None else images.shape[1:])
     if drop is None:
-        drop = (random_drop(original, optimized, shape) if images is None else
-                measure(original, optimized, images, source="calibration images (the "
-                        "refit's own)"))
+        try:
+            drop = (random_drop(original, optimized, shape) if images is None else
+                    measure(original, optimized, images, source="calibration images (the "
+                            "refit's own)"))
+        except ModelError as exc:  # e.g. float64 Convs onnxruntime's CPU build lacks
+            _unmeasured(report, guard, str(exc))
+            if shape is not None:
+                fill_counts(report, original, optimized, tuple(int(d) for d in shape))
+            return
     over = not drop.rel_error <= guard.warn_error  # NaN and inf are over
     exceeded = guard.active and not drop.points <= guard.max_drop
     report.extra["accuracy"] = {**drop.to_dict(), "warn_error": guard.warn_error,
@@ -50,3 +56,14 @@ def finish_checks(original: onnx.ModelProto, optimized: onnx.ModelProto, report,
         raise ModelError(f"--strict: {drop.line()}, above {limit}; nothing written")
     if shape is not None:
         fill_counts(report, original, optimized, tuple(int(d) for d in shape))
+
+
+def _unmeasured(report, guard: GuardOptions, reason: str) -> None:
+    """The error could not be measured: said in the report, an error under ``strict``."""
+    report.extra["accuracy"] = {"points": None, "measured": False, "reason": reason,
+                                "warn_error": guard.warn_error, "over_threshold": None}
+    report.extra.setdefault("warnings", []).append(
+        f"the compressed model's error was not measured: {reason}")
+    if guard.strict:
+        raise ModelError(f"--strict: the error could not be measured ({reason}); "
+                         "nothing written")
