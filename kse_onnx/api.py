@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import NamedTuple
+
+import onnx
 
 from .analysis.model import Analysis, analyse
 from .analysis.target import choose_levels
@@ -11,7 +14,7 @@ from .errors import ModelError, OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
 from .graph.inputs import refuse_listed_weights
-from .graph.io import load_model, model_files, save_model
+from .graph.io import PROTOBUF_LIMIT, check_loaded, load_model, model_files, save_model
 from .graph.runtime_shapes import fill_conv_shapes
 from .graph.select import conv_sites, import_graph
 from .lowering import lower
@@ -20,6 +23,7 @@ from .options import (
     BudgetOptions,
     CalibrationOptions,
     DataOptions,
+    GuardOptions,
     KSEOptions,
     LowerOptions,
     ProgressOptions,
@@ -35,7 +39,8 @@ from .paths import check_paths
 from .report import ModelReport
 from .runtime.loadcheck import runtime_check
 
-__all__ = ["Analysis", "analyse", "optimize", "refit", "score"]  # Analysis, analyse: re-exported
+__all__ = ["Analysis", "Optimized", "analyse", "optimize", "optimize_model", "refit", "save",
+           "score"]  # Analysis, analyse: re-exported
 
 
 def score(path: str | os.PathLike, kse: KSEOptions | None = None,
@@ -51,6 +56,78 @@ def score(path: str | os.PathLike, kse: KSEOptions | None = None,
     return report
 
 
+class Optimized(NamedTuple):
+    """What :func:`optimize_model` returns: the compressed model (not written yet: see
+    :func:`save`) and its report."""
+
+    model: onnx.ModelProto
+    report: ModelReport
+
+
+def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=None,
+                   kse: KSEOptions | None = None, select: SelectOptions | None = None,
+                   lower_options: LowerOptions | None = None,
+                   target: TargetOptions | None = None,
+                   quantize: QuantizeOptions | None = None, data: DataOptions | None = None,
+                   refit: RefitOptions | None = None, budget: BudgetOptions | None = None,
+                   guard: GuardOptions | None = None, calibration_images: int | None = None,
+                   progress: ProgressOptions | None = None, log=None,
+                   output_name: str = "compressed model") -> Optimized:
+    """Compress ``model`` (a path, or a ModelProto checked like a file) and return the
+    compressed ModelProto with its report; nothing is written (:func:`save` does).
+
+    ``calibration``: unlabeled images as a path (read with ``data``), an array, or an
+    iterable of arrays or of ``{input: array}`` dicts; the first ``calibration_images``
+    (default 1024) are used. With them the compressed layers are refitted to the
+    original's outputs (``refit``, docs/refit.md) and int8-static calibrates on them.
+    ``guard``: ``max_drop`` searches per-layer settings for the smallest model within
+    that drop (docs/pipelines.md); without it the written model's error is measured and
+    reported all the same (``report.extra["accuracy"]``), on the calibration images or
+    on random inputs. With an active ``budget``, the kept channels meet a measured
+    latency (docs/budget.md). ``progress``: bars or log lines on stderr unless quiet;
+    ``output_name``: what errors about the compressed model call it (the CLI: OUTPUT)."""
+    from .guard.calibration import as_images
+    from .guard.check import finish_checks
+    from .guard.measure import input_name
+    from .guard.search import Builder, guarded_search
+
+    guard = guard or GuardOptions()
+    check_combined(lower_options, target, budget)  # options before any file
+    source, where, size = _source(model)
+    refuse_listed_weights(source, where)  # before any work: IR 3 lists every weight
+    if guard.active and ((target is not None and target.active)
+                         or (budget is not None and budget.active)):
+        raise OptionError("--max-drop", "cannot be combined with --target-macs, "
+                          "--target-size or --target-latency yet")
+    name = input_name(source) if guard.active else None
+    images = as_images(calibration, calibration_images, data, name, model=source)
+    if quantize is not None and quantize.quantize == "int8-static" and images is None:
+        raise OptionError("--calibration", "int8-static needs calibration inputs")
+    settings = dict(kse=kse, select=select, lower_options=lower_options, target=target,
+                    quantize=quantize, refit=refit, budget=budget, progress=progress, log=log,
+                    output_name=output_name)
+    if guard.active:
+        built, drop = guarded_search(Builder(_compress, source, where, size, settings),
+                                     images, guard, data)
+    else:
+        built, drop = _compress(source, where, size, images=images, **settings), None
+    finish_checks(source, built.model, built.report, images, guard, drop)
+    return built
+
+
+def save(optimized: Optimized | onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Write a model atomically (no partial file on failure); above protobuf's 2 GiB the
+    weights go to ``<path>.data`` beside it. Returns the bytes written; an
+    :class:`Optimized` gets them as its report's ``file_size_after``."""
+    model = optimized.model if isinstance(optimized, Optimized) else optimized
+    save_model(model, path)
+    written = sum(os.path.getsize(f) for f in (str(path), f"{path}.data") if os.path.exists(f)
+                  and (f == str(path) or model.ByteSize() > PROTOBUF_LIMIT))
+    if isinstance(optimized, Optimized):
+        optimized.report.file_size_after = written
+    return written
+
+
 def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
              kse: KSEOptions | None = None, select: SelectOptions | None = None,
              lower_options: LowerOptions | None = None, overwrite: bool = False,
@@ -58,31 +135,50 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
              data: DataOptions | None = None, calibration: CalibrationOptions | None = None,
              refit: RefitOptions | None = None, log=None,
              progress: ProgressOptions | None = None,
-             budget: BudgetOptions | None = None) -> ModelReport:
-    """Compress the model at ``input_path`` and write it to ``output_path``. With
-    ``calibration`` images, the compressed layers are refitted to the original's outputs
-    (``refit``, docs/refit.md) before they are written, and int8-static calibrates on
-    the same images. With an active ``budget``, the kept channels are chosen to meet a
-    measured latency (docs/budget.md). ``progress``: bars or log lines on stderr
-    (analysis, refit, ``auto`` timing) unless quiet."""
+             budget: BudgetOptions | None = None,
+             guard: GuardOptions | None = None) -> ModelReport:
+    """The ``optimize`` command: :func:`optimize_model` on the file at ``input_path``,
+    then :func:`save` to ``output_path`` (checked against the input first)."""
+    check_combined(lower_options, target, budget, quantize, calibration)  # before any file
+    _check_paths(input_path, output_path, overwrite)
+    built = optimize_model(input_path, calibration=calibration, kse=kse, select=select,
+                           lower_options=lower_options, target=target, quantize=quantize,
+                           data=data, refit=refit, budget=budget, guard=guard, log=log,
+                           progress=progress, output_name=str(output_path))
+    save(built, output_path)
+    return built.report
+
+
+def _source(model) -> tuple[onnx.ModelProto, str, int]:
+    """(checked model, its name in messages, its serialized size)."""
+    if isinstance(model, onnx.ModelProto):
+        check_loaded(model, "model")
+        return model, "model", model.ByteSize()
+    return load_model(model), str(model), os.path.getsize(model)
+
+
+def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None,
+              kse: KSEOptions | None = None, select: SelectOptions | None = None,
+              lower_options: LowerOptions | None = None, target: TargetOptions | None = None,
+              quantize: QuantizeOptions | None = None, refit: RefitOptions | None = None,
+              budget: BudgetOptions | None = None, progress: ProgressOptions | None = None,
+              log=None, output_name: str = "compressed model") -> Optimized:
+    """One compression of ``model`` with fixed settings: the analysis, the optional
+    refit on ``images``, the lowering, optional INT8, the checks."""
     kse, select = kse or KSEOptions(), select or SelectOptions()
     lower_options = lower_options or LowerOptions()
     refit = refit or RefitOptions()
     quiet = (progress or ProgressOptions()).quiet
     budget = budget or BudgetOptions()
-    check_combined(lower_options, target, budget, quantize, calibration)  # before any file
-    _check_paths(input_path, output_path, overwrite)
-    model = original = load_model(input_path)
-    refuse_listed_weights(model, input_path)  # before any work: IR 3 lists every weight
-    images = _calibration(calibration, data, model)
-    kse, reached = _targeted(model, kse, select, target, os.path.getsize(input_path))
+    original = model
+    kse, reached = _targeted(model, kse, select, target, file_size)
     kept, streams, budget_report = None, None, None
     if budget.active:
         from .budget.run import run_budget
 
         model, kept, streams, budget_report = run_budget(
             model, kse, select, lower_options, budget, target, quantize, images)
-    result = analyse(model, kse, select, str(input_path), quiet=quiet, kept=kept)
+    result = analyse(model, kse, select, where, quiet=quiet, kept=kept)
     base = {**result.report.settings, **as_dict(lower_options)}
     base.pop("choices")  # the recorded layer_forms say what it gave: replays match byte for byte
     if budget.active:
@@ -118,9 +214,8 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
         from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand
 
         optimized, report.extra["int8"] = quantize_output(optimized, quantize, images)
-    check_model(optimized, output_path)
-    report.extra["runtime_check"] = runtime_check(optimized, model, output_path)
-    save_model(optimized, output_path)
+    check_model(optimized, output_name)
+    report.extra["runtime_check"] = runtime_check(optimized, model, output_name)
     report.settings = settings_of(optimized)
     for layer in report.layers:
         if layer.name in lowered:
@@ -131,15 +226,15 @@ def optimize(input_path: str | os.PathLike, output_path: str | os.PathLike,
                 form = "dense (1x1 conv: never factored)"
             layer.lowering = f"{form}, input via {done.input_stage}"
             layer.lowered_channels = len(done.keep)
-    report.file_size_before = os.path.getsize(input_path)
-    report.file_size_after = os.path.getsize(output_path)
+    report.file_size_before = file_size
+    report.file_size_after = optimized.ByteSize()  # the file's size once saved (< 2 GiB)
     report.extra["graph_counts"] = {"before": conv_counts(model), "after": conv_counts(optimized)}
     if reached is not None:
         reached["file_size"] = report.file_size_after / report.file_size_before
         report.extra["target"] = reached
     if not lowered:
         report.extra["note"] = "no Conv was compressed: the output is an unchanged copy"
-    return report
+    return Optimized(optimized, report)
 
 
 def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
@@ -172,16 +267,6 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
         compressed_path) if settings.get("lowering") == "auto" or budget.active else "")
     return optimize(teacher_path, output_path, kse, select, lowering, calibration=calibration,
                     refit=options, data=data, log=log, progress=progress, budget=budget)
-
-
-def _calibration(calibration: CalibrationOptions | None, data: DataOptions | None, model):
-    """The calibration images (refit and int8-static), checked against ``model``'s
-    input; None without ``--calibration``."""
-    if calibration is None or not calibration.calibration:
-        return None
-    from .quantize.apply import calibration_inputs
-
-    return calibration_inputs(calibration, data, model=model)
 
 
 def _unmasked(original, masked) -> dict:

@@ -20,6 +20,7 @@ from .options import (
     FinetuneFiles,
     FinetuneOptions,
     GlobalOptions,
+    GuardOptions,
     KSEOptions,
     LowerOptions,
     OptimizeFiles,
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(optimize, OptimizeFiles)
     _add_options(optimize, KSEOptions, SelectOptions, LowerOptions, TargetOptions,
                  BudgetOptions, CalibrationOptions, RefitOptions, QuantizeOptions, DataOptions,
-                 ProgressOptions)
+                 GuardOptions, ProgressOptions)
     optimize.set_defaults(run=_run_optimize)
 
     refit = add_command(commands, "refit", help="refit a model compressed earlier to its "
@@ -149,24 +150,28 @@ def _run_score(args) -> int:
 
 
 def _run_optimize(args) -> int:
-    from .api import optimize
+    """A thin layer over :func:`kse_onnx.api.optimize_model` and :func:`~kse_onnx.api.save`:
+    every option is built (and validated) first, then the paths are checked, then the
+    files are read."""
+    from .api import optimize_model, save
 
-    lower_options = _options(args, LowerOptions)
-    check_paths({"INPUT": model_files(args.input),
-                 "--calibration": args.calibration,
-                 "--choices": lower_options.choices},
+    classes = (KSEOptions, SelectOptions, LowerOptions, TargetOptions, QuantizeOptions,
+               DataOptions, CalibrationOptions, RefitOptions, BudgetOptions, GuardOptions,
+               ProgressOptions)
+    kse, select, lower, target, quantize, data, calibration, refit, budget, guard, progress = (
+        _options(args, cls) for cls in classes)
+    check_paths({"INPUT": model_files(args.input), "--calibration": args.calibration,
+                 "--choices": lower.choices, "--validation": guard.validation},
                 {"OUTPUT": args.output, "OUTPUT's weights file": f"{args.output}.data",
                  "--report": args.report},
                 allow=(("OUTPUT", "INPUT"), ("OUTPUT's weights file", "INPUT"))
                 if args.overwrite else ())
-    report = optimize(args.input, args.output, _options(args, KSEOptions),
-                      _options(args, SelectOptions), _options(args, LowerOptions),
-                      overwrite=args.overwrite, target=_options(args, TargetOptions),
-                      quantize=_options(args, QuantizeOptions), data=_options(args, DataOptions),
-                      calibration=_options(args, CalibrationOptions),
-                      refit=_options(args, RefitOptions), budget=_options(args, BudgetOptions),
-                      progress=_options(args, ProgressOptions))
-    return _written(report, args)
+    built = optimize_model(args.input, calibration=calibration, kse=kse, select=select,
+                           lower_options=lower, target=target, quantize=quantize, data=data,
+                           refit=refit, budget=budget, guard=guard, progress=progress,
+                           output_name=args.output)
+    save(built, args.output)
+    return _written(built.report, args)
 
 
 def _written(report, args) -> int:
@@ -194,9 +199,17 @@ def _run_verify(args) -> int:
     from .verify import verify
 
     opts = _options(args, VerifyOptions)
-    result = verify(args.original, args.optimized, inputs=opts.inputs or None,
+    if opts.max_drop:
+        from .guard.gate import drop_gate  # the CI gate: needs real inputs, checked first
+
+        gate = drop_gate(args.original, args.optimized, opts.inputs, opts.max_drop)
+    inputs = None if opts.max_drop else opts.inputs or None  # the gate reads them
+    result = verify(args.original, args.optimized, inputs=inputs,
                     batch=opts.batch, rtol=opts.rtol or None, seed=opts.seed)
     print(result.summary())
+    if opts.max_drop:
+        print(gate.line())
+        return 0 if result.exact and gate.passed else 1
     return 0 if result.exact else 1
 
 

@@ -439,12 +439,24 @@ class VerifyOptions:
     rtol: float = _opt(0.0, "relative error allowed for rewrite exactness; 0 = from the "
                             "weights' dtype: 1e-4 float32/float64, 1e-2 float16, 5e-2 "
                             "bfloat16. Non-finite outputs always fail")
+    max_drop: float = _opt(0.0, "CI gate: exit 1 when the drop against the original on "
+                                "--inputs (then read as images: .npz x with optional y, IDX "
+                                "or an image folder) exceeds D points: accuracy lost with "
+                                "labels, else 100 x (1 - top-1 agreement), or 100 x the "
+                                "relative error for outputs that are not logits (0 = off)",
+                           metavar="D")
 
     def __post_init__(self) -> None:
         _check_int(self, "batch", low=1)
         _check_int(self, "seed", low=0)
         if not (isinstance(self.rtol, (int, float)) and 0 <= self.rtol < math.inf):
             raise OptionError("--rtol", f"must be a number >= 0, got {self.rtol!r}")
+        if isinstance(self.max_drop, bool) or not (isinstance(self.max_drop, (int, float))
+                                                   and 0 <= self.max_drop <= 100):
+            raise OptionError("--max-drop", f"must be a number in [0, 100] (0 = off), got "
+                              f"{self.max_drop!r}")
+        if self.max_drop and not self.inputs:
+            raise OptionError("--max-drop", "needs --inputs DATA (images to measure on)")
 
 
 @dataclass(frozen=True)
@@ -545,3 +557,64 @@ class EvalFiles:
 
     data: str = _opt("", _DATA, metavar="DATA", required=True)
     compare: str = _opt("", "report top-1 agreement with this model", metavar="MODEL")
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """Accuracy guard (docs/pipelines.md): the written model's drop against the original,
+    measured on images the refit never saw."""
+
+    max_drop: float = _opt(0.0, "search for the smallest file whose drop against the "
+                                "original is at most D points: layers the held-out images "
+                                "show most sensitive are left whole first, then gentler "
+                                "G/T (overrides --G/--T). Drop: 100 x (1 - top-1 "
+                                "agreement) on held-out calibration images; with "
+                                "--validation labels, the accuracy lost; for outputs "
+                                "that are not logits, 100 x the relative L2 error of "
+                                "the outputs (0 = off)", metavar="D")
+    validation: str = _opt("", "with --max-drop: labeled data the drop is measured on "
+                               "(.npz x and y, or IDX images with their labels file "
+                               "beside them), read with the data options", metavar="DATA")
+    holdout: float = _opt(0.25, "with --max-drop and no --validation: fraction of the "
+                                "calibration images held out from the refit to measure "
+                                "the drop on (the last ones)")
+    warn_error: float = _opt(0.1, "a written model whose outputs differ from the "
+                                  "original's by more than this relative L2 error (on "
+                                  "held-out or random inputs) gets a warning line")
+    strict: bool = _opt(False, "exit 1 and write nothing when the measured error exceeds "
+                               "--warn-error (or the drop exceeds --max-drop)")
+    input_shape: str = _opt("", "C,H,W of one input image, for the multiply-adds of a "
+                                "model whose height and width are symbolic (default: the "
+                                "calibration images' size)", metavar="C,H,W")
+
+    def __post_init__(self) -> None:
+        for name, high in (("max_drop", 100.0), ("warn_error", math.inf)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float))
+                                               and math.isfinite(value) and 0 <= value <= high):
+                raise OptionError(f"--{name.replace('_', '-')}", f"must be a number in "
+                                  f"[0, {high:g}] (0 = off), got {value!r}")
+        value = self.holdout
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < 1):
+            raise OptionError("--holdout", f"must be a fraction in (0, 1), got {value!r}")
+        if self.validation and not self.max_drop:
+            raise OptionError("--validation", "needs --max-drop")
+        shape_list(self.input_shape)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.max_drop)
+
+
+def shape_list(text: str, flag: str = "--input-shape") -> tuple[int, ...] | None:
+    """``"3,32,32"`` -> ``(3, 32, 32)``; None for ""; an OptionError naming ``flag``."""
+    if not text:
+        return None
+    try:
+        values = tuple(int(v) for v in str(text).split(","))
+    except ValueError as exc:
+        raise OptionError(flag, f"expected comma-separated integers, got {text!r}") from exc
+    if not 2 <= len(values) <= 4 or min(values) < 1 or max(values) > 1 << 16:
+        raise OptionError(flag, f"expected 2 to 4 sizes in [1, 65536] such as 3,32,32; "
+                          f"got {text!r}")
+    return values

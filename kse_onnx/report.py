@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -89,6 +90,28 @@ def channel_plan(plan) -> dict:
             "entropy": [float(v) for v in plan.entropy]}
 
 
+# Version of the report's JSON (docs/pipelines.md, "Report schema"): raised when a key
+# changes meaning or goes away; new keys may appear within a version.
+REPORT_SCHEMA_VERSION = 1
+
+
+class ReportExtra(TypedDict, total=False):
+    """The optional sections of a report, written at the top level of its JSON."""
+
+    accuracy: dict  # the written model's measured drop (guard.measure.Drop, + thresholds)
+    warnings: list[str]  # said to the user: high measured error, no calibration images
+    max_drop_search: dict  # --max-drop: the ladder, the refit images, every candidate tried
+    graph_counts: dict  # conv weights and multiply-adds the written graph runs, before/after
+    runtime_check: str  # onnxruntime loaded and ran the output
+    target: dict  # --target-macs/--target-size: G, T and what they reach
+    budget: dict  # --target-latency: the measured rounds
+    refit: dict  # per-layer reconstruction errors of the refit
+    auto: dict  # the auto lowering's timed choices
+    int8: dict  # --quantize: integer kernels, codebooks, convs left in float
+    notes: list[str]  # analysis notes (shape inference)
+    note: str  # a single remark (an unchanged copy, a float output)
+
+
 @dataclass
 class ModelReport:
     model: str
@@ -96,7 +119,7 @@ class ModelReport:
     layers: list[LayerReport]
     file_size_before: int | None = None
     file_size_after: int | None = None
-    extra: dict = field(default_factory=dict)
+    extra: ReportExtra = field(default_factory=dict)
 
     def totals(self) -> dict:
         def total(key):
@@ -108,7 +131,8 @@ class ModelReport:
         return {key: total(key) for key in keys}
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "settings": self.settings,
+        return {"schema_version": REPORT_SCHEMA_VERSION, "model": self.model,
+                "settings": self.settings,
                 "file_size_before": self.file_size_before,
                 "file_size_after": self.file_size_after, "totals": self.totals(),
                 "layers": [layer.to_dict() for layer in self.layers], **self.extra}
@@ -186,9 +210,33 @@ class ModelReport:
         budget = self.extra.get("budget")
         if budget:
             lines.append(budget_line(budget))
+        lines.extend(accuracy_lines(self.extra))
         lines.append("multiply-adds are counts, not measured speed: "
                      "time the models with onnxruntime to know the latency.")
         return "\n".join(lines)
+
+
+def accuracy_lines(extra: ReportExtra) -> list[str]:
+    """The measured drop of the written model, the search that chose it, and warnings."""
+    lines = []
+    search = extra.get("max_drop_search")
+    if search:
+        last = search["chosen"]
+        lines.append(f"max-drop search: {len(search['tried'])} candidates built; chosen "
+                     f"G={last['G']} T={last['T']} with {len(last['layers_left_whole'])} "
+                     "layer(s) left whole: " + (", ".join(last["layers_left_whole"]) or "none"))
+    accuracy = extra.get("accuracy")
+    if accuracy and accuracy.get("measured", True):
+        if accuracy["points"] is None:
+            measured = f"non-finite outputs on {accuracy['images']} {accuracy['source']}"
+        else:
+            measured = (f"drop {accuracy['points']:.2f} points by {accuracy['measure']}, "
+                        f"relative output error {accuracy['rel_error']:.4f}, on "
+                        f"{accuracy['images']} {accuracy['source']}")
+        limit = f" (--max-drop {accuracy['max_drop']:g})" if accuracy.get("max_drop") else ""
+        lines.append(f"measured against the original: {measured}{limit}")
+    lines.extend(f"warning: {w}" for w in extra.get("warnings", []))
+    return lines
 
 
 def budget_line(budget: dict) -> str:

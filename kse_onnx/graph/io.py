@@ -19,7 +19,7 @@ from ..errors import ModelError, first_line
 from ..paths import name_too_long, regular_file, temporary_file
 
 # Protobuf cannot serialise a model over 2 GiB; larger ones keep weights beside it.
-_PROTOBUF_LIMIT = 2**31 - 1
+_PROTOBUF_LIMIT = PROTOBUF_LIMIT = 2**31 - 1
 MIN_OPSET = 11
 
 
@@ -44,6 +44,22 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     _load_external_data(model, path.parent, path)
     _check(model, path)
     return model
+
+
+def check_loaded(model: onnx.ModelProto, where: str = "model") -> None:
+    """The checks of :func:`load_model` for a ModelProto already in memory (a pipeline's):
+    text fields, no external data left to read (load it first), opset, ``onnx.checker``."""
+    if not isinstance(model, onnx.ModelProto) or not model.HasField("graph"):
+        raise ModelError(f"{where}: not an ONNX model (no graph)")
+    bad = _invalid_text(model)
+    if bad is not None:
+        raise ModelError(f"{where}: text field {bad!r} is not valid UTF-8")
+    for tensor in all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
+            raise ModelError(f"{where}: tensor {tensor.name!r} refers to external data; load "
+                             "the model with its data (onnx.load) or pass its path")
+        _check_sizes(tensor, Path(where), None)
+    _check(model, Path(where))
 
 
 def all_tensors(message):

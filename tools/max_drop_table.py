@@ -1,0 +1,109 @@
+"""--max-drop D on Fashion-MNIST ResNet-20 (or any classifier with IDX/npz test data): the
+searched model against every fixed G/T of the search's ladder, each refitted on the same
+images, all scored on the test set.
+
+    python tools/max_drop_table.py [--model models/fmnist_resnet20.onnx] [--max-drop 1.0]
+        [--images 1024] [--out max_drop.json]
+
+Calibration: the first ``--images`` training images, labels unused (the search holds out
+the last quarter to measure its drop on; the fixed settings refit on all of them, as a
+user tuning by hand would). Accuracy: top-1 on the 10,000 test images with onnxruntime
+(1 thread). Compact lowering, default refit (act). File sizes are bytes of the written
+model. "test drop" is the original's test accuracy minus the model's, in points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import kse_onnx  # noqa: E402
+from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
+from kse_onnx.graph.io import load_model  # noqa: E402
+from kse_onnx.guard.measure import outputs  # noqa: E402
+from kse_onnx.guard.search import LADDER  # noqa: E402
+from kse_onnx.options import (  # noqa: E402
+    DataOptions,
+    GuardOptions,
+    KSEOptions,
+    LowerOptions,
+    ProgressOptions,
+)
+
+
+def accuracy(model, x, y) -> float:
+    return float((outputs(model, x)[0].argmax(1) == y).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "models" / "fmnist_resnet20.onnx"))
+    parser.add_argument("--train", default=str(FASHION_MNIST / "train-images-idx3-ubyte.gz"))
+    parser.add_argument("--test", default=str(FASHION_MNIST / "t10k-images-idx3-ubyte.gz"))
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
+                        help="also build every fixed G/T of the ladder")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    data = DataOptions()
+    x_cal = load_data(args.train, data)[0][:args.images]
+    x_test, y_test = load_data(args.test, data)
+    original = load_model(args.model)
+    base = accuracy(original, x_test, y_test)
+    common = dict(lower_options=LowerOptions("compact"), progress=ProgressOptions(quiet=True))
+    rows = [{"model": "original", "file_size": os.path.getsize(args.model),
+             "test_accuracy": base}]
+    print(f"original: test accuracy {base:.4f}", flush=True)
+    start = time.perf_counter()
+    searched = kse_onnx.optimize(original, calibration=x_cal, **common,
+                                 guard=GuardOptions(max_drop=args.max_drop))
+    seconds = time.perf_counter() - start
+    acc = accuracy(searched.model, x_test, y_test)
+    chosen = searched.report.extra["max_drop_search"]["chosen"]
+    reported = searched.report.extra["accuracy"]["points"]
+    rows.append({"model": f"--max-drop {args.max_drop:g}", "G": chosen["G"], "T": chosen["T"],
+                 "layers_left_whole": chosen["layers_left_whole"],
+                 "file_size": searched.report.file_size_after, "test_accuracy": acc,
+                 "test_drop": 100 * (base - acc), "reported_drop": reported,
+                 "candidates": len(searched.report.extra["max_drop_search"]["tried"]),
+                 "seconds": round(seconds, 1)})
+    print(json.dumps(rows[-1]), flush=True)
+    if args.fixed:
+        for G, T in LADDER:
+            kse = dataclasses.replace(KSEOptions(), G=G, T=T)
+            fixed = kse_onnx.optimize(original, calibration=x_cal, kse=kse, **common)
+            acc = accuracy(fixed.model, x_test, y_test)
+            rows.append({"model": f"fixed G={G} T={T}", "G": G, "T": T,
+                         "file_size": fixed.report.file_size_after, "test_accuracy": acc,
+                         "test_drop": 100 * (base - acc)})
+            print(json.dumps(rows[-1]), flush=True)
+        within = [r for r in rows if r["model"].startswith("fixed")
+                  and r["test_drop"] <= args.max_drop]
+        best = min(within, key=lambda r: r["file_size"]) if within else None
+        print(f"best fixed G/T within {args.max_drop:g} point(s) on the test set: "
+              f"{best['model'] if best else 'none'}"
+              + (f", {best['file_size']} bytes" if best else ""))
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+              "model": args.model, "calibration_images": args.images, "rows": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
