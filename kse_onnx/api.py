@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import NamedTuple
 
 import onnx
@@ -36,6 +37,7 @@ from .options import (
     options_from,
 )
 from .paths import check_paths
+from .refit.holdout import fitted_first
 from .report import ModelReport
 from .runtime.loadcheck import runtime_check
 
@@ -186,11 +188,14 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         result.report.extra["budget"] = budget_report
     source = model  # the graph the lowering rewrites: the original, or its refitted copy
     base["refit"] = "none"
+    split = None  # (calibration images, fitted first; how many are held out at the end)
     if images is not None and refit.active:
-        source = _refit(model, result, select, refit, images, log, quiet,
+        split = fitted_first(images, refit.refit_holdout, refit.refit_seed)
+        source = _refit(model, result, select, refit, split, log, quiet,
                         _unmasked(original, model) if budget.active else None)
         base.update(as_dict(refit))
         base["refit_images"] = len(images)
+    distilling = split is not None and refit.refit == "distill"
     if budget.active:
         from .budget.build import EXACT
 
@@ -203,12 +208,17 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
             "layer_forms": {n: lowered[n].form.label for n in sorted(lowered)}})
     elif lower_options.lowering == "auto":
         optimized, lowered = _lower_auto(source, result, select, lower_options, base, quantize,
-                                         images, quiet)
+                                         images, quiet, distilling)
     else:
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
         optimized = export_model(result.graph, model,
                                  {**base, "compressed_layers": sorted(lowered)})
     report = result.report
+    if distilling and lowered:
+        from .refit.distill import distill  # torch: on demand
+
+        optimized, report.extra["refit"]["distill"] = distill(
+            optimized, original, *split, refit, log or _stderr, quiet)
     if (quantize is not None and quantize.active and not quantize.float_output
             and "int8" not in report.extra):
         from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand
@@ -288,17 +298,24 @@ def _unmasked(original, masked) -> dict:
     return changed
 
 
-def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, images,
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, split,
            log, quiet: bool = False, teacher_constants: dict | None = None) -> object:
-    """Refit ``result``'s plans in place; returns the model to lower (the original with
-    the refitted biases and classifier) and points ``result`` at its graph."""
+    """Refit ``result``'s plans in place from ``split`` (images, fitted first; how many
+    are held out at the end); returns the model to lower (the original with the
+    refitted biases and classifier) and points ``result`` at its graph."""
     try:
         from .refit.model import refit_model  # torch: on demand
     except ModuleNotFoundError as exc:
         raise OptionError("--refit", f"the refit needs torch ({exc.name} is not installed): "
                           "pip install 'kse-onnx[finetune]', or pass --refit none") from exc
 
-    fitted = refit_model(model, result.plans, images, refit, log, quiet, teacher_constants)
+    images, held = split
+    fitted = refit_model(model, result.plans, images, refit, log, quiet, teacher_constants,
+                         held)
     result.graph = import_graph(fitted.model)
     result.sites = conv_sites(result.graph, select)
     result.report.extra["refit"] = fitted.to_dict()
@@ -306,9 +323,12 @@ def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, 
 
 
 def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: LowerOptions,
-                base: dict, quantize: QuantizeOptions | None, images, quiet: bool = False):
+                base: dict, quantize: QuantizeOptions | None, images, quiet: bool = False,
+                float_build: bool = False):
     """The ``auto`` lowering: (optimized model, lowered layers); its report goes into
-    ``result.report.extra`` ("auto", and "int8" when the INT8 builds were timed)."""
+    ``result.report.extra`` ("auto", and "int8" when the INT8 builds were timed). With
+    ``float_build`` the model is the float build of the chosen forms even when they were
+    timed in INT8 (to be distilled, then quantized)."""
     def build(forms, compact_storage):
         graph = import_graph(model)
         done = lower(graph, conv_sites(graph, select), result.plans, lower_options, forms,
@@ -325,8 +345,9 @@ def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: L
     auto = choose_forms(model, result.graph, result.sites, result.plans, lower_options,
                         int8 or build, int8.reference if int8 else None, quiet)
     result.report.extra["auto"] = auto.to_dict()
-    if int8 is not None and quantize.float_output:
-        result.report.extra["note"] = "float model; layer forms chosen for its INT8 build"
+    if int8 is not None and (quantize.float_output or float_build):
+        if quantize.float_output:
+            result.report.extra["note"] = "float model; layer forms chosen for its INT8 build"
         return build({c.name: c.form for c in auto.choices}, True)
     if int8 is not None:
         result.report.extra["int8"] = int8.report[auto.compact]

@@ -242,7 +242,7 @@ def as_dict(*options) -> dict:
 
 
 QUANTIZE_MODES = ("none", "int8-dynamic", "int8-static")
-REFIT_MODES = ("none", "ls", "act", "block")
+REFIT_MODES = ("none", "ls", "act", "block", "distill")
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,10 @@ class RefitOptions:
                              "(residual-aware); 'act' then matches the output after the "
                              "ReLU that follows, by more least-squares rounds; 'block' "
                              "(after 'ls') fits each residual block's Convs jointly to the "
-                             "block output with Adam; 'none' skips the refit",
+                             "block output with Adam; 'distill' (after 'act') trains every "
+                             "weight of the compressed model toward the original's outputs "
+                             "on the calibration images (sharing and pruned channels kept); "
+                             "'none' skips the refit",
                       choices=REFIT_MODES)
     refit_rounds: int = _opt(6, "act: least-squares rounds matching the output after the ReLU")
     refit_steps: int = _opt(200, "block: Adam steps per block")
@@ -281,8 +284,15 @@ class RefitOptions:
     refit_positions: int = _opt(131_072, "least squares: output positions (images x height "
                                          "x width) summed per layer, drawn at random when "
                                          "there are more; 0 = all")
-    refit_seed: int = _opt(0, "seed of the sampled positions, and of the block mode's "
-                              "minibatch order")
+    refit_seed: int = _opt(0, "seed of the sampled positions, of the held-out split, and of "
+                              "the block and distill modes' minibatches and augmentation")
+    refit_holdout: float = _opt(0.2, "share of the calibration images held out: every fitted "
+                                     "step (least squares, after-ReLU rounds, blocks, the "
+                                     "classifier, distillation) is kept only where it lowers "
+                                     "the error on them; 0 = judge on the fitted images")
+    refit_distill_epochs: int = _opt(8, "distill: passes over the fitted calibration images")
+    refit_distill_lr: float = _opt(1e-2, "distill: Adam learning rate relative to each "
+                                         "tensor's RMS (one-epoch warm-up, cosine decay)")
 
     def __post_init__(self) -> None:
         if self.refit not in REFIT_MODES:
@@ -290,7 +300,11 @@ class RefitOptions:
         for name in ("refit_rounds", "refit_steps", "refit_batch", "refit_seed",
                      "refit_positions"):
             _check_int(self, name, low=0 if name != "refit_batch" else 1)
-        for name in ("refit_lr", "refit_damping"):
+        _check_int(self, "refit_distill_epochs", low=0)
+        if not (isinstance(self.refit_holdout, (int, float)) and 0 <= self.refit_holdout < 1):
+            raise OptionError("--refit-holdout", f"must be a number in [0, 1), got "
+                                                 f"{self.refit_holdout!r}")
+        for name in ("refit_lr", "refit_damping", "refit_distill_lr"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise OptionError(f"--{name.replace('_', '-')}",

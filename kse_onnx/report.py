@@ -255,13 +255,17 @@ def budget_line(budget: dict) -> str:
 
 def refit_lines(refit: dict) -> list[str]:
     """Per-layer reconstruction errors of a refit (relative, on the calibration set)."""
-    lines = [f"refit ({refit['mode']}, {refit['images']} calibration images, "
-             f"{refit['seconds']:.1f} s): relative error of each compressed conv's output "
-             "before -> after"]
+    held = refit.get("held_out", 0)
+    lines = [f"refit ({refit['mode']}, {refit['images']} calibration images, {held} of them "
+             f"held out, {refit['seconds']:.1f} s): relative error of each compressed conv's "
+             "output before -> after on the fitted images"
+             + ("; every step judged on the held-out ones" if held else "")]
     for f in refit["layers"]:
         extra = ("" if f["act_error_after"] is None else
                  f"; after its activation {f['act_error_before']:.4f} -> "
                  f"{f['act_error_after']:.4f}")
+        if f.get("held_error_after") is not None:
+            extra += f"; held-out {f['held_error_before']:.4f} -> {f['held_error_after']:.4f}"
         lines.append(f"  {f['name']}: {f['error_before']:.4f} -> {f['error_after']:.4f} "
                      f"({f['target']}, {f['solver']}, {f['seconds']:.2f} s){extra}")
     for b in refit["blocks"]:
@@ -269,8 +273,15 @@ def refit_lines(refit: dict) -> list[str]:
                      f"{b['error_before']:.4f} -> {b['error_after']:.4f} ({b['seconds']:.2f} s)")
     c = refit.get("classifier")
     if c:
+        verdict = "" if c.get("kept", True) else "; not kept (no improvement)"
         lines.append(f"  classifier {c['name']} (least squares to the original's logits): "
-                     f"{c['error_before']:.4f} -> {c['error_after']:.4f}")
+                     f"{c['error_before']:.4f} -> {c['error_after']:.4f} on "
+                     f"{c.get('judged_on', 'the fitted images')}{verdict}")
+    d = refit.get("distill")
+    if d:
+        lines.append(f"  distill ({d['epochs']} epochs, {d['seconds']:.1f} s): held-out "
+                     f"{d['measure']} {d['held_before']:.4f} -> {d['held_after']:.4f}; "
+                     f"kept {d['kept']}")
     return lines
 
 

@@ -135,6 +135,10 @@ def reference_model(original: onnx.ModelProto, settings: dict,
             if bias is not None:
                 _set_input(site.node, 2, gs.Constant(f"{site.name}_refit_bias", bias))
         site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
+    if refitted and settings.get("refit") == "distill":
+        compressed = {s.name for s in result.sites if s.name in result.plans
+                      and result.plans[s.name].compressed}
+        _copy_distilled(result.graph, written, compressed, rows)
     if refitted and settings.get("refit_classifier"):
         _copy_classifier(original, result.graph, written, streams or {})
     if streams:  # the optimized model drops them: zero after W_hat
@@ -204,6 +208,35 @@ def _read_back(graph, name: str, plan, settings: dict, rows=None):
     flat = weight.reshape(n, c, kh * kw).astype(np.float64)
     w_hat = layout.expand(reader.kernels_of(flat)).reshape(plan.weight_shape)
     return w_hat.astype(plan.w_hat.dtype), bias
+
+
+def _copy_distilled(reference: gs.Graph, written: gs.Graph, compressed: set[str],
+                    rows: dict) -> None:
+    """A distilled model (``--refit distill``) trained every weight, not only the shared
+    kernels: each constant input of a node that is not a compressed Conv is read back
+    from the node of the same name and operator in the optimized graph; a pruned
+    producer's kept filters (``rows``) are put back in place, the pruned ones zero."""
+    mine = {n.name: n for n in written.nodes}
+    for node in reference.nodes:
+        other = mine.get(node.name)
+        if node.name in compressed or other is None or other.op != node.op:
+            continue
+        for index, tensor in enumerate(node.inputs):
+            if index >= len(other.inputs) or not isinstance(tensor, gs.Constant):
+                continue
+            values, old = constant_values(other.inputs[index]), tensor.values
+            if values is None:
+                continue
+            kept = rows.get(node.name)
+            if values.shape != old.shape:
+                if (kept is None or not old.ndim or values.shape[1:] != old.shape[1:]
+                        or len(kept) != len(values)):
+                    continue
+                full = np.zeros_like(old)
+                full[kept] = values
+                values = full
+            node.inputs[index] = gs.Constant(f"{node.name}_distilled_{index}",
+                                             values.astype(old.dtype))
 
 
 def _set_input(node, index: int, tensor) -> None:

@@ -135,17 +135,52 @@ def test_refit_keeps_codes_and_never_increases_an_error(resnet, mode):
     refit = report.extra["refit"]
     assert len(refit["layers"]) == sum(p.compressed for p in fresh.plans.values()) >= 4
     assert any(f["target"] == "residual Add" for f in refit["layers"])
+    assert refit["held_out"] == 10  # 20% of the 48 images judge every step
     for layer in refit["layers"]:
-        if layer["act_error_after"] is None:
-            assert layer["error_after"] <= layer["error_before"] * (1 + 1e-6)
-        else:
-            assert layer["act_error_after"] <= layer["act_error_before"] * (1 + 1e-6)
+        assert layer["held_error_after"] <= layer["held_error_before"]
+        kept_clustered = layer["solver"].startswith("kept the clustered")
+        assert kept_clustered == (layer["held_error_after"] == layer["held_error_before"])
     assert (mode == "ls") == all(f["act_error_after"] is None for f in refit["layers"])
     assert refit["layers"][0]["error_after"] < 0.9 * refit["layers"][0]["error_before"]
+    assert refit["layers"][0]["held_error_after"] < 0.9 * refit["layers"][0]["held_error_before"]
     for block in refit["blocks"]:
         assert block["error_after"] <= block["error_before"]
     assert bool(refit["blocks"]) == (mode == "block")
-    assert refit["classifier"]["error_after"] < refit["classifier"]["error_before"]
+    classifier = refit["classifier"]
+    assert classifier["judged_on"] == "held-out images"
+    assert classifier["kept"] == (classifier["error_after"] < classifier["error_before"])
+
+
+def test_a_classifier_that_overfits_is_not_kept(resnet):
+    """Fewer fitted images than features: the least-squares classifier fits them
+    exactly, and is refused because its error on the held-out images rises (as a real
+    MobileNetV2's did: fit error 0, top-1 agreement on other images 0.73 -> 0.56)."""
+    from kse_onnx.refit.model import refit_model
+
+    tmp, src, calibration = resnet
+    model = onnx.load(src)
+    result = analyse(model, KSEOptions(G=4), SelectOptions())
+    photos = np.load(calibration)["x"]  # 6 fitted; 42 held out, of another spread
+    x = np.concatenate([photos[:6], np.random.default_rng(0).standard_normal(
+        (42, *photos.shape[1:])).astype(np.float32)])
+    refit = refit_model(model, result.plans, x, RefitOptions("ls"), quiet=True, held=42)
+    classifier = refit.to_dict()["classifier"]
+    assert classifier["judged_on"] == "held-out images" and not classifier["kept"]
+    assert classifier["error_after"] > classifier["error_before"]
+    gemm = next(n for n in refit.model.graph.node if n.op_type == "Gemm")
+    assert "_kse_refit_" not in gemm.input[1]  # the original weights stay
+
+
+def test_holdout_split_is_seeded_and_never_takes_every_image():
+    from kse_onnx.refit.holdout import fitted_first, holdout_split
+
+    fitted, held = holdout_split(10, 0.2, seed=1)
+    assert len(held) == 2 and sorted(np.concatenate([fitted, held])) == list(range(10))
+    assert np.array_equal(holdout_split(10, 0.2, seed=1)[1], held)
+    assert len(holdout_split(1, 0.5, 0)[1]) == 0 and len(holdout_split(3, 0.99, 0)[0]) == 1
+    x = np.arange(10.0)
+    ordered, n_held = fitted_first(x, 0.2, 1)
+    assert n_held == 2 and np.array_equal(ordered[-2:], x[held])
 
 
 def test_refitted_plans_keep_q_distinct_kernels_per_channel(resnet):
@@ -442,3 +477,70 @@ def test_sampled_least_squares_recovers_representable_kernels_deterministically(
     assert len(sampled_positions(total, total // 4, 0)) == total // 4
     assert not np.array_equal(sampled_positions(total, 50, 0), sampled_positions(total, 50, 1))
     assert sampled_positions(total, 0, 0) is None and sampled_positions(total, total, 0) is None
+
+
+DISTILL = dict(refit_distill_epochs=2, refit_batch=16)
+
+
+@pytest.mark.parametrize("lowering", ["dense", "compact"])
+def test_distill_keeps_sharing_and_pruned_channels_and_verifies(resnet, lowering):
+    """``--refit distill`` changes weights, never the structure: the same nodes and
+    tensor shapes as the refit alone, the same zero kernels, each compressed Conv still
+    ``q`` distinct kernels per channel; verify's reference reads every weight back."""
+    from kse_onnx.finetune.importer import SharedWeight
+
+    tmp, src, calibration = resnet
+    act, _ = _optimize(resnet, f"act_{lowering}.onnx", "act", lowering)
+    out = tmp / f"distill_{lowering}.onnx"
+    report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions(lowering),
+                      calibration=CalibrationOptions(str(calibration)),
+                      refit=RefitOptions("distill", refit_distill_lr=1e-3, **DISTILL),
+                      log=lambda line: None)
+    distilled = report.extra["refit"]["distill"]
+    assert distilled["held_out"] == 10 and distilled["kept"].startswith("epoch")
+    assert distilled["held_after"] <= distilled["held_before"]
+    a, b = onnx.load(act), onnx.load(out)
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    before = {i.name: onnx.numpy_helper.to_array(i) for i in a.graph.initializer}
+    after = {i.name: onnx.numpy_helper.to_array(i) for i in b.graph.initializer}
+    assert before.keys() == after.keys()
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert changed
+    for name, value in before.items():
+        assert value.shape == after[name].shape
+        if name.endswith(("_kse_weight", "_kse_codebook")):
+            old, new = SharedWeight(value), SharedWeight(after[name])
+            assert torch.equal(old.codes, new.codes)  # the same sharing
+            assert torch.equal(old.keep, new.keep)  # the same zero (pruned) kernels
+    assert verify(src, out).exact
+
+
+def test_distill_never_returns_a_worse_model(resnet):
+    """An absurd learning rate makes every epoch worse on the held-out images: the refit
+    alone is written, and the report says so."""
+    tmp, src, calibration = resnet
+    act, _ = _optimize(resnet, "act_plain.onnx", "act")
+    out = tmp / "distill_absurd.onnx"
+    report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("dense"),
+                      calibration=CalibrationOptions(str(calibration)),
+                      refit=RefitOptions("distill", refit_distill_lr=1e3, **DISTILL),
+                      log=lambda line: None)
+    distilled = report.extra["refit"]["distill"]
+    assert distilled["kept"].startswith("the refit alone")
+    assert distilled["held_after"] == distilled["held_before"]
+    assert all(h["held_out"] > distilled["held_before"] for h in distilled["history"])
+    a, b = onnx.load(act), onnx.load(out)
+    for x, y in zip(a.graph.initializer, b.graph.initializer, strict=True):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(x),
+                                      onnx.numpy_helper.to_array(y))
+
+
+def test_distill_is_deterministic(resnet):
+    tmp, src, calibration = resnet
+    outs = []
+    for k in range(2):
+        outs.append(tmp / f"distill_det_{k}.onnx")
+        optimize(src, outs[-1], KSEOptions(G=4), lower_options=LowerOptions("compact"),
+                 calibration=CalibrationOptions(str(calibration)),
+                 refit=RefitOptions("distill", **DISTILL), log=lambda line: None)
+    assert outs[0].read_bytes() == outs[1].read_bytes()

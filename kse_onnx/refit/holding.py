@@ -131,6 +131,17 @@ class DiskTensor:
         # when the process is killed (SIGTERM, SIGKILL) and no clean-up code runs
         self._closer = weakref.finalize(self, os.close, self._fd)
         os.ftruncate(self._fd, len(self) * self._row * self._np.itemsize)
+        self._first, self._base = 0, None  # a view of rows of another: see rows()
+
+    def rows(self, start: int, stop: int) -> DiskTensor:
+        """Images ``start:stop`` as a view reading the same file (nothing copied; the
+        view keeps the file open)."""
+        start, stop = self._span(slice(start, stop))
+        view = object.__new__(DiskTensor)
+        view.__dict__.update(self.__dict__)
+        view.shape = torch.Size((stop - start, *self.shape[1:]))
+        view._first, view._base = self._first + start, self._base or self
+        return view
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -154,7 +165,7 @@ class DiskTensor:
     def _read(self, start: int, stop: int) -> np.ndarray:
         out = np.empty((stop - start, *self.shape[1:]), self._np)
         view = memoryview(out.reshape(-1).view(np.uint8))
-        offset, done = start * self._row * self._np.itemsize, 0
+        offset, done = (self._first + start) * self._row * self._np.itemsize, 0
         while done < len(view):
             got = os.preadv(self._fd, [view[done:done + _IO_BYTES]], offset + done)
             if got <= 0:
@@ -187,7 +198,7 @@ class DiskTensor:
             raise ValueError(f"cannot write {tuple(data.shape)} into images {start}:{stop} "
                              f"of {tuple(self.shape)}")
         view = memoryview(data.reshape(-1).view(np.uint8))
-        offset, done = start * self._row * self._np.itemsize, 0
+        offset, done = (self._first + start) * self._row * self._np.itemsize, 0
         while done < len(view):
             done += os.pwrite(self._fd, view[done:done + _IO_BYTES], offset + done)
 

@@ -101,7 +101,7 @@ class SharedConv:
 
     def least_squares(self, x: torch.Tensor, target: torch.Tensor, damping: float,
                       floor: torch.Tensor | None = None, rounds: int = 0,
-                      positions: int = 0, seed: int = 0) -> Solution:
+                      positions: int = 0, seed: int = 0, judge=None) -> Solution:
         """Fit kernels and bias so ``conv(x) ~ target`` (full calibration tensors).
 
         ``floor``: a ReLU follows, and the output is inactive where ``conv(x) <= floor``
@@ -114,7 +114,11 @@ class SharedConv:
         ``positions``: when the calibration images hold more output positions than this
         (images x Ho x Wo), the normal equations are summed over this many of them, drawn
         uniformly without replacement by ``seed`` (the same ones in every round); 0 uses
-        all."""
+        all.
+
+        ``judge``: a function of the current kernels giving the error on held-out images;
+        the first solve and each round are kept only where they lower it (the solver
+        names the one kept)."""
         n, c, kh, kw = self.shape
         eq = NormalEquations(c * kh * kw, n)
         sample = sampled_positions(len(x) * target.shape[2] * target.shape[3], positions,
@@ -126,6 +130,7 @@ class SharedConv:
         if floor is None or not rounds:
             return solution
         first = solution.solver
+        best = (judge(), self.kernels, self.bias, first) if judge else None
         for done in range(1, rounds + 1):
             eq.reset_targets()
             self._accumulate(eq, x, target, with_gram=False, floor=floor, sample=sample)
@@ -133,9 +138,16 @@ class SharedConv:
             again = problem.solve(self.kernels, self.bias, round_iterations(eq.P, c * kh * kw))
             self.kernels, self.bias = again.kernels, again.bias
             solution.solver = f"{first}, {done} after-ReLU round{'s' * (done > 1)}"
+            if best is not None:
+                error = judge()
+                if error < best[0]:
+                    best = (error, self.kernels, self.bias, solution.solver)
             gained = again.objective_before - again.objective_after
             if gained <= ROUND_STALL * again.objective_before:
                 break  # the bound no longer falls: further rounds would not move the kernels
+        if best is not None and best[3] != solution.solver:
+            _, self.kernels, self.bias, kept = best
+            solution.solver = f"{solution.solver}; kept {kept.split(', ')[-1]} (held-out)"
         return solution
 
     def _accumulate(self, eq: NormalEquations, x, target, with_gram: bool,
@@ -238,6 +250,11 @@ class ChunkedSum:
     def dim(self) -> int:
         return len(self.shape)
 
+    def rows(self, start: int, stop: int) -> ChunkedSum:
+        """The same sum over images ``start:stop`` only (views of the terms)."""
+        return ChunkedSum([(sign, image_rows(term, start, stop, len(self)))
+                           for sign, term in self.terms])
+
     def __getitem__(self, rows) -> torch.Tensor:
         out = None
         for sign, term in self.terms:
@@ -246,6 +263,18 @@ class ChunkedSum:
             part = part if sign > 0 else -part
             out = part if out is None else out + part  # never in place: part may be a term
         return out
+
+
+def image_rows(value, start: int, stop: int, images: int):
+    """Images ``start:stop`` of a whole-set tensor or :class:`ChunkedSum` (a view), a
+    broadcast value (or None) as it is."""
+    if isinstance(value, ChunkedSum):
+        return value.rows(start, stop)
+    if value is None or not value.dim() or value.shape[0] != images:
+        return value
+    if hasattr(value, "rows"):  # held on disk: a view, not read into memory
+        return value.rows(start, stop)
+    return value[start:stop]
 
 
 def _rows(value: torch.Tensor, start: int, step: int, images: int) -> torch.Tensor:
@@ -292,11 +321,12 @@ def relative_errors(out, target: torch.Tensor, floor: torch.Tensor | None = None
 def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],
                 constants: dict[str, torch.Tensor], convs: dict[str, SharedConv],
                 output: str, target: torch.Tensor, steps: int, lr: float, batch: int,
-                seed: int, opset: int) -> tuple[float, float]:
+                seed: int, opset: int, fitted: int | None = None) -> tuple[float, float]:
     """Adam on the kernels and biases of ``convs`` so that running ``nodes`` from
     ``inputs`` gives ``target`` at ``output`` (mean squared error over the target's
-    energy). Keeps the new values only if the error over every calibration image fell.
-    Returns (relative error before, after)."""
+    energy), on minibatches of the first ``fitted`` images (all by default). Keeps the
+    new values only if the error fell on the other images (held out), or over every
+    image when none is. Returns (relative error before, after) on the judged images."""
     def run(select, params):
         env = {name: value[select] for name, value in inputs.items()}
         for node in nodes:
@@ -306,12 +336,18 @@ def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],
                 env[name] = value
         return env[output]
 
+    n = len(target)
+    fitted = n if fitted is None else fitted
+    judged = range(fitted, n) if fitted < n else range(n)
+
     def full_error(params) -> float:
         with torch.no_grad():
-            chunks = [slice(s, s + 256) for s in range(0, len(target), 256)]
+            chunks = [slice(s, min(s + 256, judged.stop)) for s in range(judged.start,
+                                                                        judged.stop, 256)]
             sq = sum(float((run(c, params).double() - target[c].double()).square().sum())
                      for c in chunks)
-            return float(np.sqrt(sq / max(float(target.double().square().sum()), 1e-30)))
+            energy = sum(float(target[c].double().square().sum()) for c in chunks)
+            return float(np.sqrt(sq / max(energy, 1e-30)))
 
     start = {name: conv.tensors() for name, conv in convs.items()}
     before = full_error(start)
@@ -323,10 +359,9 @@ def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],
         groups.append({"params": [k, b], "lr": lr * scale})
     optimizer = torch.optim.Adam(groups)
     generator = torch.Generator().manual_seed(seed)
-    energy = target.square().mean().clamp_min(1e-30)
-    n = len(target)
+    energy = target[:fitted].square().mean().clamp_min(1e-30)
     for _ in range(steps):
-        pick = torch.randint(0, n, (min(batch, n),), generator=generator)
+        pick = torch.randint(0, fitted, (min(batch, fitted),), generator=generator)
         loss = (run(pick, params) - target[pick]).square().mean() / energy
         optimizer.zero_grad()
         loss.backward()

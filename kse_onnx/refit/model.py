@@ -46,8 +46,8 @@ from .layer import (
     SharedConv,
     attributes,
     fit_segment,
+    image_rows,
     relative_error,
-    relative_errors,
     run_node,
 )
 
@@ -75,12 +75,15 @@ class LayerFit:
     seconds: float
     act_error_before: float | None = None  # after the activation ("act" mode)
     act_error_after: float | None = None
+    held_error_before: float | None = None  # the judged error on the held-out images
+    held_error_after: float | None = None
 
 
 @dataclass
 class RefitResult:
     mode: str
     images: int
+    held_out: int = 0
     layers: list[LayerFit] = field(default_factory=list)
     blocks: list[dict] = field(default_factory=list)
     classifier: dict | None = None
@@ -88,23 +91,27 @@ class RefitResult:
     model: onnx.ModelProto | None = None  # the original with refitted biases/classifier
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "images": self.images, "seconds": round(self.seconds, 3),
+        return {"mode": self.mode, "images": self.images, "held_out": self.held_out,
+                "seconds": round(self.seconds, 3),
                 "layers": [asdict(layer) for layer in self.layers], "blocks": self.blocks,
                 "classifier": self.classifier}
 
 
 def refit_model(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarray,
                 options: RefitOptions, log=None, quiet: bool = False,
-                teacher_constants: dict | None = None) -> RefitResult:
+                teacher_constants: dict | None = None, held: int = 0) -> RefitResult:
     """Refit the compressed layers of ``plans`` (changed in place) from calibration
-    inputs ``x``; the result's ``model`` is ``model`` with the refitted biases (and
-    classifier), to be lowered with the changed plans. Progress: a bar on a terminal,
+    inputs ``x``, whose last ``held`` images are held out: fitted on none, they judge
+    every step (:mod:`.holdout`). The result's ``model`` is ``model`` with the refitted
+    biases (and classifier), to be lowered with the changed plans. Progress: a bar on a terminal,
     else a ``log`` line per conv; nothing when ``quiet``. ``teacher_constants`` (name ->
     array) replace constants of ``model`` in the teacher only (a latency budget's
     masked filters: the teacher is the unmasked original)."""
     log = (lambda line: None) if quiet else (log or _stderr)
     refit = _Refit(model, plans, x, options, log)
     refit.quiet = quiet
+    refit.fitted = len(x) - held
+    refit.result.held_out = held
     refit.teacher_constants = {k: _tensor(v) for k, v in (teacher_constants or {}).items()}
     with refit.holding:  # the disk folder goes on success, error and Ctrl-C alike
         return refit.run()
@@ -116,6 +123,7 @@ def _stderr(line: str) -> None:
 
 class _Refit:
     quiet = False
+    fitted = 0  # the first ``fitted`` images are fitted on, the others judge (set by refit_model)
 
     def __init__(self, model, plans, x, options: RefitOptions, log):
         self.model, self.options, self.log = model, options, log
@@ -330,26 +338,44 @@ class _Refit:
             else:
                 add, others = None, []
         floor = (self._relu_floor(i, add, others, student)
-                 if self.options.refit in ("act", "block") else None)
+                 if self.options.refit in ("act", "block", "distill") else None)
+        n, k = len(x), self.fitted
+        fit_x, fit_target, fit_floor = (image_rows(v, 0, k, n) for v in (x, target, floor))
+        held = None
+        if k < n:  # the held-out images: error after the activation if one follows
+            held = [image_rows(v, k, n, n) for v in (x, target, floor)]
+
+            def judge() -> float:
+                plain, act = conv.errors(*held)
+                return plain if act is None else act
         # errors measured directly (not from the normal equations, whose float32 sums
         # lose the small differences of a close fit), a chunk of images at a time
-        plain, act = conv.errors(x, target, floor)
+        plain, act = conv.errors(fit_x, fit_target, fit_floor)
         fit = LayerFit(self.names[i], kind, "", plain, plain, 0.0, act, act)
         start = (conv.kernels.copy(), conv.bias.copy())
-        fit.solver = conv.least_squares(x, target, self.options.refit_damping, floor,
-                                        self.options.refit_rounds,
+        if held is not None:
+            fit.held_error_before = judge()
+        fit.solver = conv.least_squares(fit_x, fit_target, self.options.refit_damping,
+                                        fit_floor, self.options.refit_rounds,
                                         self.options.refit_positions,
-                                        self.options.refit_seed + i).solver
-        step = self.chunk if self.chunk < CHUNK else None  # smaller chunks on disk
-        out = conv.predict(x, self.holding.empty, step)
-        fit.error_after, fit.act_error_after = relative_errors(out, target, floor)
+                                        self.options.refit_seed + i,
+                                        judge if held is not None else None).solver
+        fit.error_after, fit.act_error_after = conv.errors(fit_x, fit_target, fit_floor)
         judged = ("act_error_before", "act_error_after") if floor is not None else (
             "error_before", "error_after")
-        if getattr(fit, judged[1]) > getattr(fit, judged[0]):  # a guard: keep the clustered
+        if held is not None:
+            fit.held_error_after = judge()
+            worse = not fit.held_error_after < fit.held_error_before
+        else:
+            worse = getattr(fit, judged[1]) > getattr(fit, judged[0])
+        if worse:  # a guard: keep the clustered kernels
             conv.kernels, conv.bias = start
-            out = conv.predict(x, self.holding.empty, step)
-            fit.solver = "kept the clustered kernels (no improvement)"
+            fit.solver = ("kept the clustered kernels (no improvement"
+                          f"{' on the held-out images' if held is not None else ''})")
             fit.error_after, fit.act_error_after = fit.error_before, fit.act_error_before
+            fit.held_error_after = fit.held_error_before
+        step = self.chunk if self.chunk < CHUNK else None  # smaller chunks on disk
+        out = conv.predict(x, self.holding.empty, step)
         fit.seconds = time.perf_counter() - started
         self.result.layers.append(fit)
         return out
@@ -392,7 +418,8 @@ class _Refit:
             before, after = fit_segment(segment, inputs, self.constants, convs, output,
                                         self._lookup(teacher, output), self.options.refit_steps,
                                         self.options.refit_lr, self.options.refit_batch,
-                                        self.options.refit_seed + members[0], self.opset)
+                                        self.options.refit_seed + members[0], self.opset,
+                                        self.fitted)
         env = dict(inputs)
         for node in segment:
             args = [self._lookup(env, n) for n in node.input]
@@ -412,15 +439,18 @@ class _Refit:
         node = self.model.graph.node[i]
         attrs = attributes(node, self.opset)
         alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
-        features = s_args[0].double().numpy()
+        k = self.fitted
+        features = s_args[0][:k].double().numpy()
         wanted = self._lookup(teacher, node.output[0])
-        target = wanted.double().numpy()
+        target = wanted[:k].double().numpy()
         has_bias = len(node.input) > 2 and bool(node.input[2])
         design = np.hstack([features, np.ones((len(features), 1))]) if has_bias else features
         gram = design.T @ design
         damping = self.options.refit_damping * max(float(np.mean(np.diag(gram))), 1e-30)
         solution = np.linalg.solve(gram + damping * np.eye(len(gram)), design.T @ target)
-        before = relative_error(run_node(node, s_args, self.opset)[0], wanted)
+        judged = slice(k, None) if k < len(wanted) else slice(None)  # held out, or all
+        old_out = run_node(node, s_args, self.opset)[0]
+        before = relative_error(old_out[judged], wanted[judged])
         weight = solution[:features.shape[1]] / alpha
         if attrs.get("transB", 0):
             weight = weight.T
@@ -434,15 +464,19 @@ class _Refit:
                 return run_node(node, s_args, self.opset)[0]  # a bias of another shape: left alone
             new_args[2] = torch.from_numpy(bias.reshape(bias_shape).astype(np.float32))
         out = run_node(node, new_args, self.opset)[0]
-        after = relative_error(out, wanted)
-        if not after < before or self.classifier:  # one classifier: the first found
-            return run_node(node, s_args, self.opset)[0]
+        after = relative_error(out[judged], wanted[judged])
+        if self.classifier:  # one classifier: the first found
+            return old_out
+        self.result.classifier = {"name": self.names[i], "error_before": before,
+                                  "error_after": after, "kept": after < before,
+                                  "judged_on": "held-out images" if k < len(wanted)
+                                  else "the fitted images"}
+        if not after < before:
+            return old_out
         self.classifier = {node.input[1]: new_args[1].numpy()}
         if has_bias:
             self.classifier[node.input[2]] = new_args[2].numpy()
         self.classifier_node = i
-        self.result.classifier = {"name": self.names[i], "error_before": before,
-                                  "error_after": after}
         return out
 
     # -- the refitted model ---------------------------------------------------------------
