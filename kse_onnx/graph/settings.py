@@ -74,6 +74,7 @@ def _schema() -> dict:
 
 
 SCHEMA = _schema()
+OPTION_FIELDS = {f.name for cls in RECORDED for f in dataclasses.fields(cls)}
 
 
 def settings_problem(settings, field: str = "settings") -> str | None:
@@ -86,5 +87,6 @@ def settings_problem(settings, field: str = "settings") -> str | None:
         if check is not None and not check[0](value):
             shown = repr(value)
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            return f"field '{field}.{key}' is {shown}, expected {check[1]}"
+            flag = f" (--{key.replace('_', '-')})" if key in OPTION_FIELDS else ""
+            return f"field '{field}.{key}'{flag} is {shown}, expected {check[1]}"
     return None
