@@ -33,6 +33,7 @@ from .options import (
     TargetOptions,
     VerifyOptions,
     batch_list,
+    check_combined,
 )
 from .paths import check_paths
 from .terminal import CleanStream
@@ -160,6 +161,7 @@ def _run_optimize(args) -> int:
                ProgressOptions)
     kse, select, lower, target, quantize, data, calibration, refit, budget, guard, progress = (
         _options(args, cls) for cls in classes)
+    check_combined(lower, target, budget, quantize, calibration)  # options before files
     check_paths({"INPUT": model_files(args.input), "--calibration": args.calibration,
                  "--choices": lower.choices, "--validation": guard.validation},
                 {"OUTPUT": args.output, "OUTPUT's weights file": f"{args.output}.data",

@@ -483,12 +483,17 @@ DISTILL = dict(refit_distill_epochs=2, refit_batch=16)
 
 
 @pytest.mark.parametrize("lowering", ["dense", "compact"])
-def test_distill_keeps_sharing_and_pruned_channels_and_verifies(resnet, lowering):
+def test_distill_keeps_sharing_and_pruned_channels_and_verifies(resnet, lowering,
+                                                              monkeypatch):
     """``--refit distill`` changes weights, never the structure: the same nodes and
     tensor shapes as the refit alone, the same zero kernels, each compressed Conv still
-    ``q`` distinct kernels per channel; verify's reference reads every weight back."""
+    ``q`` distinct kernels per channel; verify's reference reads every weight back. On
+    this tiny net the ``act`` refit is already so close (held-out KL 0.0004) that no
+    epoch beats it, so every epoch is accepted here to write the distilled weights."""
+    import kse_onnx.refit.distill as distill_module
     from kse_onnx.finetune.importer import SharedWeight
 
+    monkeypatch.setattr(distill_module, "improves", lambda error, best: True)
     tmp, src, calibration = resnet
     act, _ = _optimize(resnet, f"act_{lowering}.onnx", "act", lowering)
     out = tmp / f"distill_{lowering}.onnx"
@@ -497,8 +502,7 @@ def test_distill_keeps_sharing_and_pruned_channels_and_verifies(resnet, lowering
                       refit=RefitOptions("distill", refit_distill_lr=1e-3, **DISTILL),
                       log=lambda line: None)
     distilled = report.extra["refit"]["distill"]
-    assert distilled["held_out"] == 10 and distilled["kept"].startswith("epoch")
-    assert distilled["held_after"] <= distilled["held_before"]
+    assert distilled["held_out"] == 10 and distilled["kept"] == "epoch 2"
     a, b = onnx.load(act), onnx.load(out)
     assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
     before = {i.name: onnx.numpy_helper.to_array(i) for i in a.graph.initializer}
@@ -508,10 +512,20 @@ def test_distill_keeps_sharing_and_pruned_channels_and_verifies(resnet, lowering
     assert changed
     for name, value in before.items():
         assert value.shape == after[name].shape
-        if name.endswith(("_kse_weight", "_kse_codebook")):
+        if not np.issubdtype(value.dtype, np.floating):  # codes, indices, shapes
+            np.testing.assert_array_equal(value, after[name])
+        if name.endswith("_kse_codebook"):  # a stored table: the same zero kernels
+            old = SharedWeight(value, is_codebook=True)
+            assert torch.equal(old.keep, SharedWeight(after[name], is_codebook=True).keep)
+        if name.endswith("_kse_weight"):
             old, new = SharedWeight(value), SharedWeight(after[name])
-            assert torch.equal(old.codes, new.codes)  # the same sharing
-            assert torch.equal(old.keep, new.keep)  # the same zero (pruned) kernels
+            # the same sharing: the codes are the same partition (the table's order, by
+            # value, may change), and the same kernels are zero (pruned or alignment)
+            pairs = set(zip(old.codes.flatten().tolist(), new.codes.flatten().tolist(),
+                            strict=True))
+            assert len(pairs) == len(set(old.codes.flatten().tolist())) == len(
+                set(new.codes.flatten().tolist()))
+            assert torch.equal(old.keep.flatten()[old.codes], new.keep.flatten()[new.codes])
     assert verify(src, out).exact
 
 

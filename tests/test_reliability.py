@@ -303,7 +303,7 @@ def test_malformed_choices_are_one_line_errors(models, capsys, content, words, b
 
 @pytest.mark.parametrize("value, words", [
     ("[1]", "field 'kse_onnx' is a list"),
-    ('{"G": "4"}', "field 'kse_onnx.G' is '4', expected an integer"),
+    ('{"G": "4"}', "field 'kse_onnx.G' (--G) is '4', expected an integer"),
     ('{"layer_forms": 3}', "field 'kse_onnx.layer_forms' is 3"),
     ('{"compressed_layers": [1]}', "field 'kse_onnx.compressed_layers' is [1]"),
     ("[" * 100_000, "are not valid JSON"),

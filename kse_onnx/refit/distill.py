@@ -135,7 +135,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
         if not quiet and not progress.interactive():
             log(f"distill: epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4g}, "
                 f"held-out {measure} {error[0]:.4f}")
-        if error[0] < best[0]:
+        if improves(error[0], best[0]):
             best, best_epoch = error, epoch + 1
             best_state = copy.deepcopy(module.state_dict())
     bar.close()
@@ -150,6 +150,12 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
         return student, report
     module.load_state_dict(best_state)
     return module.export(), report
+
+
+def improves(error: float, best: float) -> bool:
+    """Whether an epoch's held-out error beats the best so far (strictly: a tie keeps
+    the earlier, simpler state)."""
+    return error < best
 
 
 class _Teacher:
