@@ -14,7 +14,7 @@ from .analysis.target import choose_levels
 from .errors import ModelError, OptionError
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
-from .graph.inputs import refuse_listed_weights
+from .graph.inputs import fixed_batch, refuse_listed_weights
 from .graph.io import PROTOBUF_LIMIT, check_loaded, load_model, model_files, save_model
 from .graph.runtime_shapes import fill_conv_shapes
 from .graph.select import conv_sites, import_graph
@@ -190,6 +190,7 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
     base["refit"] = "none"
     split = None  # (calibration images, fitted first; how many are held out at the end)
     if images is not None and refit.active:
+        images = _whole_batches(images, model, log, quiet)
         split = fitted_first(images, refit.refit_holdout, refit.refit_seed)
         source = _refit(model, result, select, refit, split, log, quiet,
                         _unmasked(original, model) if budget.active else None)
@@ -277,6 +278,22 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
         compressed_path) if settings.get("lowering") == "auto" or budget.active else "")
     return optimize(teacher_path, output_path, kse, select, lowering, calibration=calibration,
                     refit=options, data=data, log=log, progress=progress, budget=budget)
+
+
+def _whole_batches(images, model, log, quiet: bool):
+    """``images`` cut to a multiple of the batch the model's input fixes, if it fixes
+    one: the refit runs such a graph that many images at a time."""
+    batch = fixed_batch(model)
+    if not batch or not len(images) % batch:
+        return images
+    kept = len(images) - len(images) % batch
+    if not kept:
+        raise ModelError(f"the model's input fixes a batch of {batch} images: the refit "
+                         f"needs at least that many calibration images, got {len(images)}")
+    if not quiet:
+        (log or _stderr)(f"refit: {kept} of {len(images)} calibration images, a multiple "
+                         f"of the batch of {batch} the model's input fixes")
+    return images[:kept]
 
 
 def _unmasked(original, masked) -> dict:

@@ -239,3 +239,18 @@ def tiny_detector(hw: int = 16, seed: int = 0, opset: int = 17, anchors: int = 3
     y = b.op("Transpose", [y], perm=[0, 1, 3, 2])
     y = b.op("Reshape", [y, b.const(np.array([0, -1, fields], np.int64))])
     return b.model(b.op("Sigmoid", [y]), opset, ("batch", anchors * cells, fields))
+
+
+def shuffle_net(batch: int = 2, width: int = 16, hw: int = 8, seed: int = 0):
+    """A ShuffleNet-style channel shuffle whose Reshape holds the batch the input fixes
+    (torch.onnx.export without dynamic axes writes such graphs): stem, conv, shuffle,
+    conv, head."""
+    b = GraphBuilder(3, hw, seed)
+    b.input = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, hw, hw])
+    x = b.relu(b.conv(b.input.name, 3, width))
+    x = b.relu(b.bn(b.conv(x, width, width), width))
+    split = b.const(np.array([batch, 2, width // 2, hw, hw], np.int64))
+    x = b.op("Transpose", [b.op("Reshape", [x, split])], perm=[0, 2, 1, 3, 4])
+    x = b.op("Reshape", [x, b.const(np.array([batch, width, hw, hw], np.int64))])
+    x = b.relu(b.bn(b.conv(x, width, width), width))
+    return b.model(b.head(x, width), shape=(batch, 10))

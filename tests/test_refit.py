@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from graphs import folded_resnet, photo_batch
+from graphs import folded_resnet, photo_batch, shuffle_net
 from kse_onnx.analysis.plan import plan_layer
 from kse_onnx.api import analyse, optimize
 from kse_onnx.api import refit as refit_command
@@ -558,3 +558,21 @@ def test_distill_is_deterministic(resnet):
                  calibration=CalibrationOptions(str(calibration)),
                  refit=RefitOptions("distill", **DISTILL), log=lambda line: None)
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["act", "distill"])
+def test_a_fixed_batch_model_is_refitted_that_many_images_at_a_time(tmp_path, mode, capsys):
+    """torchvision's ShuffleNet exported without dynamic axes: a Reshape holds the batch
+    of 2 its input fixes. The refit, the distillation and the drop measurement run it 2
+    images at a time, on the 40 of 41 images that fill whole batches, and it verifies."""
+    src, out = tmp_path / "shuffle.onnx", tmp_path / "out.onnx"
+    onnx.save(shuffle_net(batch=2), src)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=photo_batch((41, 3, 8, 8), seed=3))
+    report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("compact"),
+                      calibration=CalibrationOptions(str(calibration)),
+                      refit=RefitOptions(mode, **{**FAST, **DISTILL}))
+    assert "40 of 41 calibration images" in capsys.readouterr().err
+    assert report.extra["refit"]["images"] == 40
+    assert report.extra["accuracy"]["images"] == 40
+    assert verify(src, out).exact

@@ -99,3 +99,19 @@ def check_same_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None
                          or {n for (n, d), (_, e) in zip(before, after, strict=False) if d != e})
         raise ModelError(f"the rewrite would change the model's graph inputs ({changed[:3]}"
                          f"{' ...' if len(changed) > 3 else ''}): refused, nothing written")
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the model's first input fixes (its first dimension, a number), or
+    None when it is symbolic or absent. Such a graph is defined on that many images at a
+    time (a Reshape may hold the number), so whatever runs it in torch runs it that many
+    images at a time."""
+    listed = {i.name for i in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name in listed:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return int(dims[0].dim_value)
+        return None
+    return None

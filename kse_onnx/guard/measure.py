@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
+from ..graph.inputs import fixed_batch
 from ..runtime.ort import random_inputs, run_batched, session
 
 CHUNK = 256
@@ -65,10 +66,14 @@ def input_name(model: onnx.ModelProto) -> str:
 
 
 def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> list:
-    """All outputs of ``model`` on images ``x``, ``CHUNK`` at a time."""
+    """All outputs of ``model`` on images ``x``, ``CHUNK`` at a time; a model whose input
+    fixes its batch runs on the images that fill whole batches of it."""
     sess = session(model)
     name = input_name(model)
-    parts = [run_batched(sess, {name: x[i:i + CHUNK]}, label) for i in range(0, len(x), CHUNK)]
+    batch = fixed_batch(model) or 1
+    step = max(batch, CHUNK - CHUNK % batch)
+    x = x[:len(x) - len(x) % batch] if len(x) >= batch else x
+    parts = [run_batched(sess, {name: x[i:i + step]}, label) for i in range(0, len(x), step)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
@@ -91,6 +96,7 @@ def drop(reference: list, candidate: list, labels: np.ndarray | None = None,
     agreement = float(np.mean(first.argmax(1) == ref.argmax(1)))
     if labels is None:
         return Drop(100 * (1 - agreement), "top-1 agreement", n, source, rel, agreement)
+    labels = labels[:n]  # a fixed batch may have left the last images out
     before = float(np.mean(ref.argmax(1) == labels))
     after = float(np.mean(first.argmax(1) == labels))
     return Drop(100 * (before - after), "accuracy", n, source, rel, agreement, before, after)

@@ -35,10 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from .. import progress
+from ..errors import ModelError
 from ..finetune.epochs import augment
 from ..finetune.importer import import_model
 from ..finetune.losses import with_outputs
 from ..graph.export import settings_of
+from ..graph.inputs import fixed_batch
 from ..graph.residual import find_streams
 from ..graph.select import import_graph
 from ..options import DataOptions, RefitOptions
@@ -57,16 +59,22 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     started = time.perf_counter()
     module = import_model(student, "distill")
     module.eval()  # BatchNormalization uses stored statistics either way
-    fitted = x[:len(x) - held]
-    judged = x[len(x) - held:] if held else fitted
-    features = matched_features(module, teacher, fitted[:1])
+    fixed = fixed_batch(student)  # the graph's own batch: every run takes exactly that many
+    whole = (lambda a: a[:len(a) - len(a) % fixed]) if fixed else (lambda a: a)
+    fitted = whole(x[:len(x) - held])
+    judged = whole(x[len(x) - held:]) if held else fitted
+    if not len(fitted) or not len(judged):
+        raise ModelError(f"distill: too few calibration images for the model's fixed batch "
+                         f"of {fixed}")
+    step_of = fixed or EVAL_BATCH
+    features = matched_features(module, teacher, fitted[:fixed or 1], step_of)
     module.capture = {name for name, _ in features}
     teacher_run = _Teacher(with_outputs(teacher, [name for name, _ in features]),
-                           torch.get_num_threads())
+                           torch.get_num_threads(), step_of)
     outputs = len(module.outputs)
     t_judged = teacher_run(judged)[:outputs]
     logits = len(t_judged) == 1 and t_judged[0].ndim == 2 and t_judged[0].shape[1] >= 2
-    sample = teacher_run(fitted[:256])
+    sample = teacher_run(whole(fitted[:256]))
     variances = _channel_variances(sample[:outputs])
     feature_variances = _channel_variances([v[:, index] if index is not None else v for v, (
         _, index) in zip(sample[outputs:], features, strict=True)])
@@ -74,7 +82,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
 
     def held_error() -> tuple[float, float]:
         """(the judged error, top-1 agreement for logits)."""
-        s = _run(module, judged)
+        s = _run(module, judged, step_of)
         if logits:
             agree = float(np.mean(s[0].argmax(1) == t_judged[0].argmax(1)))
             return float(_kd(torch.from_numpy(s[0]), torch.from_numpy(t_judged[0]), 1.0)), agree
@@ -96,7 +104,8 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
 
     before = best = held_error()
     best_state, best_epoch = None, 0
-    epochs, batch = options.refit_distill_epochs, min(options.refit_batch, len(fitted))
+    epochs = options.refit_distill_epochs
+    batch = fixed or min(options.refit_batch, len(fitted))
     steps = max(1, len(fitted) // batch)
     rng = np.random.default_rng(options.refit_seed)
     shift = max(1, fitted.shape[-1] // 16) if fitted.ndim == 4 else 0
@@ -161,27 +170,29 @@ def improves(error: float, best: float) -> bool:
 class _Teacher:
     """The original model in onnxruntime: its outputs for a batch of images."""
 
-    def __init__(self, model: onnx.ModelProto, threads: int):
+    def __init__(self, model: onnx.ModelProto, threads: int, step: int = EVAL_BATCH):
         self.session = session(model, threads=threads)
         self.input = self.session.get_inputs()[0].name
+        self.step = step
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        outs = [self.session.run(None, {self.input: x[i:i + EVAL_BATCH]})
-                for i in range(0, len(x), EVAL_BATCH)]
+        outs = [self.session.run(None, {self.input: x[i:i + self.step]})
+                for i in range(0, len(x), self.step)]
         return [np.concatenate([o[k] for o in outs]).astype(np.float32)
                 for k in range(len(outs[0]))]
 
 
-def _run(module, x: np.ndarray) -> list[np.ndarray]:
+def _run(module, x: np.ndarray, step: int = EVAL_BATCH) -> list[np.ndarray]:
     outs = []
     with torch.no_grad():
-        for i in range(0, len(x), EVAL_BATCH):
-            out = module(torch.from_numpy(np.ascontiguousarray(x[i:i + EVAL_BATCH])))
+        for i in range(0, len(x), step):
+            out = module(torch.from_numpy(np.ascontiguousarray(x[i:i + step])))
             outs.append([o.numpy() for o in (out if isinstance(out, tuple) else (out,))])
     return [np.concatenate([o[k] for o in outs]) for k in range(len(outs[0]))]
 
 
-def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray) -> list:
+def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray,
+                     step: int = EVAL_BATCH) -> list:
     """The inner tensors matched besides the outputs: the input of every compressed Conv,
     as ``(name, kept channels of the teacher's tensor or None for all)``. A latency
     budget removed channels from some of them: those kept are read from the recorded
@@ -213,7 +224,7 @@ def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray) -> list:
     shapes = {n: tuple(module.captured[n].shape) for n in names}
     module.capture = set()
     t_shapes = {}
-    for value, name in zip(_Teacher(with_outputs(teacher, names), 1)(one)[len(
+    for value, name in zip(_Teacher(with_outputs(teacher, names), 1, step)(one)[len(
             teacher.graph.output):], names, strict=True):
         t_shapes[name] = value.shape
     out = []

@@ -29,8 +29,9 @@ from onnx import numpy_helper
 
 from .. import progress
 from ..analysis.plan import LayerPlan
-from ..errors import ModelError, first_line
+from ..errors import ModelError, OptionError, first_line
 from ..finetune.importer import constant_value, default_opset, refuse_unmapped
+from ..graph.inputs import fixed_batch
 from ..options import RefitOptions
 from .graph_walk import classifier_gemms, node_names, static_nodes, walk
 from .holding import (
@@ -164,6 +165,18 @@ class _Refit:
         # PER_IMAGE node runs CHUNK images at a time, as with float16 holding
         self.holding = Holding(disk_wanted(len(x), largest))
         self.chunk = chunk_images(CHUNK, largest) if self.holding.disk else CHUNK
+        # a graph whose input fixes its batch (a Reshape may hold it) runs that many
+        # images at a time: every node that reads the images, a chunk at a time
+        self.fixed = fixed_batch(model)
+        if self.fixed:
+            self.chunk = self.fixed
+            if len(x) % self.fixed:
+                raise ModelError(f"the refit runs the model's fixed batch of {self.fixed} "
+                                 f"images at a time: {len(x)} calibration images are not a "
+                                 "multiple of it")
+            if options.refit == "block":
+                raise OptionError("--refit", "block needs a model whose batch is not fixed "
+                                  f"(its input fixes {self.fixed}); use act or distill")
         self.classifiers = set(classifier_gemms(model)) if options.refit_classifier else set()
         self.result = RefitResult(options.refit, len(x))
         self.classifier: dict[str, np.ndarray] = {}
@@ -216,7 +229,11 @@ class _Refit:
                  for name, a in zip(node.input, raw, strict=True)]
         by_images = self.holding.disk and any(batch) and runs_by_images(
             node.op_type, attributes(node, self.opset), raw, batch)  # Concat, Reshape...
-        if not (chunked and node.op_type in PER_IMAGE and any(batch) or by_images):
+        fixed = self.fixed and any(batch)  # the model's own batch, a chunk at a time
+        if fixed and node.op_type in ("Shape", "Size"):  # of one chunk, as the graph sees it
+            args = [a[:self.fixed].float() if b else a for a, b in zip(raw, batch, strict=True)]
+            return tuple(run_node(node, args, self.opset))
+        if not (chunked and node.op_type in PER_IMAGE and any(batch) or by_images or fixed):
             args = [a.float() if a is not None and (a.dtype == torch.float16 or (
                 is_held_on_disk(a) and node.op_type != "Shape")) else a for a in raw]
             return tuple(self._keep(v) for v in run_node(node, args, self.opset))
