@@ -313,6 +313,11 @@ class ModelInput:
         and width (where they are fixed)."""
         if self.dims is None:
             return
+        if len(self.dims) == 3:
+            shown = [d if d is not None else "?" for d in self.dims]
+            raise ModelError(f"{where}: model input {self.name!r} takes one image without "
+                             f"a batch axis {shown}; calibration (refit, int8-static) needs "
+                             "a batched input (n, C, H, W): export the model with one")
         if len(self.dims) != 4:
             raise ModelError(f"{where}: images (n, C, H, W) do not fit model input "
                              f"{self.name!r} of rank {len(self.dims)}")

@@ -293,10 +293,15 @@ class RefitOptions:
     refit_distill_epochs: int = _opt(8, "distill: passes over the fitted calibration images")
     refit_distill_lr: float = _opt(1e-2, "distill: Adam learning rate relative to each "
                                          "tensor's RMS (one-epoch warm-up, cosine decay)")
+    refit_distill_batch: int = _opt(64, "distill: calibration images per Adam step")
+    refit_distill_mixup: bool = _opt(True, "distill: blend each augmented image with another "
+                                           "of its batch (weight uniform in [0, 1]); the "
+                                           "teacher sees the same blend")
 
     def __post_init__(self) -> None:
         if self.refit not in REFIT_MODES:
             raise OptionError("--refit", f"must be one of {REFIT_MODES}, got {self.refit!r}")
+        _check_int(self, "refit_distill_batch", low=1)
         for name in ("refit_rounds", "refit_steps", "refit_batch", "refit_seed",
                      "refit_positions"):
             _check_int(self, name, low=0 if name != "refit_batch" else 1)

@@ -5,6 +5,7 @@ input), each failure a one-line error naming the file or the option."""
 from __future__ import annotations
 
 import gzip
+import re
 import zipfile
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_npz_reader_returns_what_numpy_saved(tmp_path):
 def test_bad_idx_is_refused(tmp_path, data, words):
     path = tmp_path / "bad-images-idx3-ubyte"
     path.write_bytes(data)
-    with pytest.raises(ModelError, match=words.replace("(", r"\(")):
+    with pytest.raises(ModelError, match=re.escape(words)):
         load_data(path, DataOptions())
 
 
@@ -189,11 +190,12 @@ def test_preprocessing_one_value_per_channel_or_one_for_all():
 @pytest.mark.parametrize("dims, words", [
     ((None, 1, 4, 4), "images have 3 channels, model input 'x' takes 1"),
     ((None, 3, 8, 8), "images have 4 height, model input 'x' takes 8; use --resize/--crop"),
-    ((None, 3, 4), "do not fit model input 'x' of rank 3"),
+    ((None, 3, 4, 4, 4), "do not fit model input 'x' of rank 5"),
+    ((3, 4, 4), "takes one image without a batch axis [3, 4, 4]"),
 ])
 def test_images_are_checked_against_the_model_input(tmp_path, dims, words):
     path = _npz(tmp_path, x=IMAGES)
-    with pytest.raises(ModelError, match=words.replace("(", r"\(")):
+    with pytest.raises(ModelError, match=re.escape(words)):
         load_data(path, DataOptions(), ModelInput("x", dims))
     x, _ = load_data(path, DataOptions(), ModelInput("x", (None, 3, None, None)))
     assert x.shape == IMAGES.shape

@@ -105,7 +105,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     before = best = held_error()
     best_state, best_epoch = None, 0
     epochs = options.refit_distill_epochs
-    batch = fixed or min(options.refit_batch, len(fitted))
+    batch = fixed or min(options.refit_distill_batch, len(fitted))
     steps = max(1, len(fitted) // batch)
     rng = np.random.default_rng(options.refit_seed)
     shift = max(1, fitted.shape[-1] // 16) if fitted.ndim == 4 else 0
@@ -130,6 +130,8 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
                 group["lr"] = lr * group["scale"]
             images = augment(fitted[order[step * batch:(step + 1) * batch]], augmentation,
                              rng) if shift else fitted[order[step * batch:(step + 1) * batch]]
+            if options.refit_distill_mixup and len(images) > 1:
+                images = mixup(images, rng)
             with torch.enable_grad():
                 loss = loss_of(images)
                 optimizer.zero_grad()
@@ -159,6 +161,15 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
         return student, report
     module.load_state_dict(best_state)
     return module.export(), report
+
+
+def mixup(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Each image blended with another of the batch, ``w x_i + (1 - w) x_j``, one weight
+    ``w ~ U(0, 1)`` per image: new points between the calibration images, labelled by the
+    teacher (no labels are needed, so no blend of labels either)."""
+    partner = rng.permutation(len(images))
+    w = rng.random(len(images)).astype(np.float32).reshape(-1, *[1] * (images.ndim - 1))
+    return np.ascontiguousarray(w * images + (1 - w) * images[partner])
 
 
 def improves(error: float, best: float) -> bool:
