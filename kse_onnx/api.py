@@ -91,16 +91,15 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     from .guard.calibration import as_images
     from .guard.check import finish_checks
     from .guard.measure import input_name
-    from .guard.search import Builder, guarded_search
+    from .guard.search import Builder, guarded_budget, guarded_search
 
     guard = guard or GuardOptions()
     check_combined(lower_options, target, budget)  # options before any file
     source, where, size = _source(model)
     refuse_listed_weights(source, where)  # before any work: IR 3 lists every weight
-    if guard.active and ((target is not None and target.active)
-                         or (budget is not None and budget.active)):
-        raise OptionError("--max-drop", "cannot be combined with --target-macs, "
-                          "--target-size or --target-latency yet")
+    if guard.active and target is not None and target.active:
+        raise OptionError("--max-drop", "cannot be combined with --target-macs or "
+                          "--target-size (it chooses G and T itself)")
     name = input_name(source) if guard.active else None
     images = as_images(calibration, calibration_images, data, name, model=source)
     if quantize is not None and quantize.quantize == "int8-static" and images is None:
@@ -108,7 +107,10 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     settings = dict(kse=kse, select=select, lower_options=lower_options, target=target,
                     quantize=quantize, refit=refit, budget=budget, progress=progress, log=log,
                     output_name=output_name)
-    if guard.active:
+    if guard.active and budget is not None and budget.active:
+        built, drop = guarded_budget(Builder(_compress, source, where, size, settings),
+                                     images, guard, data, budget.target_latency)
+    elif guard.active:
         built, drop = guarded_search(Builder(_compress, source, where, size, settings),
                                      images, guard, data)
     else:

@@ -5,6 +5,7 @@ deterministic stand-in), so no test depends on the machine's speed."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -395,3 +396,26 @@ def test_bracketed_goal_interpolates_between_measured_rounds():
     assert search._goal(*noisy, 0.6) < 0 < goal  # the linear correction alone overshoots
     assert search._bracketed_goal([smallest], 0.6) == search._goal(*smallest, 0.6)
     assert search._bracketed_goal([smallest, (0.1, 0.9)], 0.6) == 0.2  # disagreeing pairs
+
+
+def test_latency_budget_with_a_max_drop(tmp_path, macs_as_time, capsys):
+    """``--target-latency R --max-drop D``: the model at R is measured on the held-out
+    calibration images; within D it is written with that drop, beyond D one error line
+    names the pair reached, and nothing is written."""
+    src, out = tmp_path / "m.onnx", tmp_path / "b.onnx"
+    onnx.save(padded_resnet(width=16, hw=8), src)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=photo_batch((64, 3, 8, 8), seed=3))
+    args = ["optimize", str(src), str(out), "--lowering", "compact", "--target-latency",
+            "0.6", "--calibration", str(calibration), "--refit", "none", "--holdout", "0.5",
+            "--quiet"]
+    assert main([*args, "--max-drop", "100", "--report", str(tmp_path / "r.json")]) == 0
+    accuracy = json.loads((tmp_path / "r.json").read_text())["accuracy"]
+    assert accuracy["source"] == "held-out calibration images" and accuracy["images"] == 32
+    assert 0 < accuracy["points"] <= 100
+    out.unlink()
+    capsys.readouterr()
+    assert main([*args, "--max-drop", f"{accuracy['points'] / 2:g}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "best pair reached is R = 0.6 (measured 0." in err and "nothing written" in err
+    assert len(err.splitlines()) == 1 and not out.exists()

@@ -167,4 +167,29 @@ def guarded_search(builder: Builder, images, guard: GuardOptions, data: DataOpti
     return built, measured
 
 
-__all__ = ["Builder", "Drop", "guarded_search", "sensitivity", "split"]
+def guarded_budget(builder: Builder, images, guard: GuardOptions, data: DataOptions | None,
+                   target: float):
+    """``--target-latency R --max-drop D``: the budget's model at R, refitted on the
+    calibration images the guard does not hold out, and its drop measured on those it
+    does; (built, Drop) when the drop is at most D, else a ModelError naming the pair
+    reached (R and its measured ratio, the drop), nothing written. No search over R:
+    each R is a full latency search of its own (minutes), so the pair is checked, and
+    the user lowers D or raises R."""
+    fit, x, y, source = split(images, guard, data)
+    built = builder(fit, builder.settings.get("kse") or KSEOptions(), ())
+    measured = drop(outputs(builder.source, x, "the original"),
+                    outputs(built.model, x, "the compressed model"), y, source)
+    if measured.points <= guard.max_drop:
+        return built, measured
+    budget = built.report.extra.get("budget") or {}
+    met = [max(r["ratio"].values()) for r in budget.get("measured") or []
+           if isinstance(r.get("ratio"), dict) and r["ratio"]
+           and r.get("indicator_mass_kept") == budget.get("indicator_mass_kept")]
+    speed = f" (measured {min(met):.3f}x)" if met else ""
+    raise ModelError(f"--target-latency {target:g} --max-drop {guard.max_drop:g}: the best "
+                     f"pair reached is R = {target:g}{speed} with a drop of "
+                     f"{measured.points:.2f} points on the {len(x)} {source}; raise "
+                     "--target-latency or --max-drop; nothing written")
+
+
+__all__ = ["Builder", "Drop", "guarded_budget", "guarded_search", "sensitivity", "split"]
