@@ -246,8 +246,12 @@ def budget_line(budget: dict) -> str:
     chosen = [r for r in budget["measured"]
               if r["indicator_mass_kept"] == budget["indicator_mass_kept"]
               and max(r["ratio"].values()) <= budget["target_latency"]]
-    ratios = ", ".join(f"{p} {v:.3f}x" for p, v in (chosen or budget["measured"])[-1]
-                       ["ratio"].items())
+    measured = (chosen or budget["measured"])[-1]["ratio"]
+    ratios = ", ".join(f"{p} {v:.3f}x" for p, v in measured.items())
+    to_float = budget.get("reference_to_float") or {}
+    if budget["reference"] != "the original" and all(p in to_float for p in measured):
+        ratios += " (" + ", ".join(f"{p} {v * to_float[p]:.3f}x" for p, v in measured.items()
+                                   ) + " of the float original)"
     return (f"latency budget {budget['target_latency']:g} x {budget['reference']}: measured "
             f"{ratios} ({len(budget['measured'])} round(s)); indicator mass kept "
             f"{budget['indicator_mass_kept']:.3f}")

@@ -332,6 +332,9 @@ def test_int8_budget_times_the_int8_form_and_replays(tmp_path, macs_as_time, mon
     assert budget["step"] == math.lcm(4, table.INT8_BLOCK) and "int8-static" in budget["timed"]
     assert "first 4 calibration input" in budget["timed"]
     assert budget["reference"] == "onnxruntime's int8-static of the original"
+    # the ratio to the float original is stated beside (the stand-in clock: macs)
+    assert set(budget["reference_to_float"]) == {"b1t1", "b8t1"}
+    assert "of the float original)" in report.table()
     # every table layer timed in INT8 but the stem, which the output keeps in float
     assert layers.count(False) == 1 and layers.count(True) >= 2
     assert timed and all(any(n.op_type == "QuantizeLinear" for n in m.graph.node)

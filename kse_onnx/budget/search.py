@@ -46,10 +46,13 @@ class Budget:
     table: dict = field(default_factory=dict)
     reference: str = "the original"
     timed: str = "float"  # the form every timed model took (the one written)
+    # the reference's time over the float original's, per point (1 when the reference is
+    # the float original): a ratio times this is the ratio to the float original
+    reference_to_float: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"target_latency": self.target, "step": self.step, "reference": self.reference,
-                "timed": self.timed,
+                "timed": self.timed, "reference_to_float": self.reference_to_float,
                 "rule": "greedy: the aligned cut with the most predicted latency saved per "
                         "indicator mass lost, until the predicted ratio meets the round's "
                         "target; the target tightens by each round's measured excess",
@@ -127,8 +130,10 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
                                               f"prunable channel removed, {step} kept per cut)")
     float_ms = {p: first["reference ms"][p] for p in first["reference ms"]}
     predictor = Predictor(cuts, table, float_ms)
+    to_float = {p: round(first["reference ms"][p] / first["original float ms"][p], 4)
+                for p in float_ms if first["original float ms"].get(p)}
     budget = Budget(target, step, {}, {}, {}, 0.0, table=table, reference=reference_label,
-                    timed=timed,
+                    timed=timed, reference_to_float=to_float,
                     minimum={"ratio": first["smallest"], "noise": {
                         p: round(abs(1 - first["reference again"][p]), 4) for p in float_ms}})
     predicted, measured = predictor.ratios(smallest), first["smallest"]
