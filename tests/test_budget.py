@@ -422,3 +422,35 @@ def test_latency_budget_with_a_max_drop(tmp_path, macs_as_time, capsys):
     err = capsys.readouterr().err.strip()
     assert "best pair reached is R = 0.6 (measured 0." in err and "nothing written" in err
     assert len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_a_jump_in_measured_time_is_bisected(tmp_path, macs_as_time, monkeypatch):
+    """Whole-model time that jumps (x1.6 above 0.45 of the multiply-adds, as INT8 layouts
+    do): the predicted rounds land far under R, so the search bisects unit by unit
+    between the sets under and over R and keeps more indicator mass under R."""
+    fake = search.measure
+
+    def jumping(models, points, providers):
+        out = fake(models, points, providers)
+        for label, ratios in out.items():
+            if not label.endswith(" ms") and label != "reference":
+                out[label] = {p: round(r * 1.6, 4) if r > 0.45 else r
+                              for p, r in ratios.items()}
+        return out
+
+    monkeypatch.setattr(search, "measure", jumping)
+    src, out = tmp_path / "m.onnx", tmp_path / "b.onnx"
+    onnx.save(padded_resnet(width=16, hw=8), src)
+    report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("compact"),
+                      budget=BudgetOptions(0.6))
+    budget = report.extra["budget"]
+    rounds = budget["measured"]
+    refined = [r for r in rounds if str(r["round"]).startswith("refine")]
+    assert refined, rounds
+    before = max(r["indicator_mass_kept"] for r in rounds
+                 if not str(r["round"]).startswith("refine")
+                 and max(r["ratio"].values()) <= 0.6)
+    assert budget["indicator_mass_kept"] > before
+    assert all(max(r["ratio"].values()) <= 0.45 or max(r["ratio"].values()) > 0.6
+               for r in rounds)  # the jump: nothing measured in between
+    assert verify(src, out).exact
