@@ -479,7 +479,7 @@ def test_sampled_least_squares_recovers_representable_kernels_deterministically(
     assert sampled_positions(total, 0, 0) is None and sampled_positions(total, total, 0) is None
 
 
-DISTILL = dict(refit_distill_epochs=2, refit_batch=16)
+DISTILL = dict(refit_distill_epochs=2, refit_distill_batch=16)
 
 
 @pytest.mark.parametrize("lowering", ["dense", "compact"])

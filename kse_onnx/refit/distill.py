@@ -255,16 +255,24 @@ def _kd(student: torch.Tensor, teacher: torch.Tensor, t: float = TEMPERATURE) ->
                     reduction="batchmean") * t * t
 
 
+VARIANCE_FLOOR = 1e-2
+
+
 def _channel_variances(outputs: list[np.ndarray]) -> list[torch.Tensor]:
     """Per output, the teacher's variance of each channel (axis 1; the last axis of a
-    2-D output), broadcastable against the output; floored so a constant channel does
-    not divide by zero."""
+    2-D output), broadcastable against the output; floored at VARIANCE_FLOOR times the
+    tensor's mean channel variance. Why that floor: after a ReLU a channel the teacher
+    never turns on has variance 0; divided by a floor of 1e-6 of the mean (the first
+    version), any small output of the student there weighed a million times a live
+    channel. On the authors' ResNet-56 pruned to R = 0.6, 14 of its 54 matched tensors
+    hold such channels, the first epoch's loss was 9.1 against 1.2 after, and no epoch
+    beat the layer-wise refit on the held-out images."""
     out = []
     for value in outputs:
         v = value.astype(np.float64)
         axes = tuple(a for a in range(v.ndim) if a != 1) if v.ndim > 1 else (0,)
         var = v.var(axis=axes, keepdims=True)
-        floor = max(float(var.mean()), 1e-12) * 1e-6
+        floor = max(float(var.mean()), 1e-12) * VARIANCE_FLOOR
         out.append(torch.from_numpy(np.maximum(var, floor).astype(np.float32)))
     return out
 
