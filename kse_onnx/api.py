@@ -190,15 +190,15 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         result.report.extra["budget"] = budget_report
     source = model  # the graph the lowering rewrites: the original, or its refitted copy
     base["refit"] = "none"
-    split = None  # (calibration images, fitted first; how many are held out at the end)
-    if images is not None and refit.active:
+    refitting = images is not None and refit.active
+    if refitting:
         images = _whole_batches(images, model, log, quiet)
-        split = fitted_first(images, refit.refit_holdout, refit.refit_seed)
-        source = _refit(model, result, select, refit, split, log, quiet,
-                        _unmasked(original, model) if budget.active else None)
+        with fitted_first(images, refit.refit_holdout, refit.refit_seed) as split:
+            source = _refit(model, result, select, refit, split, log, quiet,
+                            _unmasked(original, model) if budget.active else None)
         base.update(as_dict(refit))
         base["refit_images"] = len(images)
-    distilling = split is not None and refit.refit == "distill"
+    distilling = refitting and refit.refit == "distill"
     if budget.active:
         from .budget.build import EXACT
 
@@ -220,8 +220,9 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
     if distilling and lowered:
         from .refit.distill import distill  # torch: on demand
 
-        optimized, report.extra["refit"]["distill"] = distill(
-            optimized, original, *split, refit, log or _stderr, quiet)
+        with fitted_first(images, refit.refit_holdout, refit.refit_seed) as split:
+            optimized, report.extra["refit"]["distill"] = distill(
+                optimized, original, *split, refit, log or _stderr, quiet)
     if (quantize is not None and quantize.active and not quantize.float_output
             and "int8" not in report.extra):
         from .quantize.apply import quantize_output  # onnxruntime.quantization: on demand

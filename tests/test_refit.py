@@ -178,9 +178,20 @@ def test_holdout_split_is_seeded_and_never_takes_every_image():
     assert len(held) == 2 and sorted(np.concatenate([fitted, held])) == list(range(10))
     assert np.array_equal(holdout_split(10, 0.2, seed=1)[1], held)
     assert len(holdout_split(1, 0.5, 0)[1]) == 0 and len(holdout_split(3, 0.99, 0)[0]) == 1
-    x = np.arange(10.0)
-    ordered, n_held = fitted_first(x, 0.2, 1)
-    assert n_held == 2 and np.array_equal(ordered[-2:], x[held])
+    x = np.arange(40.0).reshape(10, 2, 2)
+    before = x.copy()
+    with fitted_first(x, 0.2, 1) as (ordered, n_held):
+        assert ordered is x  # reordered in place: no second copy of the images
+        assert n_held == 2 and np.array_equal(ordered[-2:], before[held])
+        assert np.array_equal(ordered[:-2], before[fitted])
+    assert np.array_equal(x, before)  # put back
+    frozen = before.copy()
+    frozen.flags.writeable = False
+    with fitted_first(frozen, 0.2, 1) as (ordered, n_held):  # read-only: a copy
+        assert ordered is not frozen and np.array_equal(ordered[-2:], before[held])
+    with pytest.raises(RuntimeError), fitted_first(x, 0.2, 1):
+        raise RuntimeError("the refit failed")
+    assert np.array_equal(x, before)  # put back on an error too
 
 
 def test_refitted_plans_keep_q_distinct_kernels_per_channel(resnet):

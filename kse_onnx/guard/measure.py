@@ -65,49 +65,97 @@ def input_name(model: onnx.ModelProto) -> str:
     return names[0]
 
 
+def _batch_step(model: onnx.ModelProto) -> tuple[int, int]:
+    """(the batch the model's input fixes or 1, images per onnxruntime run)."""
+    batch = fixed_batch(model) or 1
+    return batch, max(batch, CHUNK - CHUNK % batch)
+
+
 def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> list:
     """All outputs of ``model`` on images ``x``, ``CHUNK`` at a time; a model whose input
     fixes its batch runs on the images that fill whole batches of it."""
     sess = session(model)
     name = input_name(model)
-    batch = fixed_batch(model) or 1
-    step = max(batch, CHUNK - CHUNK % batch)
+    batch, step = _batch_step(model)
     x = x[:len(x) - len(x) % batch] if len(x) >= batch else x
     parts = [run_batched(sess, {name: x[i:i + step]}, label) for i in range(0, len(x), step)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
+class DropSums:
+    """The sums a drop is made of, added a chunk of images at a time (float64), so that
+    no whole-set output is held: squared error and squared reference over every output,
+    top-1 matches, and with labels the hits of each model. Non-finite or mismatched
+    candidate outputs make the drop infinite."""
+
+    def __init__(self):
+        self.num = self.den = 0.0
+        self.n = self.agree = self.hits_ref = self.hits = 0
+        self.finite, self.logits = True, None
+
+    def add(self, reference: list, candidate: list, labels: np.ndarray | None = None) -> None:
+        ok = len(candidate) == len(reference) and all(
+            c.shape == r.shape for c, r in zip(candidate, reference, strict=False)) and all(
+            np.all(np.isfinite(c)) for c in candidate)
+        self.n += len(reference[0])
+        if not ok:
+            self.finite = False
+            return
+        for c, r in zip(candidate, reference, strict=True):
+            r64 = np.asarray(r, np.float64)
+            self.num += float(np.sum(np.square(np.asarray(c, np.float64) - r64)))
+            self.den += float(np.sum(np.square(r64)))
+        first, ref = candidate[0], reference[0]
+        self.logits = ref.ndim == 2 and ref.shape[1] >= 2
+        if self.logits:
+            self.agree += int(np.sum(first.argmax(1) == ref.argmax(1)))
+            if labels is not None:
+                labels = labels[:len(ref)]
+                self.hits_ref += int(np.sum(ref.argmax(1) == labels))
+                self.hits += int(np.sum(first.argmax(1) == labels))
+
+    def result(self, labels: bool, source: str) -> Drop:
+        n = self.n
+        if not self.finite:
+            return Drop(math.inf, "relative error", n, source, math.inf)
+        rel = math.sqrt(self.num) / max(math.sqrt(self.den), 1e-30)
+        if not self.logits:
+            return Drop(100 * rel, "relative error", n, source, rel)
+        agreement = self.agree / max(n, 1)
+        if not labels:
+            return Drop(100 * (1 - agreement), "top-1 agreement", n, source, rel, agreement)
+        before, after = self.hits_ref / max(n, 1), self.hits / max(n, 1)
+        return Drop(100 * (before - after), "accuracy", n, source, rel, agreement, before, after)
+
+
 def drop(reference: list, candidate: list, labels: np.ndarray | None = None,
          source: str = "held-out calibration images") -> Drop:
     """The drop of ``candidate`` outputs against the original's ``reference`` outputs."""
-    n = len(reference[0])
-    finite = all(np.all(np.isfinite(c)) for c in candidate) and len(candidate) == len(
-        reference) and all(c.shape == r.shape for c, r in zip(candidate, reference,
-                                                               strict=False))
-    if not finite:
-        return Drop(math.inf, "relative error", n, source, math.inf)
-    num = sum(float(np.sum((np.asarray(c, np.float64) - r) ** 2))
-              for c, r in zip(candidate, reference, strict=True))
-    den = sum(float(np.sum(np.asarray(r, np.float64) ** 2)) for r in reference)
-    rel = math.sqrt(num) / max(math.sqrt(den), 1e-30)
-    first, ref = candidate[0], reference[0]
-    if ref.ndim != 2 or ref.shape[1] < 2:
-        return Drop(100 * rel, "relative error", n, source, rel)
-    agreement = float(np.mean(first.argmax(1) == ref.argmax(1)))
-    if labels is None:
-        return Drop(100 * (1 - agreement), "top-1 agreement", n, source, rel, agreement)
-    labels = labels[:n]  # a fixed batch may have left the last images out
-    before = float(np.mean(ref.argmax(1) == labels))
-    after = float(np.mean(first.argmax(1) == labels))
-    return Drop(100 * (before - after), "accuracy", n, source, rel, agreement, before, after)
+    sums = DropSums()
+    sums.add(reference, candidate, labels)
+    return sums.result(labels is not None, source)
 
 
 def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray,
             labels: np.ndarray | None = None, source: str = "held-out calibration images",
             reference: list | None = None) -> Drop:
-    """Run both models on ``x`` (``reference``: the original's outputs, when known)."""
-    reference = reference if reference is not None else outputs(original, x, "the original")
-    return drop(reference, outputs(candidate, x, "the compressed model"), labels, source)
+    """Run both models on ``x`` (``reference``: the original's outputs, when known). Without
+    ``reference`` both run a chunk at a time and only the sums are kept: the outputs of a
+    dense model over every calibration image (a detector at 640x640: gigabytes) are never
+    held whole."""
+    if reference is not None:
+        return drop(reference, outputs(candidate, x, "the compressed model"), labels, source)
+    batch, step = max(_batch_step(original), _batch_step(candidate))
+    x = x[:len(x) - len(x) % batch] if len(x) >= batch else x
+    sums = DropSums()
+    ref_sess, cand_sess = session(original), session(candidate)
+    ref_name, cand_name = input_name(original), input_name(candidate)
+    for i in range(0, len(x), step):
+        chunk = x[i:i + step]
+        sums.add(run_batched(ref_sess, {ref_name: chunk}, "the original"),
+                 run_batched(cand_sess, {cand_name: chunk}, "the compressed model"),
+                 None if labels is None else labels[i:i + step])
+    return sums.result(labels is not None, source)
 
 
 def random_drop(original: onnx.ModelProto, candidate: onnx.ModelProto,
