@@ -291,7 +291,7 @@ class RefitOptions:
                                      "classifier, distillation) is kept only where it lowers "
                                      "the error on them; 0 = judge on the fitted images")
     refit_distill_epochs: int = _opt(32, "distill: passes over the fitted calibration images")
-    refit_distill_lr: float = _opt(3e-2, "distill: Adam learning rate relative to each "
+    refit_distill_lr: float = _opt(1e-2, "distill: Adam learning rate relative to each "
                                          "tensor's RMS (one-epoch warm-up, cosine decay)")
     refit_distill_batch: int = _opt(32, "distill: calibration images per Adam step")
     refit_distill_mixup: bool = _opt(True, "distill: blend each augmented image with another "

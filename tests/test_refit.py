@@ -504,7 +504,7 @@ def test_distill_keeps_sharing_and_pruned_channels_and_verifies(resnet, lowering
     import kse_onnx.refit.distill as distill_module
     from kse_onnx.finetune.importer import SharedWeight
 
-    monkeypatch.setattr(distill_module, "improves", lambda error, best: True)
+    monkeypatch.setattr(distill_module, "improves", lambda error, best, start: True)
     tmp, src, calibration = resnet
     act, _ = _optimize(resnet, f"act_{lowering}.onnx", "act", lowering)
     out = tmp / f"distill_{lowering}.onnx"

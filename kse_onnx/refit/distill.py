@@ -17,10 +17,11 @@ the logits, and thousands each inside the network. Adam, a one-epoch linear warm
 cosine decay; each tensor's rate scaled by its RMS.
 
 Held-out judgement: the held-out images (:mod:`.holdout`) are measured before training
-and after every epoch: for logits by the KL divergence from the teacher at T = 1 (top-1
-agreement is reported beside it, but on a few hundred images it moves in steps too
-coarse to choose an epoch by), otherwise by the mean per-channel normalised error. The
-best state is kept; when no epoch beats the start, the refitted model is returned
+and after every epoch: for logits by the KL divergence from the teacher at T = 1, an
+epoch counting only if its top-1 agreement is no lower than the refit's (agreement
+alone moves in steps too coarse to choose an epoch by; the KL alone can fall while more
+predictions flip: :func:`improves`), otherwise by the mean per-channel normalised error.
+The best state is kept; when no epoch beats the start, the refitted model is returned
 unchanged and the report says so.
 """
 
@@ -146,7 +147,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
         if not quiet and not progress.interactive():
             log(f"distill: epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4g}, "
                 f"held-out {measure} {error[0]:.4f}")
-        if improves(error[0], best[0]):
+        if improves(error, best, before):
             best, best_epoch = error, epoch + 1
             best_state = copy.deepcopy(module.state_dict())
     bar.close()
@@ -172,10 +173,14 @@ def mixup(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(w * images + (1 - w) * images[partner])
 
 
-def improves(error: float, best: float) -> bool:
-    """Whether an epoch's held-out error beats the best so far (strictly: a tie keeps
-    the earlier, simpler state)."""
-    return error < best
+def improves(error: tuple[float, float], best: tuple[float, float],
+             start: tuple[float, float]) -> bool:
+    """Whether an epoch's held-out ``(error, agreement)`` beats the best so far: a lower
+    error (strictly: a tie keeps the earlier state), and for logits a top-1 agreement no
+    lower than the refit's. Why both: on the authors' ResNet-56 pruned to R = 0.6, an
+    epoch lowered the held-out KL from 1.128 to 1.066 while test accuracy fell from
+    71.1% to 61.7%; the KL alone can fall while more predictions flip."""
+    return error[0] < best[0] and error[1] >= start[1]
 
 
 class _Teacher:
