@@ -150,7 +150,8 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
         mass = mass_kept(cuts, plan.kept)
         budget.rounds.append({"round": round_, "predicted_target": _rounded(goals),
                               "predicted": _rounded(plan.predicted), "ratio": ratios,
-                              "indicator_mass_kept": round(mass, 6)})
+                              "indicator_mass_kept": round(mass, 6),
+                              "kept_counts": dict(plan.kept)})
         if max(ratios.values()) <= target and mass > budget.mass_kept:
             budget.layers, budget.streams, budget.kept_counts = layers, streams, plan.kept
             budget.mass_kept = mass
@@ -191,7 +192,7 @@ def _refine(cuts: Cuts, budget: Budget, build: Builder, reference: bytes, target
                          providers)["budget"]
         mass = mass_kept(cuts, mid)
         budget.rounds.append({"round": f"refine {k + 1}", "ratio": ratios,
-                              "indicator_mass_kept": round(mass, 6)})
+                              "indicator_mass_kept": round(mass, 6), "kept_counts": dict(mid)})
         worst = max(ratios.values())
         if worst <= target:
             if mass > budget.mass_kept:
