@@ -62,16 +62,16 @@ def read_idx(path: str | Path) -> np.ndarray:
                     raise ModelError(f"{path}: IDX data holds {held} bytes, dimensions "
                                      f"{dims} need {need}")
             _fits_memory(need, path, f"IDX dimensions {dims}")
-            data = _read_at_most(f, need + 1)
+            data, got = _read_exactly(f, need)
     except KSEError:
         raise
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         what = "truncated or corrupt gzip data" if packed else "cannot read IDX data"
         raise ModelError(f"{path}: {what} ({first_line(exc)})") from exc
-    if len(data) != need:
-        raise ModelError(f"{path}: IDX data holds {len(data) if len(data) <= need else 'more'}"
+    if got != need:
+        raise ModelError(f"{path}: IDX data holds {got if got <= need else 'more'}"
                          f" bytes, dimensions {dims} need {need}")
-    return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+    return data.view(dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=False)
 
 
 def _fits_memory(need: int, where, what: str) -> None:
@@ -83,17 +83,21 @@ def _fits_memory(need: int, where, what: str) -> None:
                          f"memory ({memory})")
 
 
-def _read_at_most(f, limit: int) -> bytes:
-    """Up to ``limit`` bytes of ``f``, read in chunks (a header may promise terabytes;
-    only what the file holds is ever allocated)."""
-    parts, size = [], 0
-    while size < limit:
-        part = f.read(min(_CHUNK, limit - size))
-        if not part:
+def _read_exactly(f, need: int) -> tuple[np.ndarray, int]:
+    """(``need`` bytes of ``f`` in one writable buffer, how many it held: ``need`` + 1
+    when more followed). Read in chunks straight into the buffer: joining chunks would
+    hold the data twice at once (5 GB to load 2.5 GB of detector images), and a header
+    that promises more than the file holds only reserves pages it never touches."""
+    buffer = np.empty(need, np.uint8)
+    view, got = memoryview(buffer), 0
+    while got < need:
+        n = f.readinto(view[got:got + _CHUNK])
+        if not n:
             break
-        parts.append(part)
-        size += len(part)
-    return b"".join(parts)
+        got += n
+    if got == need and f.read(1):
+        got += 1
+    return buffer, got
 
 
 def read_npz(path: str | Path, names: list[str] | None = None,
@@ -138,14 +142,14 @@ def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, na
                 raise ModelError(f"{where}: shape {list(shape)} of {dtype} needs {need} bytes, "
                                  f"the file holds {held}: truncated or corrupt")
             _fits_memory(need, where, f"shape {list(shape)} of {dtype}")
-            data = _read_at_most(f, need + 1)
-            if len(data) != need:
-                raise ModelError(f"{where}: holds {len(data)} bytes, {need} expected")
+            data, got = _read_exactly(f, need)
+            if got != need:
+                raise ModelError(f"{where}: holds {got} bytes, {need} expected")
     except KSEError:
         raise
     except Exception as exc:  # zip, zlib, CRC and header errors of a damaged archive
         raise ModelError(f"{where}: cannot read ({first_line(exc)})") from exc
-    array = np.frombuffer(data, dtype=dtype)
+    array = data.view(dtype)
     if fortran:
         return array.reshape(shape[::-1]).transpose()
     return array.reshape(shape)
@@ -381,8 +385,8 @@ def load_data(path, options, model_input: ModelInput | None = None,
     channels = model_input.dims[1] if model_input and model_input.dims and len(
         model_input.dims) == 4 else None
     x, y = load_dataset(path, channels)
-    if limit is not None:
-        x, y = x[:limit], (None if y is None else y[:limit])
+    if limit is not None and limit < len(x):  # a copy: the rest of the file is freed
+        x, y = x[:limit].copy(), (None if y is None else y[:limit].copy())
     mean = [float(v) for v in options.mean] or None
     std = [float(v) for v in options.std] or None
     x = preprocess(x, options.resize or None, options.crop or None, mean, std, where=path)
