@@ -23,6 +23,7 @@ from ..graph.inputs import fixed_batch
 from ..runtime.ort import random_inputs, run_batched, session
 
 CHUNK = 256
+CHUNK_BYTES = 16 * 2**20  # of input images per onnxruntime run (_batch_step)
 
 
 @dataclass
@@ -65,10 +66,16 @@ def input_name(model: onnx.ModelProto) -> str:
     return names[0]
 
 
-def _batch_step(model: onnx.ModelProto) -> tuple[int, int]:
-    """(the batch the model's input fixes or 1, images per onnxruntime run)."""
+def _batch_step(model: onnx.ModelProto, x: np.ndarray) -> tuple[int, int]:
+    """(the batch the model's input fixes or 1, images per onnxruntime run): at most
+    CHUNK images and CHUNK_BYTES of them, a multiple of that batch. Why the byte cap:
+    onnxruntime holds a run's activations, and 256 images of 3x640x640 make a 6.7 GB
+    first activation of a 16-channel detector (a refit of 512 such images was killed at
+    24 GB by the measurement alone)."""
     batch = fixed_batch(model) or 1
-    return batch, max(batch, CHUNK - CHUNK % batch)
+    per_image = max(1, x[:1].nbytes)
+    images = max(1, min(CHUNK, CHUNK_BYTES // per_image))
+    return batch, max(batch, images - images % batch)
 
 
 def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> list:
@@ -76,7 +83,7 @@ def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> 
     fixes its batch runs on the images that fill whole batches of it."""
     sess = session(model)
     name = input_name(model)
-    batch, step = _batch_step(model)
+    batch, step = _batch_step(model, x)
     x = x[:len(x) - len(x) % batch] if len(x) >= batch else x
     parts = [run_batched(sess, {name: x[i:i + step]}, label) for i in range(0, len(x), step)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
@@ -145,7 +152,7 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
     held whole."""
     if reference is not None:
         return drop(reference, outputs(candidate, x, "the compressed model"), labels, source)
-    batch, step = max(_batch_step(original), _batch_step(candidate))
+    batch, step = max(_batch_step(original, x), _batch_step(candidate, x))
     x = x[:len(x) - len(x) % batch] if len(x) >= batch else x
     sums = DropSums()
     ref_sess, cand_sess = session(original), session(candidate)

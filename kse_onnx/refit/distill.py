@@ -50,6 +50,7 @@ from ..runtime.ort import session
 TEMPERATURE = 2.0
 CLIP_NORM = 5.0
 EVAL_BATCH = 128
+EVAL_BYTES = 16 * 2**20
 
 
 def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, held: int,
@@ -67,7 +68,9 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     if not len(fitted) or not len(judged):
         raise ModelError(f"distill: too few calibration images for the model's fixed batch "
                          f"of {fixed}")
-    step_of = fixed or EVAL_BATCH
+    # images per evaluation run: at most EVAL_BATCH and EVAL_BYTES of them (onnxruntime
+    # holds a run's activations: 128 images at 640x640 would take gigabytes)
+    step_of = fixed or max(1, min(EVAL_BATCH, EVAL_BYTES // max(1, x[:1].nbytes)))
     features = matched_features(module, teacher, fitted[:fixed or 1], step_of)
     module.capture = {name for name, _ in features}
     teacher_run = _Teacher(with_outputs(teacher, [name for name, _ in features]),
