@@ -101,18 +101,14 @@ def main() -> None:
                          "test_drop": 100 * (base - acc),
                          "test_agreement_drop": agreement_drop(fixed.model, x_test, reference)})
             print(json.dumps(rows[-1]), flush=True)
-        within = [r for r in rows if r["model"].startswith("fixed")
-                  and r["test_drop"] <= args.max_drop]
-        best = min(within, key=lambda r: r["file_size"]) if within else None
-        print(f"best fixed G/T within {args.max_drop:g} point(s) on the test set: "
-              f"{best['model'] if best else 'none'}"
-              + (f", {best['file_size']} bytes" if best else ""))
-        within = [r for r in rows if r["model"].startswith("fixed")
-                  and r["test_agreement_drop"] <= args.max_drop]
-        best = min(within, key=lambda r: r["file_size"]) if within else None
-        print(f"best fixed G/T within {args.max_drop:g} point(s) of top-1 agreement on the "
-              f"test set: {best['model'] if best else 'none'}"
-              + (f", {best['file_size']} bytes" if best else ""))
+        for key, measure in (("test_drop", "on the test set"),
+                             ("test_agreement_drop", "of top-1 agreement on the test set")):
+            within = [r for r in rows if r["model"].startswith("fixed")
+                      and r[key] <= args.max_drop]
+            best = min(within, key=lambda r: r["file_size"]) if within else None
+            print(f"best fixed G/T within {args.max_drop:g} point(s) {measure}: "
+                  f"{best['model'] if best else 'none'}"
+                  + (f", {best['file_size']} bytes" if best else ""))
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
               "model": args.model, "calibration_images": args.images, "rows": rows}

@@ -115,3 +115,11 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
             return int(dims[0].dim_value)
         return None
     return None
+
+
+def whole_batches(x, batch: int | None):
+    """The first images of ``x`` that fill whole batches of ``batch`` (all of ``x`` when no
+    batch is fixed, or when ``x`` holds fewer than one batch: the caller then says so)."""
+    if not batch or len(x) < batch:
+        return x
+    return x[:len(x) - len(x) % batch]

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
-from ..graph.inputs import fixed_batch
+from ..graph.inputs import fixed_batch, whole_batches
 from ..runtime.ort import random_inputs, run_batched, session
 
 CHUNK = 256
@@ -84,7 +84,7 @@ def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> 
     sess = session(model)
     name = input_name(model)
     batch, step = _batch_step(model, x)
-    x = x[:len(x) - len(x) % batch] if len(x) >= batch else x
+    x = whole_batches(x, batch)
     parts = [run_batched(sess, {name: x[i:i + step]}, label) for i in range(0, len(x), step)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
@@ -153,7 +153,7 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
     if reference is not None:
         return drop(reference, outputs(candidate, x, "the compressed model"), labels, source)
     batch, step = max(_batch_step(original, x), _batch_step(candidate, x))
-    x = x[:len(x) - len(x) % batch] if len(x) >= batch else x
+    x = whole_batches(x, batch)
     sums = DropSums()
     ref_sess, cand_sess = session(original), session(candidate)
     ref_name, cand_name = input_name(original), input_name(candidate)

@@ -41,7 +41,7 @@ from ..finetune.epochs import augment
 from ..finetune.importer import import_model
 from ..finetune.losses import with_outputs
 from ..graph.export import settings_of
-from ..graph.inputs import fixed_batch
+from ..graph.inputs import fixed_batch, whole_batches
 from ..graph.residual import find_streams
 from ..graph.select import import_graph
 from ..options import DataOptions, RefitOptions
@@ -62,9 +62,8 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     module = import_model(student, "distill")
     module.eval()  # BatchNormalization uses stored statistics either way
     fixed = fixed_batch(student)  # the graph's own batch: every run takes exactly that many
-    whole = (lambda a: a[:len(a) - len(a) % fixed]) if fixed else (lambda a: a)
-    fitted = whole(x[:len(x) - held])
-    judged = whole(x[len(x) - held:]) if held else fitted
+    fitted = whole_batches(x[:len(x) - held], fixed)
+    judged = whole_batches(x[len(x) - held:], fixed) if held else fitted
     if not len(fitted) or not len(judged):
         raise ModelError(f"distill: too few calibration images for the model's fixed batch "
                          f"of {fixed}")
@@ -78,7 +77,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     outputs = len(module.outputs)
     t_judged = teacher_run(judged)[:outputs]
     logits = len(t_judged) == 1 and t_judged[0].ndim == 2 and t_judged[0].shape[1] >= 2
-    sample = teacher_run(whole(fitted[:256]))
+    sample = teacher_run(whole_batches(fitted[:256], fixed))
     variances = _channel_variances(sample[:outputs])
     feature_variances = _channel_variances([v[:, index] if index is not None else v for v, (
         _, index) in zip(sample[outputs:], features, strict=True)])
