@@ -14,10 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from graphs import conv_stack, photo_batch, tiny_detector, tiny_unet  # noqa: E402
+from kse_onnx import progress  # noqa: E402
 from kse_onnx.api import optimize  # noqa: E402
 from kse_onnx.cli import main  # noqa: E402
 from kse_onnx.errors import ModelError  # noqa: E402
-from kse_onnx.finetune import progress  # noqa: E402
 from kse_onnx.finetune.train import finetune  # noqa: E402
 from kse_onnx.options import (  # noqa: E402
     DEFAULT_LR,

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from kse_onnx.errors import ModelError  # noqa: E402
 from kse_onnx.finetune.importer import import_model  # noqa: E402
-from kse_onnx.finetune.resize import COORDINATE_MODES, NEAREST_MODES  # noqa: E402
+from kse_onnx.onnx_torch.resize import COORDINATE_MODES, NEAREST_MODES  # noqa: E402
 from kse_onnx.runtime.ort import session  # noqa: E402
 
 FLOAT, INT64, BOOL = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL

@@ -25,6 +25,7 @@ LAYERS = [
     "data",  # dataset readers (numpy only)
     "runtime",  # onnxruntime sessions, latency, output checks (onnxruntime, numpy)
     "graph",  # safe load/save, Conv sites, channel chains, export, counts
+    "onnx_torch",  # torch: the op table and the one interpreter over it; held activations
     "analysis",  # KSE maths per layer, and the whole-model plan
     "lowering",  # plans written back into the graph; auto times them
     "quantize",  # INT8 after KSE

@@ -12,7 +12,6 @@ import pytest
 from graphs import GraphBuilder
 from kse_onnx import progress
 from kse_onnx.cli import build_parser, main
-from kse_onnx.finetune import progress as old_path
 from kse_onnx.terminal import CleanStream
 
 
@@ -74,8 +73,7 @@ def test_silent(monkeypatch, stream, quiet, lines):
     assert stream.getvalue() == ""
 
 
-def test_old_import_path_still_works():
-    assert old_path.bar is progress.bar and old_path.interactive is progress.interactive
+def test_interactive_means_a_terminal():
     assert progress.interactive(Terminal()) and not progress.interactive(io.StringIO())
 
 

@@ -375,12 +375,12 @@ def test_refit_refuses_an_unknown_operator_by_name(tmp_path, capsys):
 def test_float16_holding_for_large_models_fits_as_well(resnet, monkeypatch):
     """Large models hold activations in float16 and run per-image operators in chunks
     (forced here): the fit lands where the float32 one does, and verifies exact."""
-    from kse_onnx.refit import model as refit_model
+    from kse_onnx.onnx_torch import held
 
     tmp, src, _ = resnet
     _, plain = _optimize(resnet, "held32.onnx", "act")
-    monkeypatch.setattr(refit_model, "HALF_FROM_BYTES", 0)
-    monkeypatch.setattr(refit_model, "CHUNK", 7)
+    monkeypatch.setattr(held, "HALF_FROM_BYTES", 0)
+    monkeypatch.setattr(held, "CHUNK", 7)
     out, half = _optimize(resnet, "held16.onnx", "act")
     for a, b in zip(plain.extra["refit"]["layers"], half.extra["refit"]["layers"], strict=True):
         assert b["error_after"] == pytest.approx(a["error_after"], rel=0.02, abs=2e-3)

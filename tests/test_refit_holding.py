@@ -1,4 +1,4 @@
-"""The refit's disk holding (kse_onnx/refit/holding.py): files read and written by image
+"""The refit's disk holding (kse_onnx/onnx_torch/holding.py): files read and written by image
 slices, the same bytes as holding in memory, and no file left behind."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from kse_onnx.api import optimize
 from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions, RefitOptions
 
 torch = pytest.importorskip("torch")
-from kse_onnx.refit import holding  # noqa: E402  (torch)
-from kse_onnx.refit import model as refit_model  # noqa: E402
-from kse_onnx.refit.holding import DiskTensor, Holding  # noqa: E402
+from kse_onnx.onnx_torch import held, holding  # noqa: E402  (torch)
+from kse_onnx.onnx_torch.holding import DiskTensor, Holding  # noqa: E402
+from kse_onnx.refit.layer import SharedConv  # noqa: E402
 
 FAST = dict(refit_steps=20, refit_batch=16)
 
@@ -111,8 +111,8 @@ def test_disk_holding_writes_the_bytes_memory_holding_writes(tmp_path, private_t
         onnx.save(getattr(graphs, builder)(hw=16), src)
         np.savez(images, x=photo_batch((24, 3, 16, 16), seed=5))
     if half:  # chunks of 7 images, so the last one is short
-        monkeypatch.setattr(refit_model, "HALF_FROM_BYTES", 0)
-    monkeypatch.setattr(refit_model, "CHUNK", 7)
+        monkeypatch.setattr(held, "HALF_FROM_BYTES", 0)
+    monkeypatch.setattr(held, "CHUNK", 7)
     memory = _run(src, images, tmp_path / "memory.onnx", mode)
     files = []
     real_path = Holding._path
@@ -143,7 +143,7 @@ def test_the_disk_folder_goes_on_an_error_or_ctrl_c(tmp_path, private_tmp, monke
         assert _left(private_tmp)  # the folder exists: files were being held
         raise error("stop")
 
-    monkeypatch.setattr(refit_model.SharedConv, "least_squares", fail)
+    monkeypatch.setattr(SharedConv, "least_squares", fail)
     with pytest.raises(error):
         _run(src, images, tmp_path / "out.onnx", "ls")
     assert _left(private_tmp) == [] and not (tmp_path / "out.onnx").exists()

@@ -80,7 +80,7 @@ import torch
 torch.set_num_threads(1)
 from kse_onnx.api import optimize
 from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions
-from kse_onnx.refit import holding
+from kse_onnx.onnx_torch import holding
 model, images, holding_mode, out, n = sys.argv[1:6]
 if holding_mode == "memory":
     holding.DISK_FROM_BYTES = float("inf")

@@ -1,1 +1,2 @@
-"""Fine-tuning support (torch): data readers and, later, the ONNX -> torch importer."""
+"""Fine-tuning by distillation (torch): the ONNX graph imported as a torch module whose
+parameters are its weights (``importer``), the losses, the epoch loop, QAT, checkpoints."""

@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from .. import progress
 from ..errors import ModelError
 from ..options import DataOptions, FinetuneOptions
-from . import losses, progress
+from . import losses
 
 
 def augment(x: np.ndarray, data: DataOptions, rng: np.random.Generator) -> np.ndarray:

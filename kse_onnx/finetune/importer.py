@@ -3,12 +3,14 @@
 Why our own interpreter rather than onnx2torch: onnx2torch (last release 2024) rebuilds
 the graph from its own modules, so the trained values cannot be written back into the
 *same* graph, and it fails on the dynamo exporter's opsets and on ``Identity``-merged
-biases. Here every node runs as the matching torch op in graph order, and
-every float initializer is a parameter (or a fixed buffer) keyed by its ONNX name, so
+biases. Here every node runs as the matching torch op in graph order (the one
+interpreter, :class:`kse_onnx.onnx_torch.interpreter.Interpreter`), and every float
+initializer is a parameter (or a fixed buffer) keyed by its ONNX name, so
 export is "write the tensors back": structure unchanged by construction. A node that
-:mod:`.ops` cannot compute exactly as onnxruntime does (an unknown operator, or a setting
-such as Resize ``mode=cubic``) is refused when the model is imported, every such node
-listed in one error, never at a later forward pass.
+the op table (:mod:`kse_onnx.onnx_torch.ops`) cannot compute exactly as onnxruntime
+does (an unknown operator, or a setting such as Resize ``mode=cubic``) is refused when
+the model is imported, every such node listed in one error, never at a later forward
+pass.
 
 Sharing: the weight of each Conv that kse-onnx compressed (listed in the model's
 metadata) is re-expressed as ``W = table[codes]`` with ``table`` its distinct kernels:
@@ -25,11 +27,10 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from ..errors import ModelError
 from ..graph.export import settings_of
 from ..graph.io import load_model
 from ..lowering.compact import codebook
-from . import ops
+from ..onnx_torch.interpreter import Interpreter, constant_value
 
 FIXED_SUFFIXES = ("_kse_select",)
 # inputs that are settings, not weights: never trained even when float
@@ -74,9 +75,7 @@ class OnnxModule(nn.Module):
         super().__init__()
         self.model = model
         graph = model.graph
-        self.opset = default_opset(model)
-        self.attrs = [ops.attributes(node, self.opset) for node in graph.node]
-        refuse_unmapped(graph, self.attrs, where)
+        self.interpreter = Interpreter(model, where)
         settings = settings_of(model, where) or {}
         compressed = set(settings.get("compressed_layers", []))
         shared = {n.input[1] for n in graph.node if n.op_type == "Conv" and n.name in compressed}
@@ -127,16 +126,8 @@ class OnnxModule(nn.Module):
         return self._fixed[name]
 
     def forward(self, *inputs: torch.Tensor):
-        env: dict[str, torch.Tensor] = dict(zip(self.inputs, inputs, strict=True))
-        for node, attrs in zip(self.model.graph.node, self.attrs, strict=True):
-            if node.op_type == "Constant":
-                continue
-            args = [None if not name else env[name] if name in env else self.tensor(name)
-                    for name in node.input]
-            result = ops.OPS[node.op_type](args, attrs)
-            results = result if isinstance(result, tuple) else (result,)
-            for name, value in zip(node.output, results, strict=False):
-                env[name] = value
+        env = self.interpreter.run(dict(zip(self.inputs, inputs, strict=True)),
+                                   lookup=self.tensor)
         self.captured = {name: env[name] for name in self.capture}
         out = [env[name] for name in self.outputs]
         return out[0] if len(out) == 1 else tuple(out)
@@ -163,42 +154,6 @@ class OnnxModule(nn.Module):
             value = self.tensor(name).detach().cpu().numpy().astype(original.dtype)
         if not np.array_equal(value, original):
             tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain (ai.onnx) opset version."""
-    for entry in model.opset_import:
-        if entry.domain in ops.DEFAULT_DOMAINS:
-            return int(entry.version)
-    return 1
-
-
-def constant_value(node: onnx.NodeProto) -> np.ndarray:
-    """The tensor a Constant node holds, whichever attribute carries it."""
-    attr = node.attribute[0]
-    value = onnx.helper.get_attribute_value(attr)
-    if attr.name == "value":
-        return numpy_helper.to_array(value)
-    dtype = np.float32 if attr.name.startswith("value_float") else np.int64
-    return np.array(value, dtype=dtype)
-
-
-def refuse_unmapped(graph: onnx.GraphProto, attrs: list[dict], where: str) -> None:
-    """One ModelError listing every node the importer cannot compute as onnxruntime does
-    (grouped by operator or setting, with the node names), before anything runs."""
-    missing: dict[str, list[str]] = {}
-    for node, node_attrs in zip(graph.node, attrs, strict=True):
-        why = ops.refusal(node, node_attrs)
-        if why is not None:
-            missing.setdefault(why, []).append(node.name or node.output[0])
-    if missing:
-        count = sum(len(v) for v in missing.values())
-        listed = "; ".join(f"{why} (node{'s' if len(names) > 1 else ''} "
-                           f"{', '.join(repr(n) for n in names[:5])}"
-                           f"{f' and {len(names) - 5} more' if len(names) > 5 else ''})"
-                           for why, names in missing.items())
-        raise ModelError(f"{where}: the fine-tuning importer cannot map {count} node(s): "
-                         f"{listed}")
 
 
 def import_model(path_or_model, where: str | None = None) -> OnnxModule:

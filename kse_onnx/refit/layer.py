@@ -1,5 +1,5 @@
-"""One compressed Conv during the refit: its shared kernels as free values, its patches,
-its least-squares fit, and a gradient fit of a few nodes around it (docs/refit.md)."""
+"""One compressed Conv during the refit: its shared kernels as free values, its patches
+and its least-squares fit (docs/refit.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..analysis.plan import LayerPlan, effective_weight
-from ..finetune import ops
+from ..onnx_torch import ops
 from .normal import (
     NormalEquations,
     SharedLayout,
@@ -27,11 +27,6 @@ _CHUNK_ELEMENTS = 4_000_000
 ROUND_STALL = 1e-3
 
 
-def attributes(node: onnx.NodeProto, opset: int) -> dict:
-    """The node's attributes as the importer's ops take them (:func:`ops.attributes`)."""
-    return ops.attributes(node, opset)
-
-
 class SharedConv:
     """A compressed Conv whose weight is ``kernels[slot(n, c)]`` (zero where pruned)."""
 
@@ -45,7 +40,7 @@ class SharedConv:
                                        for ch in range(c) if plan.q[ch] > 0]).astype(np.float64)
         self.bias = np.zeros(n) if bias is None else np.asarray(bias, np.float64).reshape(n)
         self.had_bias = bias is not None
-        self.attrs = attributes(node, opset)
+        self.attrs = ops.attributes(node, opset)
         slots = self.layout.offsets[None, :] + plan.labels
         slots[plan.labels < 0] = self.layout.slots  # the zero row
         self.index = torch.from_numpy(slots.reshape(-1).astype(np.int64))
@@ -70,8 +65,8 @@ class SharedConv:
         giving (C*kh*kw, len(image))."""
         n, c, kh, kw = self.shape
         (dh, dw), (sh, sw) = self.attrs.get("dilations", [1, 1]), self.attrs.get("strides", [1, 1])
-        pads = ops._explicit_pads(self.attrs, x, [kh, kw], [sh, sw], [dh, dw])
-        x = F.pad(x, ops._torch_pads(pads)) if any(pads) else x
+        pads = ops.explicit_pads(self.attrs, x, [kh, kw], [sh, sw], [dh, dw])
+        x = F.pad(x, ops.torch_pads(pads)) if any(pads) else x
         # windows as strided views, then one copy (F.unfold is ~15x slower on the CPU)
         views = x.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
         views = views[..., ::dh, ::dw]  # (B, C, Ho, Wo, kh, kw)
@@ -222,18 +217,6 @@ def sampled_positions(total: int, wanted: int, seed: int) -> np.ndarray | None:
     return np.sort(rng.choice(total, size=wanted, replace=False))
 
 
-def run_node(node: onnx.NodeProto, args: list, opset: int, convs: dict | None = None,
-             params=None):
-    """Outputs of ``node`` (a tuple); a compressed Conv in ``convs`` uses ``params``."""
-    if convs is not None and node.name in convs:
-        conv = convs[node.name]
-        kernels, bias = params[node.name] if params is not None else conv.tensors()
-        out = conv.forward(args[0], kernels, bias)
-    else:
-        out = ops.OPS[node.op_type](args, attributes(node, opset))
-    return out if isinstance(out, tuple) else (out,)
-
-
 class ChunkedSum:
     """``sum_i sign_i * terms_i`` over the calibration images, never formed whole: indexing
     it with a slice of images computes that slice in float32. A residual Conv's target
@@ -316,61 +299,3 @@ def relative_errors(out, target: torch.Tensor, floor: torch.Tensor | None = None
             sums[3] += float(torch.linalg.vector_norm(t)) ** 2
     plain = (sums[0] / max(sums[1], 1e-30)) ** 0.5
     return plain, None if floor is None else (sums[2] / max(sums[3], 1e-30)) ** 0.5
-
-
-def fit_segment(nodes: list[onnx.NodeProto], inputs: dict[str, torch.Tensor],
-                constants: dict[str, torch.Tensor], convs: dict[str, SharedConv],
-                output: str, target: torch.Tensor, steps: int, lr: float, batch: int,
-                seed: int, opset: int, fitted: int | None = None) -> tuple[float, float]:
-    """Adam on the kernels and biases of ``convs`` so that running ``nodes`` from
-    ``inputs`` gives ``target`` at ``output`` (mean squared error over the target's
-    energy), on minibatches of the first ``fitted`` images (all by default). Keeps the
-    new values only if the error fell on the other images (held out), or over every
-    image when none is. Returns (relative error before, after) on the judged images."""
-    def run(select, params):
-        env = {name: value[select] for name, value in inputs.items()}
-        for node in nodes:
-            args = [None if not n else env[n] if n in env else constants[n] for n in node.input]
-            for name, value in zip(node.output, run_node(node, args, opset, convs, params),
-                                   strict=False):
-                env[name] = value
-        return env[output]
-
-    n = len(target)
-    fitted = n if fitted is None else fitted
-    judged = range(fitted, n) if fitted < n else range(n)
-
-    def full_error(params) -> float:
-        with torch.no_grad():
-            chunks = [slice(s, min(s + 256, judged.stop)) for s in range(judged.start,
-                                                                        judged.stop, 256)]
-            sq = sum(float((run(c, params).double() - target[c].double()).square().sum())
-                     for c in chunks)
-            energy = sum(float(target[c].double().square().sum()) for c in chunks)
-            return float(np.sqrt(sq / max(energy, 1e-30)))
-
-    start = {name: conv.tensors() for name, conv in convs.items()}
-    before = full_error(start)
-    params = {name: (k.clone().requires_grad_(True), b.clone().requires_grad_(True))
-              for name, (k, b) in start.items()}
-    groups = []
-    for k, b in params.values():
-        scale = float(k.detach().square().mean().sqrt()) or 1.0
-        groups.append({"params": [k, b], "lr": lr * scale})
-    optimizer = torch.optim.Adam(groups)
-    generator = torch.Generator().manual_seed(seed)
-    energy = target[:fitted].square().mean().clamp_min(1e-30)
-    for _ in range(steps):
-        pick = torch.randint(0, fitted, (min(batch, fitted),), generator=generator)
-        loss = (run(pick, params) - target[pick]).square().mean() / energy
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    fitted = {name: (k.detach(), b.detach()) for name, (k, b) in params.items()}
-    after = full_error(fitted)
-    if after < before:
-        for name, (k, b) in fitted.items():
-            convs[name].kernels = k.double().numpy()
-            convs[name].bias = b.double().numpy()
-        return before, after
-    return before, before

@@ -32,7 +32,7 @@ def _given(args, i) -> bool:
     return len(args) > i and args[i] is not None
 
 
-def _torch_pads(pads) -> list[int]:
+def torch_pads(pads) -> list[int]:
     """ONNX pads [b1, b2, ..., e1, e2, ...] -> F.pad order (last axis first)."""
     half = len(pads) // 2
     out = []
@@ -41,7 +41,7 @@ def _torch_pads(pads) -> list[int]:
     return out
 
 
-def _explicit_pads(a, x, kernel, strides, dilations) -> list[int]:
+def explicit_pads(a, x, kernel, strides, dilations) -> list[int]:
     """ONNX pads of a Conv/pool, ``auto_pad`` resolved: SAME_* pad ``out = ceil(in / s)``
     with ``max(0, (out - 1) s + (k - 1) d + 1 - in)`` in total, the odd one at the end
     (UPPER) or the beginning (LOWER)."""
@@ -68,10 +68,10 @@ def conv(args, a):
     spatial = w.dim() - 2
     strides = a.get("strides", [1] * spatial)
     dilations = a.get("dilations", [1] * spatial)
-    pads = _explicit_pads(a, x, list(w.shape[2:]), strides, dilations)
+    pads = explicit_pads(a, x, list(w.shape[2:]), strides, dilations)
     begins, ends = pads[:spatial], pads[spatial:]
     if begins != ends:  # torch pads both sides alike: an asymmetric pad is a copy first
-        x, begins = F.pad(x, _torch_pads(pads)), [0] * spatial
+        x, begins = F.pad(x, torch_pads(pads)), [0] * spatial
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
     return fn(x, w, b, strides, begins, dilations, a.get("group", 1))
 
@@ -90,7 +90,7 @@ def conv_transpose(args, a):
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
     y = fn(x, w, None, strides, 0, 0, a.get("group", 1), dilations)
     if any(extra):
-        y = F.pad(y, _torch_pads([0] * spatial + list(extra)))
+        y = F.pad(y, torch_pads([0] * spatial + list(extra)))
     index = [slice(None), slice(None)]
     for i in range(spatial):
         index.append(slice(pads[i], y.shape[2 + i] - pads[i + spatial]))
@@ -176,20 +176,20 @@ def pool(kind):
         n = len(k)
         strides = a.get("strides", [1] * n)
         dilations = a.get("dilations", [1] * n)
-        pads = _explicit_pads(a, x, k, strides, dilations)
+        pads = explicit_pads(a, x, k, strides, dilations)
         ceil = bool(a.get("ceil_mode", 0))
-        torch_pads = _torch_pads(pads)
+        padding = torch_pads(pads)
         if kind == "max":
-            padded = F.pad(x, torch_pads, value=-math.inf) if any(pads) else x
+            padded = F.pad(x, padding, value=-math.inf) if any(pads) else x
             fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
             y = fn(padded, k, strides, 0, dilations, ceil_mode=ceil)
         else:
             fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-            padded = F.pad(x, torch_pads) if any(pads) else x
+            padded = F.pad(x, padding) if any(pads) else x
             y = fn(padded, k, strides, 0, ceil_mode=ceil, count_include_pad=True)
             if any(pads) and not a.get("count_include_pad", 0):
                 # divide by the count of real (unpadded) elements in each window
-                ones = F.pad(torch.ones_like(x[:1, :1]), torch_pads)
+                ones = F.pad(torch.ones_like(x[:1, :1]), padding)
                 y = y / fn(ones, k, strides, 0, ceil_mode=ceil, count_include_pad=True)
         sizes = _pool_sizes(x, k, strides, dilations, pads, ceil)
         return y[(slice(None), slice(None), *(slice(0, s) for s in sizes))]
@@ -239,13 +239,13 @@ def pad(args, a):
             full[ax % x.dim()], full[ax % x.dim() + x.dim()] = pads[i], pads[i + len(axes)]
         pads = full
     mode = _text(a.get("mode"), "constant")
-    torch_pads = _torch_pads(pads)
+    padding = torch_pads(pads)
     if mode == "constant":
-        return F.pad(x, torch_pads, value=value)
-    while torch_pads[-2:] == [0, 0]:  # torch pads only the innermost axes in these modes
-        torch_pads = torch_pads[:-2]
+        return F.pad(x, padding, value=value)
+    while padding[-2:] == [0, 0]:  # torch pads only the innermost axes in these modes
+        padding = padding[:-2]
     mode = {"reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
-    return F.pad(x, torch_pads, mode=mode) if torch_pads else x
+    return F.pad(x, padding, mode=mode) if padding else x
 
 
 def slice_(args, a):

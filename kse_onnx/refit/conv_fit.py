@@ -1,0 +1,95 @@
+"""One compressed Conv of the refit's walk fitted (docs/refit.md): its target (the
+teacher's Conv output, or residual-aware through the Add it feeds), the ReLU floor of
+the ``act`` rounds, the least squares, and the guard that keeps the clustered kernels
+when the fit does not lower the judged error."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .context import RefitContext
+from .layer import ChunkedSum, SharedConv, image_rows
+from .result import LayerFit
+
+
+def fit_conv(ctx: RefitContext, i: int, s_args: list, teacher: dict, student: dict
+             ) -> tuple[SharedConv, LayerFit, torch.Tensor]:
+    """(the fitted Conv, its report, its output over the images, held as the walk holds)
+    of compressed Conv ``i``, from the student's inputs ``s_args``."""
+    started = time.perf_counter()
+    options = ctx.options
+    node = ctx.model.graph.node[i]
+    bias = s_args[2] if len(s_args) > 2 and s_args[2] is not None else None
+    bias = None if bias is None else bias.float()
+    conv = SharedConv(node, ctx.plans[i], None if bias is None else bias.numpy(),
+                      ctx.interpreter.opset)
+    x = s_args[0]
+    target, kind, others = ctx.lookup(teacher, node.output[0], raw=True), "conv output", []
+    add = ctx.walk.residual_add.get(i)
+    if add is not None:
+        others = [n for n in ctx.model.graph.node[add].input if n != node.output[0]]
+        if all(n in student or n in ctx.constants for n in others):
+            target = ChunkedSum([(1, target)] + [
+                term for n in others for term in (
+                    (1, ctx.lookup(teacher, n, raw=True)),
+                    (-1, ctx.lookup(student, n, raw=True)))])
+            kind = "residual Add"
+        else:
+            add, others = None, []
+    floor = (relu_floor(ctx, i, add, others, student)
+             if options.refit in ("act", "block", "distill") else None)
+    n, k = len(x), ctx.fitted
+    fit_x, fit_target, fit_floor = (image_rows(v, 0, k, n) for v in (x, target, floor))
+    held = None
+    if k < n:  # the held-out images: error after the activation if one follows
+        held = [image_rows(v, k, n, n) for v in (x, target, floor)]
+
+        def judge() -> float:
+            plain, act = conv.errors(*held)
+            return plain if act is None else act
+    # errors measured directly (not from the normal equations, whose float32 sums
+    # lose the small differences of a close fit), a chunk of images at a time
+    plain, act = conv.errors(fit_x, fit_target, fit_floor)
+    fit = LayerFit(ctx.names[i], kind, "", plain, plain, 0.0, act, act)
+    start = (conv.kernels.copy(), conv.bias.copy())
+    if held is not None:
+        fit.held_error_before = judge()
+    fit.solver = conv.least_squares(fit_x, fit_target, options.refit_damping,
+                                    fit_floor, options.refit_rounds,
+                                    options.refit_positions,
+                                    options.refit_seed + i,
+                                    judge if held is not None else None).solver
+    fit.error_after, fit.act_error_after = conv.errors(fit_x, fit_target, fit_floor)
+    judged = ("act_error_before", "act_error_after") if floor is not None else (
+        "error_before", "error_after")
+    if held is not None:
+        fit.held_error_after = judge()
+        worse = not fit.held_error_after < fit.held_error_before
+    else:
+        worse = getattr(fit, judged[1]) > getattr(fit, judged[0])
+    if worse:  # a guard: keep the clustered kernels
+        conv.kernels, conv.bias = start
+        fit.solver = ("kept the clustered kernels (no improvement"
+                      f"{' on the held-out images' if held is not None else ''})")
+        fit.error_after, fit.act_error_after = fit.error_before, fit.act_error_before
+        fit.held_error_after = fit.held_error_before
+    out = conv.predict(x, ctx.runner.holding.empty, ctx.runner.predict_step)
+    fit.seconds = time.perf_counter() - started
+    return conv, fit, out
+
+
+def relu_floor(ctx: RefitContext, i: int, add: int | None, others: list[str],
+               student: dict):
+    """Where a Relu reads this Conv's output (or its residual Add's), the value of the
+    Conv output below which the student's Relu output is 0: minus the student's other
+    Add inputs, or 0; None when no Relu follows."""
+    nodes = ctx.model.graph.node
+    head = nodes[add].output[0] if add is not None else nodes[i].output[0]
+    readers = [j for j in ctx.walk.order if head in nodes[j].input]
+    if len(readers) != 1 or nodes[readers[0]].op_type != "Relu":
+        return None
+    if not others:
+        return torch.zeros(())
+    return ChunkedSum([(-1, ctx.lookup(student, n, raw=True)) for n in others])
