@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import ModelError
 from ..graph.export import settings_of
 from ..graph.io import load_model
+from ..graph.walk import default_opset
 from ..lowering.compact import codebook
 from . import ops
 
@@ -163,14 +164,6 @@ class OnnxModule(nn.Module):
             value = self.tensor(name).detach().cpu().numpy().astype(original.dtype)
         if not np.array_equal(value, original):
             tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain (ai.onnx) opset version."""
-    for entry in model.opset_import:
-        if entry.domain in ops.DEFAULT_DOMAINS:
-            return int(entry.version)
-    return 1
 
 
 def constant_value(node: onnx.NodeProto) -> np.ndarray:

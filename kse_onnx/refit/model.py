@@ -30,10 +30,12 @@ from onnx import numpy_helper
 from .. import progress
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError, first_line
-from ..finetune.importer import constant_value, default_opset, refuse_unmapped
+from ..finetune.importer import constant_value, refuse_unmapped
+from ..graph.classifier import classifier_gemms
 from ..graph.inputs import fixed_batch
+from ..graph.walk import default_opset
 from ..options import RefitOptions
-from .graph_walk import classifier_gemms, node_names, static_nodes, walk
+from .graph_walk import node_names, static_nodes, walk
 from .holding import (
     Holding,
     chunk_args,
