@@ -12,12 +12,13 @@ import onnx
 from .analysis.model import Analysis, analyse
 from .analysis.target import choose_levels
 from .errors import ModelError, OptionError
+from .graph.core import import_graph
 from .graph.count import conv_counts
 from .graph.export import check_model, export_model, settings_of
 from .graph.inputs import fixed_batch, refuse_listed_weights
 from .graph.io import PROTOBUF_LIMIT, check_loaded, load_model, model_files, save_model
 from .graph.runtime_shapes import fill_conv_shapes
-from .graph.select import conv_sites, import_graph
+from .graph.select import conv_sites
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
 from .options import (
@@ -238,7 +239,8 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
                     else lower_options.lowering)
             if lower_options.lowering == "factored" and done.form.form == "dense":
                 form = "dense (1x1 conv: never factored)"
-            layer.lowering = f"{form}, input via {done.input_stage}"
+            why = f" ({done.gather_reason})" if done.gather_reason else ""
+            layer.lowering = f"{form}, input via {done.input_stage}{why}"
             layer.lowered_channels = len(done.keep)
     report.file_size_before = file_size
     report.file_size_after = optimized.ByteSize()  # the file's size once saved (< 2 GiB)

@@ -23,17 +23,17 @@ import onnx_graphsurgeon as gs
 
 from .analysis.model import analyse
 from .errors import ModelError
-from .graph.channels import producer_chain
+from .graph.classifier import classifier_gemms
+from .graph.core import constant_values, import_graph, quiet_graphsurgeon
 from .graph.export import copy_model_fields, settings_of
+from .graph.groups import chain_group, masked_model, residual_groups, selected_groups
 from .graph.inputs import restore_graph_inputs
 from .graph.io import load_model
 from .graph.names import unique_tensor_names, with_unique_node_names
-from .graph.residual import find_streams, mask, masked_model
-from .graph.select import constant_values, import_graph, quiet_graphsurgeon
 from .lowering import LayerForm, effective_form, uniform_form
 from .lowering.readback import folded, read_weight
 from .options import LowerOptions
-from .refit.graph_walk import classifier_gemms, node_names
+from .refit.graph_walk import node_names
 from .refit.normal import SharedLayout
 from .runtime.checks import (
     INT8_COLLAPSE_REL_ERROR,
@@ -124,7 +124,7 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     result = analyse(original, kse, select, kept=kept if isinstance(kept, dict) else None)
     refitted = settings.get("refit", "none") != "none" and optimized is not None
     written = import_graph(optimized) if refitted else None
-    rows = _pruned_rows(result, kept, streams, settings) if refitted else {}
+    rows = _producer_rows(result, kept, streams, settings) if refitted else {}
     for site in result.sites:
         plan = result.plans.get(site.name)
         if plan is None or not plan.compressed:
@@ -141,10 +141,8 @@ def reference_model(original: onnx.ModelProto, settings: dict,
         _copy_distilled(result.graph, written, compressed, rows)
     if refitted and settings.get("refit_classifier"):
         _copy_classifier(original, result.graph, written, streams or {})
-    if streams:  # the optimized model drops them: zero after W_hat
-        for stream in find_streams(result.graph):
-            if stream.key in streams:
-                mask(stream, streams[stream.key])
+    for group, classes in selected_groups(result.graph, streams, strict=False):
+        group.mask(classes)  # the optimized model drops them: zero after W_hat
     graph = result.graph
     unique_tensor_names(graph)
     with quiet_graphsurgeon():
@@ -154,12 +152,12 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     return copy_model_fields(model, original)
 
 
-def _pruned_rows(result, kept, streams, settings: dict) -> dict:
-    """Filters each pruned producer kept: those its producer chain's reader reads (the
-    latency budget's kept channels, else the reader's form's kept channels), or those
-    of its stream's kept classes. Whether the producer was pruned at all (not with
-    ``--no-prune-producers``, nor for a factored reader) :func:`_read_back` sees from
-    its stored weight."""
+def _producer_rows(result, kept, streams, settings: dict) -> dict:
+    """Filters each producer of a cut group kept (:meth:`..graph.group.Group.rows`): a
+    layer's own group keeps what its reader reads (the latency budget's kept channels,
+    else the reader's form's kept channels), a residual group its recorded classes.
+    Whether the producer was pruned at all (not with ``--no-prune-producers``, nor for
+    a factored reader) :func:`_read_back` sees from its stored weight."""
     rows = {}
     for site in result.sites:
         plan = result.plans.get(site.name)
@@ -169,13 +167,9 @@ def _pruned_rows(result, kept, streams, settings: dict) -> dict:
             reads = effective_form(_form(site.name, settings), plan).keep(plan)
         else:
             continue
-        chain = producer_chain(result.graph, site.node)
-        if chain is not None:
-            rows[chain.head.inputs[0].name] = reads
-    for stream in find_streams(result.graph) if streams else []:
-        if stream.key in streams:
-            for conv in stream.producers:
-                rows[conv.name] = stream.kept(conv.outputs[0].name, streams[stream.key])
+        rows.update(chain_group(result.graph, site.node).rows(reads))
+    for group, classes in selected_groups(result.graph, streams, strict=False):
+        rows.update(group.rows(classes))
     return rows
 
 
@@ -252,11 +246,11 @@ def _copy_classifier(original: onnx.ModelProto, reference: gs.Graph, written: gs
     names = set(node_names(original)[i] for i in classifier_gemms(original))
     mine = {n.name: n for n in written.nodes if n.op == "Gemm" and n.name in names}
     widened = {}
-    for stream in find_streams(reference):
-        for gemm, tensor in stream.classifiers:
-            if stream.key in streams:
-                widened[gemm.name] = (stream.kept(tensor, streams[stream.key]),
-                                      len(stream.channels[tensor]), gemm.attrs.get("transB", 0))
+    for group in residual_groups(reference):
+        for gemm, tensor in group.gemms:
+            if group.key in streams:
+                widened[gemm.name] = (group.kept(tensor, streams[group.key]),
+                                      len(group.channels[tensor]), gemm.attrs.get("transB", 0))
     for node in reference.nodes:
         if node.name not in mine:
             continue

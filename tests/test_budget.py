@@ -17,12 +17,12 @@ from graphs import GraphBuilder, photo_batch, residual_prefix
 from kse_onnx.analysis.plan import plan_layer
 from kse_onnx.api import optimize
 from kse_onnx.budget import allocate, search, table
-from kse_onnx.budget.units import Cuts, Unit
+from kse_onnx.budget.spans import Cuts, Span
 from kse_onnx.cli import main
 from kse_onnx.errors import OptionError
+from kse_onnx.graph.core import import_graph
 from kse_onnx.graph.count import conv_counts
-from kse_onnx.graph.residual import find_streams, mask, masked_model
-from kse_onnx.graph.select import import_graph
+from kse_onnx.graph.groups import masked_model, residual_groups
 from kse_onnx.options import BudgetOptions, KSEOptions, LowerOptions
 from kse_onnx.runtime.ort import session
 from kse_onnx.verify import verify
@@ -79,11 +79,11 @@ def test_streams_of_a_padded_resnet():
     """One stream from the stem to the head: 8 classes born in stage 1 run through the
     Pad into stage 2 (output channels 4..11), 8 more are born there; 3 readers."""
     graph = import_graph(padded_resnet())
-    (stream,) = find_streams(graph)
+    (stream,) = residual_groups(graph)
     assert stream.n_classes == 16
     assert sorted(len(s) for s in stream.spans()) == [8, 8]
     assert len(stream.readers) == 2 and len(stream.producers) == 3
-    assert len(stream.classifiers) == 1
+    assert len(stream.gemms) == 1
     pad = next(n for n in stream.ops if n.op == "Pad")
     stage1 = stream.channels[pad.inputs[0].name]
     stage2 = stream.channels[pad.outputs[0].name]
@@ -94,7 +94,7 @@ def test_streams_of_a_padded_resnet():
 def test_streams_of_the_bundled_resnet20():
     """The exported ResNet-20 computes its Pad amounts in-graph: they are folded."""
     graph = import_graph(onnx.load(ROOT / "models" / "fmnist_resnet20.onnx"))
-    (stream,) = find_streams(graph)
+    (stream,) = residual_groups(graph)
     assert stream.n_classes == 64
     assert [len(s) for s in stream.spans()] == [16, 16, 32]
     assert len(stream.readers) == 9 and len(stream.producers) == 10
@@ -106,33 +106,32 @@ def test_a_concat_ends_a_stream():
     y = b.conv(x, 8, 8)
     z = b.op("Concat", [x, y], axis=1)
     model = b.model(b.head(b.conv(z, 16, 8), 8))
-    assert find_streams(import_graph(model)) == []
+    assert residual_groups(import_graph(model)) == []
 
 
 def test_masked_then_pruned_stream_is_exact():
     """Mask classes, then remove them from producers, Pad and classifier (readers read
     them with zero weight): same outputs as the masked model with zeroed reader columns."""
     from kse_onnx.graph.export import export_model
-    from kse_onnx.graph.residual import prune
 
     model = padded_resnet()
     graph = import_graph(model)
-    (stream,) = find_streams(graph)
+    (stream,) = residual_groups(graph)
     kept = np.array([0, 2, 3, 5, 8, 9, 12, 15])
     masked = masked_model(model, {stream.key: kept.tolist()})
     reference = import_graph(masked)
-    (ref_stream,) = find_streams(reference)
+    (ref_stream,) = residual_groups(reference)
     for r in ref_stream.readers:  # zero columns, the same graph otherwise
         w = r.inputs[1].values.copy()
         dropped = np.setdiff1d(np.arange(w.shape[1]), ref_stream.kept(r.inputs[0].name, kept))
         w[:, dropped] = 0
         r.inputs[1].values = w
     graph = import_graph(masked)
-    (stream,) = find_streams(graph)
+    (stream,) = residual_groups(graph)
     for r in stream.readers:
         keep = stream.kept(r.inputs[0].name, kept)
         r.inputs[1].values = np.ascontiguousarray(r.inputs[1].values[:, keep])
-    prune(stream, kept)
+    stream.prune(kept)
     graph.cleanup().toposort()
     pruned = export_model(graph, model, {})
     x = photo_batch((2, 3, 8, 8))
@@ -144,9 +143,9 @@ def test_masked_then_pruned_stream_is_exact():
 def test_mask_zeroes_the_stream_channels():
     model = padded_resnet()
     graph = import_graph(model)
-    (stream,) = find_streams(graph)
+    (stream,) = residual_groups(graph)
     keep = [1, 2]
-    mask(stream, keep)
+    stream.mask(keep)
     lively = 0
     for conv in stream.producers:
         w = conv.inputs[1].values
@@ -175,7 +174,7 @@ def _cuts(masses: list[list[float]], size: int = 8) -> tuple[Cuts, allocate.Pred
     for i, mass in enumerate(masses):
         name = f"c{i}"
         order = np.argsort(mass, kind="stable")
-        units.append(Unit(name, order, np.asarray(mass)[order], [name], []))
+        units.append(Span(name, order, np.asarray(mass)[order], [name], []))
         geometry[name] = {"cin": size, "cout": size}
         tab[name] = {"in": {k: {"p": k / size} for k in (4, 8)},
                      "out": {size: {"p": 1.0}}, "full_ms": {"p": 1.0}}

@@ -133,15 +133,16 @@ def whole_models(batches, quick: bool) -> list[str]:
 
 
 def pruned_uniformly(model: onnx.ModelProto, fraction: float, step: int) -> onnx.ModelProto:
-    """``model`` with every budget unit (kse_onnx/budget/units.py: residual stream spans
+    """``model`` with every budget span (kse_onnx/budget/spans.py: residual group spans
     and layer inputs) keeping ``fraction`` of its channels (a multiple of ``step``, at
     least one step), the most important by the KSE indicator, as the budget builds it."""
     from kse_onnx.analysis.plan import layer_indicator
     from kse_onnx.budget.build import timing_model
     from kse_onnx.budget.search import keeps
-    from kse_onnx.budget.units import find_cuts
+    from kse_onnx.budget.spans import find_cuts
+    from kse_onnx.graph.core import import_graph
     from kse_onnx.graph.runtime_shapes import fill_conv_shapes
-    from kse_onnx.graph.select import conv_sites, import_graph
+    from kse_onnx.graph.select import conv_sites
     from kse_onnx.options import KSEOptions, LowerOptions, SelectOptions
 
     graph = import_graph(model)
@@ -151,7 +152,7 @@ def pruned_uniformly(model: onnx.ModelProto, fraction: float, step: int) -> onnx
                   if s.reason is None}
     cuts = find_cuts(graph, sites, {k: v for k, v in indicators.items() if v is not None})
     kept = {u.name: min(u.size, max(step, step * round(u.size * fraction / step)))
-            for u in cuts.units}
+            for u in cuts.spans}
     layers, streams = keeps(cuts, kept)
     return timing_model(model, SelectOptions(), LowerOptions("compact"), layers, streams)
 

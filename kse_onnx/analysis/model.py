@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from .. import __version__, progress
 from ..errors import ModelError
+from ..graph.core import import_graph
 from ..graph.runtime_shapes import fill_conv_shapes
-from ..graph.select import ConvSite, conv_sites, import_graph
+from ..graph.select import ConvSite, conv_sites
 from ..options import KSEOptions, SelectOptions, as_dict
 from ..report import ModelReport, layer_report
 from .plan import LayerPlan, plan_layer

@@ -1,4 +1,4 @@
-"""Allocation of kept channel counts across units (docs/budget.md).
+"""Allocation of kept channel counts across spans (docs/budget.md).
 
 Predicted model latency at timing point p, as a ratio to the measured original M_p:
 ``rho_p = 1 + sum_l (t_l,p(cin_l, cout_l) - t_l,p(full)) / F_p``, with ``t_l,p`` from the
@@ -7,22 +7,22 @@ per-layer table (:mod:`.table`) and ``F_p = max(M_p, sum_l t_l,p(full) / CONV_SH
 can add up to more than the model). The whole-model measurements of :mod:`.search`
 calibrate the prediction.
 
-Greedy rule: starting from every unit whole, repeatedly apply the cut of ``j`` aligned
-steps of one unit (its ``j * step`` least important ids) with the largest
+Greedy rule: starting from every span whole, repeatedly apply the cut of ``j`` aligned
+steps of one span (its ``j * step`` least important ids) with the largest
 ``sum_p (rho_p before - rho_p after) / (mass removed + eps)`` (latency saved per
 indicator mass lost), until ``rho_p <= target_p`` at every point. Looking ``j`` steps ahead lets a
-unit pass a count the runtime handles badly (an unaligned SIMD block) to a better one.
+span pass a count the runtime handles badly (an unaligned SIMD block) to a better one.
 Then single steps are given back while the targets still hold, the most mass per
 predicted latency first (the look-ahead can overshoot). Ties go to the larger saving
-(mass), then to the unit listed first: deterministic.
+(mass), then to the span listed first: deterministic.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .spans import Cuts
 from .table import predict_ms
-from .units import Cuts
 
 EPS = 1e-6
 CONV_SHARE = 0.9  # least share of the model's time taken by its Convs, for the scale
@@ -30,13 +30,13 @@ CONV_SHARE = 0.9  # least share of the model's time taken by its Convs, for the 
 
 @dataclass
 class Allocation:
-    kept: dict[str, int]  # unit name -> kept ids
+    kept: dict[str, int]  # span name -> kept ids
     predicted: dict[str, float]  # point -> predicted ratio
     reachable: bool
 
 
 class Predictor:
-    """Predicted ratios ``rho_p`` for a state (unit -> kept count)."""
+    """Predicted ratios ``rho_p`` for a state (span -> kept count)."""
 
     def __init__(self, cuts: Cuts, table: dict, float_ms: dict[str, float]):
         self.cuts, self.table = cuts, table
@@ -60,11 +60,11 @@ class Predictor:
         return out
 
 
-    def partial(self, kept: dict[str, int], unit) -> dict[str, float]:
-        """The part of the ratios from the Convs ``unit`` touches (to compare cuts)."""
+    def partial(self, kept: dict[str, int], span) -> dict[str, float]:
+        """The part of the ratios from the Convs ``span`` touches (to compare cuts)."""
         counts = self.cuts.counts(kept)
         out = dict.fromkeys(self.points, 0.0)
-        for name in set(unit.readers) | set(unit.producers):
+        for name in set(span.readers) | set(span.producers):
             now = self.layer_ms(name, *counts[name])
             for p in self.points:
                 out[p] += now[p] / self.float_ms[p]
@@ -72,28 +72,28 @@ class Predictor:
 
 
 def minimum(cuts: Cuts, step: int) -> dict[str, int]:
-    """Every unit cut to its smallest aligned count (one step, or whole if smaller)."""
-    return {u.name: min(u.size, step) for u in cuts.units}
+    """Every span cut to its smallest aligned count (one step, or whole if smaller)."""
+    return {s.name: min(s.size, step) for s in cuts.spans}
 
 
 def allocate(cuts: Cuts, predictor: Predictor, step: int, targets: dict[str, float]
              ) -> Allocation:
     """Greedy cuts (module docstring) until the predicted ratio at every point ``p`` is at
     most ``targets[p]``."""
-    kept = {u.name: u.size for u in cuts.units}
+    kept = {s.name: s.size for s in cuts.spans}
     ratios = predictor.ratios(kept)
     while any(ratios[p] > targets[p] for p in ratios):
         best = None
-        for index, unit in enumerate(cuts.units):
-            k = kept[unit.name]
-            now = predictor.partial(kept, unit)
+        for index, span in enumerate(cuts.spans):
+            k = kept[span.name]
+            now = predictor.partial(kept, span)
             for new in range(step * ((k - 1) // step), step - 1, -step):
-                lost = float(unit.mass[unit.size - k:unit.size - new].sum())
-                after = predictor.partial({**kept, unit.name: new}, unit)
+                lost = float(span.mass[span.size - k:span.size - new].sum())
+                after = predictor.partial({**kept, span.name: new}, span)
                 saved = sum(now[p] - after[p] for p in ratios)
                 key = (saved / (lost + EPS), saved, -index)
                 if saved > 0 and (best is None or key > best[0]):
-                    best = (key, unit.name, new, {p: ratios[p] - now[p] + after[p]
+                    best = (key, span.name, new, {p: ratios[p] - now[p] + after[p]
                                                   for p in ratios})
         if best is None:
             return Allocation(kept, ratios, False)
@@ -108,21 +108,21 @@ def give_back(cuts: Cuts, predictor: Predictor, step: int, targets: dict[str, fl
     Each time, the step restoring the most mass per predicted latency it costs."""
     while True:
         best = None
-        for index, unit in enumerate(cuts.units):
-            k = kept[unit.name]
-            if k >= unit.size:
+        for index, span in enumerate(cuts.spans):
+            k = kept[span.name]
+            if k >= span.size:
                 continue
-            new = min(unit.size, k + step)
-            now = predictor.partial(kept, unit)
-            after = predictor.partial({**kept, unit.name: new}, unit)
+            new = min(span.size, k + step)
+            now = predictor.partial(kept, span)
+            after = predictor.partial({**kept, span.name: new}, span)
             trial = {p: ratios[p] - now[p] + after[p] for p in ratios}
             if any(trial[p] > targets[p] for p in trial):
                 continue
-            gained = float(unit.mass[unit.size - new:unit.size - k].sum())
+            gained = float(span.mass[span.size - new:span.size - k].sum())
             cost = max(sum(after[p] - now[p] for p in ratios), 0.0)
             key = (gained / (cost + EPS), gained, -index)
             if best is None or key > best[0]:
-                best = (key, unit.name, new, trial)
+                best = (key, span.name, new, trial)
         if best is None:
             return kept, ratios
         _, name, new, ratios = best

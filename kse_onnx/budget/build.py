@@ -8,8 +8,9 @@ import numpy as np
 import onnx
 
 from ..analysis.plan import LayerPlan
+from ..graph.core import import_graph
 from ..graph.export import export_model
-from ..graph.select import conv_sites, import_graph
+from ..graph.select import conv_sites
 from ..lowering import LayerForm, lower
 from ..options import LowerOptions, SelectOptions
 

@@ -10,16 +10,18 @@ import onnx
 
 from ..analysis.plan import layer_indicator
 from ..errors import OptionError
-from ..graph.residual import masked_model
+from ..graph.core import import_graph
+from ..graph.groups import masked_model
 from ..graph.runtime_shapes import fill_conv_shapes
-from ..graph.select import conv_sites, import_graph
+from ..graph.select import conv_sites
+from ..graph.walk import default_opset
 from ..options import BudgetOptions, KSEOptions, LowerOptions, QuantizeOptions, SelectOptions
 from ..runtime.ort import provider_list
 from .build import timing_model
 from .replay import recorded_budget
 from .search import measure_table, search
+from .spans import find_cuts
 from .table import INT8_BLOCK
-from .units import find_cuts
 
 TIMING_IMAGES = 4  # calibration inputs behind a timed INT8 model: only its time matters
 
@@ -61,7 +63,7 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
     cuts = find_cuts(graph, sites, indicators)
     providers = provider_list(lower_options.provider)
     points = lower_options.timing_points
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
+    opset = default_opset(model)
     int8 = quantize is not None and quantize.active
     static = int8 and quantize.quantize == "int8-static"
     step = math.lcm(budget.budget_step, INT8_BLOCK) if static else budget.budget_step

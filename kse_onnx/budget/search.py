@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from ..errors import ModelError, OptionError
 from ..runtime.bench import interleaved_latency
 from .allocate import Predictor, allocate, minimum
+from .spans import Cuts
 from .table import time_layer
-from .units import Cuts
 
 MODEL_BUDGET_S = 6.0  # timed loop per whole-model measurement and timing point
 MARGIN = 0.01  # aim this far below R (measurement noise)
@@ -63,25 +63,26 @@ class Budget:
 
 
 def keeps(cuts: Cuts, kept: dict[str, int]) -> tuple[dict, dict]:
-    """(layer -> kept input channels, stream key -> kept classes) for unit counts ``kept``."""
+    """(layer -> kept input channels, residual group key -> kept classes) for span
+    counts ``kept``."""
     layers, classes = {}, {}
-    for unit in cuts.units:
-        ids = unit.kept(kept[unit.name])
-        if unit.stream is None:
-            layers[unit.name] = ids.tolist()
+    for span in cuts.spans:
+        ids = span.kept(kept[span.name])
+        if span.group is None:
+            layers[span.name] = ids.tolist()
         else:
-            classes.setdefault(unit.stream, []).extend(ids.tolist())
+            classes.setdefault(span.group, []).extend(ids.tolist())
     for key, ids in classes.items():
-        stream = cuts.streams[key]
+        group = cuts.groups[key]
         classes[key] = sorted(ids)
-        for r in stream.readers:
-            layers[r.name] = stream.kept(r.inputs[0].name, ids).tolist()
+        for r in group.readers:
+            layers[r.name] = group.kept(r.inputs[0].name, ids).tolist()
     return dict(sorted(layers.items())), dict(sorted(classes.items()))
 
 
 def mass_kept(cuts: Cuts, kept: dict[str, int]) -> float:
-    total = sum(float(u.mass.sum()) for u in cuts.units)
-    held = sum(float(u.mass[u.size - kept[u.name]:].sum()) for u in cuts.units)
+    total = sum(float(s.mass.sum()) for s in cuts.spans)
+    held = sum(float(s.mass[s.size - kept[s.name]:].sum()) for s in cuts.spans)
     return held / total if total > 0 else 1.0
 
 
@@ -118,7 +119,7 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
            reference_label: str = "the original", timed: str = "float",
            bracketed: bool = False) -> Budget:
     """Kept channels meeting ``target`` (module docstring); an OptionError if out of reach."""
-    if not cuts.units:
+    if not cuts.spans:
         raise ModelError("target-latency: no Conv input channel can be pruned in this model")
     smallest = minimum(cuts, step)
     first = measure({"reference": reference, "reference again": reference,

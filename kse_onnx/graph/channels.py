@@ -1,5 +1,6 @@
 """Channel bookkeeping: which input channels a compressed Conv keeps, and whether the
-tensor it reads can lose those channels at their producer instead of through a Gather.
+tensor it reads can lose those channels at their producer instead of through a Gather
+(a ``chain`` :class:`.group.Group`).
 
 A chain ``P -> op1 -> ... -> t -> Conv`` is prunable when ``P`` is a group-1 Conv with
 constant weights, every op between is channel-wise (BatchNormalization, activations,
@@ -11,12 +12,12 @@ else reads them: residual Adds and Concats are never pruned through.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .select import constant_values
+from .core import constant_values
+from .group import Group
+from .walk import consumers, producer
 
 ELEMENTWISE_UNARY = {
     "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",
@@ -39,29 +40,29 @@ def kept_channels(q: np.ndarray, indicator: np.ndarray, align: int) -> np.ndarra
     return keep
 
 
-@dataclass
-class ProducerChain:
-    """Tensors from a producer Conv's output to the consumer Conv's input, and the nodes
-    between them (in order from the producer)."""
-
-    head: gs.Variable  # the producer Conv's output
-    nodes: list[gs.Node]
-
-
-def producer_chain(graph: gs.Graph, conv: gs.Node) -> ProducerChain | None:
-    """The prunable chain feeding ``conv``'s data input, or None."""
-    outputs = {t.name for t in graph.outputs}
+def chain(conv: gs.Node, outputs: set[str]) -> Group | str:
+    """The ``chain`` group feeding ``conv``'s data input (``outputs``: the graph's
+    output names), or the reason there is none."""
     tensor, between = conv.inputs[0], []
     while True:
-        if not isinstance(tensor, gs.Variable) or tensor.name in outputs:
-            return None
-        if len(tensor.outputs) != 1 or len(tensor.inputs) != 1:
-            return None
-        node = tensor.inputs[0]
+        if not isinstance(tensor, gs.Variable):
+            return f"tensor {tensor.name!r} is a constant"
+        if tensor.name in outputs:
+            return f"tensor {tensor.name!r} is a graph output"
+        if len(consumers(tensor)) != 1:
+            return f"tensor {tensor.name!r} is read by {len(consumers(tensor))} nodes"
+        node = producer(tensor)
+        if node is None:
+            return f"tensor {tensor.name!r} is a graph input"
         if node.op == "Conv":
-            return ProducerChain(tensor, between[::-1]) if _prunable_conv(node) else None
+            if not _prunable_conv(node):
+                return f"producer {node.name!r} is grouped or has no constant weight or bias"
+            count = constant_values(node.inputs[1]).shape[0]
+            ops = between[::-1]
+            tensors = [t.name for t in [node.outputs[0], *(n.outputs[0] for n in ops)]]
+            return Group("chain", {t: np.arange(count) for t in tensors}, [node], [conv], ops)
         if not _channelwise(node):
-            return None
+            return f"node {node.name!r} ({node.op}) is not channel-wise"
         between.append(node)
         tensor = node.inputs[0]
 
@@ -104,24 +105,3 @@ def _per_channel_constant(tensor) -> np.ndarray | None:
                             and (values.ndim == 3 or values.shape[0] == 1)):
         return values
     return None
-
-
-def prune_chain(chain: ProducerChain, keep: np.ndarray) -> None:
-    """Keep only channels ``keep`` from the producer Conv through the chain."""
-    producer = chain.head.inputs[0]
-    _replace_input(producer, 1, constant_values(producer.inputs[1])[keep])
-    if len(producer.inputs) > 2 and producer.inputs[2].name:
-        _replace_input(producer, 2, constant_values(producer.inputs[2])[keep])
-    for node in chain.nodes:
-        if node.op == "BatchNormalization":
-            for i in range(1, 5):
-                _replace_input(node, i, constant_values(node.inputs[i])[keep])
-        elif node.op == "PRelu" or node.op in ELEMENTWISE_BINARY:
-            values = constant_values(node.inputs[1])
-            if values.size > 1:
-                _replace_input(node, 1, values[..., keep, :, :])
-
-
-def _replace_input(node: gs.Node, index: int, values: np.ndarray) -> None:
-    """Give ``node`` a new constant input (never mutates a constant others may share)."""
-    node.inputs[index] = gs.Constant(f"{node.name}_kse_in{index}", np.ascontiguousarray(values))

@@ -10,10 +10,10 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, OptionError, first_line
 from ..paths import regular_file
+from .core import quiet_graphsurgeon
 from .inputs import check_same_inputs, restore_graph_inputs
 from .io import load_model  # reads untrusted files safely
 from .names import unique_tensor_names
-from .select import quiet_graphsurgeon
 from .settings import settings_problem
 
 METADATA_KEY = "kse_onnx"

@@ -17,6 +17,7 @@ import onnx
 
 from ..errors import ModelError, first_line
 from ..paths import name_too_long, regular_file, temporary_file
+from .walk import default_opset
 
 # Protobuf cannot serialise a model over 2 GiB; larger ones keep weights beside it.
 _PROTOBUF_LIMIT = PROTOBUF_LIMIT = 2**31 - 1
@@ -204,7 +205,7 @@ def _load_external_data(model: onnx.ModelProto, base: Path, path: Path) -> None:
 
 
 def _check(model: onnx.ModelProto, path: Path) -> None:
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    opset = default_opset(model)
     if opset is None or opset < MIN_OPSET:
         raise ModelError(f"{path}: opset {opset} is below the supported range "
                          f"(>= {MIN_OPSET}); upgrade it with onnx.version_converter")

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import first_line
 from ..options import SelectOptions
-from .inputs import overridable_as_inputs
-from .names import remember_tensors, unique_node_names
+from .core import constant_values
 from .optypes import CONVS, QUANTIZED_CONVS
+from .walk import rank, static_dim
 
 
 @dataclass
@@ -27,40 +24,6 @@ class ConvSite:
     reason: str | None  # None: eligible
 
 
-@contextlib.contextmanager
-def quiet_graphsurgeon():
-    """Silence onnx-graphsurgeon's warnings while it runs (dtypes numpy lacks, such as
-    bfloat16, and its optional colour module: about graphsurgeon, not the user's model);
-    its log level is restored afterwards, so importing kse_onnx changes nothing."""
-    from onnx_graphsurgeon.logger import G_LOGGER
-
-    before = G_LOGGER.severity
-    G_LOGGER.severity = G_LOGGER.ERROR
-    try:
-        yield
-    finally:
-        G_LOGGER.severity = before
-
-
-def import_graph(model: onnx.ModelProto, notes: list[str] | None = None) -> gs.Graph:
-    """graphsurgeon view of ``model`` with inferred shapes: every node has a distinct
-    name (:mod:`.names`), overridable initializers stay graph inputs (:mod:`.inputs`).
-
-    A model shape inference cannot handle is still compressed, without output sizes (so
-    without multiply-add counts); the failure is appended to ``notes`` for the report."""
-    try:
-        model = onnx.shape_inference.infer_shapes(model)
-    except Exception as exc:
-        if notes is not None:
-            notes.append(f"shape inference failed ({first_line(exc)})")
-    with quiet_graphsurgeon():
-        graph = gs.import_onnx(model)
-    overridable_as_inputs(model, graph)
-    unique_node_names(graph)
-    remember_tensors(graph)
-    return graph
-
-
 def weight_source(tensor) -> str:
     """What produces a non-constant weight, for the skip reason."""
     producers = getattr(tensor, "inputs", [])
@@ -69,26 +32,6 @@ def weight_source(tensor) -> str:
     if not producers:
         return "weight is not a constant (a graph input the caller may override)"
     return "weight is not a constant"
-
-
-def constant_values(tensor) -> np.ndarray | None:
-    """Values of an initializer or of a ``Constant`` node's output, reached through any
-    chain of ``Identity`` nodes (exporters write them for tensors that are equal); else
-    None. Overridable initializers are graph inputs here, so never constants."""
-    for _ in range(64):  # a chain of Identity nodes, bounded
-        producers = getattr(tensor, "inputs", [])
-        if len(producers) != 1 or producers[0].op != "Identity" or not producers[0].inputs:
-            break
-        tensor = producers[0].inputs[0]
-    if not isinstance(tensor, gs.Constant):
-        producers = getattr(tensor, "inputs", [])
-        if len(producers) != 1 or producers[0].op != "Constant":
-            return None
-        tensor = producers[0].attrs.get("value")
-        if not isinstance(tensor, gs.Constant):
-            return None
-    with quiet_graphsurgeon():  # values are loaded lazily: bfloat16 warns here
-        return np.asarray(tensor.values)
 
 
 def conv_sites(graph: gs.Graph, options: SelectOptions) -> list[ConvSite]:
@@ -158,7 +101,8 @@ def _reason(node, weight, graph_inputs, options: SelectOptions) -> str | None:
 
 
 def _output_hw(node) -> int | None:
-    shape = node.outputs[0].shape
-    if shape is None or len(shape) != 4 or not all(isinstance(d, int) for d in shape[2:]):
+    y = node.outputs[0]
+    h, w = static_dim(y, 2), static_dim(y, 3)
+    if rank(y) != 4 or h is None or w is None:
         return None
-    return int(shape[2]) * int(shape[3])
+    return int(h) * int(w)

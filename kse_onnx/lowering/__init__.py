@@ -23,10 +23,12 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError
-from ..graph import residual
-from ..graph.channels import ProducerChain, kept_channels, producer_chain, prune_chain
+from ..graph.channels import kept_channels
+from ..graph.core import constant_values
+from ..graph.group import Group
+from ..graph.groups import chain_group, selected_groups
 from ..graph.names import unique_tensor_names
-from ..graph.select import ConvSite, constant_values
+from ..graph.select import ConvSite
 from ..options import LowerOptions
 from . import compact, dense, factored
 
@@ -67,8 +69,9 @@ class Lowered:
     """How one compressed Conv was written."""
 
     keep: np.ndarray  # original input channels the lowered Conv reads
-    input_stage: str  # "producer", "gather" or "all"
+    input_stage: str  # "producer", "gather", "all" or "stream"
     form: LayerForm
+    gather_reason: str | None = None  # why a "gather" layer has no group to cut upstream
 
 
 def uniform_form(options: LowerOptions) -> LayerForm:
@@ -97,14 +100,18 @@ def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
 
     ``forms`` gives a layer's form by name (default: :func:`uniform_form`);
     ``compact_storage`` defaults to ``options.lowering == "compact"``; ``streams`` maps
-    a channel stream's key to the classes it keeps (:mod:`..graph.residual`; the graph
+    a residual group's key to the classes it keeps (:mod:`..graph.groups`; the graph
     must be masked for them): its readers then read it as is, and the other channels
-    are removed from the whole stream."""
+    are removed from the whole group. Any other layer's kept channels are cut at its
+    own group's producer (a ``chain``), or selected by a Gather."""
     done: dict[str, Lowered] = {}
-    prunes: list[tuple[ProducerChain, np.ndarray]] = []
+    prunes: list[tuple[Group, np.ndarray]] = []
     compressed = compressed_sites(sites, plans)
     default = uniform_form(options)
-    pruned_streams = _streams(graph, streams)
+    try:
+        pruned_streams = selected_groups(graph, streams)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
     readers = {r.name: (st, kept) for st, kept in pruned_streams for r in st.readers}
     for site in compressed:
         plan = plans[site.name]
@@ -115,18 +122,16 @@ def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
             if not np.array_equal(keep, stream.kept(site.node.inputs[0].name, kept)):
                 raise ModelError(f"node {site.name!r}: its kept channels are not those its "
                                  f"channel stream {stream.key!r} keeps")
-            stage, x = "stream", site.node.inputs[0]
+            stage, x, why = "stream", site.node.inputs[0], None
         else:
-            stage, x = lower_inputs(graph, site.node, keep, form, options, prunes)
-        done[site.name] = Lowered(keep, stage, form)
+            stage, x, why = lower_inputs(graph, site.node, keep, form, options, prunes)
+        done[site.name] = Lowered(keep, stage, form, why)
         if form.form == "factored":
             factored.rewrite(graph, site.node, x, plan, keep)
         else:
             dense.rewrite(site.node, x, plan, keep)
-    for chain, keep in prunes:
-        prune_chain(chain, keep)
-    for stream, kept in pruned_streams:
-        residual.prune(stream, kept)
+    for group, kept in prunes + pruned_streams:
+        group.prune(kept)
     if options.lowering == "compact" if compact_storage is None else compact_storage:
         for site in compressed:
             if done[site.name].form.form == "dense":  # a factored layer stores its kernels once
@@ -136,35 +141,21 @@ def lower(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPlan],
     return done
 
 
-def _streams(graph: gs.Graph, kept: dict | None) -> list:
-    """(Stream, kept classes) of every stream named in ``kept``; every reader of such a
-    stream must be a compressed layer reading exactly the kept channels."""
-    if not kept:
-        return []
-    found = {s.key: s for s in residual.find_streams(graph)}
-    out = []
-    for key in sorted(kept):
-        if key not in found:
-            raise ModelError(f"tensor {key!r}: starts no channel stream in this graph")
-        try:
-            out.append((found[key], residual.check_classes(found[key], kept[key])))
-        except ValueError as exc:
-            raise ModelError(str(exc)) from None
-    return out
-
-
 def lower_inputs(graph, node, keep, form: LayerForm, options: LowerOptions, prunes):
-    """Make ``node``'s data input carry only ``keep``; returns (stage, tensor to read)."""
+    """Make ``node``'s data input carry only ``keep``; returns (stage, tensor to read,
+    why its own group is no chain, for a Gather the options did not ask for)."""
     x = node.inputs[0]
     if len(keep) == constant_values(node.inputs[1]).shape[1]:
-        return "all", x
-    prune = options.prune_producers and form.form != "factored"
-    chain = producer_chain(graph, node) if prune else None
-    if chain is not None:
-        prunes.append((chain, keep))
-        return "producer", x
+        return "all", x, None
+    why = None  # --no-prune-producers, or a factored layer: the options chose the Gather
+    if options.prune_producers and form.form != "factored":
+        group = chain_group(graph, node)
+        if group.kind == "chain":
+            prunes.append((group, keep))
+            return "producer", x, None
+        why = group.reason
     indices = gs.Constant(f"{node.name}_kse_keep", keep.astype(np.int64))
     gathered = gs.Variable(f"{node.name}_kse_kept", dtype=x.dtype)
     graph.nodes.append(gs.Node("Gather", f"{node.name}_kse_gather", {"axis": 1},
                                inputs=[x, indices], outputs=[gathered]))
-    return "gather", gathered
+    return "gather", gathered, why

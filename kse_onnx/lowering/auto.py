@@ -44,11 +44,12 @@ import onnx_graphsurgeon as gs
 from .. import progress
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
-from ..graph.channels import producer_chain
+from ..graph.core import constant_values, quiet_graphsurgeon
 from ..graph.count import conv_counts
 from ..graph.export import copy_model_fields, recorded_settings
+from ..graph.groups import chain_group
 from ..graph.names import unique_tensor_names
-from ..graph.select import ConvSite, constant_values, quiet_graphsurgeon
+from ..graph.select import ConvSite
 from ..graph.signature import timing_signature
 from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
@@ -161,8 +162,8 @@ def layer_candidates(graph: gs.Graph, site: ConvSite, plan: LayerPlan,
                      ) -> tuple[dict[str, onnx.ModelProto], dict[str, int]] | None:
     """Every candidate form of one layer as a small timing graph (label -> model) and its
     multiply-adds; None when the layer's input shape is unknown."""
-    chain = producer_chain(graph, site.node) if options.prune_producers else None
-    nodes = ([chain.head.inputs[0], *chain.nodes] if chain else []) + [site.node]
+    group = chain_group(graph, site.node) if options.prune_producers else None
+    nodes = (group.producers + group.ops if group and group.kind == "chain" else []) + [site.node]
     models, macs = {}, {}
     for form in candidate_forms(plan):
         mini = _layer_graph(nodes, graph.opset)

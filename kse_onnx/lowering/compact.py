@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph.select import constant_values
+from ..graph.core import constant_values
 
 
 def codebook(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

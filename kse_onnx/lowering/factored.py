@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
-from ..graph.select import constant_values
+from ..graph.core import constant_values
 
 # docs/lowering.md, "Single layers": the 1x1 fusion Conv wins up to 64 output filters,
 # Gather + ReduceSum from 256.

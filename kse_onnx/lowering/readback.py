@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError
-from ..graph.select import constant_values
+from ..graph.core import constant_values
 from . import LayerForm
 
 

@@ -27,6 +27,7 @@ import torch
 from onnx import numpy_helper
 
 from ..errors import ModelError
+from ..graph.walk import default_opset
 from . import ops
 
 Override = Callable[[list], "torch.Tensor | tuple"]
@@ -70,14 +71,6 @@ class Interpreter:
                                    strict=False):
                 env[name] = value
         return env
-
-
-def default_opset(model: onnx.ModelProto) -> int:
-    """The model's default-domain (ai.onnx) opset version."""
-    for entry in model.opset_import:
-        if entry.domain in ops.DEFAULT_DOMAINS:
-            return int(entry.version)
-    return 1
 
 
 def constant_value(node: onnx.NodeProto) -> np.ndarray:

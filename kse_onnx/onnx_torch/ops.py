@@ -17,10 +17,10 @@ import onnx
 import torch
 import torch.nn.functional as F
 
+from ..graph.walk import DEFAULT_DOMAINS
 from . import resize as _resize
 from .resize import text as _text
 
-DEFAULT_DOMAINS = ("", "ai.onnx")
 AUTO_PADS = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
 

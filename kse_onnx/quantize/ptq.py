@@ -22,9 +22,10 @@ import onnx.version_converter
 import onnx_graphsurgeon as gs
 
 from ..errors import ModelError, first_line
+from ..graph.core import quiet_graphsurgeon
 from ..graph.export import copy_model_fields
 from ..graph.inputs import overridable_as_inputs, restore_graph_inputs
-from ..graph.select import quiet_graphsurgeon
+from ..graph.walk import default_opset
 from ..options import QUANTIZE_MODES
 from .shared import quantized_weight_names, share_int8_weights
 
@@ -69,8 +70,8 @@ STATIC_MIN_OPSET = 13  # per-channel DequantizeLinear (axis attribute) came in o
 def at_least_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
     """``model`` converted to ``opset`` by onnx.version_converter when below it (checked
     with the full checker); a ModelError when the conversion fails."""
-    current = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if current >= opset:
+    current = default_opset(model)
+    if current is not None and current >= opset:
         return model
     try:
         converted = onnx.version_converter.convert_version(model, opset)

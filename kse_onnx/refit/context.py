@@ -13,11 +13,12 @@ from onnx import numpy_helper
 
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
+from ..graph.classifier import classifier_gemms
 from ..graph.inputs import fixed_batch
 from ..onnx_torch.held import HeldRunner, largest_activation
 from ..onnx_torch.interpreter import Interpreter, constant_value
 from ..options import RefitOptions
-from .graph_walk import Walk, classifier_gemms, node_names, static_nodes, walk
+from .graph_walk import Walk, node_names, static_nodes, walk
 
 
 @dataclass(frozen=True)

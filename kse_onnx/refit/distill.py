@@ -40,10 +40,10 @@ from ..errors import ModelError
 from ..finetune.epochs import augment
 from ..finetune.importer import import_model
 from ..finetune.losses import with_outputs
+from ..graph.core import import_graph
 from ..graph.export import settings_of
+from ..graph.groups import residual_groups
 from ..graph.inputs import fixed_batch, whole_batches
-from ..graph.residual import find_streams
-from ..graph.select import import_graph
 from ..options import DataOptions, RefitOptions
 from ..runtime.ort import session
 
@@ -221,10 +221,10 @@ def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray,
     graph = import_graph(teacher)
     kept: dict[str, np.ndarray] = {}
     streams = settings.get("budget_streams") or {}
-    for stream in find_streams(graph) if streams else []:
-        if stream.key in streams:
-            for tensor in stream.channels:
-                kept[tensor] = stream.kept(tensor, streams[stream.key])
+    for group in residual_groups(graph) if streams else []:
+        if group.key in streams:
+            for tensor in group.channels:
+                kept[tensor] = group.kept(tensor, streams[group.key])
     names = []
     for node in graph.nodes:
         if node.op == "Conv" and node.name in compressed and node.inputs:

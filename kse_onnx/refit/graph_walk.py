@@ -18,41 +18,13 @@ from dataclasses import dataclass
 import onnx
 
 from ..graph.names import with_unique_node_names
+from ..graph.walk import proto_consumers, proto_producers
 
 
 def node_names(model: onnx.ModelProto) -> list[str]:
     """Names of the graph's nodes as kse-onnx's graph import gives them (distinct, see
     :mod:`kse_onnx.graph.names`), so plans keyed by Conv site name match."""
     return [n.name for n in with_unique_node_names(model).graph.node]
-
-
-CLASSIFIER_TAIL = {"Softmax", "LogSoftmax", "Identity", "Flatten"}
-
-
-def classifier_gemms(model: onnx.ModelProto) -> list[int]:
-    """Indices of the Gemm nodes (constant weight, no transA) whose output reaches a
-    graph output only through ``CLASSIFIER_TAIL`` ops: the classifiers the refit may fit."""
-    graph = model.graph
-    constant = {t.name for t in graph.initializer} | {
-        n.output[0] for n in graph.node if n.op_type == "Constant"}
-    outputs = {o.name for o in graph.output}
-    found = []
-    for i, node in enumerate(graph.node):
-        if node.op_type != "Gemm" or node.input[1] not in constant:
-            continue
-        if any(a.name == "transA" and a.i for a in node.attribute):
-            continue
-        if len(node.input) > 2 and node.input[2] and node.input[2] not in constant:
-            continue
-        tensor = node.output[0]
-        while tensor not in outputs:
-            readers = [n for n in graph.node if tensor in n.input]
-            if len(readers) != 1 or readers[0].op_type not in CLASSIFIER_TAIL:
-                break
-            tensor = readers[0].output[0]
-        if tensor in outputs:
-            found.append(i)
-    return found
 
 
 def static_nodes(model: onnx.ModelProto) -> list[int]:
@@ -79,12 +51,8 @@ class Walk:
 
 def walk(model: onnx.ModelProto, compressed: set[int]) -> Walk:
     nodes = model.graph.node
-    produced_by = {o: i for i, n in enumerate(nodes) for o in n.output if o}
-    readers: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for name in n.input:
-            if name:
-                readers.setdefault(name, []).append(i)
+    produced_by = proto_producers(model.graph)
+    readers = proto_consumers(model.graph)
     residual = {}
     for i in compressed:
         users = readers.get(nodes[i].output[0], [])
