@@ -72,6 +72,25 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return tapped
 
 
+class Teacher:
+    """The original model in onnxruntime: its outputs (the graph's, then the inner tensors
+    :func:`with_outputs` added) for images; with ``step``, that many images per run, the
+    outputs joined in float32."""
+
+    def __init__(self, model: onnx.ModelProto, threads: int = 1, step: int | None = None):
+        self.session = session(model, threads=threads)
+        self.input = self.session.get_inputs()[0].name
+        self.step = step
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.step is None:
+            return self.session.run(None, {self.input: x})
+        outs = [self.session.run(None, {self.input: x[i:i + self.step]})
+                for i in range(0, len(x), self.step)]
+        return [np.concatenate([o[k] for o in outs]).astype(np.float32)
+                for k in range(len(outs[0]))]
+
+
 @dataclass
 class Objective:
     """The chosen loss: ``kind``, the tensors matched (graph outputs or Conv outputs, by
@@ -83,7 +102,7 @@ class Objective:
     features: list[str] = field(default_factory=list)
     variances: list[torch.Tensor] = field(default_factory=list)  # per channel (axis 1)
     classifier: bool = False
-    teacher: object = None  # onnxruntime session: graph outputs, then the features
+    teacher: Teacher | None = None  # graph outputs, then the features
 
     def describe(self) -> str:
         what = {"kd": "softened softmax of the logits",
@@ -95,7 +114,7 @@ class Objective:
         return f"{self.kind} ({what})"
 
     def targets(self, x: np.ndarray) -> list[np.ndarray]:
-        return self.teacher.run(None, {self.teacher.get_inputs()[0].name: x})
+        return self.teacher(x)
 
     def loss(self, model, module, x: torch.Tensor, targets: list[np.ndarray], labels):
         out, match = self.match(model, module, x, targets)
@@ -143,8 +162,8 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
     variances measured on the first inputs of ``x``; says which loss it picked."""
     outputs = [o.name for o in teacher.graph.output]
     sample = np.ascontiguousarray(x[:SAMPLE])
-    plain = session(teacher)
-    first = plain.run(None, {plain.get_inputs()[0].name: sample[:2]})
+    plain = Teacher(teacher)
+    first = plain(sample[:2])
     classifier = looks_like_logits(first)
     kind = opts.loss
     if kind == "auto":
@@ -161,7 +180,7 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
         if not names:  # every compressed Conv writes a graph output: that is mse
             raise ModelError("--loss features: the compressed Convs' outputs are the "
                              "graph outputs; use --loss mse")
-        objective.teacher = session(with_outputs(teacher, names))
+        objective.teacher = Teacher(with_outputs(teacher, names))
         targets = objective.targets(sample[:2])[len(outputs):]
         module.capture = set(names)
         with torch.no_grad():
@@ -176,7 +195,7 @@ def plan(opts: FinetuneOptions, student: onnx.ModelProto, teacher: onnx.ModelPro
                              "in student and teacher; use --loss mse")
         objective.features = kept
         module.capture = set(kept)
-        objective.teacher = session(with_outputs(teacher, kept))
+        objective.teacher = Teacher(with_outputs(teacher, kept))
         objective.variances = channel_variances(objective, sample, 0)
     note = " (auto: one 2-D logits output)" if opts.loss == "auto" and kind == "kd" else \
         " (auto: not a single 2-D logits output)" if opts.loss == "auto" else ""

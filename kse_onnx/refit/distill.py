@@ -39,13 +39,12 @@ from .. import progress
 from ..errors import ModelError
 from ..finetune.epochs import augment
 from ..finetune.importer import import_model
-from ..finetune.losses import with_outputs
+from ..finetune.losses import Teacher, with_outputs
 from ..graph.core import import_graph
 from ..graph.export import settings_of
 from ..graph.groups import residual_groups
 from ..graph.inputs import fixed_batch, whole_batches
 from ..options import DataOptions, RefitOptions
-from ..runtime.ort import session
 
 TEMPERATURE = 2.0
 CLIP_NORM = 5.0
@@ -72,7 +71,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     step_of = fixed or max(1, min(EVAL_BATCH, EVAL_BYTES // max(1, x[:1].nbytes)))
     features = matched_features(module, teacher, fitted[:fixed or 1], step_of)
     module.capture = {name for name, _ in features}
-    teacher_run = _Teacher(with_outputs(teacher, [name for name, _ in features]),
+    teacher_run = Teacher(with_outputs(teacher, [name for name, _ in features]),
                            torch.get_num_threads(), step_of)
     outputs = len(module.outputs)
     t_judged = teacher_run(judged)[:outputs]
@@ -185,21 +184,6 @@ def improves(error: tuple[float, float], best: tuple[float, float],
     return error[0] < best[0] and error[1] >= start[1]
 
 
-class _Teacher:
-    """The original model in onnxruntime: its outputs for a batch of images."""
-
-    def __init__(self, model: onnx.ModelProto, threads: int, step: int = EVAL_BATCH):
-        self.session = session(model, threads=threads)
-        self.input = self.session.get_inputs()[0].name
-        self.step = step
-
-    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        outs = [self.session.run(None, {self.input: x[i:i + self.step]})
-                for i in range(0, len(x), self.step)]
-        return [np.concatenate([o[k] for o in outs]).astype(np.float32)
-                for k in range(len(outs[0]))]
-
-
 def _run(module, x: np.ndarray, step: int = EVAL_BATCH) -> list[np.ndarray]:
     outs = []
     with torch.no_grad():
@@ -242,7 +226,7 @@ def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray,
     shapes = {n: tuple(module.captured[n].shape) for n in names}
     module.capture = set()
     t_shapes = {}
-    for value, name in zip(_Teacher(with_outputs(teacher, names), 1, step)(one)[len(
+    for value, name in zip(Teacher(with_outputs(teacher, names), 1, step)(one)[len(
             teacher.graph.output):], names, strict=True):
         t_shapes[name] = value.shape
     out = []
