@@ -135,3 +135,17 @@ def test_chain_group_of_a_conv_reading_a_shared_tensor():
     conv = next(n for n in graph.nodes if n.name == "conv3")  # block 1 reads the stem
     group = chain_group(graph, conv)
     assert group.kind == "reader" and "is read by 2 nodes" in group.reason
+
+
+def test_a_conv_whose_weight_is_a_graph_input_is_an_empty_reader_group():
+    """A Conv whose weight the caller feeds: its group names its input, has no channel
+    to cut (0 classes), and says why it is no chain."""
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 3, 8, 8])
+    w = helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [8, 3, 3, 3])
+    y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 8, 6, 6])
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", kernel_shape=[3, 3])
+    model = helper.make_model(helper.make_graph([conv], "g", [x, w], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    (group,) = find_groups(import_graph(model))
+    assert group.kind == "reader" and group.n_classes == 0 and not group.producers
+    assert group.reason == "tensor 'x' is a graph input"

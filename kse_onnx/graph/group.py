@@ -62,7 +62,8 @@ class Group:
 
     @property
     def n_classes(self) -> int:
-        return int(max(c.max() for c in self.channels.values())) + 1
+        """Number of classes (0 for a reader group whose Conv has no constant weight)."""
+        return max((int(c.max()) + 1 for c in self.channels.values() if len(c)), default=0)
 
     def kept(self, tensor: str, classes) -> np.ndarray:
         """Channels of ``tensor`` whose class is in ``classes``."""
