@@ -72,7 +72,7 @@ def test_every_group_round_trips_through_the_metadata():
     assert back == EVERY_GROUP
     record_settings(model, back)
     assert _entry(model).value == text
-    assert back.compressed == {"conv1", "conv2"} and back.refit_mode == "act"
+    assert back.compressed == {"conv1", "conv2"} and back.refit.refit == "act"
 
 
 def test_not_refitted_is_recorded_as_refit_none():

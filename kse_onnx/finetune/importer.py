@@ -28,6 +28,7 @@ from torch import nn
 from ..errors import ModelError
 from ..graph.export import settings_of
 from ..graph.io import load_model
+from ..graph.settings import RecordedSettings
 from ..lowering.compact import codebook
 from . import ops
 
@@ -77,8 +78,7 @@ class OnnxModule(nn.Module):
         self.opset = default_opset(model)
         self.attrs = [ops.attributes(node, self.opset) for node in graph.node]
         refuse_unmapped(graph, self.attrs, where)
-        settings = settings_of(model, where) or {}
-        compressed = set(settings.get("compressed_layers", []))
+        compressed = (settings_of(model, where) or RecordedSettings()).compressed
         shared = {n.input[1] for n in graph.node if n.op_type == "Conv" and n.name in compressed}
         # BatchNormalization runs with its stored statistics (inference mode): its mean
         # and variance are fixed, its scale and bias train.

@@ -44,6 +44,7 @@ from ..graph.export import settings_of
 from ..graph.inputs import fixed_batch, whole_batches
 from ..graph.residual import find_streams
 from ..graph.select import import_graph
+from ..graph.settings import RecordedSettings
 from ..options import DataOptions, RefitOptions
 from ..runtime.ort import session
 
@@ -216,11 +217,11 @@ def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray,
     budget removed channels from some of them: those kept are read from the recorded
     settings (a layer's kept input channels, a stream's kept classes); a tensor whose
     channels cannot be matched that way is left out."""
-    settings = settings_of(module.model) or {}
-    compressed = set(settings.get("compressed_layers", []))
+    settings = settings_of(module.model) or RecordedSettings()
+    compressed = settings.compressed
     graph = import_graph(teacher)
     kept: dict[str, np.ndarray] = {}
-    streams = settings.get("budget_streams") or {}
+    streams = settings.budget_streams or {}
     for stream in find_streams(graph) if streams else []:
         if stream.key in streams:
             for tensor in stream.channels:
@@ -229,7 +230,7 @@ def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray,
     for node in graph.nodes:
         if node.op == "Conv" and node.name in compressed and node.inputs:
             name = node.inputs[0].name
-            layers = settings.get("budget_layers") or {}
+            layers = settings.budget_layers or {}
             if name not in kept and node.name in layers:
                 kept[name] = np.asarray(layers[node.name], np.int64)
             if name not in names:
