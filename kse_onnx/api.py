@@ -14,11 +14,12 @@ from .analysis.target import choose_levels
 from .errors import ModelError, OptionError
 from .graph.core import import_graph
 from .graph.count import conv_counts
-from .graph.export import check_model, export_model, settings_of
+from .graph.export import METADATA_KEY, check_model, export_model, settings_of
 from .graph.inputs import fixed_batch, refuse_listed_weights
 from .graph.io import PROTOBUF_LIMIT, check_loaded, load_model, model_files, save_model
 from .graph.runtime_shapes import fill_conv_shapes
 from .graph.select import conv_sites
+from .graph.settings import RecordedSettings, SettingsError
 from .lowering import lower
 from .lowering.auto import choose as choose_forms
 from .options import (
@@ -33,9 +34,7 @@ from .options import (
     RefitOptions,
     SelectOptions,
     TargetOptions,
-    as_dict,
     check_combined,
-    options_from,
 )
 from .paths import check_paths
 from .refit.holdout import fitted_first
@@ -89,7 +88,7 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     on random inputs. With an active ``budget``, the kept channels meet a measured
     latency (docs/budget.md). ``progress``: bars or log lines on stderr unless quiet;
     ``output_name``: what errors about the compressed model call it (the CLI: OUTPUT)."""
-    from .guard.calibration import as_images
+    from .calibration import as_images
     from .guard.check import finish_checks
     from .guard.measure import input_name
     from .guard.search import Builder, guarded_budget, guarded_search
@@ -184,21 +183,22 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         model, kept, streams, budget_report = run_budget(
             model, kse, select, lower_options, budget, target, quantize, images)
     result = analyse(model, kse, select, where, quiet=quiet, kept=kept)
-    base = {**result.report.settings, **as_dict(lower_options)}
-    base.pop("choices")  # the recorded layer_forms say what it gave: replays match byte for byte
+    # choices are not recorded: the layer_forms say what they gave (replays match byte
+    # for byte)
+    base = RecordedSettings(kse, select, result.report.settings["kse_onnx_version"],
+                            dataclasses.replace(lower_options, choices=""))
     if budget.active:
-        base.update(as_dict(budget), budget_layers=kept, budget_streams=streams)
+        base = dataclasses.replace(base, budget=budget, budget_layers=kept,
+                                   budget_streams=streams)
         result.report.extra["budget"] = budget_report
     source = model  # the graph the lowering rewrites: the original, or its refitted copy
-    base["refit"] = "none"
     refitting = images is not None and refit.active
     if refitting:
         images = _whole_batches(images, model, log, quiet)
         with fitted_first(images, refit.refit_holdout, refit.refit_seed) as split:
             source = _refit(model, result, select, refit, split, log, quiet,
                             _unmasked(original, model) if budget.active else None)
-        base.update(as_dict(refit))
-        base["refit_images"] = len(images)
+        base = dataclasses.replace(base, refit=refit, refit_images=len(images))
     distilling = refitting and refit.refit == "distill"
     if budget.active:
         from .budget.build import EXACT
@@ -207,16 +207,16 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         storage = lower_options.lowering != "dense"
         lowered = lower(result.graph, result.sites, result.plans, lower_options, forms, storage,
                         streams)
-        optimized = export_model(result.graph, model, {
-            **base, "compressed_layers": sorted(lowered), "compact_storage": storage,
-            "layer_forms": {n: lowered[n].form.label for n in sorted(lowered)}})
+        optimized = export_model(result.graph, model, dataclasses.replace(
+            base, compressed_layers=tuple(sorted(lowered)), compact_storage=storage,
+            layer_forms={n: lowered[n].form.label for n in sorted(lowered)}))
     elif lower_options.lowering == "auto":
         optimized, lowered = _lower_auto(source, result, select, lower_options, base, quantize,
                                          images, quiet, distilling)
     else:
         lowered = lower(result.graph, result.sites, result.plans, lower_options)
-        optimized = export_model(result.graph, model,
-                                 {**base, "compressed_layers": sorted(lowered)})
+        optimized = export_model(result.graph, model, dataclasses.replace(
+            base, compressed_layers=tuple(sorted(lowered))))
     report = result.report
     if distilling and lowered:
         from .refit.distill import distill  # torch: on demand
@@ -231,7 +231,7 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         optimized, report.extra["int8"] = quantize_output(optimized, quantize, images)
     check_model(optimized, output_name)
     report.extra["runtime_check"] = runtime_check(optimized, model, output_name)
-    report.settings = settings_of(optimized)
+    report.settings = settings_of(optimized).to_dict()
     for layer in report.layers:
         if layer.name in lowered:
             done = lowered[layer.name]
@@ -269,18 +269,19 @@ def refit(compressed_path: str | os.PathLike, output_path: str | os.PathLike,
     check_paths({"COMPRESSED": model_files(compressed_path), "TEACHER": model_files(teacher_path)},
                 {"OUTPUT": output_path, "OUTPUT's weights file": f"{output_path}.data"})
     settings = settings_of(load_model(compressed_path), compressed_path)
-    if settings is None:
+    if settings is None or settings.lower is None:
         raise ModelError(f"{compressed_path}: carries no kse-onnx settings; was it written by "
                          "kse-onnx optimize?")
-    if settings.get("quantize", "none") != "none":
+    if settings.quantize is not None and settings.quantize.active:
         raise ModelError(f"{compressed_path}: is an INT8 model; refit its float model "
                          "(optimize --float-output) or run optimize --calibration --quantize")
-    kse = options_from(KSEOptions, settings, compressed_path)
-    select = options_from(SelectOptions, settings, compressed_path)
-    budget = (options_from(BudgetOptions, settings, compressed_path)
-              if "target_latency" in settings else BudgetOptions())
-    lowering = options_from(LowerOptions, settings, compressed_path, choices=str(
-        compressed_path) if settings.get("lowering") == "auto" or budget.active else "")
+    try:
+        kse, select = settings.analysis(METADATA_KEY)
+    except SettingsError as exc:
+        raise ModelError(f"{compressed_path}: kse-onnx settings in its metadata: {exc}") from None
+    budget = settings.budget or BudgetOptions()
+    lowering = dataclasses.replace(settings.lower, choices=str(compressed_path) if (
+        settings.lower.lowering == "auto" or budget.active) else "")
     return optimize(teacher_path, output_path, kse, select, lowering, calibration=calibration,
                     refit=options, data=data, log=log, progress=progress, budget=budget)
 
@@ -345,8 +346,8 @@ def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, 
 
 
 def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: LowerOptions,
-                base: dict, quantize: QuantizeOptions | None, images, quiet: bool = False,
-                float_build: bool = False):
+                base: RecordedSettings, quantize: QuantizeOptions | None, images,
+                quiet: bool = False, float_build: bool = False):
     """The ``auto`` lowering: (optimized model, lowered layers); its report goes into
     ``result.report.extra`` ("auto", and "int8" when the INT8 builds were timed). With
     ``float_build`` the model is the float build of the chosen forms even when they were
@@ -355,8 +356,9 @@ def _lower_auto(model, result: Analysis, select: SelectOptions, lower_options: L
         graph = import_graph(model)
         done = lower(graph, conv_sites(graph, select), result.plans, lower_options, forms,
                      compact_storage)
-        settings = {**base, "compressed_layers": sorted(done), "compact_storage":
-                    compact_storage, "layer_forms": {n: f.label for n, f in forms.items()}}
+        settings = dataclasses.replace(
+            base, compressed_layers=tuple(sorted(done)), compact_storage=compact_storage,
+            layer_forms={n: f.label for n, f in forms.items()})
         return export_model(graph, model, settings), done
 
     int8 = None

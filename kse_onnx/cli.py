@@ -50,7 +50,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _add_options(parser: argparse.ArgumentParser, *classes) -> None:
     """One flag group per option class, one flag per dataclass field, typed by its default;
-    help, choices and metavar come from the field's metadata (kse_onnx/options.py)."""
+    help, choices and metavar come from the field's metadata (kse_onnx/options/)."""
     for cls in classes:
         _add_group(parser, cls)
 
@@ -218,10 +218,10 @@ def _run_verify(args) -> int:
 def _run_finetune(args) -> int:
     from .finetune.train import finetune
 
+    data, quantize = _options(args, DataOptions), _options(args, QuantizeOptions)
     result = finetune(args.compressed, args.output, args.teacher, args.data,
-                      _options(args, FinetuneOptions), _options(args, DataOptions),
-                      resume=args.resume, quantize=_options(args, QuantizeOptions),
-                      calibration=_options(args, CalibrationOptions))
+                      _options(args, FinetuneOptions), data, resume=args.resume,
+                      quantize=quantize, calibration=_finetune_calibration(args, data, quantize))
     print(f"wrote {args.output}; loss: {result['loss']}; "
           f"{result.get('selection', 'no held-out split')}")
     if "int8" in result:
@@ -229,6 +229,23 @@ def _run_finetune(args) -> int:
         print(f"{int8['mode']}: {int8['integer_convs']} of {int8['convs']} convs run as "
               f"integer kernels; float: {int8['float_convs'] or 'none'}")
     return 0
+
+
+def _finetune_calibration(args, data: DataOptions, quantize: QuantizeOptions):
+    """The images ``finetune --quantize int8-static`` calibrates on (``--calibration``,
+    else the training data), read once here, after the paths are checked."""
+    if quantize.quantize != "int8-static":
+        return None
+    from .calibration import as_images
+    from .graph.io import load_model
+
+    calibration = _options(args, CalibrationOptions)
+    check_paths({"COMPRESSED": model_files(args.compressed),
+                 "--calibration": calibration.calibration},
+                {"OUTPUT": args.output, "OUTPUT's weights file": f"{args.output}.data",
+                 "checkpoint folder/": f"{args.output}.ckpt"})
+    return as_images(calibration.calibration or args.data, calibration.calibration_images,
+                     data, model=load_model(args.compressed))
 
 
 def _run_eval(args) -> int:

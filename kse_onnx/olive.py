@@ -25,22 +25,10 @@ from olive.passes.onnx.common import get_external_data_config, model_proto_to_ol
 from olive.passes.pass_config import PassConfigParam
 
 from .api import optimize_model
-from .options import (
-    CalibrationOptions,
-    DataOptions,
-    GuardOptions,
-    KSEOptions,
-    LowerOptions,
-    ProgressOptions,
-    QuantizeOptions,
-    RefitOptions,
-    SelectOptions,
-    TargetOptions,
-)
+from .options import OPTIMIZE_OPTIONS, CalibrationOptions
 
 PASS_TYPE = "KSECompression"
-OPTION_CLASSES = (KSEOptions, SelectOptions, LowerOptions, TargetOptions, QuantizeOptions,
-                  DataOptions, CalibrationOptions, RefitOptions, GuardOptions, ProgressOptions)
+OPTION_CLASSES = (*OPTIMIZE_OPTIONS.values(), CalibrationOptions)
 
 
 def _param(f) -> PassConfigParam:
@@ -65,20 +53,17 @@ class KSECompression(Pass):
     def _run_for_config(self, model: ONNXModelHandler, config, output_model_path: str
                         ) -> ONNXModelHandler:
         values = config.model_dump() if hasattr(config, "model_dump") else dict(config)
-        options = {c: c(**{f.name: tuple(values[f.name]) if isinstance(f.default, tuple)
-                           else values[f.name] for f in dataclasses.fields(c)})
-                   for c in OPTION_CLASSES}
-        calibration = options[CalibrationOptions]
+        def built(c):
+            return c(**{f.name: tuple(values[f.name]) if isinstance(f.default, tuple)
+                        else values[f.name] for f in dataclasses.fields(c)})
+
+        options = {keyword: built(c) for keyword, c in OPTIMIZE_OPTIONS.items()}
+        calibration = built(CalibrationOptions)
+        images = calibration.calibration_images
         if values.get("data_config"):
             calibration = _batches(values["data_config"])
-        result = optimize_model(
-            model.model_path, calibration=calibration,
-            calibration_images=options[CalibrationOptions].calibration_images,
-            kse=options[KSEOptions], select=options[SelectOptions],
-            lower_options=options[LowerOptions], target=options[TargetOptions],
-            quantize=options[QuantizeOptions], data=options[DataOptions],
-            refit=options[RefitOptions], guard=options[GuardOptions],
-            progress=options[ProgressOptions])
+        result = optimize_model(model.model_path, calibration=calibration,
+                                calibration_images=images, **options)
         output_model_path = resolve_onnx_path(output_model_path, Path(model.model_path).name)
         Path(output_model_path).with_suffix(".kse.json").write_text(
             json.dumps(result.report.to_dict(), indent=2, sort_keys=True) + "\n")

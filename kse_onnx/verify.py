@@ -25,11 +25,12 @@ from .analysis.model import analyse
 from .errors import ModelError
 from .graph.classifier import classifier_gemms
 from .graph.core import constant_values, import_graph, quiet_graphsurgeon
-from .graph.export import copy_model_fields, settings_of
+from .graph.export import METADATA_KEY, copy_model_fields, settings_of
 from .graph.groups import chain_group, masked_model, residual_groups, selected_groups
 from .graph.inputs import restore_graph_inputs
 from .graph.io import load_model
 from .graph.names import unique_tensor_names, with_unique_node_names
+from .graph.settings import RecordedSettings, SettingsError
 from .lowering import LayerForm, effective_form, uniform_form
 from .lowering.readback import folded, read_weight
 from .options import LowerOptions
@@ -37,7 +38,6 @@ from .refit.graph_walk import node_names
 from .refit.normal import SharedLayout
 from .runtime.checks import (
     INT8_COLLAPSE_REL_ERROR,
-    analysis_options,
     collapse,
     default_rtol,
     is_quantized_output,
@@ -108,21 +108,21 @@ class VerifyResult:
         return "\n".join(lines)
 
 
-def reference_model(original: onnx.ModelProto, settings: dict,
+def reference_model(original: onnx.ModelProto, settings: RecordedSettings,
                     optimized: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """``original`` with each compressed Conv's weight replaced by its W_hat. For a
     refitted model (``refit`` in ``settings``), W_hat is rebuilt from the plan's codes
     and the kernel values read back from ``optimized``, and the compressed Convs' biases
     and the refitted classifier's weights are taken from ``optimized`` too (docs/refit.md)."""
-    kse, select = analysis_options(settings, "optimized model")
-    kept, streams = settings.get("budget_layers"), settings.get("budget_streams")
+    kse, select = _analysis(settings, "optimized model")
+    kept, streams = settings.budget_layers, settings.budget_streams
     if streams:  # a latency budget: pruned stream channels are zero in the reference
         try:
             original = masked_model(original, streams)
         except (ValueError, TypeError) as exc:
             raise ModelError(f"optimized model: recorded budget streams refused: {exc}") from None
-    result = analyse(original, kse, select, kept=kept if isinstance(kept, dict) else None)
-    refitted = settings.get("refit", "none") != "none" and optimized is not None
+    result = analyse(original, kse, select, kept=kept)
+    refitted = settings.refit is not None and optimized is not None
     written = import_graph(optimized) if refitted else None
     rows = _producer_rows(result, kept, streams, settings) if refitted else {}
     for site in result.sites:
@@ -135,11 +135,11 @@ def reference_model(original: onnx.ModelProto, settings: dict,
             if bias is not None:
                 _set_input(site.node, 2, gs.Constant(f"{site.name}_refit_bias", bias))
         site.node.inputs[1] = gs.Constant(f"{site.name}_w_hat", w_hat)
-    if refitted and settings.get("refit") == "distill":
+    if refitted and settings.refit.refit == "distill":
         compressed = {s.name for s in result.sites if s.name in result.plans
                       and result.plans[s.name].compressed}
         _copy_distilled(result.graph, written, compressed, rows)
-    if refitted and settings.get("refit_classifier"):
+    if refitted and settings.refit.refit_classifier:
         _copy_classifier(original, result.graph, written, streams or {})
     for group, classes in selected_groups(result.graph, streams, strict=False):
         group.mask(classes)  # the optimized model drops them: zero after W_hat
@@ -152,7 +152,7 @@ def reference_model(original: onnx.ModelProto, settings: dict,
     return copy_model_fields(model, original)
 
 
-def _producer_rows(result, kept, streams, settings: dict) -> dict:
+def _producer_rows(result, kept, streams, settings: RecordedSettings) -> dict:
     """Filters each producer of a cut group kept (:meth:`..graph.group.Group.rows`): a
     layer's own group keeps what its reader reads (the latency budget's kept channels,
     else the reader's form's kept channels), a residual group its recorded classes.
@@ -173,15 +173,23 @@ def _producer_rows(result, kept, streams, settings: dict) -> dict:
     return rows
 
 
-def _form(name: str, settings: dict) -> LayerForm:
+def _form(name: str, settings: RecordedSettings) -> LayerForm:
     """The form recorded for layer ``name``, else the lowering's uniform one."""
-    forms = settings.get("layer_forms") or {}
+    forms = settings.layer_forms or {}
     if name in forms:
         return LayerForm.parse(forms[name])
-    return uniform_form(LowerOptions(settings.get("lowering", "dense"), settings.get("align", 8)))
+    return uniform_form(settings.lower or LowerOptions("dense"))
 
 
-def _read_back(graph, name: str, plan, settings: dict, rows=None):
+def _analysis(settings: RecordedSettings, where) -> tuple:
+    """The recorded analysis options, or a ModelError naming ``where``."""
+    try:
+        return settings.analysis(METADATA_KEY)
+    except SettingsError as exc:
+        raise ModelError(f"{where}: kse-onnx settings in its metadata: {exc}") from None
+
+
+def _read_back(graph, name: str, plan, settings: RecordedSettings, rows=None):
     """(W_hat from the plan's codes and the kernels stored in ``graph``, bias); with
     ``rows`` (a pruned producer), each kernel is read from the kept filters only."""
     form = _form(name, settings)
@@ -275,11 +283,7 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     """``rtol`` None: from the weights' dtype (:func:`.checks.default_rtol`)."""
     original = load_model(original_path)
     optimized = load_model(optimized_path)
-    try:
-        settings = settings_of(optimized, optimized_path)
-    except ValueError:
-        raise ModelError(f"{optimized_path}: kse-onnx settings in its metadata are not "
-                         "valid JSON") from None
+    settings = settings_of(optimized, optimized_path)
     if rtol is None:
         rtol = default_rtol(optimized)
     if settings is None:
@@ -288,8 +292,8 @@ def verify(original_path, optimized_path, inputs=None, batch: int = 2,
     sess_opt = _session(optimized, optimized_path)
     sess_orig = _session(with_unique_node_names(original), original_path)
     quantized = is_quantized_output(original, optimized)  # from the graph, not metadata
-    analysis_options(settings, optimized_path)  # bounded and well-typed before any work
-    refitted = settings.get("refit", "none") != "none"
+    _analysis(settings, optimized_path)  # read (bounded, well-typed) before any work
+    refitted = settings.refit is not None
     sess_ref = (None if quantized and refitted else
                 _reference_session(original, settings, optimized, original_path))
     feeds = [("random", random_inputs(sess_opt, batch, seed))]

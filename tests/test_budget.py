@@ -113,6 +113,7 @@ def test_masked_then_pruned_stream_is_exact():
     """Mask classes, then remove them from producers, Pad and classifier (readers read
     them with zero weight): same outputs as the masked model with zeroed reader columns."""
     from kse_onnx.graph.export import export_model
+    from kse_onnx.graph.settings import RecordedSettings
 
     model = padded_resnet()
     graph = import_graph(model)
@@ -133,9 +134,9 @@ def test_masked_then_pruned_stream_is_exact():
         r.inputs[1].values = np.ascontiguousarray(r.inputs[1].values[:, keep])
     stream.prune(kept)
     graph.cleanup().toposort()
-    pruned = export_model(graph, model, {})
+    pruned = export_model(graph, model, RecordedSettings())
     x = photo_batch((2, 3, 8, 8))
-    expect = run(export_model(reference, model, {}), x)
+    expect = run(export_model(reference, model, RecordedSettings()), x)
     np.testing.assert_allclose(run(pruned, x), expect, rtol=1e-5, atol=1e-5)
     assert not np.allclose(run(model, x), expect)  # the mask changed something
 

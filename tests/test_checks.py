@@ -101,7 +101,8 @@ def _tamper(dst, settings_update=None, scale_weight=False):
 
 def test_metadata_claiming_int8_does_not_skip_exactness(tmp_path, capsys):
     src, dst = _optimized(tmp_path, residual_net(16))
-    _tamper(dst, {"quantize": "int8-static"}, scale_weight=True)
+    _tamper(dst, {"quantize": "int8-static", "float_output": False, "float_input_conv": True,
+                  "short_names": True}, scale_weight=True)
     assert main(["verify", str(src), str(dst)]) == 1
     assert "FAIL" in capsys.readouterr().out
 

@@ -11,6 +11,7 @@ from kse_onnx.analysis.model import analyse
 from kse_onnx.errors import first_line
 from kse_onnx.graph.export import MODEL_FIELDS, copy_model_fields, export_model
 from kse_onnx.graph.optypes import CONVS, QUANTIZED_CONVS
+from kse_onnx.graph.settings import RecordedSettings
 from kse_onnx.options import KSEOptions, SelectOptions
 from kse_onnx.quantize.ptq import expand_constants
 from kse_onnx.verify import reference_model
@@ -36,7 +37,7 @@ def test_every_rewrite_keeps_the_model_fields():
     original = _dressed_model()
     assert original.ir_version != onnx.IR_VERSION
     result = analyse(original, KSEOptions(), SelectOptions())
-    settings = result.report.settings
+    settings = RecordedSettings(KSEOptions(), SelectOptions())
     rewrites = {
         "export_model": export_model(result.graph, original, settings),
         "reference_model": reference_model(original, settings),

@@ -23,6 +23,7 @@ LAYERS = [
     "paths",  # output paths checked against inputs and each other; atomic writes
     "report",  # counts and the summary table (numpy only)
     "data",  # dataset readers (numpy only)
+    "calibration",  # the one loader of calibration images (a file, arrays or a stream)
     "runtime",  # onnxruntime sessions, latency, output checks (onnxruntime, numpy)
     "graph",  # safe load/save, Conv sites, channel chains, export, counts
     "onnx_torch",  # torch: the op table and the one interpreter over it; held activations

@@ -167,5 +167,5 @@ def test_output_is_byte_identical_across_runs(tmp_path, lowering):
 def test_metadata_records_settings(tmp_path):
     _, dst, _ = _optimize(tmp_path, conv_stack(), "compact", G=5, T=1)
     settings = settings_of(onnx.load(dst))
-    assert settings["G"] == 5 and settings["T"] == 1 and settings["lowering"] == "compact"
-    assert "kse_onnx_version" in settings
+    assert settings.kse.G == 5 and settings.kse.T == 1 and settings.lower.lowering == "compact"
+    assert settings.kse_onnx_version

@@ -4,7 +4,9 @@ and the verify --max-drop gate."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,9 +14,9 @@ import pytest
 
 import kse_onnx
 from graphs import folded_resnet, photo_batch
+from kse_onnx.calibration import as_images
 from kse_onnx.cli import main
 from kse_onnx.errors import ModelError, OptionError
-from kse_onnx.guard.calibration import as_images
 from kse_onnx.guard.measure import drop, outputs
 from kse_onnx.options import GuardOptions, LowerOptions, RefitOptions
 
@@ -63,6 +65,30 @@ def test_calibration_forms_give_the_same_images(resnet):
         as_images(np.full((2, 3, 8, 8), np.nan))
     with pytest.raises(OptionError, match="expected a path"):
         as_images(3.5)
+
+
+def test_only_the_loader_reads_calibration_files():
+    """The refit, the budget, the quantizer and fine-tuning receive calibration arrays:
+    none of their modules imports the loader or the file reader behind it (fine-tuning
+    reads its --data training file, and nothing else)."""
+    package = Path(kse_onnx.__file__).parent
+    readers = {"kse_onnx.data", "kse_onnx.calibration"}
+    for unit in ("refit", "budget", "quantize", "finetune"):
+        for path in sorted((package / unit).glob("*.py")):
+            imported = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    base = f"kse_onnx.{unit}" if node.level == 1 else "kse_onnx"
+                    module = node.module or ""
+                    imported.add(f"{base}.{module}" if node.level else module)
+                    imported |= {f"{base}.{module}.{a.name}".replace("..", ".")
+                                 for a in node.names}
+            reads = imported & readers
+            if path.name == "train.py":  # the --data training images
+                assert reads == {"kse_onnx.data"}, path
+                assert "as_images" not in path.read_text()
+            else:
+                assert not reads, (path, reads)
 
 
 def test_a_model_proto_is_checked_like_a_file(resnet):

@@ -51,7 +51,7 @@ def test_channel_codebook_rebuilds_the_weight_exactly():
 def test_sharing_is_exact_and_keeps_integer_kernels(compressed):
     _, _, kse, calibration = compressed
     model = onnx.load(kse)
-    convs = set(settings_of(model)["compressed_layers"])
+    convs = set(settings_of(model).compressed_layers)
     x = np.load(calibration)["x"]
     shared, names = quantize_int8(model, "int8-static", convs, x)
     assert names, "no KSE weight stored as int8 codebook + codes"
@@ -67,7 +67,7 @@ def test_sharing_is_exact_and_keeps_integer_kernels(compressed):
 def test_kse_weights_per_tensor_others_per_channel(compressed):
     _, _, kse, calibration = compressed
     model = onnx.load(kse)
-    convs = set(settings_of(model)["compressed_layers"])
+    convs = set(settings_of(model).compressed_layers)
     quantized, _ = quantize_int8(model, "int8-static", convs, np.load(calibration)["x"])
     inits = {i.name: numpy_helper.to_array(i) for i in quantized.graph.initializer}
     producers = {o: n for n in quantized.graph.node for o in n.output}
@@ -92,7 +92,7 @@ def test_optimize_int8_static_end_to_end(compressed, capsys):
     assert "int8-static:" in text and "convs run as integer kernels" in text
     assert out.stat().st_size < 0.5 * kse.stat().st_size  # float compact -> int8 shared
     settings = settings_of(onnx.load(out))
-    assert settings["quantize"] == "int8-static" and settings["calibration_images"] == 64
+    assert settings.quantize.quantize == "int8-static" and settings.calibration_images == 64
     x = np.load(calibration)["x"][:16]
     want, got = _outputs(onnx.load(src), x), _outputs(onnx.load(out), x)
     kse_out = _outputs(onnx.load(kse), x)
@@ -196,7 +196,7 @@ def test_float_output_keeps_forms_chosen_for_int8(compressed):
                       overwrite=True, **_calibrated(calibration))
     model = onnx.load(out)
     assert not any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    forms = settings_of(model)["layer_forms"]
+    forms = settings_of(model).layer_forms
     assert forms == {name: entry["chosen"] for name, entry in
                      report.extra["auto"]["layers"].items()}
     assert verify(src, out, rtol=1e-5).exact

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kse_onnx.api import optimize  # noqa: E402
+from kse_onnx.calibration import as_images  # noqa: E402
 from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
 from kse_onnx.evaluate import evaluate  # noqa: E402
 from kse_onnx.graph.count import conv_counts  # noqa: E402
@@ -109,7 +110,7 @@ def kse_row(kind: str, r: float, x_test, y_test, calibration) -> dict:
              FinetuneOptions(epochs=2, threads=2, val_fraction=0.05, quiet=True),
              DataOptions(pad_crop=2, flip=True), log=lambda text: None,
              quantize=QuantizeOptions("int8-static") if int8 else None,
-             calibration=CalibrationOptions(str(calibration)) if int8 else None)
+             calibration=as_images(str(calibration)) if int8 else None)
     seconds_tune = time.perf_counter() - start
     reference = int8_reference(calibration) if int8 else TEACHER
     measured = report.extra["budget"]["measured"]

@@ -30,11 +30,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kse_onnx.calibration import as_images  # noqa: E402
 from kse_onnx.data import FASHION_MNIST  # noqa: E402
 from kse_onnx.evaluate import evaluate  # noqa: E402
 from kse_onnx.graph.io import save_model  # noqa: E402
 from kse_onnx.options import (  # noqa: E402
-    CalibrationOptions,
     DataOptions,
     FinetuneOptions,
     QuantizeOptions,
@@ -181,7 +181,7 @@ def main() -> None:
                  FinetuneOptions(epochs=2, threads=2, val_fraction=0.05, quiet=True),
                  DataOptions(pad_crop=2, flip=True), log=lambda text: None,
                  quantize=QuantizeOptions("int8-static") if args.int8 else None,
-                 calibration=CalibrationOptions(str(calibration)) if args.int8 else None)
+                 calibration=as_images(str(calibration)) if args.int8 else None)
         seconds = time.perf_counter() - start
         row = {"method": "Torch-Pruning L1", "kind": kind, "R": r, "pruning_ratio": best,
                "model": str(tuned.relative_to(ROOT)), "accuracy_pruned": evaluate(

@@ -11,6 +11,7 @@ from ..analysis.plan import LayerPlan
 from ..graph.core import import_graph
 from ..graph.export import export_model
 from ..graph.select import conv_sites
+from ..graph.settings import RecordedSettings
 from ..lowering import LayerForm, lower
 from ..options import LowerOptions, SelectOptions
 
@@ -36,4 +37,4 @@ def timing_model(model: onnx.ModelProto, select: SelectOptions, options: LowerOp
     sites = conv_sites(graph, select)
     plans = {s.name: timing_plan(s.weight, layers[s.name]) for s in sites if s.name in layers}
     lower(graph, sites, plans, options, dict.fromkeys(plans, EXACT), False, streams)
-    return export_model(graph, model, {})
+    return export_model(graph, model, RecordedSettings())

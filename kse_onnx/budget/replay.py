@@ -9,13 +9,9 @@ from ..graph.export import recorded_settings
 
 def recorded_budget(path: str) -> tuple[dict, dict]:
     """(layer -> kept input channels, stream key -> kept classes) recorded in ``path``."""
-    settings = recorded_settings(path)
-    layers, streams = settings.get("budget_layers"), settings.get("budget_streams")
-    if not isinstance(layers, dict) or not isinstance(streams, dict):
+    settings = recorded_settings(path)  # types checked: lists of channel indices
+    layers, streams = settings.budget_layers, settings.budget_streams
+    if layers is None or streams is None:
         raise OptionError("--choices", f"{path}: records no latency budget (not an output of "
                                        "optimize --target-latency)")
-    for name, kept in [*layers.items(), *streams.items()]:
-        if not isinstance(kept, list) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                 for v in kept):
-            raise OptionError("--choices", f"{path}: malformed kept channels for {name!r}")
     return layers, streams

@@ -29,6 +29,7 @@ from torch import nn
 
 from ..graph.export import settings_of
 from ..graph.io import load_model
+from ..graph.settings import RecordedSettings
 from ..lowering.compact import codebook
 from ..onnx_torch.interpreter import Interpreter, constant_value
 
@@ -76,8 +77,7 @@ class OnnxModule(nn.Module):
         self.model = model
         graph = model.graph
         self.interpreter = Interpreter(model, where)
-        settings = settings_of(model, where) or {}
-        compressed = set(settings.get("compressed_layers", []))
+        compressed = (settings_of(model, where) or RecordedSettings()).compressed
         shared = {n.input[1] for n in graph.node if n.op_type == "Conv" and n.name in compressed}
         # BatchNormalization runs with its stored statistics (inference mode): its mean
         # and variance are fixed, its scale and bias train.

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..errors import ModelError
 from ..graph.export import settings_of
+from ..graph.settings import RecordedSettings
 from ..options import FinetuneOptions
 from ..runtime.ort import session
 
@@ -46,7 +47,7 @@ def looks_like_logits(outputs: list[np.ndarray]) -> bool:
 
 def feature_names(student: onnx.ModelProto, teacher: onnx.ModelProto) -> list[str]:
     """Output tensors of the compressed Convs, present under the same name in both."""
-    compressed = (settings_of(student) or {}).get("compressed_layers", [])
+    compressed = (settings_of(student) or RecordedSettings()).compressed_layers or ()
     if not compressed:
         raise ModelError("--loss features: the model records no compressed Convs "
                          "(was it written by kse-onnx optimize?); use --loss mse")

@@ -113,8 +113,11 @@ def _save_checkpoint(path: Path, state: dict) -> None:
 def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
              data: DataOptions, resume: bool = False, log=None,
              quantize: QuantizeOptions | None = None,
-             calibration: CalibrationOptions | None = None) -> dict:
-    """Train ``compressed`` toward ``teacher`` on ``data_path``; write ``output``."""
+             calibration: np.ndarray | None = None) -> dict:
+    """Train ``compressed`` toward ``teacher`` on ``data_path``; write ``output``.
+    ``calibration``: the images int8-static calibrates on, loaded by the caller
+    (:mod:`kse_onnx.calibration`); None: the first ``--calibration-images`` default of
+    the training images."""
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     dist = Distributed()
     if opts.threads:
@@ -124,8 +127,7 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         raise OptionError("--batch", f"{opts.batch} must be a multiple of the {dist.world} "
                                           "torchrun processes")
     paths.check_paths({"COMPRESSED": model_files(compressed),
-                       "--teacher": model_files(teacher), "--data": data_path,
-                       "--calibration": calibration.calibration if calibration else ""},
+                       "--teacher": model_files(teacher), "--data": data_path},
                       {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
                        "checkpoint folder/": f"{output}.ckpt"})
     say = (lambda text: None) if opts.quiet or not dist.main else log
@@ -233,11 +235,10 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         if dist.main:
             (log if kept_input else say)(result["selection"])
     if quantize is not None and quantize.active:
-        from ..quantize.apply import calibration_inputs
         from .qat import quantize_tuned  # every rank: the same decision, the same epochs
 
-        images = calibration_inputs(calibration, data, default=str(data_path),
-                                    model=student_model)
+        images = x[:CalibrationOptions().calibration_images] if calibration is None else \
+            calibration
         tuned, result["int8"] = quantize_tuned(run, quantize, images, val, output)
     else:
         tuned = student_model if kept_input else module.export()

@@ -14,12 +14,13 @@ from .core import quiet_graphsurgeon
 from .inputs import check_same_inputs, restore_graph_inputs
 from .io import load_model  # reads untrusted files safely
 from .names import unique_tensor_names
-from .settings import settings_problem
+from .settings import RecordedSettings, SettingsError
 
 METADATA_KEY = "kse_onnx"
 
 
-def export_model(graph: gs.Graph, original: onnx.ModelProto, settings: dict) -> onnx.ModelProto:
+def export_model(graph: gs.Graph, original: onnx.ModelProto,
+                 settings: RecordedSettings) -> onnx.ModelProto:
     """ModelProto of ``graph`` with ``original``'s model-level fields and our settings."""
     graph_io = {t.name for t in graph.inputs} | {t.name for t in graph.outputs}
     for tensor in graph.tensors().values():
@@ -63,32 +64,32 @@ def check_model(model: onnx.ModelProto, where) -> None:
                          f"{first_line(exc)}") from exc
 
 
-def settings_of(model: onnx.ModelProto, where="model") -> dict | None:
+def settings_of(model: onnx.ModelProto, where="model") -> RecordedSettings | None:
     """The settings kse-onnx recorded in an optimized model, or None; recorded settings
-    that are not valid JSON or break the schema (:mod:`.settings`) are a one-line error
-    naming ``where`` and the field."""
+    that are not valid JSON or cannot be believed (:mod:`.settings`) are a one-line
+    error naming ``where`` and the field."""
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             try:
-                settings = json.loads(entry.value)
+                raw = json.loads(entry.value)
             except (ValueError, RecursionError):  # RecursionError: nested too deep
                 raise ModelError(f"{where}: kse-onnx settings in its metadata are not valid "
                                  "JSON") from None
-            problem = settings_problem(settings, METADATA_KEY)
-            if problem:
-                raise ModelError(f"{where}: kse-onnx settings in its metadata: {problem}")
-            return settings
+            try:
+                return RecordedSettings.from_dict(raw, METADATA_KEY)
+            except SettingsError as exc:
+                raise ModelError(f"{where}: kse-onnx settings in its metadata: {exc}") from None
     return None
 
 
-def recorded_settings(path: str) -> dict:
+def recorded_settings(path: str) -> RecordedSettings:
     """The kse-onnx settings recorded by an earlier run, in its model or its JSON report
-    (``--choices``); a file that is neither, or whose settings break the schema, is a
+    (``--choices``); a file that is neither, or whose settings cannot be believed, is a
     one-line option error naming the file and the field."""
     source = Path(path)
     if source.suffix != ".json":
         try:
-            return settings_of(load_model(source), source) or {}
+            return settings_of(load_model(source), source) or RecordedSettings()
         except ModelError as exc:
             raise OptionError("--choices", str(exc)) from None
     try:
@@ -99,17 +100,16 @@ def recorded_settings(path: str) -> dict:
     if not isinstance(report, dict):
         raise OptionError("--choices", f"{path}: a JSON report is an object, this one is a "
                                        f"{type(report).__name__}")
-    settings = report.get("settings", {})
-    problem = settings_problem(settings)
-    if problem:
-        raise OptionError("--choices", f"{path}: {problem}")
-    return settings
+    try:
+        return RecordedSettings.from_dict(report.get("settings", {}))
+    except SettingsError as exc:
+        raise OptionError("--choices", f"{path}: {exc}") from None
 
 
-def record_settings(model: onnx.ModelProto, settings: dict) -> None:
+def record_settings(model: onnx.ModelProto, settings: RecordedSettings) -> None:
     """Replace the settings kse-onnx records in ``model``'s metadata."""
     kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(settings, sort_keys=True)
+    entry.key, entry.value = METADATA_KEY, json.dumps(settings.to_dict(), sort_keys=True)

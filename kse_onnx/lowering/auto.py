@@ -27,9 +27,7 @@ runtime, and the whole model is then checked to be no slower than the original.
    early once its verdict is plain. While the optimized model's ratio plus that noise
    is above 1 + tolerance, layers go back to ``whole``, least measured gain first, 1, 2, 4, ...
    at a time. With every layer ``whole`` the graph has the original's shapes.
-Timings depend on the machine, so the chosen forms are recorded in the model; passing
-that model (or its report) as ``choices`` rebuilds the same bytes without timing.
-"""
+The chosen forms are recorded in the model: ``choices`` replays them (:mod:`.replay`)."""
 
 from __future__ import annotations
 
@@ -43,10 +41,10 @@ import onnx_graphsurgeon as gs
 
 from .. import progress
 from ..analysis.plan import LayerPlan
-from ..errors import ModelError, OptionError
+from ..errors import ModelError
 from ..graph.core import constant_values, quiet_graphsurgeon
 from ..graph.count import conv_counts
-from ..graph.export import copy_model_fields, recorded_settings
+from ..graph.export import copy_model_fields
 from ..graph.groups import chain_group
 from ..graph.names import unique_tensor_names
 from ..graph.select import ConvSite
@@ -55,6 +53,7 @@ from ..options import LowerOptions
 from ..runtime.bench import interleaved_latency
 from ..runtime.ort import provider_list, session
 from . import LayerForm, Lowered, compressed_sites, lower
+from .replay import recorded_forms
 
 AUTO_ALIGNS = (16, 8, 4, 1)
 WHOLE = LayerForm("dense", 0)
@@ -351,23 +350,6 @@ def time_layers(graph: gs.Graph, sites: list[ConvSite], plans: dict[str, LayerPl
         bar.update(1, distinct=len(timed))
     bar.close()
     return choices
-
-
-def recorded_forms(path: str, names: list[str]) -> tuple[dict[str, LayerForm], bool]:
-    """Layer forms and storage recorded by an earlier ``auto`` run (model or report)."""
-    settings = recorded_settings(path)
-    recorded = settings.get("layer_forms")
-    if not isinstance(recorded, dict):
-        raise OptionError("--choices", f"{path}: records no layer forms (not an auto output)")
-    missing = [n for n in names if n not in recorded]
-    if missing:
-        raise OptionError("--choices", f"{path}: no form recorded for layer {missing[0]!r} "
-                                       "(was it made from this model and these settings?)")
-    try:
-        forms = {n: LayerForm.parse(recorded[n]) for n in names}
-    except ValueError as exc:
-        raise OptionError("--choices", f"{path}: {exc}") from exc
-    return forms, bool(settings.get("compact_storage", True))
 
 
 def _layer_graph(nodes: list[gs.Node], opset: int) -> gs.Graph | None:

@@ -1,37 +1,23 @@
-"""The ``--quantize`` step of ``optimize`` and ``finetune``: calibration data, INT8,
+"""The ``--quantize`` step of ``optimize`` and ``finetune``: INT8 from calibration arrays,
 which convs became integer kernels, recorded settings; and, for the ``auto`` lowering,
 INT8 builds of each set of layer forms, timed against onnxruntime's INT8 of the original.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 
-from ..data import ModelInput, load_data
 from ..errors import OptionError
 from ..graph.export import record_settings, settings_of
-from ..options import CalibrationOptions, DataOptions, QuantizeOptions, as_dict
+from ..graph.settings import RecordedSettings
+from ..options import QuantizeOptions
 from .inspect import integer_convs
 from .names import shorten_names
 from .ptq import input_convs, quantize_int8
 from .shared import quantized_weight_names, share_int8_weights
-
-
-def calibration_inputs(calibration: CalibrationOptions | None, data: DataOptions | None,
-                       default: str | None = None, model: onnx.ModelProto | None = None
-                       ) -> np.ndarray | None:
-    """The first ``calibration_images`` inputs of ``calibration.calibration`` (or of
-    ``default``), preprocessed by ``data`` and checked by :func:`kse_onnx.data.load_data`
-    (numbers, at least one image, finite, fitting ``model``'s input); None when neither
-    names a source."""
-    calibration = calibration or CalibrationOptions()
-    source = calibration.calibration or default
-    if not source:
-        return None
-    expect = ModelInput.of(model) if model is not None else None
-    return load_data(source, data or DataOptions(), expect,
-                     limit=calibration.calibration_images)[0]
 
 
 def _static_inputs(options: QuantizeOptions, calibration: np.ndarray | None):
@@ -43,7 +29,7 @@ def _static_inputs(options: QuantizeOptions, calibration: np.ndarray | None):
     return calibration
 
 
-def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: dict,
+def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: RecordedSettings,
            calibration, shared: list[str], kept: set[str] = frozenset()
            ) -> tuple[onnx.ModelProto, dict]:
     """Short names, recorded settings and the integer-kernel report of an INT8 model
@@ -51,8 +37,9 @@ def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: dict,
     if options.short_names:
         shorten_names(quantized)
     kernels = integer_convs(quantized)
-    record_settings(quantized, {**settings, **as_dict(options), "calibration_images":
-                                0 if calibration is None else len(calibration)})
+    record_settings(quantized, dataclasses.replace(
+        settings, quantize=options,
+        calibration_images=0 if calibration is None else len(calibration)))
     report = {
         "mode": options.quantize,
         "calibration_inputs": 0 if calibration is None else len(calibration),
@@ -68,12 +55,11 @@ def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: dict,
 def quantize_output(model: onnx.ModelProto, options: QuantizeOptions,
                     calibration: np.ndarray | None = None) -> tuple[onnx.ModelProto, dict]:
     """(INT8 model, report entry) for an optimized float ``model``; ``calibration``:
-    the inputs int8-static calibrates on (see :func:`calibration_inputs`)."""
-    settings = settings_of(model) or {}
+    the inputs int8-static calibrates on (loaded by :mod:`kse_onnx.calibration`)."""
+    settings = settings_of(model) or RecordedSettings()
     calibration = _static_inputs(options, calibration)
-    compressed = set(settings.get("compressed_layers", []))
     kept = kept_float(model, options)
-    quantized, shared = quantize_int8(model, options.quantize, compressed, calibration,
+    quantized, shared = quantize_int8(model, options.quantize, settings.compressed, calibration,
                                       float_convs=kept)
     return finish(quantized, options, settings, calibration, shared, kept)
 
@@ -107,10 +93,9 @@ class Int8Builds:
         key = tuple(sorted((name, form.label) for name, form in forms.items()))
         if key not in self.cache:
             floating, lowered = self.build_float(forms, False)
-            settings = settings_of(floating) or {}
+            settings = settings_of(floating) or RecordedSettings()
             kept = kept_float(floating, self.options)
-            quantized, _ = quantize_int8(floating, self.options.quantize,
-                                         set(settings.get("compressed_layers", [])),
+            quantized, _ = quantize_int8(floating, self.options.quantize, settings.compressed,
                                          self.calibration, share=False, float_convs=kept)
             self.cache[key] = (quantized, lowered, settings, kept)
         quantized, lowered, settings, kept = self.cache[key]
@@ -118,9 +103,10 @@ class Int8Builds:
         model.CopyFrom(quantized)
         names = []
         if shared:
-            convs = set(settings.get("compressed_layers", []))
-            names = share_int8_weights(model, quantized_weight_names(model, convs))
+            names = share_int8_weights(model, quantized_weight_names(model,
+                                                                     settings.compressed))
         model, self.report[shared] = finish(model, self.options,
-                                            {**settings, "compact_storage": shared},
+                                            dataclasses.replace(settings,
+                                                                compact_storage=shared),
                                             self.calibration, names, kept)
         return model, lowered

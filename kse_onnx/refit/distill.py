@@ -44,6 +44,7 @@ from ..graph.core import import_graph
 from ..graph.export import settings_of
 from ..graph.groups import residual_groups
 from ..graph.inputs import fixed_batch, whole_batches
+from ..graph.settings import RecordedSettings
 from ..options import DataOptions, RefitOptions
 
 TEMPERATURE = 2.0
@@ -200,11 +201,11 @@ def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray,
     budget removed channels from some of them: those kept are read from the recorded
     settings (a layer's kept input channels, a stream's kept classes); a tensor whose
     channels cannot be matched that way is left out."""
-    settings = settings_of(module.model) or {}
-    compressed = set(settings.get("compressed_layers", []))
+    settings = settings_of(module.model) or RecordedSettings()
+    compressed = settings.compressed
     graph = import_graph(teacher)
     kept: dict[str, np.ndarray] = {}
-    streams = settings.get("budget_streams") or {}
+    streams = settings.budget_streams or {}
     for group in residual_groups(graph) if streams else []:
         if group.key in streams:
             for tensor in group.channels:
@@ -213,7 +214,7 @@ def matched_features(module, teacher: onnx.ModelProto, one: np.ndarray,
     for node in graph.nodes:
         if node.op == "Conv" and node.name in compressed and node.inputs:
             name = node.inputs[0].name
-            layers = settings.get("budget_layers") or {}
+            layers = settings.budget_layers or {}
             if name not in kept and node.name in layers:
                 kept[name] = np.asarray(layers[node.name], np.int64)
             if name not in names:

@@ -1,10 +1,10 @@
 """What ``verify`` decides from the models themselves, and the bounds on what it takes
 from an untrusted model's metadata.
 
-- the analysis settings recorded by ``optimize`` are re-validated through the option
-  dataclasses (types and upper bounds: levels, k-means restarts and iterations, globs),
-  so a crafted model cannot make ``verify`` run unbounded work; a bad value is an error
-  naming the file;
+- the settings recorded by ``optimize`` are read through
+  :class:`kse_onnx.graph.settings.RecordedSettings`, which re-validates them with the
+  option dataclasses (types and upper bounds: levels, k-means restarts and iterations,
+  globs), so a crafted model cannot make ``verify`` run unbounded work;
 - whether the output is quantized is read from its graph (quantization operators the
   original does not have), never from metadata: a float model claiming INT8 still gets
   the exactness check;
@@ -16,9 +16,6 @@ from an untrusted model's metadata.
 from __future__ import annotations
 
 import onnx
-
-from ..errors import ModelError, OptionError
-from ..options import KSEOptions, SelectOptions
 
 QUANTIZATION_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                     "QLinearConv", "ConvInteger", "MatMulInteger", "QLinearMatMul",
@@ -34,22 +31,6 @@ MAX_SETTINGS_BYTES = 1 << 20
 # they catch a model that computes nothing useful, not a small loss of accuracy, which
 # the reported numbers show (docs/int8.md).
 INT8_COLLAPSE_REL_ERROR = 1.0
-
-
-def analysis_options(settings, where) -> tuple[KSEOptions, SelectOptions]:
-    """The KSE and selection options recorded in a model's metadata, validated."""
-    if not isinstance(settings, dict):
-        raise ModelError(f"{where}: kse-onnx settings in its metadata are not a mapping")
-    try:
-        kse = KSEOptions(**{k: settings[k] for k in KSEOptions.__dataclass_fields__})
-        select = {k: settings[k] for k in SelectOptions.__dataclass_fields__}
-        select = SelectOptions(**{k: tuple(v) if isinstance(v, list) else v
-                                  for k, v in select.items()})
-    except KeyError as exc:
-        raise ModelError(f"{where}: kse-onnx settings lack {exc.args[0]!r}") from None
-    except (OptionError, TypeError) as exc:
-        raise ModelError(f"{where}: recorded kse-onnx setting refused: {exc}") from None
-    return kse, select
 
 
 def quantization_ops(model: onnx.ModelProto) -> int:

@@ -1,10 +1,12 @@
-"""Calibration inputs as a pipeline holds them: a file, an array, or an iterable of
-arrays (batches) or of input dicts (``{input name: batch}``), all to one float32 array.
+"""The one loader of calibration images: a file, an array, or an iterable of arrays
+(batches) or of input dicts (``{input name: batch}``), all to one float32 array.
 
-A file is read like ``--calibration`` (``kse_onnx.data``, with the data options'
-preprocessing); arrays are taken as the model's input, already preprocessed. Every
-source keeps its first ``count`` images, so the same images give the same model
-whichever way they are passed.
+The facade calls it once (``optimize``; the CLI for ``finetune --quantize``); the refit,
+the latency budget, the quantizer and fine-tuning receive the array and read no file.
+A file is read like ``--calibration`` (:func:`kse_onnx.data.load_data`, with the data
+options' preprocessing, checked against the model's input); arrays are taken as the
+model's input, already preprocessed. Every source keeps its first ``count`` images, so
+the same images give the same model whichever way they are passed.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ..errors import OptionError
-from ..options import CalibrationOptions, DataOptions
+from .data import ModelInput, load_data
+from .errors import OptionError
+from .options import CalibrationOptions, DataOptions
 
 MAX_BATCHES = 1 << 20  # an endless data loader is cut here, not read forever
 
@@ -36,10 +39,8 @@ def as_images(calibration, count: int | None = None, data: DataOptions | None = 
     count = CalibrationOptions().calibration_images if count is None else count
     CalibrationOptions(calibration_images=count)  # validated like the flag
     if isinstance(calibration, (str, os.PathLike)):
-        from ..quantize.apply import calibration_inputs
-
-        return calibration_inputs(CalibrationOptions(str(calibration), count), data,
-                                  model=model)
+        expect = ModelInput.of(model) if model is not None else None
+        return load_data(str(calibration), data or DataOptions(), expect, limit=count)[0]
     if isinstance(calibration, np.ndarray):
         batches = [calibration]
     elif isinstance(calibration, Mapping):
