@@ -12,6 +12,7 @@ from graphs import GraphBuilder, branchy_net, photo_batch, residual_net
 from kse_onnx.graph.core import import_graph
 from kse_onnx.graph.export import export_model
 from kse_onnx.graph.groups import chain_group, find_groups, residual_groups
+from kse_onnx.graph.settings import RecordedSettings
 from kse_onnx.graph.walk import default_opset
 from kse_onnx.runtime.ort import session
 
@@ -114,11 +115,11 @@ def test_chain_cut_at_the_producer_is_exact():
     reader.inputs[1].values = np.ascontiguousarray(reader.inputs[1].values[:, keep])
     group.prune(keep)
     graph.cleanup().toposort()
-    pruned = export_model(graph, model, {})
+    pruned = export_model(graph, model, RecordedSettings())
     assert onnx.numpy_helper.to_array(next(
         t for t in pruned.graph.initializer
         if t.name == f"{group.producers[0].name}_kse_in1")).shape[0] == 4
-    expect = _run(export_model(reference, model, {}), x)
+    expect = _run(export_model(reference, model, RecordedSettings()), x)
     np.testing.assert_allclose(_run(pruned, x), expect, rtol=1e-5, atol=1e-5)
 
 
