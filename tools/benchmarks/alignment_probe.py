@@ -1,7 +1,7 @@
 """Does a Conv reading k of c channels run faster than reading all c? The measurement
 behind ``auto``'s alignments (README, "What to expect").
 
-    python tools/alignment_probe.py [--repeats 40]
+    python -m tools.benchmarks.alignment_probe [--repeats 40]
 
 Each graph is Conv(c->k) -> Relu -> Conv(k->c) -> Relu -> Conv(c->c), so the middle Conv
 reads k channels between two Convs, as in a network; all k for one (c, H*W, batch) run
@@ -11,15 +11,11 @@ interleaved, 1 thread, as ratios to k = c.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
+from kse_onnx.runtime.bench import interleaved_latency
 
 
 def chain(c: int, k: int, hw: int):

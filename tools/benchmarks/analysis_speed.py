@@ -1,6 +1,6 @@
 """Speed of the KSE analysis (scoring + clustering) on this machine.
 
-    python tools/analysis_speed.py [--quick]
+    python -m tools.benchmarks.analysis_speed [--quick]
 
 1. one 512x512x3x3 layer at G=4,T=0 (target: under 2 s);
 2. every conv of ResNet-50 (torchvision layout, 53 convs, shapes from the

@@ -1,6 +1,7 @@
 """Where the time of a ``finetune`` step goes on the authors' ResNet-56 (CIFAR-10 JPEG).
 
-    python tools/finetune_profile.py [--steps 8 --batch 128 --threads 2] [--out out/cifar10]
+    python -m tools.benchmarks.finetune_profile [--steps 8 --batch 128 --threads 2]
+        [--out out/cifar10]
 
 One training step, as ``finetune`` runs it (kse_onnx/finetune/epochs.py), is cut into
 phases timed separately: batch gathering + augmentation (pad-crop 4, flip), the
@@ -21,7 +22,6 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -29,25 +29,21 @@ import numpy as np
 import onnx
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-from cifar10_table import NORMALISE, prepare_data  # noqa: E402
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.data import load_data  # noqa: E402
-from kse_onnx.finetune import losses  # noqa: E402
-from kse_onnx.finetune.epochs import augment  # noqa: E402
-from kse_onnx.finetune.importer import import_model  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.data import load_data
+from kse_onnx.finetune import losses
+from kse_onnx.finetune.epochs import augment
+from kse_onnx.finetune.importer import import_model
+from kse_onnx.options import (
     DataOptions,
     FinetuneOptions,
     KSEOptions,
     LowerOptions,
 )
-from models.export import export_kse_resnet56  # noqa: E402
-from models.zoo import load_kse_resnet56  # noqa: E402
+from models.export import export_kse_resnet56
+from models.zoo import load_kse_resnet56
+from tools.common import ROOT
+from tools.results.cifar10_table import NORMALISE, prepare_data
 
 TRAIN_DATA = DataOptions(**NORMALISE, pad_crop=4, flip=True)  # the heavier augmentation
 PHASES = ("data + augmentation", "teacher (onnxruntime)", "forward + loss", "backward",

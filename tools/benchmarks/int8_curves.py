@@ -2,7 +2,7 @@
 kept channels fall, at real sizes: per-layer curves and whole ResNet-50s with their
 bottleneck inner channels cut by hand.
 
-    python tools/int8_curves.py [--part layers|models|resnet56|all] [--batches 1,8]
+    python -m tools.benchmarks.int8_curves [--part layers|models|resnet56|all] [--batches 1,8]
         [--layers MobileNetV2] [--quick]
 
 Per layer: one Conv (random weights, its real input size) quantized by
@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.budget.table import conv_model, int8_conv, interleaved_own_inputs  # noqa: E402
-from kse_onnx.graph.count import conv_counts  # noqa: E402
-from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
+from kse_onnx.budget.table import conv_model, int8_conv, interleaved_own_inputs
+from kse_onnx.graph.count import conv_counts
+from kse_onnx.quantize.ptq import quantize_int8
+from kse_onnx.runtime.bench import interleaved_latency
 
 # (label, cin, cout, kernel, stride, H=W, batches): representative Convs of the models
 LAYERS = [

@@ -1,7 +1,7 @@
 """Speed of a default ``optimize`` (auto lowering) on the zoo's ResNet-50: this tree
 against an older commit, with whether the two choose the same layer forms.
 
-    python tools/optimize_speed.py [--old REF] [--rounds 1] [--out out/optimize_speed]
+    python -m tools.benchmarks.optimize_speed [--old REF] [--rounds 1] [--out out/optimize_speed]
         [--old-report OLD.json]
 
 Each run is a separate ``kse-onnx optimize`` process; its wall time, CPU time (user +
@@ -9,7 +9,7 @@ system, from the kernel's accounting of that process: the fair number on a share
 loaded machine) and peak memory are printed with the load average around it. With
 ``--rounds N`` old and new alternate N times. ``--old-report`` reuses the report of an
 old run made earlier (its numbers are then not re-measured). The model is built with
-tools/build_zoo.py when missing. Not a test: timings depend on the machine.
+tools/scripts/build_zoo.py when missing. Not a test: timings depend on the machine.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tools.common import ROOT
 
 
 def zoo_model(out: Path) -> Path:
     model = out / "zoo" / "resnet50_op17.onnx"
     if not model.exists():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "build_zoo.py"), "--out",
+        subprocess.run([sys.executable, "-m", "tools.scripts.build_zoo", "--out",
                         str(model.parent), "--names", "resnet50", "--opsets", "17"],
-                       check=True)
+                       check=True, cwd=ROOT)
     return model
 
 

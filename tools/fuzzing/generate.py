@@ -1,11 +1,12 @@
-"""Random small CNN graphs and byte mutations, for the fuzz tests and tools/fuzz.py."""
+"""Random small CNN graphs, byte and structure mutations, damaged data files: the inputs of
+the fuzz cases (tools/fuzzing/cases.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from graphs import GraphBuilder
+from tools.graphs import GraphBuilder
 
 ACTIVATIONS = ("Relu", "LeakyRelu", "Sigmoid", "Clip", "HardSwish")
 
@@ -180,7 +181,7 @@ def mutate_metadata(model: onnx.ModelProto, seed: int) -> None:
     entry.value = json.dumps(settings)
 
 
-# --- data files (tools/fuzz.py --data): every reader of user images --------------------
+# --- data files (tools/scripts/fuzz.py --data): every reader of user images --------------------
 
 DATA_KINDS = ("npz", "idx", "gz", "folder")
 # mutation -> whether the result is certainly bad data (exit 0 on it is a failure)

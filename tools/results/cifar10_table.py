@@ -1,6 +1,6 @@
 """The README's CIFAR-10 table: the KSE authors' ResNet-56 on the JPEG copy of CIFAR-10.
 
-    python tools/cifar10_table.py [--epochs 1 --train-images 50000 --tune-lr 0.001]
+    python -m tools.results.cifar10_table [--epochs 1 --train-images 50000 --tune-lr 0.001]
         [--data ../shared/data/cifar10-jpeg.tar.gz] [--out out/cifar10] [--block]
 
 Rows, all evaluated on the 10,000 JPEG test images with ``kse-onnx eval``:
@@ -47,15 +47,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.data import load_data, load_dataset  # noqa: E402
-from kse_onnx.finetune.train import finetune  # noqa: E402
-from kse_onnx.graph.count import conv_counts  # noqa: E402
-from kse_onnx.graph.io import save_model  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.data import load_data, load_dataset
+from kse_onnx.finetune.train import finetune
+from kse_onnx.graph.count import conv_counts
+from kse_onnx.graph.io import save_model
+from kse_onnx.options import (
     CalibrationOptions,
     DataOptions,
     FinetuneOptions,
@@ -64,11 +61,12 @@ from kse_onnx.options import (  # noqa: E402
     QuantizeOptions,
     RefitOptions,
 )
-from kse_onnx.quantize.apply import quantize_output  # noqa: E402
-from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
-from models.export import export_kse_resnet56  # noqa: E402
-from models.zoo import CIFAR_MEAN, CIFAR_STD  # noqa: E402
+from kse_onnx.quantize.apply import quantize_output
+from kse_onnx.quantize.ptq import quantize_int8
+from kse_onnx.runtime.bench import interleaved_latency
+from models.export import export_kse_resnet56
+from models.zoo import CIFAR_MEAN, CIFAR_STD
+from tools.common import ROOT
 
 SETTINGS = ((4, 0), (5, 1))
 # Li et al., CVPR 2019, Table 1 (ResNet-56, CIFAR-10): top-1 %, params, FLOPs

@@ -4,7 +4,7 @@ Fashion-MNIST ResNet-20 (10,000 test images, labels used only to score), or the 
 authors' CIFAR-10 ResNet-56 (``--model resnet56``: budget timed at batch 64, the 10,000
 images of the JPEG test split, ../shared/data/README.md; calibration drawn from train/).
 
-    python tools/distill_study.py [--model fmnist_resnet20|resnet56] [--r 0.6]
+    python -m tools.results.distill_study [--model fmnist_resnet20|resnet56] [--r 0.6]
         [--images 256,1024,4096] [--epochs 0,2,4,8,16] [--lr 1e-4,3e-4,1e-3]
 
 The budget is searched once (float, ``--target-latency R``, batches 1 and 64, 1 thread)
@@ -37,8 +37,8 @@ from kse_onnx.options import (
     ProgressOptions,
     RefitOptions,
 )
+from tools.common import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "distill_study"
 SHARED = ROOT.parent / "shared"
 
@@ -53,12 +53,8 @@ def fmnist_resnet20(out: Path):
 def resnet56(out: Path):
     """The KSE authors' ResNet-56 exported once; CIFAR-10 JPEG train/test, uint8 images
     normalised on reading (the graph takes the normalised input)."""
-    import sys
-
-    sys.path[:0] = [str(ROOT), str(ROOT / "tools")]
-    from cifar10_table import NORMALISE, prepare_data  # the same data as the CIFAR table
-
     from models.export import export_kse_resnet56
+    from tools.results.cifar10_table import NORMALISE, prepare_data  # the CIFAR table's data
 
     teacher = export_kse_resnet56(SHARED / "models" / "kse_resnet56_cifar10.pth",
                                   out / "resnet56.onnx")

@@ -2,7 +2,8 @@
 error of a compressed detector and U-Net against their original? (issue #32)
 
     apt-get install dataset-fashion-mnist
-    python tools/finetune_dense.py [--models yolo_tiny,unet_tiny,unet64] [--losses mse,features]
+    python -m tools.results.finetune_dense [--models yolo_tiny,unet_tiny,unet64]
+        [--losses mse,features]
         [--lrs 0] [--warmups 0.1] [--epochs 3] [--images 1024] [--batch 128] [--G 4 --T 0]
         [--lr-checks 2] [--student TUNED.onnx] [--threads 1] [--json rows.json]
 
@@ -39,16 +40,14 @@ import numpy as np
 import onnx
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.finetune.importer import import_model  # noqa: E402
-from kse_onnx.finetune.train import finetune  # noqa: E402
-from kse_onnx.options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions  # noqa: E402
-from models.export import export  # noqa: E402
-from models.zoo import TinyUNet, build  # noqa: E402
-from tools.finetune_losses import error, images  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.finetune.importer import import_model
+from kse_onnx.finetune.train import finetune
+from kse_onnx.options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions
+from models.export import export
+from models.zoo import TinyUNet, build
+from tools.common import ROOT
+from tools.results.finetune_losses import error, images
 
 CHECK_IMAGES = 256
 

@@ -2,7 +2,7 @@
 detector and U-Net at least twice closer to their original? (issue #13, "done when")
 
     apt-get install dataset-fashion-mnist
-    python tools/finetune_losses.py [--models yolo_tiny,unet_tiny] [--settings "4,0;5,1"]
+    python -m tools.results.finetune_losses [--models yolo_tiny,unet_tiny] [--settings "4,0;5,1"]
         [--losses mse,features] [--images 4096] [--batch 32] [--data fmnist|random]
         [--refit-images 1024] [--threads 1] [--lr 0] [--optimizer auto] [--json rows.json]
 
@@ -37,13 +37,10 @@ import numpy as np
 import onnx
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.data import fashion_mnist  # noqa: E402
-from kse_onnx.finetune.train import finetune  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.data import fashion_mnist
+from kse_onnx.finetune.train import finetune
+from kse_onnx.options import (
     CalibrationOptions,
     DataOptions,
     FinetuneOptions,
@@ -51,9 +48,10 @@ from kse_onnx.options import (  # noqa: E402
     LowerOptions,
     RefitOptions,
 )
-from kse_onnx.verify import verify  # noqa: E402
-from models.export import export  # noqa: E402
-from models.zoo import build  # noqa: E402
+from kse_onnx.verify import verify
+from models.export import export
+from models.zoo import build
+from tools.common import ROOT
 
 RATIO = 0.5
 CHECK_IMAGES = 256

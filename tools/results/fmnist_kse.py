@@ -2,8 +2,8 @@
 distillation from the original, and print the README's table.
 
     apt-get install dataset-fashion-mnist
-    python tools/train_fmnist_resnet20.py          # once: models/fmnist_resnet20.onnx
-    python tools/fmnist_kse.py [--epochs 2] [--threads 2] [--out zoo/fmnist]
+    python -m tools.scripts.train_fmnist_resnet20          # once: models/fmnist_resnet20.onnx
+    python -m tools.results.fmnist_kse [--epochs 2] [--threads 2] [--out zoo/fmnist]
 """
 
 from __future__ import annotations
@@ -12,23 +12,20 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
-from kse_onnx.evaluate import evaluate  # noqa: E402
-from kse_onnx.finetune.train import finetune  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.evaluate import evaluate
+from kse_onnx.finetune.train import finetune
+from kse_onnx.options import (
     DataOptions,
     FinetuneOptions,
     KSEOptions,
     LowerOptions,
 )
+from tools.common import ROOT
 
 TEACHER = ROOT / "models" / "fmnist_resnet20.onnx"
 

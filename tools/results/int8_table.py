@@ -1,7 +1,7 @@
 """The README's KSE + INT8 table, measured side by side in one run.
 
     apt-get install dataset-fashion-mnist
-    python tools/int8_table.py [--models fmnist,resnet56] [--epochs 2] [--budget 15]
+    python -m tools.results.int8_table [--models fmnist,resnet56] [--epochs 2] [--budget 15]
         [--auto-batches 1 --auto-threads 1] [--out zoo/int8]
 
 Rows per model: the original; onnxruntime's static INT8 of the original (its quantizer
@@ -21,7 +21,6 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -29,15 +28,12 @@ import numpy as np
 import onnx
 import onnxruntime
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
-from kse_onnx.evaluate import logits  # noqa: E402
-from kse_onnx.graph.count import conv_counts  # noqa: E402
-from kse_onnx.graph.io import save_model  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.evaluate import logits
+from kse_onnx.graph.count import conv_counts
+from kse_onnx.graph.io import save_model
+from kse_onnx.options import (
     CalibrationOptions,
     DataOptions,
     FinetuneOptions,
@@ -46,10 +42,11 @@ from kse_onnx.options import (  # noqa: E402
     QuantizeOptions,
     RefitOptions,
 )
-from kse_onnx.quantize.apply import quantize_output  # noqa: E402
-from kse_onnx.quantize.inspect import integer_convs  # noqa: E402
-from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
+from kse_onnx.quantize.apply import quantize_output
+from kse_onnx.quantize.inspect import integer_convs
+from kse_onnx.quantize.ptq import quantize_int8
+from kse_onnx.runtime.bench import interleaved_latency
+from tools.common import ROOT
 
 SETTINGS = ((4, 0), (5, 1))
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

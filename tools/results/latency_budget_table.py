@@ -1,10 +1,10 @@
 """Latency budget on Fashion-MNIST ResNet-20: ``optimize --target-latency R`` (float, and
 INT8 against onnxruntime's INT8 of the original), refit on 1,024 unlabeled training
 images, then 2 epochs of ``finetune``; side by side with Torch-Pruning rows written by
-``tools/tp_resnet20.py`` (same trained weights, same measured latency, same fine-tune).
+``tools/results/tp_resnet20.py`` (same trained weights, same measured latency, same fine-tune).
 
-    python tools/latency_budget_table.py [--rows float:0.6,int8:0.6,float:0.8,...]
-    python tools/latency_budget_table.py --table      # only print the table from out/
+    python -m tools.results.latency_budget_table [--rows float:0.6,int8:0.6,float:0.8,...]
+    python -m tools.results.latency_budget_table --table      # only print the table from out/
 
 Each row is saved to ``out/latency_budget/rows/*.json`` as soon as it is done, so rows can
 run in separate processes; ``--table`` prints every saved row (KSE and Torch-Pruning).
@@ -21,22 +21,18 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
-from kse_onnx.evaluate import evaluate  # noqa: E402
-from kse_onnx.graph.count import conv_counts  # noqa: E402
-from kse_onnx.graph.io import save_model  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.evaluate import evaluate
+from kse_onnx.graph.count import conv_counts
+from kse_onnx.graph.io import save_model
+from kse_onnx.options import (
     BudgetOptions,
     CalibrationOptions,
     DataOptions,
@@ -44,8 +40,9 @@ from kse_onnx.options import (  # noqa: E402
     LowerOptions,
     QuantizeOptions,
 )
-from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
+from kse_onnx.quantize.ptq import quantize_int8
+from kse_onnx.runtime.bench import interleaved_latency
+from tools.common import ROOT
 
 OUT = ROOT / "out" / "latency_budget"
 TEACHER = ROOT / "models" / "fmnist_resnet20.onnx"

@@ -1,7 +1,7 @@
 """The README's latency table: for each model, every lowering and ``auto`` against the
 original, on one onnxruntime provider: multiply-adds, file size and measured latency.
 
-    python tools/latency_table.py [--models kse_resnet56,resnet50,...] [--batches 1,8,64]
+    python -m tools.results.latency_table [--models kse_resnet56,resnet50,...] [--batches 1,8,64]
         [--threads 1,2] [--provider cpu|cuda|tensorrt] [--G 4 --T 0] [--budget 20] [--out zoo/]
 
 Models: ``kse_resnet56`` (the authors' trained CIFAR-10 ResNet-56, from
@@ -19,7 +19,6 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,13 +26,11 @@ from pathlib import Path
 import onnx
 import onnxruntime
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.options import KSEOptions, LowerOptions, batch_list  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
-from kse_onnx.runtime.ort import provider_list  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.options import KSEOptions, LowerOptions, batch_list
+from kse_onnx.runtime.bench import interleaved_latency
+from kse_onnx.runtime.ort import provider_list
+from tools.common import ROOT
 
 LOWERINGS = ("dense", "compact", "factored", "auto")
 

@@ -2,7 +2,7 @@
 searched model against every fixed G/T of the search's ladder, each refitted on the same
 images, all scored on the test set.
 
-    python tools/max_drop_table.py [--model models/fmnist_resnet20.onnx] [--max-drop 1.0]
+    python -m tools.results.max_drop_table [--model models/fmnist_resnet20.onnx] [--max-drop 1.0]
         [--images 1024] [--out max_drop.json]
 
 Calibration: the first ``--images`` training images, labels unused (the search holds out
@@ -20,25 +20,22 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import kse_onnx  # noqa: E402
-from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
-from kse_onnx.graph.io import load_model  # noqa: E402
-from kse_onnx.guard.measure import outputs  # noqa: E402
-from kse_onnx.guard.search import LADDER  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+import kse_onnx
+from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.graph.io import load_model
+from kse_onnx.guard.measure import outputs
+from kse_onnx.guard.search import LADDER
+from kse_onnx.options import (
     DataOptions,
     GuardOptions,
     KSEOptions,
     LowerOptions,
     ProgressOptions,
 )
+from tools.common import ROOT
 
 
 def accuracy(model, x, y) -> float:

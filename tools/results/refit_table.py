@@ -2,9 +2,9 @@
 refit + fine-tuning, of fine-tuning alone, and of onnxruntime's INT8 with the same images.
 
     apt-get install dataset-fashion-mnist
-    python tools/train_fmnist_resnet20.py                      # models/fmnist_resnet20.onnx
-    python tools/train_fmnist_resnet20.py --arch vgg --epochs 6 --out models/fmnist_vgg.onnx
-    python tools/refit_table.py [--models fmnist_resnet20,fmnist_vgg] [--no-finetune]
+    python -m tools.scripts.train_fmnist_resnet20                      # models/fmnist_resnet20.onnx
+    python -m tools.scripts.train_fmnist_resnet20 --arch vgg --epochs 6 --out models/fmnist_vgg.onnx
+    python -m tools.results.refit_table [--models fmnist_resnet20,fmnist_vgg] [--no-finetune]
 
 Calibration images are the first N of the training split, labels unused; accuracy is on
 the 10,000 test images with onnxruntime. Compression uses the compact lowering (the
@@ -19,22 +19,18 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.data import FASHION_MNIST, load_data  # noqa: E402
-from kse_onnx.evaluate import evaluate  # noqa: E402
-from kse_onnx.finetune.train import finetune  # noqa: E402
-from kse_onnx.graph.io import save_model  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.evaluate import evaluate
+from kse_onnx.finetune.train import finetune
+from kse_onnx.graph.io import save_model
+from kse_onnx.options import (
     CalibrationOptions,
     DataOptions,
     FinetuneOptions,
@@ -43,7 +39,8 @@ from kse_onnx.options import (  # noqa: E402
     QuantizeOptions,
     RefitOptions,
 )
-from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
+from kse_onnx.quantize.ptq import quantize_int8
+from tools.common import ROOT
 
 MODES = ("ls", "act", "block")
 DEFAULT_MODE = RefitOptions().refit

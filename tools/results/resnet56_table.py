@@ -1,7 +1,7 @@
 """The README's table for the KSE authors' CIFAR-10 ResNet-56: counts, file sizes and
 onnxruntime CPU latency of every lowering at G=4,T=0 and G=5,T=1.
 
-    python tools/resnet56_table.py [--weights ../shared/models/kse_resnet56_cifar10.pth]
+    python -m tools.results.resnet56_table [--weights ../shared/models/kse_resnet56_cifar10.pth]
         [--batches 1,64] [--threads 1] [--repeats 20] [--out zoo/]
 
 Latency: each setting's models (original first) run interleaved, median of
@@ -14,18 +14,15 @@ import argparse
 import datetime
 import os
 import platform
-import sys
 from pathlib import Path
 
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
-from models.export import export_kse_resnet56  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.options import KSEOptions, LowerOptions
+from kse_onnx.runtime.bench import interleaved_latency
+from models.export import export_kse_resnet56
+from tools.common import ROOT
 
 LOWERINGS = {"dense": LowerOptions("dense"), "dense, align 1": LowerOptions("dense", align=1),
              "compact": LowerOptions("compact"), "factored": LowerOptions("factored")}

@@ -1,4 +1,4 @@
-"""The models of tools/speed_table.py, exported to ONNX (opset 17) once per work folder.
+"""The models of tools/results/speed_table.py, exported to ONNX (opset 17) once per work folder.
 
 - resnet50: the zoo's ImageNet ResNet-50 (models/zoo.py, seed 0 random weights), 224x224;
 - resnet56: the KSE authors' trained CIFAR-10 ResNet-56 (/work/shared/models), 32x32;
@@ -13,15 +13,11 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SHARED_RESNET56 = Path("/work/shared/models/kse_resnet56_cifar10.pth")
 

@@ -1,7 +1,7 @@
 """Speed table: for each model, the float original, onnxruntime's INT8 of it, the KSE
 latency budget in float, and the budget + INT8 at two values of R, timed side by side.
 
-    python tools/speed_table.py --models resnet50,resnet56 [--work /tmp/speed]
+    python -m tools.results.speed_table --models resnet50,resnet56 [--work /tmp/speed]
         [--r 0.6,0.8] [--float-r 0.6] [--reuse] [--refit none] [--calibration-images 32]
 
 Models (built in :mod:`speed_models`): the zoo's ResNet-50 at 224x224 (random weights,
@@ -25,22 +25,17 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tools"))
-
-from speed_models import MODELS  # noqa: E402
-
-from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
-from kse_onnx.runtime.ort import session  # noqa: E402
+from kse_onnx.quantize.ptq import quantize_int8
+from kse_onnx.runtime.bench import interleaved_latency
+from kse_onnx.runtime.ort import session
+from tools.common import ROOT
+from tools.results.speed_models import MODELS
 
 KSE = str(ROOT / ".venv" / "bin" / "kse-onnx")
 

@@ -5,7 +5,7 @@ multiples of 4 channels) to the same measured latency as the KSE row, exported t
 and fine-tuned exactly like the KSE rows (2 epochs of ``kse_onnx`` finetune).
 
     pip install --no-deps torch-pruning
-    python tools/tp_resnet20.py [--targets 0.6,0.8,0.4] [--int8]
+    python -m tools.results.tp_resnet20 [--targets 0.6,0.8,0.4] [--int8]
 
 The pruning ratio is found by bisection on the measured ratio (interleaved medians,
 batch 1 and 64, 1 thread; max over both) to the original (with --int8: onnxruntime's
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -27,22 +26,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.data import FASHION_MNIST  # noqa: E402
-from kse_onnx.evaluate import evaluate  # noqa: E402
-from kse_onnx.graph.io import save_model  # noqa: E402
-from kse_onnx.options import (  # noqa: E402
+from kse_onnx.data import FASHION_MNIST
+from kse_onnx.evaluate import evaluate
+from kse_onnx.graph.io import save_model
+from kse_onnx.options import (
     CalibrationOptions,
     DataOptions,
     FinetuneOptions,
     QuantizeOptions,
 )
-from kse_onnx.quantize.ptq import quantize_int8  # noqa: E402
-from kse_onnx.runtime.bench import interleaved_latency  # noqa: E402
-from models.export import export, max_abs_diff  # noqa: E402
-from tools.latency_budget_table import (  # noqa: E402
+from kse_onnx.quantize.ptq import quantize_int8
+from kse_onnx.runtime.bench import interleaved_latency
+from models.export import export, max_abs_diff
+from tools.common import ROOT
+from tools.results.latency_budget_table import (
     OUT,
     TEACHER,
     data,

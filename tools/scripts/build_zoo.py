@@ -1,6 +1,6 @@
 """Export the model zoo to ONNX (opsets 13 and 17, dynamic batch) and check each export.
 
-    python tools/build_zoo.py --out zoo/ [--names resnet20_cifar,...] [--opsets 13,17]
+    python -m tools.scripts.build_zoo --out zoo/ [--names resnet20_cifar,...] [--opsets 13,17]
         [--kse-resnet56 ../shared/models/kse_resnet56_cifar10.pth] [--demo]
 
 ``--demo`` (re)writes the bundled demo model ``models/small_cnn.onnx``.
@@ -9,18 +9,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import onnx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from models.export import conv_count, export, max_abs_diff  # noqa: E402
-from models.zoo import CONV_COUNTS, NAMES, build, load_kse_resnet56  # noqa: E402
+from models.export import conv_count, export, max_abs_diff
+from models.zoo import CONV_COUNTS, NAMES, build, load_kse_resnet56
+from tools.common import ROOT
 
 DEMO = ROOT / "models" / "small_cnn.onnx"
 

@@ -9,7 +9,7 @@ succeeded, refused (by reason), and the failures, which must all be 0: crashed
 (internal errors, tracebacks, messages over one line, changed inputs, outputs left on
 refusal), hung (a case over --timeout seconds), exit 0 on certainly bad data.
 
-    python tools/fuzz.py [--graphs 2000] [--mutations 2000] [--structures 2000]
+    python -m tools.scripts.fuzz [--graphs 2000] [--mutations 2000] [--structures 2000]
                          [--data 1000] [--seed 0] [--timeout 300]
 """
 
@@ -24,17 +24,14 @@ import tempfile
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
-
-from graphs import residual_net  # noqa: E402
-from test_fuzz import (  # noqa: E402
+from tools.fuzzing.cases import (
     data_models,
     run_bytes_case,
     run_data_case,
     run_graph_case,
     run_structure_case,
 )
+from tools.graphs import residual_net
 
 TIMEOUT_S = 300
 

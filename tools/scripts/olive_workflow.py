@@ -1,7 +1,7 @@
 """An Olive workflow that runs KSE then onnxruntime's static INT8, end to end with the real
 olive-ai (``pip install 'kse-onnx[olive]'``), on the bundled Fashion-MNIST ResNet-20.
 
-    python tools/olive_workflow.py [--model models/fmnist_resnet20.onnx] [--images 256]
+    python -m tools.scripts.olive_workflow [--model models/fmnist_resnet20.onnx] [--images 256]
         [--work /tmp/kse_olive] [--max-drop 0]
 
 Writes into ``--work``: ``olive_data.py`` (the user script: the first ``--images``
@@ -21,8 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tools.common import ROOT
 
 USER_SCRIPT = '''
 import numpy as np

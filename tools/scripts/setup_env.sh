@@ -3,7 +3,7 @@
 # torch is pinned to 2.13.0 (the CPU build) by the "finetune" extra; an unpinned torch
 # would pull a multi-GB CUDA build. pip's output is shown only when it fails.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 extras="${1:-}"
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv

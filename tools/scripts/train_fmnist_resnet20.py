@@ -1,8 +1,8 @@
 """Train the CIFAR-style ResNet-20 on Fashion-MNIST and export models/fmnist_resnet20.onnx.
 
     apt-get install dataset-fashion-mnist
-    python tools/train_fmnist_resnet20.py [--epochs 15] [--threads 2] [--out models/...]
-    python tools/train_fmnist_resnet20.py --arch vgg --epochs 6 --out models/fmnist_vgg.onnx
+    python -m tools.scripts.train_fmnist_resnet20 [--epochs 15] [--threads 2] [--out models/...]
+    python -m tools.scripts.train_fmnist_resnet20 --arch vgg --epochs 6 --out models/fmnist_vgg.onnx
 
 Input of the exported model: raw pixels in [0, 1], float32, (batch, 1, 28, 28); the
 normalisation is inside the graph; output: the 10 logits. SGD (momentum 0.9, Nesterov,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -25,12 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from kse_onnx.data import fashion_mnist  # noqa: E402
-from models.export import export, max_abs_diff  # noqa: E402
-from models.zoo import CifarResNet, FmnistVGG  # noqa: E402
+from kse_onnx.data import fashion_mnist
+from models.export import export, max_abs_diff
+from models.zoo import CifarResNet, FmnistVGG
+from tools.common import ROOT
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training set
 
