@@ -85,6 +85,16 @@ def parser(doc: str | None, out: str | None = None) -> argparse.ArgumentParser:
     return result
 
 
+def add_shared_inputs(parser: argparse.ArgumentParser, data: bool = False) -> None:
+    """``--weights``: the KSE authors' ResNet-56 (.pth) in the shared folder; with
+    ``data``, ``--data``: the JPEG copy of CIFAR-10 there too."""
+    parser.add_argument("--weights", type=Path, default=KSE_RESNET56,
+                        help="the KSE authors' ResNet-56 weights")
+    if data:
+        parser.add_argument("--data", type=Path, default=CIFAR10_JPEG,
+                            help="CIFAR-10, JPEG copy (tar.gz)")
+
+
 def ratios(models: dict, batch: int, threads: int = 1, **options) -> dict[str, float]:
     """Latency of each model as a ratio to the first one's: medians of interleaved runs
     (:func:`kse_onnx.runtime.bench.interleaved_latency`, ``options`` passed on)."""

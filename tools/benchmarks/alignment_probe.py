@@ -10,12 +10,11 @@ interleaved, 1 thread, as ratios to k = c.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from kse_onnx.runtime.bench import interleaved_latency
+from tools import common
 
 
 def chain(c: int, k: int, hw: int):
@@ -35,7 +34,7 @@ def chain(c: int, k: int, hw: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=40)
     args = parser.parse_args()
     for c, hw in ((16, 32), (32, 16), (64, 8), (256, 14)):

@@ -12,10 +12,6 @@
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import resource
 import statistics
 import time
@@ -27,6 +23,7 @@ from sklearn.neighbors import NearestNeighbors
 from kse_onnx.analysis import kse
 from kse_onnx.analysis.plan import plan_layer
 from kse_onnx.options import KSEOptions
+from tools import common
 
 
 def resnet50_conv_shapes() -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -76,12 +73,11 @@ def objective(weight, w_hat, q) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer layers, no 128x128 reference")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
-          f"{datetime.date.today()}")
+    common.print_header()
 
     w = random_weight((512, 512, 3, 3), rng)
     runs = [timed(lambda: plan_layer(w, KSEOptions(G=4, T=0), key="big"))[1] for _ in range(3)]

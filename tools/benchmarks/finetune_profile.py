@@ -18,12 +18,7 @@ teacher.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -42,7 +37,7 @@ from kse_onnx.options import (
 )
 from models.export import export_kse_resnet56
 from models.zoo import load_kse_resnet56
-from tools.common import ROOT
+from tools import common
 from tools.results.cifar10_table import NORMALISE, prepare_data
 
 TRAIN_DATA = DataOptions(**NORMALISE, pad_crop=4, flip=True)  # the heavier augmentation
@@ -51,12 +46,8 @@ PHASES = ("data + augmentation", "teacher (onnxruntime)", "forward + loss", "bac
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path,
-                        default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
-    parser.add_argument("--data", type=Path,
-                        default=ROOT.parent / "shared/data/cifar10-jpeg.tar.gz")
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "cifar10")
+    parser = common.parser(__doc__, out="cifar10")
+    common.add_shared_inputs(parser, data=True)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per student")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
@@ -105,10 +96,9 @@ def main() -> None:
             if step:
                 for phase, a, b in zip(PHASES, t, t[1:], strict=False):
                     times[name][phase].append(b - a)
-    load = os.getloadavg()
-    print(f"# {os.cpu_count()} cores {platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads, batch {args.batch}, median of {args.steps} interleaved "
-          f"steps, load {load[0]:.1f}, {datetime.date.today()}")
+    common.print_header(
+        f"{args.threads} threads, batch {args.batch}, median of {args.steps} "
+        "interleaved steps")
     names = list(students)
     print("| phase | " + " | ".join(f"{n}: s (share)" for n in names) + " |")
     print("|---|" + "---|" * len(names))

@@ -20,8 +20,6 @@ Prints Markdown tables.
 
 from __future__ import annotations
 
-import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from kse_onnx.budget.table import conv_model, int8_conv, interleaved_own_inputs
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.quantize.ptq import quantize_int8
 from kse_onnx.runtime.bench import interleaved_latency
+from tools import common
 
 # (label, cin, cout, kernel, stride, H=W, batches): representative Convs of the models
 LAYERS = [
@@ -158,7 +157,7 @@ def resnet56_uniform(batch: int) -> list[str]:
     from kse_onnx.quantize.ptq import input_convs
     from models.export import export_kse_resnet56
 
-    path = export_kse_resnet56("/work/shared/models/kse_resnet56_cifar10.pth",
+    path = export_kse_resnet56(common.KSE_RESNET56,
                                Path("/tmp") / "int8_curves_resnet56.onnx")
     original = onnx.load(path)
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
@@ -219,18 +218,16 @@ def profile(model: onnx.ModelProto, batch: int, label: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--part", choices=("layers", "models", "resnet56", "all"),
                         default="all")
     parser.add_argument("--batches", default="1,8", help="whole-model batches")
     parser.add_argument("--quick", action="store_true", help="two layers, two widths")
     parser.add_argument("--layers", default="", help="only the layers whose label has this")
     args = parser.parse_args()
-    import onnxruntime
 
     start = time.time()
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-          f"onnxruntime {onnxruntime.__version__}, 1 thread", flush=True)
+    common.print_header("1 thread")
     out = []
     if args.part in ("layers", "all"):
         out += layer_curves(args.quick, args.layers) + [""]
@@ -242,7 +239,7 @@ def main() -> None:
 
         out += ["| INT8 model (profiled) | batch | kernel time / run | by op type | "
                 "Conv time by stage |", "|---|---|---|---|---|"]
-        r56 = export_kse_resnet56("/work/shared/models/kse_resnet56_cifar10.pth",
+        r56 = export_kse_resnet56(common.KSE_RESNET56,
                                   Path("/tmp") / "int8_curves_resnet56.onnx")
         out.append(profile(onnx.load(r56), 64, "ResNet-56"))
         out.append(profile(resnet50(1.0), 1, "ResNet-50 224"))

@@ -14,11 +14,8 @@ tools/scripts/build_zoo.py when missing. Not a test: timings depend on the machi
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tarfile
@@ -26,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tools import common
 from tools.common import ROOT
 
 
@@ -75,16 +73,14 @@ def forms(report: str) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, out="optimize_speed")
     parser.add_argument("--old", default="39e45a7", help="git ref of the old code")
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "optimize_speed")
     parser.add_argument("--old-report", help="report of an old run made earlier")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = zoo_model(ROOT / "out")
-    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
-          f"{platform.machine()}, {os.cpu_count()} cores, {model.name}")
+    common.print_header(model.name)
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         old = checkout(args.old, Path(tmp))

@@ -21,16 +21,14 @@ memory, as before disk holding existed (the same code path and bytes).
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from tools import common
 from tools.common import ROOT
 
 IMAGES = {"mobilenetv2": 1024, "yolo_640": 512}
@@ -94,7 +92,7 @@ print(json.dumps({{"refit_s": refit["seconds"], "optimize_s": round(time.perf_co
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--models", default="mobilenetv2,yolo_640")
     parser.add_argument("--holding", default="auto", help="auto (disk when large), memory")
     parser.add_argument("--weights", default=None,
@@ -106,8 +104,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     weights = args.weights or _weights()
-    print(f"# {datetime.date.today()} {platform.machine()} {os.cpu_count()} cores, "
-          f"python {platform.python_version()}", flush=True)
+    common.print_header()
     for name in args.models.split(","):
         model, images = work / f"{name}.onnx", work / f"{name}.npz"
         if not model.exists() or not images.exists():

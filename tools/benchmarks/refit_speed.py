@@ -16,17 +16,13 @@ the time is the refit's own (``report.extra['refit']['seconds']``) and the whole
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import itertools
 import json
-import os
-import platform
 import subprocess
 import sys
-from pathlib import Path
 
 from kse_onnx.options import RefitOptions
+from tools import common
 from tools.common import ROOT
 
 PREPARE = r"""
@@ -70,16 +66,14 @@ print(json.dumps({{"mode": mode, "images": n, "positions": positions,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, out="refit_speed")
     parser.add_argument("--models", default="fmnist_resnet20,resnet50")
     parser.add_argument("--modes", default="ls,act")
     parser.add_argument("--positions", default=str(RefitOptions().refit_positions),
                         help="--refit-positions values, comma-separated (0 = all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "refit_speed")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
-          f"{datetime.date.today()}")
+    common.print_header()
     print("| model | mode | images | positions | refit s | optimize s | peak memory |")
     print("|---|---|---|---|---|---|---|")
     code = CHILD.format(root=str(ROOT))

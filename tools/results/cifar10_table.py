@@ -32,11 +32,8 @@ git).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -47,25 +44,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from kse_onnx import options as opts
 from kse_onnx.api import optimize
 from kse_onnx.data import load_data, load_dataset
 from kse_onnx.finetune.train import finetune
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.graph.io import save_model
-from kse_onnx.options import (
-    CalibrationOptions,
-    DataOptions,
-    FinetuneOptions,
-    KSEOptions,
-    LowerOptions,
-    QuantizeOptions,
-    RefitOptions,
-)
 from kse_onnx.quantize.apply import quantize_output
 from kse_onnx.quantize.ptq import quantize_int8
 from kse_onnx.runtime.bench import interleaved_latency
 from models.export import export_kse_resnet56
 from models.zoo import CIFAR_MEAN, CIFAR_STD
+from tools import common
 from tools.common import ROOT
 
 SETTINGS = ((4, 0), (5, 1))
@@ -74,7 +64,7 @@ PUBLISHED_BASELINE = 93.26
 PUBLISHED = {(4, 0): (93.23, "0.43M", "60M"), (5, 1): (92.88, "0.36M", "50M")}
 CONTROL_MORE = "control + {} more epoch(s), the KSE rows' fine-tuning"
 NORMALISE = {"mean": tuple(str(v) for v in CIFAR_MEAN), "std": tuple(str(v) for v in CIFAR_STD)}
-TEST_DATA = DataOptions(**NORMALISE)
+TEST_DATA = opts.DataOptions(**NORMALISE)
 
 
 class Results:
@@ -146,12 +136,8 @@ def graph_counts(path: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path,
-                        default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
-    parser.add_argument("--data", type=Path,
-                        default=ROOT.parent / "shared/data/cifar10-jpeg.tar.gz")
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "cifar10")
+    parser = common.parser(__doc__, out="cifar10")
+    common.add_shared_inputs(parser, data=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-images", type=int, default=50000,
                         help="training images per epoch (a seeded subset of the 50k; the "
@@ -206,19 +192,19 @@ def main() -> None:
     files = prepare_data(args.data, out, args.train_images, args.calibration_images,
                          args.seed)
     test, train, cal = files["test"], files["train"], files["calibration"]
-    calibration = CalibrationOptions(str(cal), args.calibration_images)
+    calibration = opts.CalibrationOptions(str(cal), args.calibration_images)
     tag = f"E{args.epochs}_n{args.train_images}_s{args.seed}_pc{args.pad_crop}"
-    train_data = DataOptions(**NORMALISE, pad_crop=args.pad_crop, flip=True)
+    train_data = opts.DataOptions(**NORMALISE, pad_crop=args.pad_crop, flip=True)
     quiet = {"log": lambda text: None}
 
     original = out / "original.onnx"
     original.unlink(missing_ok=True)  # always from --weights (cheap)
     export_kse_resnet56(args.weights, original)
     control = out / f"control_{tag}_lr{args.control_lr}_w{args.control_label_weight}.onnx"
-    tune = FinetuneOptions(epochs=args.epochs, lr=args.control_lr, threads=args.threads,
+    tune = opts.FinetuneOptions(epochs=args.epochs, lr=args.control_lr, threads=args.threads,
                            val_fraction=0.0, label_weight=args.control_label_weight,
                            seed=args.seed, quiet=True)
-    kse_tune = FinetuneOptions(epochs=args.epochs, lr=args.tune_lr, threads=args.threads,
+    kse_tune = opts.FinetuneOptions(epochs=args.epochs, lr=args.tune_lr, threads=args.threads,
                                val_fraction=0.0, seed=args.seed, quiet=True)
     rows, acc = {}, {}
 
@@ -243,13 +229,13 @@ def main() -> None:
     add("onnxruntime INT8 of the control", ort_int8)
     our_int8 = out / f"{control.stem}_q8.onnx"  # kse-onnx's INT8: the input conv in float
     res.step(f"int8 {our_int8.name}", lambda: save_model(quantize_output(
-        onnx.load(control), QuantizeOptions("int8-static"),
+        onnx.load(control), opts.QuantizeOptions("int8-static"),
         load_data(cal, TEST_DATA)[0][:args.calibration_images])[0], our_int8), [our_int8])
     add("kse-onnx INT8 of the control (input conv float)", our_int8)
     reports = {}
-    compact = LowerOptions("compact")
+    compact = opts.LowerOptions("compact")
     for G, T in settings:
-        kse, name = KSEOptions(G=G, T=T, seed=args.seed), f"{control.stem}_G{G}T{T}"
+        kse, name = opts.KSEOptions(G=G, T=T, seed=args.seed), f"{control.stem}_G{G}T{T}"
         mode = args.refit_mode
         paths = {"compressed": out / f"{name}.onnx", "refit": out / f"{name}_{mode}.onnx",
                  "tuned": out / f"{name}_{mode}_tuned_lr{args.tune_lr}.onnx",
@@ -268,20 +254,20 @@ def main() -> None:
         add(f"{label}, compressed", paths["compressed"])
         res.step(f"refit {paths['refit'].name}", lambda kse=kse, p=paths["refit"]: optimize(
             control, p, kse, lower_options=compact, overwrite=True, data=TEST_DATA,
-            calibration=calibration, refit=RefitOptions(args.refit_mode), **quiet) and None,
+            calibration=calibration, refit=opts.RefitOptions(args.refit_mode), **quiet) and None,
             [paths["refit"]])
         add(f"{label}, refit {args.refit_mode}", paths["refit"])
         if args.one_command_int8:
             res.step(f"refit+int8 {paths['int8'].name}", lambda kse=kse, p=paths["int8"]:
                      optimize(control, p, kse, lower_options=compact, overwrite=True,
                               data=TEST_DATA, calibration=calibration,
-                              refit=RefitOptions(args.refit_mode),
-                              quantize=QuantizeOptions("int8-static"), **quiet) and None,
+                              refit=opts.RefitOptions(args.refit_mode),
+                              quantize=opts.QuantizeOptions("int8-static"), **quiet) and None,
                      [paths["int8"]])
         else:  # what the one command does after its refit, on the refitted model
             paths["int8"] = out / f"{name}_{mode}_q8.onnx"
             res.step(f"int8 {paths['int8'].name}", lambda p=paths: save_model(quantize_output(
-                onnx.load(p["refit"]), QuantizeOptions("int8-static"),
+                onnx.load(p["refit"]), opts.QuantizeOptions("int8-static"),
                 load_data(cal, TEST_DATA)[0][:args.calibration_images])[0], p["int8"]),
                 [paths["int8"]])
         add(f"{label}, refit {args.refit_mode} + INT8", paths["int8"])
@@ -318,9 +304,9 @@ def main() -> None:
     if args.block:  # last: the table above is complete without it
         p = out / f"{control.stem}_G5T1_block.onnx"
         res.step(f"refit {p.name}", lambda: optimize(
-            control, p, KSEOptions(G=5, T=1, seed=args.seed), lower_options=compact,
+            control, p, opts.KSEOptions(G=5, T=1, seed=args.seed), lower_options=compact,
             overwrite=True, data=TEST_DATA, calibration=calibration,
-            refit=RefitOptions("block"), **quiet) and None, [p])
+            refit=opts.RefitOptions("block"), **quiet) and None, [p])
         add("KSE G=5,T=1, refit block", p)
     wall = time.perf_counter() - t_start
     print_table(args, rows, acc, reports, lat, res.data, control, tag, wall)
@@ -330,11 +316,9 @@ def print_table(args, rows, acc, reports, lat, data, control, tag, wall) -> None
     base = acc["control"]["top1"]
     size0 = control.stat().st_size
     t40 = next(iter(reports.values()))  # the original's counts
-    load = os.getloadavg()
-    print(f"# {os.cpu_count()} cores {platform.machine()}, load {load[0]:.1f}/{load[1]:.1f}/"
-          f"{load[2]:.1f}, {datetime.date.today()}; E = {args.epochs} epoch(s) of "
-          f"{args.train_images} JPEG training images; control lr {args.control_lr}, KSE "
-          f"fine-tune lr {args.tune_lr}; this invocation {wall:.0f} s")
+    common.print_header(
+        f"E = {args.epochs} epoch(s) of {args.train_images} JPEG training images; control lr "
+        f"{args.control_lr}, KSE fine-tune lr {args.tune_lr}; this invocation {wall:.0f} s")
     print("| model | JPEG test top-1 | vs control | conv weights graph / paper | "
           "conv MACs graph / paper | file | latency b1 | latency b64 | published (delta) |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -15,11 +15,7 @@ they finish; the table is printed at the end with the machine and the date.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -37,6 +33,7 @@ from kse_onnx.options import (
     ProgressOptions,
     RefitOptions,
 )
+from tools import common
 from tools.common import ROOT
 
 OUT = ROOT / "out" / "distill_study"
@@ -69,7 +66,7 @@ MODELS = {"fmnist_resnet20": (fmnist_resnet20, "1,64"), "resnet56": (resnet56, "
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--model", choices=sorted(MODELS), default="fmnist_resnet20")
     parser.add_argument("--r", type=float, default=0.6)
     parser.add_argument("--images", default="1024")
@@ -127,9 +124,9 @@ def main() -> None:
                 with open(out_dir / "rows.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(json.dumps(row), flush=True)
-    print(f"\n{platform.node()} ({os.cpu_count()} cores), {datetime.date.today()}, "
-          f"torch threads {args.threads}, {args.model}, R = {args.r:g}, "
-          f"original {original:.4f}")
+    common.print_header(
+        f"torch threads {args.threads}, {args.model}, R = {args.r:g}, "
+        f"original {original:.4f}")
     print("| images | epochs | lr | accuracy | drop | seconds (distill) | kept |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

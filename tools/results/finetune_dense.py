@@ -26,11 +26,7 @@ Prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -46,7 +42,7 @@ from kse_onnx.finetune.train import finetune
 from kse_onnx.options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions
 from models.export import export
 from models.zoo import TinyUNet, build
-from tools.common import ROOT
+from tools import common
 from tools.results.finetune_losses import error, images
 
 CHECK_IMAGES = 256
@@ -73,7 +69,7 @@ def checkpoint_error(student: Path, ckpt: Path, teacher: Path, check: Path, tmp:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, out="finetune_dense")
     parser.add_argument("--models", default="yolo_tiny,unet_tiny,unet64")
     parser.add_argument("--losses", default="mse,features")
     parser.add_argument("--lrs", default="0", help="comma-separated; 0 = finetune's default")
@@ -88,14 +84,13 @@ def main() -> int:
     parser.add_argument("--T", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "finetune_dense")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{datetime.date.today()}; Fashion-MNIST {args.images} training / {CHECK_IMAGES} "
-          f"check images; G={args.G},T={args.T} compact; finetune: {args.epochs} epochs, "
-          f"batch {args.batch}, optimizer {args.optimizer}, otherwise the defaults")
+    common.print_header(
+        f"Fashion-MNIST {args.images} training / {CHECK_IMAGES} check images; "
+        f"G={args.G},T={args.T} compact; finetune: {args.epochs} epochs, batch {args.batch}, "
+        f"optimizer {args.optimizer}, otherwise the defaults")
     print("| model | loss | lr | warm-up | lr check | error before | after 1 epoch | "
           "after last epoch | written (epoch) | ratio | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

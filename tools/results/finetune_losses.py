@@ -23,11 +23,7 @@ Prints a Markdown table; ``--json`` writes the rows.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -51,7 +47,7 @@ from kse_onnx.options import (
 from kse_onnx.verify import verify
 from models.export import export
 from models.zoo import build
-from tools.common import ROOT
+from tools import common
 
 RATIO = 0.5
 CHECK_IMAGES = 256
@@ -76,7 +72,7 @@ def error(teacher: Path, model: Path, check: Path) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, out="finetune_losses")
     parser.add_argument("--models", default="yolo_tiny,unet_tiny")
     parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
     parser.add_argument("--losses", default="mse,features")
@@ -91,14 +87,13 @@ def main() -> int:
     parser.add_argument("--optimizer", default=defaults.optimizer)
     parser.add_argument("--refit-images", type=int, default=1024)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "finetune_losses")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{datetime.date.today()}; inputs: {args.data}, {args.images} training / "
-          f"{CHECK_IMAGES} check; finetune: batch {args.batch}, optimizer {args.optimizer}, "
-          f"lr {args.lr or 'auto'}, otherwise the defaults")
+    common.print_header(
+        f"inputs: {args.data}, {args.images} training / {CHECK_IMAGES} check; finetune: "
+        f"batch {args.batch}, optimizer {args.optimizer}, lr {args.lr or 'auto'}, "
+        "otherwise the defaults")
     print("| model | G,T | loss | error before | error after | ratio | seconds | ok |")
     print("|---|---|---|---|---|---|---|---|")
     rows, failed = [], 0

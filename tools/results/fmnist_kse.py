@@ -8,10 +8,6 @@ distillation from the original, and print the README's table.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -25,13 +21,14 @@ from kse_onnx.options import (
     KSEOptions,
     LowerOptions,
 )
+from tools import common
 from tools.common import ROOT
 
 TEACHER = ROOT / "models" / "fmnist_resnet20.onnx"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--lr", type=float, default=0.01)
@@ -43,9 +40,9 @@ def main() -> None:
     test = FASHION_MNIST / "t10k-images-idx3-ubyte.gz"
     x_test, y_test = load_data(test, DataOptions())
     teacher_acc = evaluate(TEACHER, x_test, y_test).top1
-    print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
-          f"torch threads {args.threads}, {datetime.date.today()}; fine-tuning "
-          f"{args.epochs} epoch(s) of distillation (+ labels), lr {args.lr}, batch 128")
+    common.print_header(
+        f"torch threads {args.threads}; fine-tuning {args.epochs} epoch(s) of distillation "
+        f"(+ labels), lr {args.lr}, batch 128")
     print("| G,T | teacher | compressed | fine-tuned | conv weights (KSE count) | "
           "conv MACs (KSE count / graph) | file | compress s | fine-tune s |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -17,35 +17,23 @@ threads), as a ratio to the original.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 
+from kse_onnx import options as opts
 from kse_onnx.api import optimize
 from kse_onnx.data import FASHION_MNIST, load_data
 from kse_onnx.evaluate import logits
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.graph.io import save_model
-from kse_onnx.options import (
-    CalibrationOptions,
-    DataOptions,
-    FinetuneOptions,
-    KSEOptions,
-    LowerOptions,
-    QuantizeOptions,
-    RefitOptions,
-)
 from kse_onnx.quantize.apply import quantize_output
 from kse_onnx.quantize.inspect import integer_convs
 from kse_onnx.quantize.ptq import quantize_int8
 from kse_onnx.runtime.bench import interleaved_latency
+from tools import common
 from tools.common import ROOT
 
 SETTINGS = ((4, 0), (5, 1))
@@ -81,8 +69,8 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
     if name == "fmnist":
         original = ROOT / "models" / "fmnist_resnet20.onnx"
         train = FASHION_MNIST / "train-images-idx3-ubyte.gz"
-        x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", DataOptions())
-        calibration = load_data(train, DataOptions())[0][:256]
+        x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", opts.DataOptions())
+        calibration = load_data(train, opts.DataOptions())[0][:256]
     else:
         from models.export import export_kse_resnet56
 
@@ -103,27 +91,27 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
         kse = out / f"{name}_G{G}T{T}.onnx"
         # the README's INT8 flow: layer forms chosen by timing the INT8 builds, float
         # output to fine-tune, then finetune --quantize (here: quantize_output)
-        optimize(original, kse, KSEOptions(G=G, T=T), overwrite=True,
-                 lower_options=LowerOptions(batches=args.auto_batches,
+        optimize(original, kse, opts.KSEOptions(G=G, T=T), overwrite=True,
+                 lower_options=opts.LowerOptions(batches=args.auto_batches,
                                             threads=args.auto_threads),
-                 calibration=CalibrationOptions(str(cal_path), calibration_images=256),
-                 refit=RefitOptions("none"),
-                 quantize=QuantizeOptions("int8-static", float_output=True))
+                 calibration=opts.CalibrationOptions(str(cal_path), calibration_images=256),
+                 refit=opts.RefitOptions("none"),
+                 quantize=opts.QuantizeOptions("int8-static", float_output=True))
         if train is not None:
             from kse_onnx.finetune.train import finetune
 
             tuned = out / f"{name}_G{G}T{T}_tuned.onnx"
             start = time.perf_counter()
             finetune(kse, tuned, original, train,
-                     FinetuneOptions(epochs=args.epochs, threads=2, val_fraction=0.05),
-                     DataOptions(pad_crop=2, flip=True), log=lambda text: None)
+                     opts.FinetuneOptions(epochs=args.epochs, threads=2, val_fraction=0.05),
+                     opts.DataOptions(pad_crop=2, flip=True), log=lambda text: None)
             notes[tag] = f"fine-tuned {args.epochs} epochs, {time.perf_counter() - start:.0f} s"
             kse = tuned
         else:
             notes[tag] = "not fine-tuned (no CIFAR-10 offline)"
         rows[tag] = kse
         int8_path = out / f"{name}_G{G}T{T}_int8.onnx"
-        int8, report = quantize_output(onnx.load(kse), QuantizeOptions("int8-static"),
+        int8, report = quantize_output(onnx.load(kse), opts.QuantizeOptions("int8-static"),
                                        calibration)
         save_model(int8, int8_path)
         rows[tag + " + INT8"] = int8_path
@@ -133,7 +121,7 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--models", default="fmnist,resnet56")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batches", default="1,64")
@@ -144,14 +132,13 @@ def main() -> None:
     parser.add_argument("--auto-threads", default="1",
                         help="threads the auto lowering times the INT8 builds with")
     parser.add_argument("--weights", type=Path,
-                        default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
+                        default=common.KSE_RESNET56)
     parser.add_argument("--out", type=Path, default=ROOT / "zoo" / "int8")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     batches = [int(b) for b in args.batches.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    print(f"# {os.cpu_count()} cores {platform.machine()}, onnxruntime "
-          f"{onnxruntime.__version__} CPU, {datetime.date.today()}")
+    common.print_header("onnxruntime CPU")
     cols = [f"b{b} t{t}" for t in threads for b in batches]
     for name in args.models.split(","):
         rows, notes, x_test, y_test, original = build_rows(name, args)

@@ -16,11 +16,8 @@ held out, 2 torch threads (INT8 rows: then the quantization-aware epoch of finet
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -42,6 +39,7 @@ from kse_onnx.options import (
 )
 from kse_onnx.quantize.ptq import quantize_int8
 from kse_onnx.runtime.bench import interleaved_latency
+from tools import common
 from tools.common import ROOT
 
 OUT = ROOT / "out" / "latency_budget"
@@ -134,15 +132,14 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--rows", default="float:0.6,int8:0.6,float:0.8,float:0.4,int8:0.8")
     parser.add_argument("--table", action="store_true", help="only print the saved rows")
     args = parser.parse_args()
     (OUT / "rows").mkdir(parents=True, exist_ok=True)
     if not args.table:
         _, x_test, y_test, calibration = data()
-        print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
-              f"{datetime.date.today()}, load {os.getloadavg()[0]:.1f}", flush=True)
+        common.print_header()
         for spec in args.rows.split(","):
             kind, r = spec.split(":")
             row = kse_row(kind, float(r), x_test, y_test, calibration)

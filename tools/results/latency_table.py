@@ -15,21 +15,17 @@ paper's count for the plan (``KSE``); they are counts, not speed.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import time
 import warnings
 from pathlib import Path
 
 import onnx
-import onnxruntime
 
 from kse_onnx.api import optimize
 from kse_onnx.options import KSEOptions, LowerOptions, batch_list
 from kse_onnx.runtime.bench import interleaved_latency
 from kse_onnx.runtime.ort import provider_list
+from tools import common
 from tools.common import ROOT
 
 LOWERINGS = ("dense", "compact", "factored", "auto")
@@ -54,7 +50,7 @@ def original_model(name: str, out: Path, weights: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--models", default="kse_resnet56,resnet20_cifar,vgg16_bn_cifar,"
                                             "resnet50", help="also: mobilenetv2, densenet40_cifar")
     parser.add_argument("--batches", default="1,8,64")
@@ -66,14 +62,13 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=20.0,
                         help="seconds of timed runs per (model, batch, threads)")
     parser.add_argument("--weights", type=Path,
-                        default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
+                        default=common.KSE_RESNET56)
     parser.add_argument("--out", type=Path, default=ROOT / "zoo")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     providers = provider_list(args.provider)
     batches, threads = batch_list(args.batches), batch_list(args.threads, "--threads")
-    print(f"# {os.cpu_count()} cores {platform.machine()}, onnxruntime {onnxruntime.__version__}"
-          f" {args.provider}, G={args.G},T={args.T}, {datetime.date.today()}")
+    common.print_header(f"{args.provider}, G={args.G},T={args.T}")
     cols = [f"b{b} t{t}" for t in threads for b in batches]
     header = ["model", "lowering", "conv MACs graph (KSE)", "conv weights graph (KSE)", "file",
               "optimize s"] + cols

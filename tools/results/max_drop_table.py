@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -35,6 +33,7 @@ from kse_onnx.options import (
     LowerOptions,
     ProgressOptions,
 )
+from tools import common
 from tools.common import ROOT
 
 
@@ -49,7 +48,7 @@ def agreement_drop(model, x, reference) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--model", default=str(ROOT / "models" / "fmnist_resnet20.onnx"))
     parser.add_argument("--train", default=str(FASHION_MNIST / "train-images-idx3-ubyte.gz"))
     parser.add_argument("--test", default=str(FASHION_MNIST / "t10k-images-idx3-ubyte.gz"))
@@ -69,12 +68,12 @@ def main() -> None:
     original = load_model(args.model)
     base = accuracy(original, x_test, y_test)
     reference = outputs(original, x_test)[0].argmax(1)
-    common = dict(lower_options=LowerOptions("compact"), progress=ProgressOptions(quiet=True))
+    shared = dict(lower_options=LowerOptions("compact"), progress=ProgressOptions(quiet=True))
     rows = [{"model": "original", "file_size": os.path.getsize(args.model),
              "test_accuracy": base}]
     print(f"original: test accuracy {base:.4f}", flush=True)
     start = time.perf_counter()
-    searched = kse_onnx.optimize(original, calibration=x_cal, **common,
+    searched = kse_onnx.optimize(original, calibration=x_cal, **shared,
                                  guard=GuardOptions(max_drop=args.max_drop))
     seconds = time.perf_counter() - start
     acc = accuracy(searched.model, x_test, y_test)
@@ -91,7 +90,7 @@ def main() -> None:
     if args.fixed:
         for G, T in LADDER:
             kse = dataclasses.replace(KSEOptions(), G=G, T=T)
-            fixed = kse_onnx.optimize(original, calibration=x_cal, kse=kse, **common)
+            fixed = kse_onnx.optimize(original, calibration=x_cal, kse=kse, **shared)
             acc = accuracy(fixed.model, x_test, y_test)
             rows.append({"model": f"fixed G={G} T={T}", "G": G, "T": T,
                          "file_size": fixed.report.file_size_after, "test_accuracy": acc,
@@ -106,8 +105,7 @@ def main() -> None:
             print(f"best fixed G/T within {args.max_drop:g} point(s) {measure}: "
                   f"{best['model'] if best else 'none'}"
                   + (f", {best['file_size']} bytes" if best else ""))
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+    result = {"environment": common.environment(),
               "model": args.model, "calibration_images": args.images, "rows": rows}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -14,36 +14,24 @@ cosine, batch 128, pad-crop 2 and flip, 5% held out, 2 torch threads.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import os
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
 
+from kse_onnx import options as opts
 from kse_onnx.api import optimize
 from kse_onnx.data import FASHION_MNIST, load_data
 from kse_onnx.evaluate import evaluate
 from kse_onnx.finetune.train import finetune
 from kse_onnx.graph.io import save_model
-from kse_onnx.options import (
-    CalibrationOptions,
-    DataOptions,
-    FinetuneOptions,
-    KSEOptions,
-    LowerOptions,
-    QuantizeOptions,
-    RefitOptions,
-)
 from kse_onnx.quantize.ptq import quantize_int8
+from tools import common
 from tools.common import ROOT
 
 MODES = ("ls", "act", "block")
-DEFAULT_MODE = RefitOptions().refit
+DEFAULT_MODE = opts.RefitOptions().refit
 
 
 def timed(fn, *args, **kwargs):
@@ -54,29 +42,27 @@ def timed(fn, *args, **kwargs):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, out="refit_table")
     parser.add_argument("--models", default="fmnist_resnet20,fmnist_vgg")
     parser.add_argument("--images", default="256,1024,4096",
                         help="calibration sizes for the default mode (1024: every mode)")
     parser.add_argument("--settings", default="4,0;5,1", help="G,T pairs")
     parser.add_argument("--no-finetune", action="store_true")
     parser.add_argument("--modes", default=",".join(MODES), help="refit modes, comma-separated")
-    parser.add_argument("--positions", type=int, default=RefitOptions().refit_positions,
+    parser.add_argument("--positions", type=int, default=opts.RefitOptions().refit_positions,
                         help="--refit-positions of every refit (0 = all)")
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "refit_table")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     train = FASHION_MNIST / "train-images-idx3-ubyte.gz"
-    x_train, _ = load_data(train, DataOptions())
-    x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", DataOptions())
+    x_train, _ = load_data(train, opts.DataOptions())
+    x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", opts.DataOptions())
     sizes = [int(v) for v in args.images.split(",")]
     calibration = {}
     for n in sorted(set(sizes) | {1024}):
         calibration[n] = args.out / f"calibration_{n}.npz"
         np.savez(calibration[n], x=x_train[:n])
-    print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
-          f"{datetime.date.today()}; default refit mode: {DEFAULT_MODE}; refit positions: "
-          f"{args.positions}")
+    common.print_header(
+        f"default refit mode: {DEFAULT_MODE}; refit positions: {args.positions}")
     results = []
 
     def row(model, setting, what, path, seconds, images=""):
@@ -99,8 +85,8 @@ def main() -> None:
         row(name, "-", "onnxruntime INT8 (static, QDQ)", int8, seconds, 1024)
         for G, T in (tuple(int(v) for v in pair.split(",")) for pair in
                      args.settings.split(";")):
-            setting, kse = f"{G},{T}", KSEOptions(G=G, T=T)
-            lower = LowerOptions("compact")
+            setting, kse = f"{G},{T}", opts.KSEOptions(G=G, T=T)
+            lower = opts.LowerOptions("compact")
             plain = args.out / f"{name}_G{G}T{T}.onnx"
             _, seconds = timed(optimize, teacher, plain, kse, lower_options=lower,
                                overwrite=True)
@@ -110,8 +96,8 @@ def main() -> None:
                 for n in (sizes if mode == DEFAULT_MODE else [1024]):
                     out = args.out / f"{name}_G{G}T{T}_{mode}_{n}.onnx"
                     report = optimize(teacher, out, kse, lower_options=lower, overwrite=True,
-                                      calibration=CalibrationOptions(str(calibration[n]), n),
-                                      refit=RefitOptions(mode, refit_positions=args.positions),
+                                      calibration=opts.CalibrationOptions(str(calibration[n]), n),
+                                      refit=opts.RefitOptions(mode, refit_positions=args.positions),
                                       log=lambda line: None)
                     refitted[mode, n] = out
                     row(name, setting, f"refit {mode}", out, report.extra["refit"]["seconds"],
@@ -119,8 +105,8 @@ def main() -> None:
             out = args.out / f"{name}_G{G}T{T}_{DEFAULT_MODE}_int8.onnx"
             _, seconds = timed(optimize, teacher, out, kse, lower_options=lower,
                                overwrite=True,
-                               calibration=CalibrationOptions(str(calibration[1024])),
-                               quantize=QuantizeOptions("int8-static"), log=lambda line: None)
+                               calibration=opts.CalibrationOptions(str(calibration[1024])),
+                               quantize=opts.QuantizeOptions("int8-static"), log=lambda line: None)
             row(name, setting, f"refit {DEFAULT_MODE} + INT8, one command", out, seconds, 1024)
             if args.no_finetune:
                 continue
@@ -129,9 +115,9 @@ def main() -> None:
                                         (plain, 1, "1 epoch, no refit"),
                                         (plain, 2, "2 epochs, no refit")):
                 tuned = args.out / f"{start.stem}_{epochs}ep.onnx"
-                _, seconds = timed(finetune, start, tuned, teacher, train,
-                                   FinetuneOptions(epochs=epochs, threads=2, val_fraction=0.05),
-                                   DataOptions(pad_crop=2, flip=True), log=lambda text: None)
+                tune = opts.FinetuneOptions(epochs=epochs, threads=2, val_fraction=0.05)
+                _, seconds = timed(finetune, start, tuned, teacher, train, tune,
+                                   opts.DataOptions(pad_crop=2, flip=True), log=lambda text: None)
                 row(name, setting, what, tuned, seconds, "60k (labels)")
     (args.out / "refit_table.json").write_text(json.dumps(results, indent=2) + "\n")
 

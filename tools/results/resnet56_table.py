@@ -10,10 +10,6 @@ Latency: each setting's models (original first) run interleaved, median of
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 from pathlib import Path
 
 import onnx
@@ -22,6 +18,7 @@ from kse_onnx.api import optimize
 from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime.bench import interleaved_latency
 from models.export import export_kse_resnet56
+from tools import common
 from tools.common import ROOT
 
 LOWERINGS = {"dense": LowerOptions("dense"), "dense, align 1": LowerOptions("dense", align=1),
@@ -31,9 +28,9 @@ PUBLISHED = {(4, 0): "0.43M / 60M", (5, 1): "0.36M / 50M"}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--weights", type=Path,
-                        default=ROOT.parent / "shared/models/kse_resnet56_cifar10.pth")
+                        default=common.KSE_RESNET56)
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
@@ -46,8 +43,7 @@ def main() -> None:
     original.unlink(missing_ok=True)  # always from --weights
     export_kse_resnet56(args.weights, original)
 
-    print(f"# {platform.node() or 'machine'}: {os.cpu_count()} cores, {platform.machine()}, "
-          f"onnxruntime CPU, {args.threads} thread(s), {datetime.date.today()}")
+    common.print_header(f"onnxruntime CPU, {args.threads} thread(s)")
     header = ["G,T", "lowering", "conv weights (graph / KSE count)",
               "conv MACs (graph / KSE factored count)", "file"]
     header += [f"latency b{b}" for b in batches] + ["published (params / FLOPs)"]

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import onnx
 
-SHARED_RESNET56 = Path("/work/shared/models/kse_resnet56_cifar10.pth")
+from tools import common
+
+SHARED_RESNET56 = common.KSE_RESNET56
 
 
 @dataclass

@@ -20,9 +20,7 @@ on the same images). Prints a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import re
 import subprocess
 import time
@@ -34,6 +32,7 @@ import onnx
 from kse_onnx.quantize.ptq import quantize_int8
 from kse_onnx.runtime.bench import interleaved_latency
 from kse_onnx.runtime.ort import session
+from tools import common
 from tools.common import ROOT
 from tools.results.speed_models import MODELS
 
@@ -148,7 +147,7 @@ def one_model(name: str, args, work: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--models", default="resnet50,resnet56")
     parser.add_argument("--work", type=Path, default=Path("/tmp/speed_table"))
     parser.add_argument("--r", default="", help="R of the INT8 budget rows (default: the "
@@ -161,12 +160,8 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="keep the outputs of earlier finished runs in --work")
     args = parser.parse_args()
-    import onnxruntime
 
-    load = os.getloadavg()[0]
-    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
-          f"{os.cpu_count()} cores, load {load:.1f}, onnxruntime {onnxruntime.__version__}",
-          flush=True)
+    common.print_header()
     rows = ["| model | row | latency ratio to float original / to INT8 original | file ratio "
             "| seconds taken (CPU, peak memory) | agreement with the float original |",
             "|---|---|---|---|---|---|"]

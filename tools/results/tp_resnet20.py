@@ -14,7 +14,6 @@ INT8 of each). Rows go to out/latency_budget/rows/tp_*.json for latency_budget_t
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -38,6 +37,7 @@ from kse_onnx.options import (
 from kse_onnx.quantize.ptq import quantize_int8
 from kse_onnx.runtime.bench import interleaved_latency
 from models.export import export, max_abs_diff
+from tools import common
 from tools.common import ROOT
 from tools.results.latency_budget_table import (
     OUT,
@@ -144,7 +144,7 @@ def to_onnx(net: nn.Module, path: Path, int8: bool, calibration) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--targets", default="0.6")
     parser.add_argument("--int8", action="store_true")
     parser.add_argument("--steps", type=int, default=5, help="bisection steps")

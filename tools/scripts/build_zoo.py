@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ import onnx
 
 from models.export import conv_count, export, max_abs_diff
 from models.zoo import CONV_COUNTS, NAMES, build, load_kse_resnet56
+from tools import common
 from tools.common import ROOT
 
 DEMO = ROOT / "models" / "small_cnn.onnx"
@@ -35,7 +35,7 @@ def export_one(model, shape, path: Path, opset: int, expected_convs: int | None)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "zoo")
     parser.add_argument("--names", default=",".join(NAMES))
     parser.add_argument("--opsets", default="13,17")

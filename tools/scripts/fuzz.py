@@ -15,7 +15,6 @@ refusal), hung (a case over --timeout seconds), exit 0 on certainly bad data.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import re
 import signal
@@ -24,6 +23,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+from tools import common
 from tools.fuzzing.cases import (
     data_models,
     run_bytes_case,
@@ -101,7 +101,7 @@ def campaign(name, count, start, run) -> int:
 
 def main() -> None:
     global TIMEOUT_S
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--graphs", type=int, default=2000)
     parser.add_argument("--mutations", type=int, default=2000)
     parser.add_argument("--structures", type=int, default=2000)

@@ -14,13 +14,13 @@ original and the output on the 10,000 test images with onnxruntime (1 thread).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tools import common
 from tools.common import ROOT
 
 USER_SCRIPT = '''
@@ -63,7 +63,7 @@ def workflow(model: Path, train: str, images: int, input_name: str, work: Path,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--model", default=str(ROOT / "models" / "fmnist_resnet20.onnx"))
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--work", default="/tmp/kse_olive")

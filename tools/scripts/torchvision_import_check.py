@@ -18,7 +18,6 @@ must stay below 1e-4; or the importer's refusal (the operators it cannot map).
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -37,6 +36,7 @@ from kse_onnx.errors import KSEError
 from kse_onnx.finetune.importer import import_model
 from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime.ort import session
+from tools import common
 from tools.graphs import photo_batch
 
 TOLERANCE = 1e-4
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     torch.backends.mha.set_fastpath_enabled(False)  # the legacy exporter cannot export it
     builders = _builders()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--opsets", default="13,17", help="comma-separated opsets (18+: dynamo)")
     parser.add_argument("--models", default=",".join(builders), help="comma-separated names")
     parser.add_argument("--lowerings", default="compact", help="optimize forms to check")

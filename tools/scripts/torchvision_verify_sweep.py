@@ -19,7 +19,6 @@ three channels (the colours) is left alone.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from tools import common
 from tools.common import ROOT
 
 CLASSIFIERS = {"mobilenet_v2": 160, "resnet18": 128, "squeezenet1_1": 128,
@@ -197,7 +197,7 @@ def run(folder: Path, json_path: str | None, models: list[str] | None = None) ->
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("step", choices=["export", "run"])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--json", help="write the rows here (run)")

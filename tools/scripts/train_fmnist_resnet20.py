@@ -12,7 +12,6 @@ and horizontal flip.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 import warnings
@@ -27,6 +26,7 @@ from torch import nn
 from kse_onnx.data import fashion_mnist
 from models.export import export, max_abs_diff
 from models.zoo import CifarResNet, FmnistVGG
+from tools import common
 from tools.common import ROOT
 
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training set
@@ -61,7 +61,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--arch", choices=("resnet20", "vgg"), default="resnet20",
                         help="resnet20: CIFAR-style ResNet-20; vgg: models.zoo.FmnistVGG")
