@@ -85,6 +85,17 @@ def parser(doc: str | None, out: str | None = None) -> argparse.ArgumentParser:
     return result
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed arguments, with the ``--out`` folder (if any) created and, where the tool
+    has an integer ``--threads`` and has imported torch, torch set to that many threads."""
+    args = parser.parse_args(argv)
+    if getattr(args, "out", None) is not None:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    if isinstance(getattr(args, "threads", None), int) and "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(args.threads)
+    return args
+
+
 def add_shared_inputs(parser: argparse.ArgumentParser, data: bool = False) -> None:
     """``--weights``: the KSE authors' ResNet-56 (.pth) in the shared folder; with
     ``data``, ``--data``: the JPEG copy of CIFAR-10 there too."""
@@ -101,3 +112,7 @@ def ratios(models: dict, batch: int, threads: int = 1, **options) -> dict[str, f
     from kse_onnx.runtime.bench import interleaved_latency
 
     return {t.label: t.ratio for t in interleaved_latency(models, batch, threads, **options)}
+
+
+if __name__ == "__main__":
+    print_header()  # python -m tools.common: this machine's header

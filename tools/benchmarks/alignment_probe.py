@@ -37,6 +37,7 @@ def main() -> None:
     parser = common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=40)
     args = parser.parse_args()
+    common.print_header(f"{args.repeats} interleaved repeats, 1 thread")
     for c, hw in ((16, 32), (32, 16), (64, 8), (256, 14)):
         for batch in (1, 64):
             counts = [c] + sorted({k for k in (c - 16, c - 8, c - 5, c - 4, c - 3) if k > 0})

@@ -77,8 +77,7 @@ def main() -> None:
     parser.add_argument("--old", default="39e45a7", help="git ref of the old code")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--old-report", help="report of an old run made earlier")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = common.parse(parser)
     model = zoo_model(ROOT / "out")
     common.print_header(model.name)
     runs = []

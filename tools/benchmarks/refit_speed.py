@@ -71,8 +71,7 @@ def main() -> None:
     parser.add_argument("--modes", default="ls,act")
     parser.add_argument("--positions", default=str(RefitOptions().refit_positions),
                         help="--refit-positions values, comma-separated (0 = all)")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = common.parse(parser)
     common.print_header()
     print("| model | mode | images | positions | refit s | optimize s | peak memory |")
     print("|---|---|---|---|---|---|---|")

@@ -143,20 +143,17 @@ def main() -> None:
                         help="training images per epoch (a seeded subset of the 50k; the "
                              "default, all of them, makes the script about an hour)")
     parser.add_argument("--calibration-images", type=int, default=1024)
-    parser.add_argument("--control-lr", type=float, default=0.001,
-                        help="the control's learning rate (cosine); 0.01 on 3,072 images "
-                             "lowered the accuracy")
-    parser.add_argument("--control-label-weight", type=float, default=0.5,
-                        help="the control's cross-entropy weight (the rest: distillation "
-                             "from the original)")
-    parser.add_argument("--tune-lr", type=float, default=0.001,
-                        help="learning rate of the KSE rows' fine-tuning (cosine)")
-    parser.add_argument("--pad-crop", type=int, default=0,
-                        help="fine-tuning augmentation (flip always): the padding is the "
-                             "mean colour, which the original never saw")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of the fine-tuning; the trained weights depend "
-                             "on it (reduction order), so a rerun must use the same count")
+    for flag, default, text in (
+            ("--control-lr", 0.001, "the control's learning rate (cosine); 0.01 on 3,072 "
+                                    "images lowered the accuracy"),
+            ("--control-label-weight", 0.5, "the control's cross-entropy weight (the rest: "
+                                            "distillation from the original)"),
+            ("--tune-lr", 0.001, "learning rate of the KSE rows' fine-tuning (cosine)"),
+            ("--pad-crop", 0, "fine-tuning augmentation (flip always): the padding is the "
+                              "mean colour, which the original never saw"),
+            ("--threads", 1, "torch threads of the fine-tuning; the trained weights depend "
+                             "on it (reduction order), so a rerun must use the same count")):
+        parser.add_argument(flag, type=type(default), default=default, help=text)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--budget", type=float, default=120.0,
                         help="seconds of timed runs per batch at most (7 repeats at least)")

@@ -26,13 +26,10 @@ Prints a Markdown table.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -40,12 +37,16 @@ from kse_onnx.api import optimize
 from kse_onnx.finetune.importer import import_model
 from kse_onnx.finetune.train import finetune
 from kse_onnx.options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions
-from models.export import export
 from models.zoo import TinyUNet, build
 from tools import common
-from tools.results.finetune_losses import error, images
-
-CHECK_IMAGES = 256
+from tools.results.finetune_losses import (
+    CHECK_IMAGES,
+    RATIO,
+    error,
+    finish,
+    parse_run,
+    prepare,
+)
 
 
 def teacher_net(name: str):
@@ -82,28 +83,17 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=FinetuneOptions().batch)
     parser.add_argument("--G", type=int, default=4)
     parser.add_argument("--T", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    common.print_header(
-        f"Fashion-MNIST {args.images} training / {CHECK_IMAGES} check images; "
-        f"G={args.G},T={args.T} compact; finetune: {args.epochs} epochs, batch {args.batch}, "
-        f"optimizer {args.optimizer}, otherwise the defaults")
+    args = parse_run(parser, lambda a: (
+        f"Fashion-MNIST {a.images} training / {CHECK_IMAGES} check images; G={a.G},T={a.T} "
+        f"compact; finetune: {a.epochs} epochs, batch {a.batch}, optimizer {a.optimizer}, "
+        "otherwise the defaults"))
     print("| model | loss | lr | warm-up | lr check | error before | after 1 epoch | "
           "after last epoch | written (epoch) | ratio | seconds |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows, failed = [], 0
     for name in args.models.split(","):
         net, shape = teacher_net(name)
-        teacher = args.out / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            onnx.save(export(net, shape, 17), teacher)
-        train, check = args.out / f"{name}_train.npz", args.out / f"{name}_check.npz"
-        np.savez(train, x=images("fmnist", "train", args.images, shape[-1], 1))
-        np.savez(check, input=images("fmnist", "test", CHECK_IMAGES, shape[-1], 2))
+        teacher, train, check = prepare(name, net, shape, "fmnist", args.images, args.out)
         student = args.student or args.out / f"{name}_G{args.G}T{args.T}.onnx"
         if not args.student:
             optimize(teacher, student, KSEOptions(G=args.G, T=args.T),
@@ -130,7 +120,7 @@ def main() -> int:
                 written = error(teacher, tuned, check)
                 best = result["held_out"]["best_epoch"]
                 ratio = written / before
-                failed += not ratio <= 0.5
+                failed += not ratio <= RATIO
                 backed = [line for line in lines if line.startswith("lr check")]
                 rows.append({"model": name, "loss": loss, "lr": lr, "warmup": warmup,
                              "lr_check": check_steps, "lr_check_line": backed,
@@ -142,10 +132,7 @@ def main() -> int:
                 print(f"| {name} | {loss} | {chosen} | {warmup:g} | {check_steps} | "
                       f"{before:.4f} | {first:.4f} | {last:.4f} | {written:.4f} ({best}) "
                       f"| {ratio:.3f} | {seconds:.0f} |", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"{len(rows) - failed} of {len(rows)} runs at most 0.5 of the error before")
-    return 1 if failed else 0
+    return finish(rows, failed, args.json)
 
 
 if __name__ == "__main__":

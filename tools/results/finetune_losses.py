@@ -23,6 +23,7 @@ Prints a Markdown table; ``--json`` writes the rows.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -66,6 +67,38 @@ def images(kind: str, split: str, n: int, size: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(x, 3, axis=1), dtype=np.float32)
 
 
+def prepare(name: str, net, shape, data: str, count: int, out: Path) -> tuple[Path, Path, Path]:
+    """The teacher ``net`` exported to OUT/NAME.onnx, ``count`` training inputs and the
+    check inputs (``images`` of ``data``)."""
+    teacher = out / f"{name}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx.save(export(net, shape, 17), teacher)
+    train, check = out / f"{name}_train.npz", out / f"{name}_check.npz"
+    np.savez(train, x=images(data, "train", count, shape[-1], 1))
+    np.savez(check, input=images(data, "test", CHECK_IMAGES, shape[-1], 2))
+    return teacher, train, check
+
+
+def parse_run(parser, describe) -> argparse.Namespace:
+    """Both fine-tuning studies: ``--threads`` (torch) and ``--json`` (the rows) added,
+    the arguments parsed, the header printed with ``describe(args)``."""
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = common.parse(parser)
+    common.print_header(describe(args))
+    return args
+
+
+def finish(rows: list[dict], failed: int, json_path: Path | None) -> int:
+    """The rows as JSON to ``json_path`` (if given), the count of runs within RATIO, and
+    the exit status: 1 if any run failed."""
+    if json_path:
+        json_path.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"{len(rows) - failed} of {len(rows)} runs at most {RATIO} of the error before")
+    return 1 if failed else 0
+
+
 def error(teacher: Path, model: Path, check: Path) -> float:
     """verify --inputs: the relative error on the given inputs (the last comparison)."""
     return verify(teacher, model, inputs=check).approximation[-1].rel_error
@@ -78,7 +111,6 @@ def main() -> int:
     parser.add_argument("--losses", default="mse,features")
     parser.add_argument("--images", type=int, default=4096, help="training inputs (1 epoch)")
     parser.add_argument("--data", choices=("fmnist", "random"), default="fmnist")
-    parser.add_argument("--threads", type=int, default=1)
     defaults = FinetuneOptions()
     parser.add_argument("--batch", type=int, default=32,
                         help=f"finetune --batch (its default, {defaults.batch}, gives 32 steps "
@@ -86,26 +118,15 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=defaults.lr, help="0: the optimizer's")
     parser.add_argument("--optimizer", default=defaults.optimizer)
     parser.add_argument("--refit-images", type=int, default=1024)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
-    common.print_header(
-        f"inputs: {args.data}, {args.images} training / {CHECK_IMAGES} check; finetune: "
-        f"batch {args.batch}, optimizer {args.optimizer}, lr {args.lr or 'auto'}, "
-        "otherwise the defaults")
+    args = parse_run(parser, lambda a: (
+        f"inputs: {a.data}, {a.images} training / {CHECK_IMAGES} check; finetune: batch "
+        f"{a.batch}, optimizer {a.optimizer}, lr {a.lr or 'auto'}, otherwise the defaults"))
     print("| model | G,T | loss | error before | error after | ratio | seconds | ok |")
     print("|---|---|---|---|---|---|---|---|")
     rows, failed = [], 0
     for name in args.models.split(","):
         net, shape = build(name)
-        teacher = args.out / f"{name}.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            onnx.save(export(net, shape, 17), teacher)
-        train, check = args.out / f"{name}_train.npz", args.out / f"{name}_check.npz"
-        np.savez(train, x=images(args.data, "train", args.images, shape[-1], 1))
-        np.savez(check, input=images(args.data, "test", CHECK_IMAGES, shape[-1], 2))
+        teacher, train, check = prepare(name, net, shape, args.data, args.images, args.out)
         for pair in args.settings.split(";"):
             G, T = (int(v) for v in pair.split(","))
             student = args.out / f"{name}_G{G}T{T}.onnx"
@@ -148,10 +169,7 @@ def main() -> int:
                              "ratio": ratio, "seconds": round(seconds, 1), "ok": ok})
                 print(f"| {name} | {G},{T} | {loss} | {before:.4f} | {after:.4f} | "
                       f"{ratio:.3f} | {seconds:.0f} | {'yes' if ok else 'NO'} |", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"{len(rows) - failed} of {len(rows)} runs at most {RATIO} of the error before")
-    return 1 if failed else 0
+    return finish(rows, failed, args.json)
 
 
 if __name__ == "__main__":

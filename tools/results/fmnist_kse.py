@@ -34,8 +34,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--out", type=Path, default=ROOT / "zoo" / "fmnist")
     parser.add_argument("--settings", default="4,0;5,1")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = common.parse(parser)
     train = FASHION_MNIST / "train-images-idx3-ubyte.gz"
     test = FASHION_MNIST / "t10k-images-idx3-ubyte.gz"
     x_test, y_test = load_data(test, DataOptions())

@@ -134,8 +134,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path,
                         default=common.KSE_RESNET56)
     parser.add_argument("--out", type=Path, default=ROOT / "zoo" / "int8")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = common.parse(parser)
     batches = [int(b) for b in args.batches.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     common.print_header("onnxruntime CPU")

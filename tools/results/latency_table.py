@@ -64,8 +64,7 @@ def main() -> None:
     parser.add_argument("--weights", type=Path,
                         default=common.KSE_RESNET56)
     parser.add_argument("--out", type=Path, default=ROOT / "zoo")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = common.parse(parser)
     providers = provider_list(args.provider)
     batches, threads = batch_list(args.batches), batch_list(args.threads, "--threads")
     common.print_header(f"{args.provider}, G={args.G},T={args.T}")

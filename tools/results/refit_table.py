@@ -51,8 +51,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help="refit modes, comma-separated")
     parser.add_argument("--positions", type=int, default=opts.RefitOptions().refit_positions,
                         help="--refit-positions of every refit (0 = all)")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = common.parse(parser)
     train = FASHION_MNIST / "train-images-idx3-ubyte.gz"
     x_train, _ = load_data(train, opts.DataOptions())
     x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", opts.DataOptions())

@@ -35,8 +35,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "zoo")
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
+    args = common.parse(parser)
     batches = [int(b) for b in args.batches.split(",")]
 
     original = args.out / "kse_resnet56_op17.onnx"

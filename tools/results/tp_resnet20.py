@@ -154,7 +154,7 @@ def main() -> None:
     kind = "int8" if args.int8 else "float"
     reference = int8_reference(calibration) if args.int8 else TEACHER
     check = max_abs_diff(trained(), onnx.load(TEACHER), (1, 28, 28))
-    print(f"# weights loaded: max |torch - onnx| = {check:.2e}", flush=True)
+    common.print_header(f"weights loaded: max |torch - onnx| = {check:.2e}")
     for r in (float(v) for v in args.targets.split(",")):
         tag = f"tp_{kind}_{r:g}"
         low, high, best = 0.0, 0.95, None

@@ -38,6 +38,7 @@ from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime.ort import session
 from tools import common
 from tools.graphs import photo_batch
+from tools.scripts.torchvision_random import randomise
 
 TOLERANCE = 1e-4
 
@@ -100,21 +101,6 @@ def _builders():
     }
 
 
-def randomise(model: nn.Module, seed: int = 0) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Linear) and not m.weight.any():  # zero-initialised heads
-                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * 0.02)
-            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-    return model.eval()
-
-
 def export(model: nn.Module, size: int, opset: int) -> onnx.ModelProto:
     example = torch.zeros(2, 3, size, size)
     buffer = io.BytesIO()
@@ -148,7 +134,7 @@ def check(name, build, opset, lowerings, optimized_opsets, folder: Path) -> dict
     t0 = time.perf_counter()
     try:
         model, size = build()
-        proto = export(Outputs(randomise(model)), size, opset)
+        proto = export(Outputs(randomise(model, heads=True)), size, opset)
     except Exception as exc:  # an export failure is torch's, not ours: report it
         row["export_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         return row

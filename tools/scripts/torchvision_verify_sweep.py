@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tools import common
 from tools.common import ROOT
+from tools.scripts.torchvision_random import randomise
 
 CLASSIFIERS = {"mobilenet_v2": 160, "resnet18": 128, "squeezenet1_1": 128,
                "shufflenet_v2_x0_5": 128, "efficientnet_b0": 128, "densenet121": 96}
@@ -57,25 +58,6 @@ def _real_mobilenet_v2(model) -> bool:
             print(f"mobilenet_v2: real weights from {path}")
             return True
     return False
-
-
-def randomise(model, seed: int = 0):
-    """Random BatchNorm statistics and affine (as tools/scripts/torchvision_import_check.py does:
-    torchvision's defaults make BatchNorm an identity), eval mode. That tool imports
-    kse_onnx, which this step's environment lacks, so it is repeated here."""
-    import torch
-    from torch import nn
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
-                c = m.num_features
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-    return model.eval()
 
 
 def export(folder: Path) -> None:
