@@ -91,7 +91,7 @@ def test_graphsurgeon_log_level_untouched():
 
     code = ("from onnx_graphsurgeon.logger import G_LOGGER as L; before = L.severity; "
             "import kse_onnx.api, kse_onnx.graph.select as s; assert L.severity == before; "
-            "import onnx, sys; sys.path.insert(0, 'tests'); from graphs import conv_stack; "
+            "from tools.graphs import conv_stack; "
             "s.import_graph(conv_stack()); assert L.severity == before; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=str(__import__("pathlib").Path(__file__).parents[1]))
