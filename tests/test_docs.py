@@ -171,3 +171,10 @@ def test_snippet_runs(page, line, body, tmp_path, monkeypatch):
     shutil.copy(ROOT / "models/small_cnn.onnx", tmp_path / "models/small_cnn.onnx")
     monkeypatch.chdir(tmp_path)
     exec(compile(body, f"{page.name}:{line}", "exec"), {"__name__": "__snippet__"})
+
+
+def test_ci_runs_the_readme_test_command():
+    """The README's second command (setup + tests) is what .ci/run calls."""
+    commands = [body.strip() for _, body in blocks((ROOT / "README.md").read_text(), "sh")]
+    assert commands[:2] == ["bash tools/scripts/demo.sh", "bash tools/scripts/test.sh"]
+    assert commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
