@@ -217,7 +217,7 @@ class SmallCNN(nn.Module):
 
 class FmnistVGG(nn.Module):
     """A VGG-style CNN for 1x28x28 images: 32-32, pool, 64-64, pool, 128-128, global
-    average pool, 10 classes (the second Fashion-MNIST model of tools/refit_table.py)."""
+    average pool, 10 classes (the second Fashion-MNIST model of tools/results/refit_table.py)."""
 
     def __init__(self, classes: int = 10):
         super().__init__()

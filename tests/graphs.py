@@ -1,4 +1,5 @@
-"""Small ONNX graphs built in code for the tests."""
+"""Small ONNX graphs built in code for the tests; the builder, ``conv_stack``,
+``residual_net`` and ``photo_batch`` are in tools/graphs.py, shared with the tools."""
 
 from __future__ import annotations
 
@@ -6,96 +7,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-
-class GraphBuilder:
-    """Appends nodes to one graph; each method returns its output tensor name."""
-
-    def __init__(self, channels: int, hw: int = 8, seed: int = 0, name: str = "x"):
-        self.rng = np.random.default_rng(seed)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
-        self.input = helper.make_tensor_value_info(name, TensorProto.FLOAT,
-                                                   ["batch", channels, hw, hw])
-        self.count = 0
-
-    def _name(self, op: str) -> str:
-        self.count += 1
-        return f"{op.lower()}{self.count}"
-
-    def const(self, values: np.ndarray, name: str | None = None) -> str:
-        name = name or self._name("w")
-        self.inits.append(numpy_helper.from_array(np.asarray(values), name))
-        return name
-
-    def conv(self, x: str, c_in: int, c_out: int, k: int = 3, stride: int = 1,
-             group: int = 1, bias: bool = True, dilation: int = 1) -> str:
-        name = self._name("conv")
-        w = self.rng.standard_normal((c_out, c_in // group, k, k)).astype(np.float32)
-        w *= np.sqrt(2.0 / (c_in // group * k * k))
-        inputs = [x, self.const(w, f"{name}.weight")]
-        if bias:
-            inputs.append(self.const(self.rng.standard_normal(c_out).astype(np.float32) * 0.1,
-                                     f"{name}.bias"))
-        pad = dilation * (k - 1) // 2
-        self.nodes.append(helper.make_node(
-            "Conv", inputs, [name], name=name, kernel_shape=[k, k], strides=[stride, stride],
-            pads=[pad] * 4, group=group, dilations=[dilation, dilation]))
-        return name
-
-    def bn(self, x: str, c: int) -> str:
-        name = self._name("bn")
-        r = self.rng
-        params = [r.uniform(0.5, 1.5, c), r.standard_normal(c) * 0.1,
-                  r.standard_normal(c) * 0.1, r.uniform(0.5, 1.5, c)]
-        inputs = [x] + [self.const(p.astype(np.float32)) for p in params]
-        self.nodes.append(helper.make_node("BatchNormalization", inputs, [name], name=name))
-        return name
-
-    def op(self, op_type: str, inputs: list[str], **attrs) -> str:
-        name = self._name(op_type)
-        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
-        return name
-
-    def relu(self, x: str) -> str:
-        return self.op("Relu", [x])
-
-    def head(self, x: str, c: int, classes: int = 10) -> str:
-        pooled = self.op("GlobalAveragePool", [x])
-        flat = self.op("Flatten", [pooled], axis=1)
-        w = self.const((self.rng.standard_normal((classes, c)) * 0.1).astype(np.float32))
-        b = self.const(np.zeros(classes, np.float32))
-        return self.op("Gemm", [flat, w, b], transB=1)
-
-    def silu(self, x: str) -> str:
-        return self.op("Mul", [x, self.op("Sigmoid", [x])])
-
-    def model(self, output: str, opset: int = 17, shape=("batch", 10)) -> onnx.ModelProto:
-        out = helper.make_tensor_value_info(output, TensorProto.FLOAT, list(shape))
-        graph = helper.make_graph(self.nodes, "test", [self.input], [out], self.inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-        model.ir_version = 8
-        onnx.checker.check_model(model, full_check=True)
-        return model
-
-
-def conv_stack(widths=(3, 16, 32, 32), hw: int = 8, seed: int = 0, opset: int = 17):
-    """Conv-BN-Relu stack of the given widths plus a classifier head."""
-    b = GraphBuilder(widths[0], hw, seed)
-    x = b.input.name
-    for c_in, c_out in zip(widths[:-1], widths[1:], strict=True):
-        x = b.relu(b.bn(b.conv(x, c_in, c_out), c_out))
-    return b.model(b.head(x, widths[-1]), opset)
-
-
-def residual_net(width: int = 16, hw: int = 8, seed: int = 0):
-    """stem conv, two residual blocks (conv-relu-conv + identity), head."""
-    b = GraphBuilder(3, hw, seed)
-    x = b.relu(b.conv(b.input.name, 3, width))
-    for _ in range(2):
-        y = b.relu(b.bn(b.conv(x, width, width), width))
-        y = b.bn(b.conv(y, width, width), width)
-        x = b.relu(b.op("Add", [x, y]))
-    return b.model(b.head(x, width))
+from tools.graphs import GraphBuilder, conv_stack, photo_batch, residual_net  # noqa: F401
 
 
 def branchy_net(width: int = 24, hw: int = 8, seed: int = 0, opset: int = 17):
@@ -111,34 +23,12 @@ def branchy_net(width: int = 24, hw: int = 8, seed: int = 0, opset: int = 17):
     scale = b.const(b.rng.uniform(0.5, 1.5, (1, width, 1, 1)).astype(np.float32))
     x = b.op("Mul", [b.conv(x, width, width), scale])
     w = (b.rng.standard_normal((width, width, 3, 3)) * 0.1).astype(np.float32)
-    const_out = b._name("constw")
+    const_out = b.fresh_name("constw")
     b.nodes.append(helper.make_node("Constant", [], [const_out], name=const_out,
                                     value=numpy_helper.from_array(w)))
     x = b.relu(x)
     x = b.op("Conv", [x, const_out], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     return b.model(b.head(x, width), opset)
-
-
-def photo_batch(shape, seed: int = 0) -> np.ndarray:
-    """Crops of scikit-learn's sample photographs, normalised per channel: realistic
-    image statistics (smooth, correlated pixels) for inputs of any (B, C, H, W)."""
-    from sklearn.datasets import load_sample_images
-
-    rng = np.random.default_rng(seed)
-    photos = [img.astype(np.float32) / 255.0 for img in load_sample_images().images]
-    b, c, h, w = shape
-    out = np.empty(shape, np.float32)
-    for i in range(b):
-        img = photos[i % len(photos)]
-        step = max(1, min(4, (img.shape[0] - 1) // h, (img.shape[1] - 1) // w))
-        y = rng.integers(0, img.shape[0] - step * h)
-        x = rng.integers(0, img.shape[1] - step * w)
-        crop = img[y:y + step * h:step, x:x + step * w:step]  # (h, w, 3), subsampled
-        for ch in range(c):
-            out[i, ch] = crop[:, :, ch % 3]
-    out -= out.mean(axis=(0, 2, 3), keepdims=True)
-    out /= out.std(axis=(0, 2, 3), keepdims=True) + 1e-6
-    return out
 
 
 def cast_model(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:

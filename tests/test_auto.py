@@ -17,6 +17,9 @@ from kse_onnx.lowering import LayerForm, auto
 from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime.bench import Timing
 from kse_onnx.verify import verify
+from optimizing import optimize_graph
+
+NET, G5T1 = residual_net(32, hw=16), KSEOptions(G=5, T=1)  # what ``auto`` is run on
 
 
 def _choice(times, macs):
@@ -65,16 +68,8 @@ def test_layer_form_labels_round_trip():
         LayerForm.parse("sparse/align2")
 
 
-def _optimize_auto(tmp_path, name="auto.onnx", **lower):
-    src, dst = tmp_path / "in.onnx", tmp_path / name
-    if not src.exists():
-        onnx.save(residual_net(32, hw=16), src)
-    report = optimize(src, dst, KSEOptions(G=5, T=1), lower_options=LowerOptions(**lower))
-    return src, dst, report
-
-
 def test_auto_output_is_exact_and_reports_every_layer(tmp_path):
-    src, dst, report = _optimize_auto(tmp_path, batches="1,4")
+    src, dst, report = optimize_graph(tmp_path, NET, G5T1, LowerOptions(batches="1,4"))
     photos = tmp_path / "photos.npz"
     np.savez(photos, x=photo_batch((2, 3, 16, 16)))
     result = verify(src, dst, inputs=photos, rtol=1e-5)
@@ -93,10 +88,11 @@ def test_auto_output_is_exact_and_reports_every_layer(tmp_path):
 
 
 def test_recorded_forms_rebuild_the_same_bytes(tmp_path):
-    src, first, report = _optimize_auto(tmp_path)
+    src, first, report = optimize_graph(tmp_path, NET, G5T1, LowerOptions())
     report.write_json(tmp_path / "report.json")
     for choices in (first, tmp_path / "report.json"):
-        _, again, replay = _optimize_auto(tmp_path, "again.onnx", choices=str(choices))
+        _, again, replay = optimize_graph(tmp_path, NET, G5T1, LowerOptions(choices=str(choices)),
+                                          dst="again.onnx")
         assert again.read_bytes() == first.read_bytes()
         assert "not timed" in replay.extra["auto"]["verdict"]
 
@@ -169,7 +165,8 @@ def _settings(model) -> str:
 def test_whole_model_check_puts_layers_back_until_no_slower(tmp_path, monkeypatch):
     clock = FakeClock(slow_per_layer=0.01)
     monkeypatch.setattr(auto, "interleaved_latency", clock)
-    src, dst, report = _optimize_auto(tmp_path, batches="1")  # one timing point per round
+    # one timing point per round
+    src, dst, report = optimize_graph(tmp_path, NET, G5T1, LowerOptions(batches="1"))
     changed, expected = clock.rounds, []
     reverted, step = 0, 1
     while True:  # 1, 2, 4, ... layers back to whole until 1 + 0.01 * changed <= 1.02
@@ -185,7 +182,7 @@ def test_whole_model_check_puts_layers_back_until_no_slower(tmp_path, monkeypatc
 def test_whole_model_check_ends_with_every_layer_whole(tmp_path, monkeypatch):
     clock = FakeClock(slow_per_layer=1.0)  # slower whatever stays changed
     monkeypatch.setattr(auto, "interleaved_latency", clock)
-    src, dst, report = _optimize_auto(tmp_path, batches="1")
+    src, dst, report = optimize_graph(tmp_path, NET, G5T1, LowerOptions(batches="1"))
     assert clock.rounds[-1] == 0
     forms = report.settings["layer_forms"]
     assert set(forms.values()) == {"whole"}

@@ -18,19 +18,7 @@ from kse_onnx.graph.export import METADATA_KEY
 from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime import ort as kse_ort
 from kse_onnx.verify import VerifyResult, compare, verify
-
-
-def _save(tmp_path, model, name="m.onnx"):
-    path = tmp_path / name
-    onnx.save(model, path)
-    return path
-
-
-def _optimized(tmp_path, model, *args):
-    src, dst = _save(tmp_path, model), tmp_path / "o.onnx"
-    assert main(["optimize", str(src), str(dst), "--lowering", "dense", *args]) == 0
-    return src, dst
-
+from optimizing import optimize_cli, saved
 
 # ---- labels: integer-valued, shape (n,), one per image, one of the model's classes
 
@@ -51,7 +39,7 @@ LABELS = st.one_of(
 @given(labels=LABELS)
 def test_bad_labels_are_refused_by_eval(tmp_path_factory, capsys, labels):
     tmp_path = tmp_path_factory.mktemp("labels")
-    model = _save(tmp_path, residual_net(16))  # 10 classes
+    model = saved(tmp_path, residual_net(16))  # 10 classes
     np.savez(tmp_path / "d.npz", x=np.zeros((12, 3, 8, 8), np.float32), y=labels)
     assert main(["eval", str(model), "--data", str(tmp_path / "d.npz")]) == 1
     err = capsys.readouterr().err.strip()
@@ -59,7 +47,7 @@ def test_bad_labels_are_refused_by_eval(tmp_path_factory, capsys, labels):
 
 
 def test_whole_float_labels_are_accepted(tmp_path, capsys):
-    model = _save(tmp_path, residual_net(16))
+    model = saved(tmp_path, residual_net(16))
     np.savez(tmp_path / "d.npz", x=np.zeros((12, 3, 8, 8), np.float32),
              y=np.arange(12, dtype=np.float32) % 10)
     assert main(["eval", str(model), "--data", str(tmp_path / "d.npz")]) == 0
@@ -67,7 +55,7 @@ def test_whole_float_labels_are_accepted(tmp_path, capsys):
 
 
 def test_finetune_refuses_more_labels_than_images_before_training(tmp_path, capsys):
-    model = _save(tmp_path, residual_net(16))
+    model = saved(tmp_path, residual_net(16))
     np.savez(tmp_path / "d.npz", x=np.zeros((64, 3, 8, 8), np.float32),
              y=np.zeros(80, np.int64))
     out = tmp_path / "t.onnx"
@@ -83,7 +71,7 @@ def test_verify_fails_when_outputs_are_nan(tmp_path, capsys):
     model = residual_net(16)
     bias = model.graph.initializer[-1]  # the head's bias
     bias.CopyFrom(numpy_helper.from_array(np.full(10, np.nan, np.float32), bias.name))
-    src, dst = _optimized(tmp_path, model)
+    src, dst = optimize_cli(tmp_path, model)
     assert main(["verify", str(src), str(dst)]) == 1
     assert "non-finite" in capsys.readouterr().out
 
@@ -100,7 +88,7 @@ def _tamper(dst, settings_update=None, scale_weight=False):
 
 
 def test_metadata_claiming_int8_does_not_skip_exactness(tmp_path, capsys):
-    src, dst = _optimized(tmp_path, residual_net(16))
+    src, dst = optimize_cli(tmp_path, residual_net(16))
     _tamper(dst, {"quantize": "int8-static", "float_output": False, "float_input_conv": True,
                   "short_names": True}, scale_weight=True)
     assert main(["verify", str(src), str(dst)]) == 1
@@ -116,7 +104,7 @@ def test_metadata_claiming_int8_does_not_skip_exactness(tmp_path, capsys):
     ({"G": None}, "--G"),
 ])
 def test_verify_bounds_settings_read_from_metadata(tmp_path, capsys, update, words):
-    src, dst = _optimized(tmp_path, residual_net(16))
+    src, dst = optimize_cli(tmp_path, residual_net(16))
     _tamper(dst, update)
     assert main(["verify", str(src), str(dst)]) == 1
     err = capsys.readouterr().err.strip()
@@ -135,7 +123,7 @@ def test_quantized_result_can_fail():
 
 def test_verify_tolerance_follows_weight_dtype_and_is_documented(tmp_path):
     model = cast_model(residual_net(32), TensorProto.FLOAT16)
-    src, dst = _save(tmp_path, model), tmp_path / "o.onnx"
+    src, dst = saved(tmp_path, model), tmp_path / "o.onnx"
     optimize(src, dst, lower_options=LowerOptions("factored"))
     result = verify(src, dst)
     assert result.rtol == 1e-2 and result.exact
@@ -144,7 +132,7 @@ def test_verify_tolerance_follows_weight_dtype_and_is_documented(tmp_path):
 
 
 def test_huge_declared_input_is_a_clear_error(tmp_path, capsys):
-    src, dst = _optimized(tmp_path, residual_net(16))
+    src, dst = optimize_cli(tmp_path, residual_net(16))
     for path in (src, dst):
         model = onnx.load(path)
         dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -171,7 +159,7 @@ def test_verify_inputs_on_a_batch_1_model_run_one_at_a_time(tmp_path, capsys):
     model = residual_net(16)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
-    src, dst = _optimized(tmp_path, model)
+    src, dst = optimize_cli(tmp_path, model)
     np.savez(tmp_path / "in.npz", x=np.random.default_rng(0).standard_normal(
         (5, 3, 8, 8)).astype(np.float32))
     assert main(["verify", str(src), str(dst), "--inputs", str(tmp_path / "in.npz")]) == 0
@@ -182,7 +170,7 @@ def test_optimize_never_writes_what_onnxruntime_cannot_run(tmp_path, capsys):
     x = b.relu(b.conv(b.input.name, 3, 16))
     w = b.const(np.random.default_rng(0).standard_normal((16, 8, 3, 3)).astype(np.float32))
     y = b.op("Conv", [x, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])  # 8 of 16 channels
-    src, dst = _save(tmp_path, b.model(b.head(y, 16))), tmp_path / "o.onnx"
+    src, dst = saved(tmp_path, b.model(b.head(y, 16))), tmp_path / "o.onnx"
     assert main(["optimize", str(src), str(dst), "--lowering", "dense"]) == 1
     err = capsys.readouterr().err
     assert "onnxruntime" in err and str(dst) in err and not dst.exists()
@@ -195,7 +183,7 @@ def test_optimize_never_writes_what_onnxruntime_cannot_run(tmp_path, capsys):
                                         (["--alpha", "inf"], "--alpha"),
                                         (["--alpha", "nan"], "--alpha")])
 def test_unbounded_options_are_usage_errors(tmp_path, capsys, args, flag):
-    src = _save(tmp_path, residual_net(16))
+    src = saved(tmp_path, residual_net(16))
     assert main(["score", str(src), *args]) == 2
     assert flag in capsys.readouterr().err
 
@@ -224,7 +212,7 @@ def _bias_model(via: str, n: int = 128):
 
 @pytest.mark.parametrize("via", ["constant", "identity"])
 def test_factored_bias_through_constant_or_identity(tmp_path, via):
-    src, dst = _save(tmp_path, _bias_model(via)), tmp_path / "o.onnx"
+    src, dst = saved(tmp_path, _bias_model(via)), tmp_path / "o.onnx"
     report = optimize(src, dst, lower_options=LowerOptions("factored"))
     assert [layer.status for layer in report.layers][1] == "compressed"  # weight via Identity
     assert any(n.op_type == "ReduceSum" for n in onnx.load(dst).graph.node)  # gather-sum form
@@ -235,7 +223,7 @@ def test_factored_1x1_conv_is_written_dense(tmp_path):
     b = GraphBuilder(3, 8)
     x = b.relu(b.conv(b.input.name, 3, 32))
     y = b.relu(b.conv(x, 32, 32, k=1))
-    src, dst = _save(tmp_path, b.model(b.head(y, 32))), tmp_path / "o.onnx"
+    src, dst = saved(tmp_path, b.model(b.head(y, 32))), tmp_path / "o.onnx"
     report = optimize(src, dst, lower_options=LowerOptions("factored"))
     layer = report.layers[1]
     assert layer.status == "compressed" and layer.lowering.startswith("dense")
@@ -251,14 +239,14 @@ def test_factored_prune_only_keeps_the_output_shape(tmp_path):
     out = helper.make_tensor_value_info(y, TensorProto.FLOAT, ["batch", 16, 8, 8])
     graph = helper.make_graph(b.nodes, "g", [b.input], [out], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    src, dst = _save(tmp_path, model), tmp_path / "o.onnx"
+    src, dst = saved(tmp_path, model), tmp_path / "o.onnx"
     optimize(src, dst, KSEOptions(G=2), lower_options=LowerOptions("factored"))
     assert onnx.load(dst).graph.output[0] == model.graph.output[0]
     assert verify(src, dst).exact
 
 
 def test_int8_static_on_opset_11_runs(tmp_path):
-    src = _save(tmp_path, conv_stack((3, 16, 32, 32), opset=11))
+    src = saved(tmp_path, conv_stack((3, 16, 32, 32), opset=11))
     np.savez(tmp_path / "c.npz", x=np.random.default_rng(0).standard_normal(
         (8, 3, 8, 8)).astype(np.float32))
     dst = tmp_path / "o.onnx"
@@ -276,7 +264,7 @@ def test_unreadable_images_are_reported(tmp_path, capsys):
         Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / cls / "1.png")
     (tmp_path / "imgs" / "b" / "notes.txt").write_text("not an image: skipped")
     (tmp_path / "imgs" / "b" / "2.png").write_text("a broken image")
-    model = _save(tmp_path, residual_net(16))
+    model = saved(tmp_path, residual_net(16))
     assert main(["eval", str(model), "--data", str(tmp_path / "imgs")]) == 1
     err = capsys.readouterr().err
     assert "1 file(s)" in err and "2.png" in err
@@ -306,7 +294,7 @@ def test_first_conv_behind_preprocessing_is_left_alone(tmp_path, steps):
             x = b.op(step, [x])
     x = b.relu(b.conv(x, 3, 16))
     x = b.relu(b.conv(x, 16, 16))
-    report = score(_save(tmp_path, b.model(b.head(x, 16))))
+    report = score(saved(tmp_path, b.model(b.head(x, 16))))
     assert report.layers[0].reason.startswith("first conv")
     assert report.layers[1].status == "compressed"
 
@@ -318,7 +306,7 @@ def test_shapes_lost_by_inference_come_from_onnxruntime(tmp_path):
     x = b.relu(b.conv(b.input.name, 3, 16))
     shuffled = b.op("Reshape", [x, b.op("Shape", [x])])  # computed shape: inference loses it
     x = b.relu(b.conv(shuffled, 16, 16))
-    src = _save(tmp_path, b.model(b.head(x, 16)))
+    src = saved(tmp_path, b.model(b.head(x, 16)))
     inferred = onnx.shape_inference.infer_shapes(onnx.load(src))
     lost = {v.name: v for v in inferred.graph.value_info}[shuffled]
     assert not all(d.HasField("dim_value") for d in lost.type.tensor_type.shape.dim[1:])

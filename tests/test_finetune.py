@@ -208,7 +208,8 @@ def test_fashion_mnist_fine_tune_recovers_accuracy(tmp_path):
     from kse_onnx.options import DataOptions, FinetuneOptions
 
     teacher = Path(__file__).resolve().parents[1] / "models" / "fmnist_resnet20.onnx"
-    assert FASHION_MNIST.exists(), "apt-get install dataset-fashion-mnist (tools/test.sh does)"
+    assert FASHION_MNIST.exists(), \
+        "apt-get install dataset-fashion-mnist (tools/scripts/test.sh does)"
     x, y = fashion_mnist("train")
     train = tmp_path / "train.npz"
     np.savez(train, x=x[:2000], y=y[:2000])

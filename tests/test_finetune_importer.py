@@ -10,26 +10,21 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from graphs import branchy_net, photo_batch, residual_net  # noqa: E402
-from kse_onnx.api import optimize  # noqa: E402
 from kse_onnx.errors import ModelError  # noqa: E402
 from kse_onnx.finetune.importer import import_model  # noqa: E402
 from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
 from kse_onnx.runtime.ort import session  # noqa: E402
+from optimizing import optimize_graph  # noqa: E402
 
 LOWERINGS = ["dense", "compact", "factored", "auto"]
-
-
-def _optimized(tmp_path, model, lowering, align=1):
-    src, dst = tmp_path / "in.onnx", tmp_path / f"{lowering}.onnx"
-    onnx.save(model, src)
-    optimize(src, dst, KSEOptions(G=5, T=1), lower_options=LowerOptions(lowering, align=align))
-    return onnx.load(dst)
+G5T1 = KSEOptions(G=5, T=1)
 
 
 @pytest.mark.parametrize("lowering", LOWERINGS)
 @pytest.mark.parametrize("make", [residual_net, branchy_net])
 def test_round_trip_is_exact(tmp_path, lowering, make):
-    model = _optimized(tmp_path, make(), lowering)
+    dst = optimize_graph(tmp_path, make(), G5T1, LowerOptions(lowering, align=1)).dst
+    model = onnx.load(dst)
     module = import_model(model)
     x = photo_batch((2, 3, 8, 8))
     with torch.no_grad():
@@ -55,7 +50,8 @@ def _distinct_per_channel(w: np.ndarray) -> list[int]:
 
 @pytest.mark.parametrize("lowering", ["dense", "compact"])
 def test_training_keeps_sharing_and_pruning(tmp_path, lowering):
-    model = _optimized(tmp_path, residual_net(32), lowering, align=8)
+    dst = optimize_graph(tmp_path, residual_net(32), G5T1, LowerOptions(lowering, align=8)).dst
+    model = onnx.load(dst)
     module = import_model(model)
     assert len(module.shared) > 0
     before = {k: m().detach().numpy().copy() for k, m in module.shared.items()}

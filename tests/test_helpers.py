@@ -3,14 +3,15 @@ model, one-line exception summaries, the Conv op-type sets."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import pytest
 
-from graphs import conv_stack
+from graphs import GraphBuilder, conv_stack
 from kse_onnx.analysis.model import analyse
 from kse_onnx.errors import first_line
 from kse_onnx.graph.export import MODEL_FIELDS, copy_model_fields, export_model
-from kse_onnx.graph.optypes import CONVS, QUANTIZED_CONVS
+from kse_onnx.graph.optypes import CONVS
 from kse_onnx.graph.settings import RecordedSettings
 from kse_onnx.options import KSEOptions, SelectOptions
 from kse_onnx.quantize.ptq import expand_constants
@@ -56,9 +57,31 @@ def test_first_line(exc, line):
     assert first_line(exc) == line
 
 
-def test_conv_op_types():
-    assert CONVS == ("Conv", *QUANTIZED_CONVS) and set(QUANTIZED_CONVS) == {"QLinearConv",
-                                                                          "ConvInteger"}
+@pytest.mark.parametrize("op", ["QLinearConv", "ConvInteger"])
+def test_integer_convs_are_listed_and_left_alone(op):
+    """Each integer conv kernel (onnxruntime's QLinearConv, ConvInteger) is a Conv site of
+    the report, skipped with its reason; the float Conv beside it is compressed."""
+    b = GraphBuilder(3, 8)
+    x = b.conv(b.input.name, 3, 16)
+    q = b.op("QuantizeLinear", [x, b.const(np.float32(0.1)), b.const(np.uint8(128))])
+    w = b.const(np.ones((16, 16, 3, 3), np.uint8))
+    if op == "QLinearConv":
+        y = b.op(op, [q, b.const(np.float32(0.1)), b.const(np.uint8(128)), w,
+                      b.const(np.float32(0.1)), b.const(np.uint8(0)),
+                      b.const(np.float32(0.2)), b.const(np.uint8(0))],
+                 kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+        y = b.op("DequantizeLinear", [y, b.const(np.float32(0.2)), b.const(np.uint8(0))])
+    else:
+        y = b.op("Cast", [b.op(op, [q, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1])],
+                 to=onnx.TensorProto.FLOAT)
+    y = b.conv(y, 16, 32)
+    report = analyse(b.model(b.head(y, 32)), KSEOptions(), SelectOptions()).report
+    kinds = {layer.name: (layer.status, layer.reason) for layer in report.layers}
+    assert [k for k, (_, reason) in kinds.items()
+            if reason == "quantized conv: not supported"] == [
+        n.name for n in b.nodes if n.op_type == op]
+    assert sum(status == "compressed" for status, _ in kinds.values()) == 1
+    assert len(kinds) == sum(n.op_type in CONVS for n in b.nodes) == 3
 
 
 def test_graphsurgeon_log_level_untouched():
@@ -69,7 +92,7 @@ def test_graphsurgeon_log_level_untouched():
 
     code = ("from onnx_graphsurgeon.logger import G_LOGGER as L; before = L.severity; "
             "import kse_onnx.api, kse_onnx.graph.core as s; assert L.severity == before; "
-            "import onnx, sys; sys.path.insert(0, 'tests'); from graphs import conv_stack; "
+            "from tools.graphs import conv_stack; "
             "s.import_graph(conv_stack()); assert L.severity == before; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=str(__import__("pathlib").Path(__file__).parents[1]))

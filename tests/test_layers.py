@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kse_onnx"
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
 
 # Lowest first. A unit is a top-level module or a sub-package of kse_onnx ("" = the
 # package's own __init__). A new module or sub-package must be placed here.
@@ -143,6 +144,36 @@ def test_nothing_below_imports_the_facade_or_the_cli(edges):
 
 def test_no_import_cycle(edges):
     assert find_cycle(edges) is None
+
+
+def documented_units(text: str) -> list[str]:
+    """First cells of the table under "## Packages": ``name.py`` or ``name/``."""
+    section = text.split("\n## Packages\n", 1)[1].split("\n## ", 1)[0]
+    return [line.split("|")[1].strip().strip("`") for line in section.splitlines()
+            if line.startswith("| `")]
+
+
+def package_units() -> set[str]:
+    """The top-level modules (``name.py``) and sub-packages (``name/``) of kse_onnx."""
+    return ({p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+            | {f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and any(p.glob("*.py"))})
+
+
+def test_architecture_lists_every_package_and_module():
+    """docs/architecture.md's packages table names each unit of kse_onnx once, and
+    nothing that is not there."""
+    listed = documented_units(ARCHITECTURE.read_text())
+    assert sorted(set(listed)) == sorted(listed), "a unit listed twice"
+    assert sorted(package_units() - set(listed)) == [], "add to docs/architecture.md"
+    assert sorted(set(listed) - package_units()) == [], "listed but not in kse_onnx/"
+
+
+def test_the_architecture_check_reads_the_table():
+    table = "# A\n\n## Packages\n\n| unit | job |\n|---|---|\n| `a.py` | x |\n" \
+            "| `b/` | y |\n\n## Layers\n\n| `c.py` | not a package row |\n"
+    assert documented_units(table) == ["a.py", "b/"]
+    assert "graph/" in package_units() and "api.py" in package_units()
+    assert "__init__.py" not in package_units()
 
 
 def test_the_checks_catch_what_they_look_for(edges):

@@ -7,15 +7,16 @@ import onnx
 import pytest
 
 from graphs import biases_as_constant_nodes, branchy_net, conv_stack, photo_batch, residual_net
-from kse_onnx.api import optimize
 from kse_onnx.graph.export import settings_of
-from kse_onnx.options import KSEOptions, LowerOptions, SelectOptions
+from kse_onnx.options import KSEOptions, LowerOptions
 from kse_onnx.runtime.ort import session
 from kse_onnx.verify import reference_model
+from optimizing import optimize_graph
 
 # float32 rewrite exactness: reordered sums of the same products, nothing more
 RTOL = 1e-5
 LOWERINGS = ("dense", "compact", "factored")
+G5T1 = KSEOptions(G=5, T=1)
 MODELS = {
     "stack": lambda: conv_stack((3, 16, 32, 32)),
     "residual": lambda: residual_net(32),
@@ -24,14 +25,6 @@ MODELS = {
     "opset11": lambda: conv_stack((3, 16, 24), opset=11),
     "opset13": lambda: branchy_net(16, opset=13),
 }
-
-
-def _optimize(tmp_path, model, lowering="dense", align=8, G=4, T=0, prune=True):
-    src, dst = tmp_path / "in.onnx", tmp_path / f"out_{lowering}.onnx"
-    onnx.save(model, src)
-    report = optimize(src, dst, KSEOptions(G=G, T=T), SelectOptions(),
-                      LowerOptions(lowering=lowering, align=align, prune_producers=prune))
-    return src, dst, report
 
 
 def _rel(a, b):
@@ -43,7 +36,7 @@ def _rel(a, b):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_rewrite_is_exact(tmp_path, name, lowering, align):
     model = MODELS[name]()
-    _, dst, report = _optimize(tmp_path, model, lowering, align, G=5, T=1)
+    _, dst, report = optimize_graph(tmp_path, model, G5T1, LowerOptions(lowering, align=align))
     assert any(layer.status == "compressed" for layer in report.layers)
     _assert_exact(model, dst)
 
@@ -66,7 +59,7 @@ def test_factored_wide_layer_with_constant_node_bias(tmp_path):
     """From 128 filters the factored form fuses with Gather + ReduceSum and adds the bias
     itself; a bias made by a Constant node (not an initializer) works the same."""
     model = biases_as_constant_nodes(residual_net(136, hw=4))
-    _, dst, report = _optimize(tmp_path, model, "factored", G=5, T=1)
+    _, dst, report = optimize_graph(tmp_path, model, G5T1, "factored")
     assert sum(layer.status == "compressed" for layer in report.layers) >= 2
     ops = {n.op_type for n in onnx.load(dst).graph.node}
     assert "ReduceSum" in ops
@@ -77,7 +70,7 @@ def test_factored_wide_layer_with_constant_node_bias(tmp_path):
 
 def test_interface_unchanged_and_batch_dynamic(tmp_path):
     model = residual_net(32)
-    _, dst, _ = _optimize(tmp_path, model, align=1)
+    _, dst, _ = optimize_graph(tmp_path, model, None, LowerOptions("dense", align=1))
     out = onnx.load(dst)
     assert out.graph.input == model.graph.input
     assert out.graph.output == model.graph.output
@@ -93,7 +86,8 @@ def _ops(model):
 
 
 def test_dense_prunes_producer_and_gathers_shared_inputs(tmp_path):
-    _, dst, report = _optimize(tmp_path, residual_net(32), align=1, G=5, T=1)
+    _, dst, report = optimize_graph(tmp_path, residual_net(32), G5T1,
+                                    LowerOptions("dense", align=1))
     out = onnx.load(dst)
     stages = {layer.name: layer.lowering for layer in report.layers if layer.lowering}
     # block input feeds the residual Add too: Gather; conv after bn-relu: producer pruned
@@ -109,15 +103,17 @@ def test_dense_prunes_producer_and_gathers_shared_inputs(tmp_path):
 
 
 def test_alignment_rounds_kept_channels_up(tmp_path):
-    _, _, report = _optimize(tmp_path, residual_net(32), align=8, G=5, T=1)
-    for layer in report.layers:
-        if layer.status == "compressed":
-            assert layer.lowered_channels % 8 == 0 or layer.lowered_channels == 32
-            assert layer.lowered_channels >= layer.kept_channels
+    _, _, report = optimize_graph(tmp_path, residual_net(32), G5T1, "dense")
+    compressed = [layer for layer in report.layers if layer.status == "compressed"]
+    assert compressed
+    assert all(layer.lowered_channels % 8 == 0 or layer.lowered_channels == 32
+               for layer in compressed), [layer.lowered_channels for layer in compressed]
+    assert all(layer.lowered_channels >= layer.kept_channels for layer in compressed)
 
 
 def test_prune_producers_off_uses_gathers(tmp_path):
-    _, dst, report = _optimize(tmp_path, residual_net(32), align=1, G=5, T=1, prune=False)
+    _, dst, report = optimize_graph(
+        tmp_path, residual_net(32), G5T1, LowerOptions("dense", align=1, prune_producers=False))
     lowered = [layer for layer in report.layers if layer.lowering]
     assert lowered and all(layer.status == "compressed" for layer in lowered)
     assert all("producer" not in layer.lowering for layer in lowered)
@@ -130,8 +126,8 @@ def test_prune_producers_off_uses_gathers(tmp_path):
 
 def test_compact_is_smaller_and_codes_are_narrow(tmp_path):
     model = residual_net(64)
-    _, dense_path, _ = _optimize(tmp_path, model, "dense", G=5, T=1)
-    _, compact_path, _ = _optimize(tmp_path, model, "compact", G=5, T=1)
+    _, dense_path, _ = optimize_graph(tmp_path, model, G5T1, "dense")
+    _, compact_path, _ = optimize_graph(tmp_path, model, G5T1, "compact")
     assert compact_path.stat().st_size < 0.8 * dense_path.stat().st_size
     compact = onnx.load(compact_path)
     codes = [i for i in compact.graph.initializer if i.name.endswith("_kse_codes")]
@@ -140,14 +136,14 @@ def test_compact_is_smaller_and_codes_are_narrow(tmp_path):
 
 
 def test_factored_uses_grouped_convs(tmp_path):
-    _, dst, _ = _optimize(tmp_path, residual_net(32), "factored", G=5, T=1)
+    _, dst, _ = optimize_graph(tmp_path, residual_net(32), G5T1, "factored")
     groups = [a.i for n in onnx.load(dst).graph.node if n.op_type == "Conv"
               for a in n.attribute if a.name == "group"]
     assert any(g > 1 for g in groups)
 
 
 def test_depthwise_and_first_conv_left_alone_with_reason(tmp_path):
-    _, _, report = _optimize(tmp_path, branchy_net(24))
+    _, _, report = optimize_graph(tmp_path, branchy_net(24))
     reasons = {layer.name: layer.reason for layer in report.layers}
     assert reasons["conv1"] == "first conv (reads a graph input)"
     assert any("depthwise" in (r or "") for r in reasons.values())
@@ -158,14 +154,14 @@ def test_depthwise_and_first_conv_left_alone_with_reason(tmp_path):
 @pytest.mark.parametrize("lowering", LOWERINGS)
 def test_output_is_byte_identical_across_runs(tmp_path, lowering):
     model = branchy_net(24)
-    _, first, _ = _optimize(tmp_path, model, lowering)
+    _, first, _ = optimize_graph(tmp_path, model, None, lowering)
     data = first.read_bytes()
-    _, second, _ = _optimize(tmp_path, model, lowering)
+    _, second, _ = optimize_graph(tmp_path, model, None, lowering)
     assert second.read_bytes() == data
 
 
 def test_metadata_records_settings(tmp_path):
-    _, dst, _ = _optimize(tmp_path, conv_stack(), "compact", G=5, T=1)
+    _, dst, _ = optimize_graph(tmp_path, conv_stack(), G5T1, "compact")
     settings = settings_of(onnx.load(dst))
     assert settings.kse.G == 5 and settings.kse.T == 1 and settings.lower.lowering == "compact"
     assert settings.kse_onnx_version

@@ -262,8 +262,8 @@ def test_the_pipelines_page_commands_run(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_the_olive_workflow_runs_end_to_end(tmp_path):
-    """tools/olive_workflow.py with the real olive-ai: KSE then onnxruntime's static INT8
-    on the Fashion-MNIST ResNet-20 (minutes)."""
+    """``python -m tools.scripts.olive_workflow`` with the real olive-ai: KSE then
+    onnxruntime's static INT8 on the Fashion-MNIST ResNet-20 (minutes)."""
     import subprocess
     import sys
 
@@ -274,8 +274,9 @@ def test_the_olive_workflow_runs_end_to_end(tmp_path):
 
     if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("needs dataset-fashion-mnist")
-    done = subprocess.run([sys.executable, str(ROOT / "tools/olive_workflow.py"), "--images",
-                           "128", "--work", str(tmp_path)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "tools.scripts.olive_workflow", "--images",
+                           "128", "--work", str(tmp_path)], capture_output=True, text=True,
+                          cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("olive output"))
     assert "QuantizeLinear" in line and "test accuracy 0.9" in line

@@ -22,9 +22,11 @@ from kse_onnx.options import (
 )
 from kse_onnx.refit.normal import SharedLayout
 from kse_onnx.verify import verify
+from optimizing import optimize_graph
 
 torch = pytest.importorskip("torch")
 FAST = dict(refit_steps=20, refit_batch=16)
+G4 = KSEOptions(G=4)
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +38,6 @@ def resnet(tmp_path_factory):
     calibration = tmp / "calibration.npz"
     np.savez(calibration, x=photo_batch((48, 3, 8, 8), seed=3))
     return tmp, src, calibration
-
-
-def _optimize(resnet, name, mode="ls", lowering="dense", **kw):
-    tmp, src, calibration = resnet
-    out = tmp / name
-    report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions(lowering),
-                      calibration=CalibrationOptions(str(calibration)),
-                      refit=RefitOptions(mode, **FAST), log=lambda line: None, **kw)
-    return out, report
 
 
 def test_least_squares_recovers_a_weight_its_codes_can_represent():
@@ -131,7 +124,9 @@ def test_refit_keeps_codes_and_never_increases_an_error(resnet, mode):
     tmp, src, calibration = resnet
     model = onnx.load(src)
     fresh = analyse(model, KSEOptions(G=4), SelectOptions())
-    _, report = _optimize(resnet, f"codes_{mode}.onnx", mode)
+    _, _, report = optimize_graph(*resnet[:2], G4, "dense", dst=f"codes_{mode}.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions(mode, **FAST),
+        log=lambda line: None)
     refit = report.extra["refit"]
     assert len(refit["layers"]) == sum(p.compressed for p in fresh.plans.values()) >= 4
     assert any(f["target"] == "residual Add" for f in refit["layers"])
@@ -218,7 +213,9 @@ def test_refitted_plans_keep_q_distinct_kernels_per_channel(resnet):
 @pytest.mark.parametrize("lowering", ["dense", "compact", "factored"])
 def test_verify_passes_a_refitted_model_and_fails_a_broken_one(resnet, lowering):
     tmp, src, calibration = resnet
-    out, _ = _optimize(resnet, f"verify_{lowering}.onnx", "ls", lowering)
+    _, out, _ = optimize_graph(*resnet[:2], G4, lowering, dst=f"verify_{lowering}.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("ls", **FAST),
+        log=lambda line: None)
     assert verify(src, out).exact
     model = onnx.load(out)
     _break(model, lowering)
@@ -254,8 +251,12 @@ def _break(model: onnx.ModelProto, lowering: str) -> None:
 
 
 def test_refit_is_deterministic(resnet):
-    a, _ = _optimize(resnet, "det_a.onnx", "block")
-    b, _ = _optimize(resnet, "det_b.onnx", "block")
+    _, a, _ = optimize_graph(*resnet[:2], G4, "dense", dst="det_a.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("block", **FAST),
+        log=lambda line: None)
+    _, b, _ = optimize_graph(*resnet[:2], G4, "dense", dst="det_b.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("block", **FAST),
+        log=lambda line: None)
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -263,7 +264,9 @@ def test_refit_command_matches_optimize_with_calibration(resnet):
     tmp, src, calibration = resnet
     plain = tmp / "plain.onnx"
     optimize(src, plain, KSEOptions(G=4), lower_options=LowerOptions("compact"))
-    direct, _ = _optimize(resnet, "direct.onnx", "ls", "compact")
+    _, direct, _ = optimize_graph(*resnet[:2], G4, "compact", dst="direct.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("ls", **FAST),
+        log=lambda line: None)
     later = tmp / "later.onnx"
     refit_command(plain, later, src, CalibrationOptions(str(calibration)),
                   RefitOptions("ls", **FAST), log=lambda line: None)
@@ -378,10 +381,14 @@ def test_float16_holding_for_large_models_fits_as_well(resnet, monkeypatch):
     from kse_onnx.onnx_torch import held
 
     tmp, src, _ = resnet
-    _, plain = _optimize(resnet, "held32.onnx", "act")
+    _, _, plain = optimize_graph(*resnet[:2], G4, "dense", dst="held32.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("act", **FAST),
+        log=lambda line: None)
     monkeypatch.setattr(held, "HALF_FROM_BYTES", 0)
     monkeypatch.setattr(held, "CHUNK", 7)
-    out, half = _optimize(resnet, "held16.onnx", "act")
+    _, out, half = optimize_graph(*resnet[:2], G4, "dense", dst="held16.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("act", **FAST),
+        log=lambda line: None)
     for a, b in zip(plain.extra["refit"]["layers"], half.extra["refit"]["layers"], strict=True):
         assert b["error_after"] == pytest.approx(a["error_after"], rel=0.02, abs=2e-3)
     assert verify(src, out).exact
@@ -506,7 +513,9 @@ def test_distill_keeps_sharing_and_pruned_channels_and_verifies(resnet, lowering
 
     monkeypatch.setattr(distill_module, "improves", lambda error, best, start: True)
     tmp, src, calibration = resnet
-    act, _ = _optimize(resnet, f"act_{lowering}.onnx", "act", lowering)
+    _, act, _ = optimize_graph(*resnet[:2], G4, lowering, dst=f"act_{lowering}.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("act", **FAST),
+        log=lambda line: None)
     out = tmp / f"distill_{lowering}.onnx"
     report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions(lowering),
                       calibration=CalibrationOptions(str(calibration)),
@@ -544,7 +553,9 @@ def test_distill_never_returns_a_worse_model(resnet):
     """An absurd learning rate makes every epoch worse on the held-out images: the refit
     alone is written, and the report says so."""
     tmp, src, calibration = resnet
-    act, _ = _optimize(resnet, "act_plain.onnx", "act")
+    _, act, _ = optimize_graph(*resnet[:2], G4, "dense", dst="act_plain.onnx",
+        calibration=CalibrationOptions(str(resnet[2])), refit=RefitOptions("act", **FAST),
+        log=lambda line: None)
     out = tmp / "distill_absurd.onnx"
     report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("dense"),
                       calibration=CalibrationOptions(str(calibration)),

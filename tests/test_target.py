@@ -6,9 +6,9 @@ import onnx
 import pytest
 
 from graphs import residual_net
-from kse_onnx.api import optimize
 from kse_onnx.cli import main
-from kse_onnx.options import LowerOptions, TargetOptions
+from kse_onnx.options import TargetOptions
+from optimizing import optimize_graph
 
 
 @pytest.fixture()
@@ -18,15 +18,9 @@ def src(tmp_path):
     return path
 
 
-def _optimize(src, tmp_path, **target):
-    dst = tmp_path / f"out_{'_'.join(map(str, target.values()))}.onnx"
-    report = optimize(src, dst, lower_options=LowerOptions("compact"),
-                      target=TargetOptions(**target))
-    return dst, report
-
-
 def test_target_macs_is_met_and_reported_exactly(src, tmp_path):
-    _, report = _optimize(src, tmp_path, target_macs=0.6)
+    report = optimize_graph(tmp_path, src, None, "compact",
+                            target=TargetOptions(target_macs=0.6)).report
     target, totals = report.extra["target"], report.totals()
     reached = totals["macs_factored"] / totals["macs_before"]
     assert reached <= 0.6
@@ -36,13 +30,16 @@ def test_target_macs_is_met_and_reported_exactly(src, tmp_path):
 
 
 def test_looser_target_removes_less_indicator_mass(src, tmp_path):
-    masses = [_optimize(src, tmp_path, target_macs=t)[1].extra["target"]["removed_mass"]
-              for t in (0.4, 0.6, 0.9)]
+    reports = [optimize_graph(tmp_path, src, None, "compact", dst=f"out_{t}.onnx",
+                              target=TargetOptions(target_macs=t)).report
+               for t in (0.4, 0.6, 0.9)]
+    masses = [report.extra["target"]["removed_mass"] for report in reports]
     assert masses[0] >= masses[1] >= masses[2] and masses[0] > masses[2]
 
 
 def test_target_size_prediction_matches_the_file(src, tmp_path):
-    _, report = _optimize(src, tmp_path, target_size=0.5)
+    report = optimize_graph(tmp_path, src, None, "compact",
+                            target=TargetOptions(target_size=0.5)).report
     target = report.extra["target"]
     assert target["predicted_file_size"] <= 0.5
     # the prediction ignores alignment channels and protobuf overhead: a few percent

@@ -14,6 +14,7 @@ from kse_onnx.cli import main
 from kse_onnx.runtime.checks import INT8_COLLAPSE_REL_ERROR, collapse
 from kse_onnx.runtime.compare import Comparison, compare
 from kse_onnx.verify import VerifyResult, verify
+from optimizing import optimize_cli
 
 
 def _with_weight(model: onnx.ModelProto, name: str, change) -> onnx.ModelProto:
@@ -24,13 +25,6 @@ def _with_weight(model: onnx.ModelProto, name: str, change) -> onnx.ModelProto:
     change(values)
     init.CopyFrom(numpy_helper.from_array(values, name))
     return out
-
-
-def _optimized(tmp_path, model, *args):
-    src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
-    onnx.save(model, src)
-    assert main(["optimize", str(src), str(dst), "--lowering", "dense", *args]) == 0
-    return src, dst
 
 
 def _classifier_weight(model) -> str:
@@ -47,7 +41,7 @@ def test_same_non_finite_outputs_are_compared_where_finite(tmp_path, capsys):
     report says the original is non-finite too."""
     model = residual_net(16)
     model = _with_weight(model, _classifier_weight(model), lambda w: w.__setitem__(3, np.nan))
-    src, dst = _optimized(tmp_path, model)
+    src, dst = optimize_cli(tmp_path, model)
     capsys.readouterr()
     assert main(["verify", str(src), str(dst)]) == 0
     out = capsys.readouterr().out
@@ -62,7 +56,7 @@ def test_a_wholly_non_finite_original_is_a_failure_that_names_it(tmp_path, capsy
     conv. Nothing could be compared, so no PASS."""
     model = residual_net(16)
     model = _with_weight(model, "conv1.bias", lambda b: b.__setitem__(0, np.inf))
-    src, dst = _optimized(tmp_path, model)
+    src, dst = optimize_cli(tmp_path, model)
     capsys.readouterr()
     assert main(["verify", str(src), str(dst)]) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]

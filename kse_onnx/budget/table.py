@@ -20,7 +20,7 @@ from ..runtime.ort import random_inputs, session
 
 LAYER_BUDGET_S = 0.3  # timed loop per layer and timing point, all candidates together
 MAX_COUNTS = 8  # measured kept counts per side at most (evenly spread multiples of step)
-# INT8 kept counts are multiples of this and of --budget-step (tools/int8_curves.py,
+# INT8 kept counts are multiples of this and of --budget-step (tools/benchmarks/int8_curves.py,
 # docs/budget.md): onnxruntime's integer Conv runs its output channels in blocks of 16 and
 # pays for a partial block (ResNet-56 at batch 64 with 24/48 channels: 1.20x its INT8)
 INT8_BLOCK = 16

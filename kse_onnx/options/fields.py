@@ -25,7 +25,7 @@ REFIT_MODES = ("none", "ls", "act", "block", "distill")
 SCHEDULES = ("cosine", "step", "constant")
 LOSSES = ("auto", "kd", "mse", "features")
 OPTIMIZERS = ("auto", "sgd", "adam")
-# --lr 0: the chosen optimizer's. Adam's from tools/finetune_dense.py (docs/results.md)
+# --lr 0: the chosen optimizer's. Adam's from tools/results/finetune_dense.py (docs/results.md)
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.003}
 DEFAULT_BATCH = {"kd": 128, "mse": 32, "features": 32}  # --batch 0: the loss's
 

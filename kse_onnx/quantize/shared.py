@@ -10,7 +10,7 @@ or ConvInteger (dynamic). Both inputs of the Gather are constants, so onnxruntim
 constant folding (basic level) turns it back into an int8 initializer before the QDQ
 fusions (extended level) run: the runtime gets the same integer kernels as without
 sharing, which :func:`kse_onnx.quantize.inspect.integer_convs` checks on every output.
-Chosen by measurement (tools/int8_table.py): the shared file and the plain int8 file
+Chosen by measurement (tools/results/int8_table.py): the shared file and the plain int8 file
 time the same, within the noise, on onnxruntime CPU.
 """
 

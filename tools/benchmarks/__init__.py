@@ -1,0 +1,1 @@
+"""Timings and memory of kse-onnx itself (``python -m tools.benchmarks.NAME``)."""

@@ -1,0 +1,115 @@
+"""--max-drop D on Fashion-MNIST ResNet-20 (or any classifier with IDX/npz test data): the
+searched model against every fixed G/T of the search's ladder, each refitted on the same
+images, all scored on the test set.
+
+    python -m tools.results.max_drop_table [--model models/fmnist_resnet20.onnx] [--max-drop 1.0]
+        [--images 1024] [--out max_drop.json]
+
+Calibration: the first ``--images`` training images, labels unused (the search holds out
+the last quarter to measure its drop on; the fixed settings refit on all of them, as a
+user tuning by hand would). Accuracy: top-1 on the 10,000 test images with onnxruntime
+(1 thread). Compact lowering, default refit (act). File sizes are bytes of the written
+model. "test drop" is the original's test accuracy minus the model's, in points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import kse_onnx
+from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.graph.io import load_model
+from kse_onnx.guard.measure import outputs
+from kse_onnx.guard.search import LADDER
+from kse_onnx.options import (
+    DataOptions,
+    GuardOptions,
+    KSEOptions,
+    LowerOptions,
+    ProgressOptions,
+)
+from tools import common
+from tools.common import ROOT
+
+
+def accuracy(model, x, y) -> float:
+    return float((outputs(model, x)[0].argmax(1) == y).mean())
+
+
+def agreement_drop(model, x, reference) -> float:
+    """100 (1 - top-1 agreement with the original's predictions ``reference``): the
+    measure the guard applies to unlabeled images, here on the test images."""
+    return 100 * float((outputs(model, x)[0].argmax(1) != reference).mean())
+
+
+def main() -> None:
+    parser = common.parser(__doc__)
+    parser.add_argument("--model", default=str(ROOT / "models" / "fmnist_resnet20.onnx"))
+    parser.add_argument("--train", default=str(FASHION_MNIST / "train-images-idx3-ubyte.gz"))
+    parser.add_argument("--test", default=str(FASHION_MNIST / "t10k-images-idx3-ubyte.gz"))
+    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
+                        help="also build every fixed G/T of the ladder")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    data = DataOptions()
+    x_cal = load_data(args.train, data)[0][:args.images]
+    x_test, y_test = load_data(args.test, data)
+    original = load_model(args.model)
+    base = accuracy(original, x_test, y_test)
+    reference = outputs(original, x_test)[0].argmax(1)
+    shared = dict(lower_options=LowerOptions("compact"), progress=ProgressOptions(quiet=True))
+    rows = [{"model": "original", "file_size": os.path.getsize(args.model),
+             "test_accuracy": base}]
+    print(f"original: test accuracy {base:.4f}", flush=True)
+    start = time.perf_counter()
+    searched = kse_onnx.optimize(original, calibration=x_cal, **shared,
+                                 guard=GuardOptions(max_drop=args.max_drop))
+    seconds = time.perf_counter() - start
+    acc = accuracy(searched.model, x_test, y_test)
+    chosen = searched.report.extra["max_drop_search"]["chosen"]
+    reported = searched.report.extra["accuracy"]["points"]
+    rows.append({"model": f"--max-drop {args.max_drop:g}", "G": chosen["G"], "T": chosen["T"],
+                 "layers_left_whole": chosen["layers_left_whole"],
+                 "file_size": searched.report.file_size_after, "test_accuracy": acc,
+                 "test_drop": 100 * (base - acc), "reported_drop": reported,
+                 "test_agreement_drop": agreement_drop(searched.model, x_test, reference),
+                 "candidates": len(searched.report.extra["max_drop_search"]["tried"]),
+                 "seconds": round(seconds, 1)})
+    print(json.dumps(rows[-1]), flush=True)
+    if args.fixed:
+        for G, T in LADDER:
+            kse = dataclasses.replace(KSEOptions(), G=G, T=T)
+            fixed = kse_onnx.optimize(original, calibration=x_cal, kse=kse, **shared)
+            acc = accuracy(fixed.model, x_test, y_test)
+            rows.append({"model": f"fixed G={G} T={T}", "G": G, "T": T,
+                         "file_size": fixed.report.file_size_after, "test_accuracy": acc,
+                         "test_drop": 100 * (base - acc),
+                         "test_agreement_drop": agreement_drop(fixed.model, x_test, reference)})
+            print(json.dumps(rows[-1]), flush=True)
+        for key, measure in (("test_drop", "on the test set"),
+                             ("test_agreement_drop", "of top-1 agreement on the test set")):
+            within = [r for r in rows if r["model"].startswith("fixed")
+                      and r[key] <= args.max_drop]
+            best = min(within, key=lambda r: r["file_size"]) if within else None
+            print(f"best fixed G/T within {args.max_drop:g} point(s) {measure}: "
+                  f"{best['model'] if best else 'none'}"
+                  + (f", {best['file_size']} bytes" if best else ""))
+    result = {"environment": common.environment(),
+              "model": args.model, "calibration_images": args.images, "rows": rows}
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,2 @@
+"""Setup, demo, tests, fuzzing and model builders (``bash tools/scripts/NAME.sh``,
+``python -m tools.scripts.NAME``)."""
