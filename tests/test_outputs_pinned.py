@@ -125,7 +125,8 @@ def test_zoo_refit_and_finetune_pinned(workdir, name):
     _pin(f"finetune/{name}", tuned)
 
 
-@pytest.mark.skipif(not FMNIST.exists(), reason="needs dataset-fashion-mnist (tools/scripts/test.sh)")
+@pytest.mark.skipif(not FMNIST.exists(),
+                    reason="needs dataset-fashion-mnist (tools/scripts/test.sh)")
 @pytest.mark.parametrize("name", ["fmnist_resnet20", "fmnist_vgg"])
 def test_fmnist_models_pinned(workdir, name):
     src = ROOT / "models" / f"{name}.onnx"

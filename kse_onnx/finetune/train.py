@@ -68,7 +68,8 @@ def make_optimizer(opts: FinetuneOptions, loss: str, params, log):
     kind = opts.optimizer
     if kind == "auto":
         kind = "sgd" if loss == "kd" else "adam"
-    lr = opts.lr or DEFAULT_LR[kind]  # Adam: measured on dense losses (tools/results/finetune_dense.py)
+    # Adam: measured on dense losses (tools/results/finetune_dense.py)
+    lr = opts.lr or DEFAULT_LR[kind]
     params = list(params)
 
     def build(rate: float):
