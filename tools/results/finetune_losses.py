@@ -67,16 +67,20 @@ def images(kind: str, split: str, n: int, size: int, seed: int) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(x, 3, axis=1), dtype=np.float32)
 
 
-def prepare(name: str, net, shape, data: str, count: int, out: Path) -> tuple[Path, Path, Path]:
+def prepare(name: str, net, shape, data: str, count: int, out: Path,
+            inputs=None) -> tuple[Path, Path, Path]:
     """The teacher ``net`` exported to OUT/NAME.onnx, ``count`` training inputs and the
-    check inputs (``images`` of ``data``)."""
+    check inputs: ``images`` of ``data``, or ``inputs(split, n, size, seed)`` when given."""
+    if inputs is None:
+        def inputs(split, n, size, seed):
+            return images(data, split, n, size, seed)
     teacher = out / f"{name}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx.save(export(net, shape, 17), teacher)
     train, check = out / f"{name}_train.npz", out / f"{name}_check.npz"
-    np.savez(train, x=images(data, "train", count, shape[-1], 1))
-    np.savez(check, input=images(data, "test", CHECK_IMAGES, shape[-1], 2))
+    np.savez(train, x=inputs("train", count, shape[-1], 1))
+    np.savez(check, input=inputs("test", CHECK_IMAGES, shape[-1], 2))
     return teacher, train, check
 
 
