@@ -183,8 +183,7 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         model, kept, streams, budget_report = run_budget(
             model, kse, select, lower_options, budget, target, quantize, images)
     result = analyse(model, kse, select, where, quiet=quiet, kept=kept)
-    # choices are not recorded: the layer_forms say what they gave (replays match byte
-    # for byte)
+    # choices are not recorded: the layer_forms say what they gave (replays byte-equal)
     base = RecordedSettings(kse, select, result.report.settings["kse_onnx_version"],
                             dataclasses.replace(lower_options, choices=""))
     if budget.active:

@@ -209,3 +209,62 @@ def test_the_package_re_exports_lazily():
                             check=True).stdout
     assert loaded.strip() == "[]"
     assert kse_onnx.optimize.__name__ == "optimize_model"
+
+
+MAX_LINES = 400
+LONGER_ALLOWED = {"kse_onnx.onnx_torch.ops"}  # the op table: one entry per ONNX operator
+
+
+def test_no_module_over_the_line_limit():
+    long = {name: n for name, path in modules().items()
+            if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert sorted(set(long) - LONGER_ALLOWED) == [], long
+
+
+def private_crossings(name: str, tree: ast.AST, known: set[str]) -> list[str]:
+    """``from kse_onnx.x import _y`` and ``module._y`` where ``x`` / ``module`` is
+    another unit's module: private names reached across units."""
+    aliases = {}  # local name -> kse_onnx module it stands for
+    bad = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = name.split(".")
+        module = (".".join(base[:len(base) - node.level] + ([node.module] if node.module
+                                                            else []))
+                  if node.level else node.module or "")
+        for a in node.names:
+            full = f"{module}.{a.name}"
+            if full in known:
+                aliases[a.asname or a.name] = full
+            elif a.name.startswith("_") and not a.name.startswith("__") \
+                    and unit(module) != unit(name):
+                bad.append(f"{name}: from {module} import {a.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                and node.value.id in aliases and node.attr.startswith("_") \
+                and not node.attr.startswith("__") \
+                and unit(aliases[node.value.id]) != unit(name):
+            bad.append(f"{name}: {aliases[node.value.id]}.{node.attr}")
+    return bad
+
+
+def test_no_private_name_across_units():
+    known = modules()
+    bad = []
+    for name, path in known.items():
+        relative_base = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text())
+        bad += private_crossings(relative_base + ".x", tree, set(known))
+    assert bad == []
+
+
+def test_the_private_name_check_catches_both_forms():
+    known = set(modules())
+    planted = ast.parse("from ..onnx_torch import ops\nfrom ..graph.core import _hidden\n"
+                        "ops._secret(1)\n")
+    found = private_crossings("kse_onnx.refit.x", planted, known)
+    assert found == ["kse_onnx.refit.x: from kse_onnx.graph.core import _hidden",
+                     "kse_onnx.refit.x: kse_onnx.onnx_torch.ops._secret"]
+    same_unit = ast.parse("from .holding import _private\n")
+    assert private_crossings("kse_onnx.onnx_torch.x", same_unit, known) == []

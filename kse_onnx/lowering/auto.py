@@ -11,8 +11,8 @@ runtime, and the whole model is then checked to be no slower than the original.
 2. Each candidate is timed as a small graph of that layer at its real input shape; when
    the form prunes the producing Conv, that Conv and the channel-wise ops between are in
    the graph too (and in the ``whole`` graph it is compared with). A 1x1 depthwise Conv
-   before and after puts the layer between Convs as in the network, so the layout
-   changes a Gather or an unaligned count forces on its neighbours are timed too. Candidates run
+   before and after puts the layer between Convs as in the network, so the layout changes
+   a Gather or an unaligned count forces on its neighbours are timed too. Candidates run
    interleaved; each time is a median (:func:`~kse_onnx.runtime.bench.interleaved_latency`);
    a candidate ``DROP_SLOWER`` times slower than the fastest after 3 rounds is not run
    further. Layers with equal candidate graphs up to names and weight values (one
@@ -25,8 +25,8 @@ runtime, and the whole model is then checked to be no slower than the original.
    is the measured noise) and the optimized model with compact weight storage (dense
    storage too when compact fails), interleaved at every batch, each timing ending
    early once its verdict is plain. While the optimized model's ratio plus that noise
-   is above 1 + tolerance, layers go back to ``whole``, least measured gain first, 1, 2, 4, ...
-   at a time. With every layer ``whole`` the graph has the original's shapes.
+   is above 1 + tolerance, layers go back to ``whole``, least measured gain first, 1, 2,
+   4, ... at a time. With every layer ``whole`` the graph has the original's shapes.
 The chosen forms are recorded in the model: ``choices`` replays them (:mod:`.replay`)."""
 
 from __future__ import annotations
@@ -146,8 +146,7 @@ def candidate_forms(plan: LayerPlan) -> list[LayerForm]:
 
 
 def pick(choice: LayerChoice, tolerance: float) -> LayerForm:
-    """Fastest candidate no slower than ``whole``; ties (within ``tolerance``) go to the
-    fewest multiply-adds."""
+    """Fastest candidate no slower than ``whole``; ties (within ``tolerance``): fewest MACs."""
     worst = {label: max(t / choice.times_ms["whole"][b] for b, t in by_point.items())
              for label, by_point in choice.times_ms.items()}
     fine = [label for label, r in worst.items() if r <= 1 + tolerance / 2]
