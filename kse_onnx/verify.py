@@ -215,16 +215,19 @@ def _read_back(graph, name: str, plan, settings: RecordedSettings, rows=None):
 def _copy_distilled(reference: gs.Graph, written: gs.Graph, compressed: set[str],
                     rows: dict) -> None:
     """A distilled model (``--refit distill``) trained every weight, not only the shared
-    kernels: each constant input of a node that is not a compressed Conv is read back
-    from the node of the same name and operator in the optimized graph; a pruned
-    producer's kept filters (``rows``) are put back in place, the pruned ones zero."""
+    kernels: each float constant input of a node that is not a compressed Conv is read
+    back from the node of the same name and operator in the optimized graph; a pruned
+    producer's kept filters (``rows``) are put back in place, the pruned ones zero.
+    Integer constants (a Pad's amounts, a Slice's bounds) are settings, never trained:
+    the budget rewrote a pruned group's, and the original's stay."""
     mine = {n.name: n for n in written.nodes}
     for node in reference.nodes:
         other = mine.get(node.name)
         if node.name in compressed or other is None or other.op != node.op:
             continue
         for index, tensor in enumerate(node.inputs):
-            if index >= len(other.inputs) or not isinstance(tensor, gs.Constant):
+            if (index >= len(other.inputs) or not isinstance(tensor, gs.Constant)
+                    or not np.issubdtype(tensor.values.dtype, np.floating)):
                 continue
             values, old = constant_values(other.inputs[index]), tensor.values
             if values is None:

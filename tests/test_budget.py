@@ -454,3 +454,21 @@ def test_a_jump_in_measured_time_is_bisected(tmp_path, macs_as_time, monkeypatch
     assert all(max(r["ratio"].values()) <= 0.45 or max(r["ratio"].values()) > 0.6
                for r in rounds)  # the jump: nothing measured in between
     assert verify(src, out).exact
+
+
+@pytest.mark.parametrize("mode", ["act", "distill"])
+def test_budget_then_refit_verifies(tmp_path, macs_as_time, mode):
+    """A latency budget that prunes a residual group through a channel Pad, then the
+    refit (layer-wise, or distillation of every float weight): verify rebuilds the
+    reference from the refitted model and the rewrite is exact."""
+    from kse_onnx.options import CalibrationOptions, RefitOptions
+
+    src, out, images = tmp_path / "m.onnx", tmp_path / "b.onnx", tmp_path / "cal.npz"
+    onnx.save(padded_resnet(width=16, hw=8), src)
+    np.savez(images, x=photo_batch((64, 3, 8, 8)))
+    report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("compact"),
+                      budget=BudgetOptions(0.6), calibration=CalibrationOptions(str(images)),
+                      refit=RefitOptions(mode, refit_distill_epochs=2))
+    assert report.settings["budget_streams"], "the residual group was pruned"
+    result = verify(src, out)
+    assert result.exact, result.summary()
