@@ -1,5 +1,6 @@
-"""The one loader of calibration images: a file, an array, or an iterable of arrays
-(batches) or of input dicts (``{input name: batch}``), all to one float32 array.
+"""The one loader of images: calibration images from a file, an array, or an iterable
+of arrays (batches) or of input dicts (``{input name: batch}``), all to one float32
+array; and fine-tuning's training images and labels (:func:`training_data`).
 
 The facade calls it once (``optimize``; the CLI for ``finetune --quantize``); the refit,
 the latency budget, the quantizer and fine-tuning receive the array and read no file.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,6 +23,23 @@ from .errors import OptionError
 from .options import CalibrationOptions, DataOptions
 
 MAX_BATCHES = 1 << 20  # an endless data loader is cut here, not read forever
+
+
+class TrainingData(NamedTuple):
+    """Fine-tuning's images ``x`` (float32, preprocessed) and labels ``y`` (or None), read
+    once by the caller; ``where``: their source, named in errors and in the path checks."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    where: str | os.PathLike
+
+
+def training_data(path, data: DataOptions, model) -> TrainingData:
+    """``finetune --data``: images and optional labels read from ``path`` by the one
+    validated reader (:func:`kse_onnx.data.load_data`, with ``data``'s preprocessing),
+    checked against the input of ``model``, the ModelProto that fine-tuning trains."""
+    x, y = load_data(path, data, ModelInput.of(model))
+    return TrainingData(x, y, path)
 
 
 def as_images(calibration, count: int | None = None, data: DataOptions | None = None,

@@ -216,12 +216,16 @@ def _run_verify(args) -> int:
 
 
 def _run_finetune(args) -> int:
+    from .calibration import training_data
     from .finetune.train import finetune
+    from .graph.io import load_model
 
     data, quantize = _options(args, DataOptions), _options(args, QuantizeOptions)
-    result = finetune(args.compressed, args.output, args.teacher, args.data,
-                      _options(args, FinetuneOptions), data, resume=args.resume,
-                      quantize=quantize, calibration=_finetune_calibration(args, data, quantize))
+    opts = _options(args, FinetuneOptions)  # every option checked before a file is read
+    calibration = _finetune_calibration(args, data, quantize)
+    training = training_data(args.data, data, load_model(args.compressed))
+    result = finetune(args.compressed, args.output, args.teacher, training, opts, data,
+                      resume=args.resume, quantize=quantize, calibration=calibration)
     print(f"wrote {args.output}; loss: {result['loss']}; "
           f"{result.get('selection', 'no held-out split')}")
     if "int8" in result:

@@ -47,3 +47,12 @@ def optimize_cli(folder: Path, model: onnx.ModelProto, *args: str, src: str = "i
     source, out = saved(folder, model, src), folder / dst
     assert main(["optimize", str(source), str(out), "--lowering", "dense", *args]) == 0
     return source, out
+
+
+def training(data, student, options=None):
+    """Fine-tuning's training data from file ``data``, read as ``finetune --data`` reads
+    it (checked against the input of the ``student`` model file)."""
+    from kse_onnx.calibration import training_data
+    from kse_onnx.options import DataOptions
+
+    return training_data(data, options or DataOptions(), onnx.load(str(student)))

@@ -26,6 +26,7 @@ from kse_onnx.graph.groups import masked_model, residual_groups
 from kse_onnx.options import BudgetOptions, KSEOptions, LowerOptions
 from kse_onnx.runtime.ort import session
 from kse_onnx.verify import verify
+from optimizing import training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -275,8 +276,8 @@ def test_refit_and_finetune_work_on_a_budget_model(tmp_path, macs_as_time):
     x = photo_batch((2, 3, 8, 8))
     assert run(onnx.load(refitted), x).shape == run(onnx.load(out), x).shape
     tuned = tmp_path / "tuned.onnx"
-    finetune(refitted, tuned, src, str(images), FinetuneOptions(epochs=1, batch=16, threads=1,
-                                                                val_fraction=0.0, quiet=True),
+    finetune(refitted, tuned, src, training(images, refitted),
+             FinetuneOptions(epochs=1, batch=16, threads=1, val_fraction=0.0, quiet=True),
              DataOptions(), log=lambda text: None)
     assert np.all(np.isfinite(run(onnx.load(tuned), x)))
 

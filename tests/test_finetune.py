@@ -19,6 +19,7 @@ from graphs import conv_stack  # noqa: E402
 from kse_onnx.api import optimize  # noqa: E402
 from kse_onnx.cli import main  # noqa: E402
 from kse_onnx.options import KSEOptions, LowerOptions  # noqa: E402
+from optimizing import training  # noqa: E402
 
 
 @pytest.fixture()
@@ -89,7 +90,7 @@ def test_quantization_aware_epochs_when_int8_loses(setup, monkeypatch):
     np.savez(labelled, x=x, y=np.random.default_rng(1).integers(0, 10, len(x)))
     monkeypatch.setattr(qat, "QAT_THRESHOLD", -1.0)
     out = tmp / "qat.onnx"
-    result = finetune(student, out, teacher, labelled,
+    result = finetune(student, out, teacher, training(labelled, student),
                       FinetuneOptions(batch=32, threads=1, lr=0.05, val_fraction=0.25),
                       DataOptions(), log=lambda text: None,
                       quantize=QuantizeOptions("int8-static"))
@@ -218,7 +219,7 @@ def test_fashion_mnist_fine_tune_recovers_accuracy(tmp_path):
     yt = yt[:1000].astype(np.int64)
     student, tuned = tmp_path / "kse.onnx", tmp_path / "tuned.onnx"
     optimize(teacher, student, KSEOptions(G=4, T=0), lower_options=LowerOptions("compact"))
-    result = finetune(student, tuned, teacher, train,
+    result = finetune(student, tuned, teacher, training(train, student),
                       FinetuneOptions(epochs=2, batch=64, threads=1, val_fraction=0.0),
                       DataOptions(pad_crop=2, flip=True), log=lambda text: None)
     losses = [r["loss"] for r in result["history"]]

@@ -27,6 +27,7 @@ from kse_onnx.options import (  # noqa: E402
     LowerOptions,
 )
 from kse_onnx.verify import verify  # noqa: E402
+from optimizing import training  # noqa: E402
 
 MAKERS = {"detector": tiny_detector, "unet": tiny_unet, "classifier": conv_stack}
 
@@ -96,7 +97,7 @@ def _small(tmp_path, pairs, name):
 def test_auto_picks_and_says(tmp_path, pairs, name, picked):
     teacher, student, data = _small(tmp_path, pairs, name)
     lines = []
-    result = finetune(student, tmp_path / "out.onnx", teacher, data,
+    result = finetune(student, tmp_path / "out.onnx", teacher, training(data, student),
                       FinetuneOptions(batch=16, threads=1), DataOptions(), log=lines.append)
     assert result["loss"].startswith(picked + " ")
     assert any(line.startswith(f"loss: {picked} (") and "(auto:" in line for line in lines)
@@ -107,7 +108,7 @@ def test_auto_picks_and_says(tmp_path, pairs, name, picked):
 def test_optimizer_and_lr_as_given(tmp_path, pairs):
     teacher, student, data = _small(tmp_path, pairs, "unet")
     lines = []
-    finetune(student, tmp_path / "out.onnx", teacher, data,
+    finetune(student, tmp_path / "out.onnx", teacher, training(data, student),
              FinetuneOptions(batch=16, threads=1, optimizer="sgd", lr=0.02, loss="features"),
              DataOptions(), log=lines.append)
     assert "optimizer: sgd, lr 0.02 (cosine), batch 16" in lines
@@ -146,7 +147,7 @@ def test_features_match_the_outputs_too(tmp_path, pairs):
 def test_kd_refused_for_masks(tmp_path, pairs):
     teacher, student, data = _small(tmp_path, pairs, "unet")
     with pytest.raises(ModelError, match="--loss kd needs one 2-D logits output"):
-        finetune(student, tmp_path / "out.onnx", teacher, data,
+        finetune(student, tmp_path / "out.onnx", teacher, training(data, student),
                  FinetuneOptions(batch=16, threads=1, loss="kd"), DataOptions(),
                  log=lambda text: None)
 
@@ -262,7 +263,7 @@ def test_lr_check_backs_off_an_absurd_rate(tmp_path, pairs):
     lower the first batch's loss, says so, and the run then beats the start."""
     _, teacher, student, data, _ = pairs["unet"]
     lines = []
-    result = finetune(student, tmp_path / "out.onnx", teacher, data,
+    result = finetune(student, tmp_path / "out.onnx", teacher, training(data, student),
                       FinetuneOptions(batch=64, threads=1, epochs=1, loss="mse", lr=3.0,
                                       warmup=0.0), DataOptions(), log=lines.append)
     check = next(line for line in lines if line.startswith("lr check: 2 step(s)"))
@@ -275,7 +276,7 @@ def test_lr_check_backs_off_an_absurd_rate(tmp_path, pairs):
 def test_best_epoch_is_kept_and_reported(tmp_path, pairs):
     """A sane run keeps an epoch that beats the start, and the result names it."""
     teacher, student, data = _small(tmp_path, pairs, "detector")
-    result = finetune(student, tmp_path / "out.onnx", teacher, data,
+    result = finetune(student, tmp_path / "out.onnx", teacher, training(data, student),
                       FinetuneOptions(batch=8, threads=1, epochs=2, loss="mse"),
                       DataOptions(), log=lambda text: None)
     held = result["held_out"]

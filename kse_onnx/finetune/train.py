@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from .. import paths
-from ..data import ModelInput, check_labels, load_data
+from ..calibration import TrainingData
+from ..data import check_labels
 from ..errors import ModelError, OptionError
 from ..graph.io import load_model, model_files, save_model
 from ..options import (
@@ -111,11 +112,12 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     paths.atomic_write(path, writer=lambda f: torch.save(state, f))
 
 
-def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
+def finetune(compressed, output, teacher, training: TrainingData, opts: FinetuneOptions,
              data: DataOptions, resume: bool = False, log=None,
              quantize: QuantizeOptions | None = None,
              calibration: np.ndarray | None = None) -> dict:
-    """Train ``compressed`` toward ``teacher`` on ``data_path``; write ``output``.
+    """Train ``compressed`` toward ``teacher`` on ``training`` (images and labels read by
+    :func:`kse_onnx.calibration.training_data`); write ``output``.
     ``calibration``: the images int8-static calibrates on, loaded by the caller
     (:mod:`kse_onnx.calibration`); None: the first ``--calibration-images`` default of
     the training images."""
@@ -128,18 +130,18 @@ def finetune(compressed, output, teacher, data_path, opts: FinetuneOptions,
         raise OptionError("--batch", f"{opts.batch} must be a multiple of the {dist.world} "
                                           "torchrun processes")
     paths.check_paths({"COMPRESSED": model_files(compressed),
-                       "--teacher": model_files(teacher), "--data": data_path},
+                       "--teacher": model_files(teacher), "--data": training.where},
                       {"OUTPUT": output, "OUTPUT's weights file": f"{output}.data",
                        "checkpoint folder/": f"{output}.ckpt"})
     say = (lambda text: None) if opts.quiet or not dist.main else log
     student_model = load_model(compressed)
     module = import_model(student_model, str(compressed))  # unmappable ops: refused here
-    x, y = load_data(data_path, data, ModelInput.of(student_model))
+    x, y = training.x, training.y
     teacher_model = load_model(teacher)
     if y is not None:  # every label one of the teacher's classes
         sess = session(teacher_model)
         classes = sess.run(None, {sess.get_inputs()[0].name: x[:1]})[0].shape[-1]
-        y = check_labels(y, len(x), data_path, classes)
+        y = check_labels(y, len(x), training.where, classes)
     objective = losses.plan(opts, student_model, teacher_model, module, x, say)
     if not opts.batch:
         opts = dataclasses.replace(opts, batch=DEFAULT_BATCH[objective.kind])

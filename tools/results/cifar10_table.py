@@ -46,6 +46,7 @@ import onnx
 
 from kse_onnx import options as opts
 from kse_onnx.api import optimize
+from kse_onnx.calibration import training_data
 from kse_onnx.data import load_data, load_dataset
 from kse_onnx.finetune.train import finetune
 from kse_onnx.graph.count import conv_counts
@@ -211,9 +212,13 @@ def main() -> None:
         if result is not None and path.exists():
             rows[label], acc[label] = path, result
 
+    def tune_on(student, output, teacher, options):
+        data = training_data(train, train_data, onnx.load(str(student)))
+        return finetune(student, output, teacher, data, options, train_data, **quiet)
+
     add("original", original)
-    res.step(f"tune {control.name}", lambda: finetune(
-        original, control, original, train, tune, train_data, **quiet), [control])
+    res.step(f"tune {control.name}", lambda: tune_on(
+        original, control, original, tune), [control])
     add("control", control)
 
     ort_int8 = out / f"{control.stem}_ort_int8.onnx"
@@ -270,14 +275,14 @@ def main() -> None:
         add(f"{label}, refit {args.refit_mode} + INT8", paths["int8"])
         if args.skip_tune:
             continue
-        res.step(f"tune {paths['tuned'].name}", lambda p=paths: finetune(
-            p["refit"], p["tuned"], control, train, kse_tune, train_data, **quiet),
+        res.step(f"tune {paths['tuned'].name}", lambda p=paths: tune_on(
+            p["refit"], p["tuned"], control, kse_tune),
             [paths["tuned"]])
         add(f"{label}, refit {args.refit_mode} + {args.epochs} epoch(s)", paths["tuned"])
     if not args.skip_tune:  # the same extra training without KSE: is the gap KSE's?
         more = out / f"{control.stem}_more_lr{args.tune_lr}.onnx"
-        res.step(f"tune {more.name}", lambda: finetune(
-            control, more, control, train, kse_tune, train_data, **quiet), [more])
+        res.step(f"tune {more.name}", lambda: tune_on(
+            control, more, control, kse_tune), [more])
         add(CONTROL_MORE.format(args.epochs), more)
     timed = {"control": control, "onnxruntime INT8 of the control": ort_int8,
              "kse-onnx INT8 of the control (input conv float)": our_int8}

@@ -45,6 +45,7 @@ import onnx
 import torch
 
 from kse_onnx.api import optimize
+from kse_onnx.calibration import training_data
 from kse_onnx.finetune.importer import import_model
 from kse_onnx.finetune.train import finetune
 from kse_onnx.options import DataOptions, FinetuneOptions, KSEOptions, LowerOptions
@@ -205,7 +206,8 @@ def main() -> int:
                 tuned = args.out / f"{name}_{loss}_lr{lr:g}_w{warmup:g}_c{check_steps}.onnx"
                 start = time.perf_counter()
                 lines = []
-                result = finetune(student, tuned, teacher, train, FinetuneOptions(
+                data = training_data(train, DataOptions(), onnx.load(str(student)))
+                result = finetune(student, tuned, teacher, data, FinetuneOptions(
                     loss=loss, threads=args.threads, quiet=True, batch=args.batch, lr=lr,
                     warmup=warmup, lr_check=check_steps, epochs=args.epochs,
                     optimizer=args.optimizer), DataOptions(), log=lines.append)

@@ -35,6 +35,7 @@ import onnx
 import torch
 
 from kse_onnx.api import optimize
+from kse_onnx.calibration import training_data
 from kse_onnx.data import fashion_mnist
 from kse_onnx.finetune.train import finetune
 from kse_onnx.options import (
@@ -158,7 +159,8 @@ def main() -> int:
             for loss in [v for v in args.losses.split(",") if v]:
                 tuned = args.out / f"{name}_G{G}T{T}_{loss}.onnx"
                 start = time.perf_counter()
-                result = finetune(student, tuned, teacher, train,
+                data = training_data(train, DataOptions(), onnx.load(str(student)))
+                result = finetune(student, tuned, teacher, data,
                                   FinetuneOptions(loss=loss, threads=args.threads, quiet=True,
                                                   batch=args.batch, lr=args.lr,
                                                   optimizer=args.optimizer),

@@ -11,7 +11,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import onnx
+
 from kse_onnx.api import optimize
+from kse_onnx.calibration import training_data
 from kse_onnx.data import FASHION_MNIST, load_data
 from kse_onnx.evaluate import evaluate
 from kse_onnx.finetune.train import finetune
@@ -55,10 +58,12 @@ def main() -> None:
         compress_s = time.perf_counter() - start
         after = evaluate(compressed, x_test, y_test).top1
         start = time.perf_counter()
-        finetune(compressed, tuned, TEACHER, train,
+        data = DataOptions(pad_crop=2, flip=True)
+        finetune(compressed, tuned, TEACHER,
+                 training_data(train, data, onnx.load(str(compressed))),
                  FinetuneOptions(epochs=args.epochs, lr=args.lr, threads=args.threads,
                                  val_fraction=0.05),
-                 DataOptions(pad_crop=2, flip=True), log=lambda text: None)
+                 data, log=lambda text: None)
         tune_s = time.perf_counter() - start
         tuned_acc = evaluate(tuned, x_test, y_test).top1
         t = report.totals()

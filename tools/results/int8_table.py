@@ -25,6 +25,7 @@ import onnx
 
 from kse_onnx import options as opts
 from kse_onnx.api import optimize
+from kse_onnx.calibration import training_data
 from kse_onnx.data import FASHION_MNIST, load_data
 from kse_onnx.evaluate import logits
 from kse_onnx.graph.count import conv_counts
@@ -102,9 +103,10 @@ def build_rows(name: str, args) -> tuple[dict, dict, np.ndarray, np.ndarray | No
 
             tuned = out / f"{name}_G{G}T{T}_tuned.onnx"
             start = time.perf_counter()
-            finetune(kse, tuned, original, train,
+            data = opts.DataOptions(pad_crop=2, flip=True)
+            finetune(kse, tuned, original, training_data(train, data, onnx.load(str(kse))),
                      opts.FinetuneOptions(epochs=args.epochs, threads=2, val_fraction=0.05),
-                     opts.DataOptions(pad_crop=2, flip=True), log=lambda text: None)
+                     data, log=lambda text: None)
             notes[tag] = f"fine-tuned {args.epochs} epochs, {time.perf_counter() - start:.0f} s"
             kse = tuned
         else:

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from kse_onnx.api import optimize
-from kse_onnx.calibration import as_images
+from kse_onnx.calibration import as_images, training_data
 from kse_onnx.data import FASHION_MNIST, load_data
 from kse_onnx.evaluate import evaluate
 from kse_onnx.graph.count import conv_counts
@@ -101,9 +101,12 @@ def kse_row(kind: str, r: float, x_test, y_test, calibration) -> dict:
     start = time.perf_counter()
     from kse_onnx.finetune.train import finetune  # torch: only here
 
-    finetune(budget, tuned, TEACHER, str(FASHION_MNIST / "train-images-idx3-ubyte.gz"),
+    tune_data = DataOptions(pad_crop=2, flip=True)
+    train = training_data(str(FASHION_MNIST / "train-images-idx3-ubyte.gz"), tune_data,
+                          onnx.load(str(budget)))
+    finetune(budget, tuned, TEACHER, train,
              FinetuneOptions(epochs=2, threads=2, val_fraction=0.05, quiet=True),
-             DataOptions(pad_crop=2, flip=True), log=lambda text: None,
+             tune_data, log=lambda text: None,
              quantize=QuantizeOptions("int8-static") if int8 else None,
              calibration=as_images(str(calibration)) if int8 else None)
     seconds_tune = time.perf_counter() - start

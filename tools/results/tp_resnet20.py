@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kse_onnx.calibration import as_images
+from kse_onnx.calibration import as_images, training_data
 from kse_onnx.data import FASHION_MNIST
 from kse_onnx.evaluate import evaluate
 from kse_onnx.graph.io import save_model
@@ -174,9 +174,12 @@ def main() -> None:
         start = time.perf_counter()
         from kse_onnx.finetune.train import finetune
 
-        finetune(plain, tuned, TEACHER, str(FASHION_MNIST / "train-images-idx3-ubyte.gz"),
+        tune_data = DataOptions(pad_crop=2, flip=True)
+        train = training_data(str(FASHION_MNIST / "train-images-idx3-ubyte.gz"), tune_data,
+                              onnx.load(str(plain)))
+        finetune(plain, tuned, TEACHER, train,
                  FinetuneOptions(epochs=2, threads=2, val_fraction=0.05, quiet=True),
-                 DataOptions(pad_crop=2, flip=True), log=lambda text: None,
+                 tune_data, log=lambda text: None,
                  quantize=QuantizeOptions("int8-static") if args.int8 else None,
                  calibration=as_images(str(calibration)) if args.int8 else None)
         seconds = time.perf_counter() - start
