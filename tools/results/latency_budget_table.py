@@ -48,6 +48,21 @@ TEACHER = ROOT / "models" / "fmnist_resnet20.onnx"
 POINTS = [(1, 1), (64, 1), (1, 2), (64, 2)]
 
 
+def tune_two_epochs(student: Path, tuned: Path, int8_calibration: Path | None) -> None:
+    """Both methods' recovery: 2 epochs of ``finetune`` from TEACHER on the Fashion-MNIST
+    training set (pad-crop and flip), INT8-static on ``int8_calibration`` when given."""
+    from kse_onnx.finetune.train import finetune  # torch: only here
+
+    tune_data = DataOptions(pad_crop=2, flip=True)
+    train = training_data(str(FASHION_MNIST / "train-images-idx3-ubyte.gz"), tune_data,
+                          onnx.load(str(student)))
+    int8 = int8_calibration is not None
+    finetune(student, tuned, TEACHER, train,
+             FinetuneOptions(epochs=2, threads=2, val_fraction=0.05, quiet=True),
+             tune_data, log=lambda text: None,
+             quantize=QuantizeOptions("int8-static") if int8 else None,
+             calibration=as_images(str(int8_calibration)) if int8 else None)
+
 def data():
     x_train, _ = load_data(FASHION_MNIST / "train-images-idx3-ubyte.gz", DataOptions())
     x_test, y_test = load_data(FASHION_MNIST / "t10k-images-idx3-ubyte.gz", DataOptions())
@@ -99,16 +114,7 @@ def kse_row(kind: str, r: float, x_test, y_test, calibration) -> dict:
     refit_acc = evaluate(budget, x_test, y_test).top1
     tuned = OUT / f"{tag}_2ep.onnx"
     start = time.perf_counter()
-    from kse_onnx.finetune.train import finetune  # torch: only here
-
-    tune_data = DataOptions(pad_crop=2, flip=True)
-    train = training_data(str(FASHION_MNIST / "train-images-idx3-ubyte.gz"), tune_data,
-                          onnx.load(str(budget)))
-    finetune(budget, tuned, TEACHER, train,
-             FinetuneOptions(epochs=2, threads=2, val_fraction=0.05, quiet=True),
-             tune_data, log=lambda text: None,
-             quantize=QuantizeOptions("int8-static") if int8 else None,
-             calibration=as_images(str(calibration)) if int8 else None)
+    tune_two_epochs(budget, tuned, calibration if int8 else None)
     seconds_tune = time.perf_counter() - start
     reference = int8_reference(calibration) if int8 else TEACHER
     measured = report.extra["budget"]["measured"]

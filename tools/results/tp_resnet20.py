@@ -25,15 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kse_onnx.calibration import as_images, training_data
-from kse_onnx.data import FASHION_MNIST
 from kse_onnx.evaluate import evaluate
 from kse_onnx.graph.io import save_model
-from kse_onnx.options import (
-    DataOptions,
-    FinetuneOptions,
-    QuantizeOptions,
-)
 from kse_onnx.quantize.ptq import quantize_int8
 from kse_onnx.runtime.bench import interleaved_latency
 from models.export import export, max_abs_diff
@@ -46,6 +39,7 @@ from tools.results.latency_budget_table import (
     describe,
     int8_reference,
     latency,
+    tune_two_epochs,
 )
 
 MEAN, STD = 0.2860, 0.3530
@@ -172,16 +166,7 @@ def main() -> None:
         save_model(export(pruned(best), (1, 28, 28), 17), plain)
         tuned = OUT / f"{tag}_2ep.onnx"
         start = time.perf_counter()
-        from kse_onnx.finetune.train import finetune
-
-        tune_data = DataOptions(pad_crop=2, flip=True)
-        train = training_data(str(FASHION_MNIST / "train-images-idx3-ubyte.gz"), tune_data,
-                              onnx.load(str(plain)))
-        finetune(plain, tuned, TEACHER, train,
-                 FinetuneOptions(epochs=2, threads=2, val_fraction=0.05, quiet=True),
-                 tune_data, log=lambda text: None,
-                 quantize=QuantizeOptions("int8-static") if args.int8 else None,
-                 calibration=as_images(str(calibration)) if args.int8 else None)
+        tune_two_epochs(plain, tuned, calibration if args.int8 else None)
         seconds = time.perf_counter() - start
         row = {"method": "Torch-Pruning L1", "kind": kind, "R": r, "pruning_ratio": best,
                "model": str(tuned.relative_to(ROOT)), "accuracy_pruned": evaluate(
