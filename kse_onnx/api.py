@@ -181,7 +181,7 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         from .budget.run import run_budget
 
         model, kept, streams, budget_report = run_budget(
-            model, kse, select, lower_options, budget, target, quantize, images)
+            model, kse, select, lower_options, budget, target, quantize, images, quiet)
     result = analyse(model, kse, select, where, quiet=quiet, kept=kept)
     # choices are not recorded: the layer_forms say what they gave (replays byte-equal)
     base = RecordedSettings(kse, select, result.report.settings["kse_onnx_version"],

@@ -18,9 +18,10 @@ from ..graph.walk import default_opset
 from ..options import BudgetOptions, KSEOptions, LowerOptions, QuantizeOptions, SelectOptions
 from ..runtime.ort import provider_list
 from .build import timing_model
+from .importance import rescaled, sensitivities
 from .replay import recorded_budget
-from .search import measure_table, search
-from .spans import find_cuts
+from .search import keeps, measure_table, search
+from .spans import Cuts, find_cuts
 from .table import INT8_BLOCK
 
 TIMING_IMAGES = 4  # calibration inputs behind a timed INT8 model: only its time matters
@@ -28,7 +29,8 @@ TIMING_IMAGES = 4  # calibration inputs behind a timed INT8 model: only its time
 
 def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
                lower_options: LowerOptions, budget: BudgetOptions, target, quantize:
-               QuantizeOptions | None, images) -> tuple[onnx.ModelProto, dict, dict, dict]:
+               QuantizeOptions | None, images, quiet: bool = False
+               ) -> tuple[onnx.ModelProto, dict, dict, dict]:
     """(masked model, layer -> kept input channels, stream -> kept classes, report)."""
     if lower_options.lowering == "factored":
         raise OptionError("--lowering", "factored cannot be used with --target-latency (the "
@@ -42,7 +44,7 @@ def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
                   "replayed": f"kept channels taken from {lower_options.choices}, not timed"}
     else:
         layers, streams, report = _measured(model, kse, select, lower_options, budget,
-                                            quantize, images)
+                                            quantize, images, quiet)
     try:
         masked = masked_model(model, streams)
     except ValueError as exc:
@@ -50,7 +52,8 @@ def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
     return masked, layers, streams, report
 
 
-def _measured(model, kse, select, lower_options, budget, quantize, images):
+def model_cuts(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions) -> Cuts:
+    """The spans of ``model``, ranked by the KSE indicator of every compressible Conv."""
     graph = import_graph(model)
     fill_conv_shapes(graph, model)
     sites = conv_sites(graph, select)
@@ -60,7 +63,23 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
             v = layer_indicator(site.weight, kse)
             if v is not None:
                 indicators[site.name] = v
-    cuts = find_cuts(graph, sites, indicators)
+    return find_cuts(graph, sites, indicators)
+
+
+def _measured(model, kse, select, lower_options, budget, quantize, images, quiet):
+    cuts = model_cuts(model, kse, select)
+    errors = None
+    if budget.budget_importance == "sensitivity":
+        if images is None:
+            raise OptionError("--budget-importance", "sensitivity needs --calibration (its "
+                                                     "images measure each group's cost)")
+
+        def probe(counts: dict) -> bytes:
+            return timing_model(model, select, lower_options, *keeps(cuts, counts)
+                                ).SerializeToString()
+
+        errors = sensitivities(cuts, model, images, budget.budget_step, probe, quiet)
+        cuts = rescaled(cuts, errors, budget.budget_step)
     providers = provider_list(lower_options.provider)
     points = lower_options.timing_points
     opset = default_opset(model)
@@ -96,5 +115,9 @@ def _measured(model, kse, select, lower_options, budget, quantize, images):
 
     found = search(cuts, table, build, reference.SerializeToString(), model.SerializeToString(),
                    budget.target_latency, step, budget.budget_rounds, points, providers, label,
-                   timed, bracketed=int8)
-    return found.layers, found.streams, found.to_dict()
+                   timed)
+    report = found.to_dict()
+    report["importance"] = budget.budget_importance
+    if errors is not None:
+        report["sensitivity"] = {name: round(e, 6) for name, e in errors.items()}
+    return found.layers, found.streams, report

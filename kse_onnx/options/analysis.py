@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import OptionError
 from .fields import (
+    BUDGET_IMPORTANCES,
     ENTROPY_MODES,
     KMEANS_INITS,
     LOWERINGS,
@@ -162,6 +163,13 @@ class BudgetOptions:
                                  "(the SIMD block of the convolutions)")
     budget_rounds: int = option(4, "target-latency: whole-model measurements at most; each one "
                                    "tightens the predicted target")
+    budget_importance: str = option(
+          "indicator",
+          "target-latency: what a channel group costs: 'indicator' (the KSE indicator mass) "
+          "or 'sensitivity' (also the output error on the calibration images with the group "
+          "cut by one step, one forward pass per group; needs --calibration)",
+          choices=BUDGET_IMPORTANCES,
+      )
 
     def __post_init__(self) -> None:
         value = self.target_latency
@@ -170,6 +178,7 @@ class BudgetOptions:
                               f"must be a fraction in (0, 1), or 0 for off; got {value!r}")
         check_int(self, "budget_step", low=1, high=1024)
         check_int(self, "budget_rounds", low=1, high=50)
+        check_choice("--budget-importance", self.budget_importance, BUDGET_IMPORTANCES)
 
     @property
     def active(self) -> bool:

@@ -171,6 +171,11 @@ def check_combined(lower=None, target=None, budget=None, quantize=None,
         if target is not None and target.active:
             raise OptionError("--target-latency", "cannot be combined with --target-macs or "
                                                   "--target-size")
+        replayed = lower is not None and lower.choices
+        if (budget.budget_importance == "sensitivity" and not replayed
+                and calibration is not None and not calibration.calibration):
+            raise OptionError("--budget-importance", "sensitivity needs --calibration (its "
+                                                     "images measure each group's cost)")
     if (quantize is not None and quantize.quantize == "int8-static"
             and not (calibration is not None and calibration.calibration)):
         raise OptionError("--calibration", "int8-static needs calibration inputs")

@@ -17,6 +17,7 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
              "tensorrt": "TensorrtExecutionProvider"}
 PROVIDER_NAMES = tuple(PROVIDERS)
 KMEANS_INITS = ("ward", "k-means++")
+BUDGET_IMPORTANCES = ("indicator", "sensitivity")  # docs/budget.md, budget/importance.py
 MAX_LEVELS = 32  # G and T: 2**(g+1-T-G) stays a normal float
 MAX_GLOB = 256  # characters of an --only/--skip glob
 MAX_GLOBS = 256  # globs per --only/--skip
