@@ -31,6 +31,7 @@ from .commands import (
     VerifyOptions,
 )
 from .fields import (
+    BUDGET_IMPORTANCES,
     DEFAULT_BATCH,
     DEFAULT_LR,
     ENTROPY_MODES,
@@ -59,7 +60,8 @@ OPTIMIZE_OPTIONS = {"kse": KSEOptions, "select": SelectOptions, "lower_options":
                     "progress": ProgressOptions}
 
 __all__ = [
-    "DEFAULT_BATCH", "DEFAULT_LR", "ENTROPY_MODES", "KMEANS_INITS", "LOSSES", "LOWERINGS",
+    "BUDGET_IMPORTANCES", "DEFAULT_BATCH", "DEFAULT_LR", "ENTROPY_MODES", "KMEANS_INITS",
+    "LOSSES", "LOWERINGS",
     "MAX_GLOB", "MAX_GLOBS", "MAX_LEVELS", "OPTIMIZERS", "OPTIMIZE_OPTIONS", "PROVIDERS",
     "PROVIDER_NAMES", "QUANTIZE_MODES", "REFIT_MODES", "SCHEDULES", "BenchOptions",
     "BudgetOptions", "CalibrationOptions", "DataOptions", "EvalFiles", "FinetuneFiles",

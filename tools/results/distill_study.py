@@ -6,11 +6,16 @@ images of the JPEG test split, ../shared/data/README.md; calibration drawn from 
 
     python -m tools.results.distill_study [--model fmnist_resnet20|resnet56] [--r 0.6]
         [--images 256,1024,4096] [--epochs 0,2,4,8,16] [--lr 1e-4,3e-4,1e-3]
+        [--importance indicator|sensitivity] [--tag NAME]
 
-The budget is searched once (float, ``--target-latency R``, batches 1 and 64, 1 thread)
-and every row replays its kept channels (``--choices``), so rows differ only in the
-refit. ``epochs 0`` is ``--refit act``. Rows go to ``out/distill_study/rows.jsonl`` as
-they finish; the table is printed at the end with the machine and the date.
+The budget is searched once (float, ``--target-latency R``, batches 1 and 64, 1 thread;
+``--importance``: ``--budget-importance``) and every row replays its kept channels
+(``--choices``), so rows differ only in the refit. ``epochs 0`` is ``--refit act``.
+Each row also gives the search's measured ratio of the chosen kept set (``search``) and
+the written model's latency against the original afterwards (interleaved medians, 1
+thread, at batch 1 for Fashion-MNIST and 64 for ResNet-56: ``bench``). Rows go to
+``out/distill_study/rows.jsonl`` as they finish; the table is printed at the end with
+the machine and the date.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from kse_onnx.api import optimize
 from kse_onnx.data import FASHION_MNIST, load_data
 from kse_onnx.evaluate import evaluate
 from kse_onnx.options import (
+    BUDGET_IMPORTANCES,
     BudgetOptions,
     CalibrationOptions,
     DataOptions,
@@ -62,7 +68,23 @@ def resnet56(out: Path):
     return teacher, x_train, x_test, y_test, data
 
 
-MODELS = {"fmnist_resnet20": (fmnist_resnet20, "1,64"), "resnet56": (resnet56, "64")}
+MODELS = {"fmnist_resnet20": (fmnist_resnet20, "1,64", 1), "resnet56": (resnet56, "64", 64)}
+
+
+def chosen_ratio(report: dict) -> dict:
+    """The search's measured ratios of the kept set it chose (a round or a refinement)."""
+    kept = report["kept_counts"]
+    return next((r["ratio"] for r in report["measured"] if r["kept_counts"] == kept),
+                report["smallest_model"]["ratio"])  # no round beat the smallest model
+
+
+def bench(teacher, model, batch: int) -> float:
+    """The written model's latency over the original's, interleaved, 1 thread."""
+    import onnx
+
+    timings = common.ratios({"original": onnx.load(teacher), "pruned": onnx.load(model)},
+                            batch, 1, repeats=50, budget_s=20.0)
+    return round(timings["pruned"], 4)
 
 
 def main() -> None:
@@ -76,22 +98,30 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=RefitOptions().refit_distill_batch)
     parser.add_argument("--mixup", type=int, choices=(0, 1), default=1)
     parser.add_argument("--tag", default="", help="added to the output names")
+    parser.add_argument("--importance", default="indicator", choices=BUDGET_IMPORTANCES,
+                        help="--budget-importance of the search")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out_dir = OUT if args.model == "fmnist_resnet20" else OUT / args.model
     out_dir.mkdir(parents=True, exist_ok=True)
-    load, batches = MODELS[args.model]
+    load, batches, bench_batch = MODELS[args.model]
     teacher, x_train, x_test, y_test, data = load(out_dir)
     original = evaluate(teacher, x_test, y_test).top1
     quiet = ProgressOptions(quiet=True)
-    budget = BudgetOptions(args.r)
-    searched = out_dir / f"budget_{args.r:g}.onnx"
+    budget = BudgetOptions(args.r, budget_importance=args.importance)
+    searched = out_dir / f"budget_{args.r:g}{args.tag}.onnx"
+    found = out_dir / f"budget_{args.r:g}{args.tag}.json"
     calibration = out_dir / "calibration_1024.npz"
     np.savez(calibration, x=x_train[:1024])
     if not searched.exists():
-        optimize(teacher, searched, lower_options=LowerOptions("compact", batches=batches),
-                 calibration=CalibrationOptions(str(calibration)), budget=budget,
-                 refit=RefitOptions("act"), progress=quiet, log=lambda line: None)
+        start = time.perf_counter()
+        report = optimize(teacher, searched, calibration=CalibrationOptions(str(calibration)),
+                          lower_options=LowerOptions("compact", batches=batches), budget=budget,
+                          refit=RefitOptions("act"), progress=quiet, log=lambda line: None)
+        found.write_text(json.dumps({**report.extra["budget"], "table": None,
+                                     "seconds": round(time.perf_counter() - start, 1)}))
+    searched_report = json.loads(found.read_text())
+    search_ratio = chosen_ratio(searched_report)
     replay = LowerOptions("compact", batches=batches, choices=str(searched))
     rows = []
     for n in [int(v) for v in args.images.split(",")]:
@@ -119,7 +149,10 @@ def main() -> None:
                        "distill_seconds": distilled.get("seconds"),
                        "kept": distilled.get("kept"),
                        "held_before": distilled.get("held_before"),
-                       "held_after": distilled.get("held_after")}
+                       "held_after": distilled.get("held_after"),
+                       "importance": args.importance, "tag": args.tag,
+                       "search": search_ratio, "bench": bench(teacher, out, bench_batch),
+                       "mass": searched_report["indicator_mass_kept"]}
                 rows.append(row)
                 with open(out_dir / "rows.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -127,12 +160,14 @@ def main() -> None:
     common.print_header(
         f"torch threads {args.threads}, {args.model}, R = {args.r:g}, "
         f"original {original:.4f}")
-    print("| images | epochs | lr | accuracy | drop | seconds (distill) | kept |")
-    print("|---|---|---|---|---|---|---|")
+    print("| importance | images | epochs | lr | accuracy | drop | search ratio | bench "
+          f"b{bench_batch} | seconds (distill) | kept |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['images']} | {r['epochs']} | {r['lr']:g} | {r['accuracy']:.4f} | "
-              f"{100 * (r['original'] - r['accuracy']):.2f} | {r['seconds']} "
-              f"({r['distill_seconds']}) | {r['kept']} |")
+        search = " / ".join(f"{k} {v:.3f}" for k, v in r["search"].items())
+        print(f"| {r['importance']} | {r['images']} | {r['epochs']} | {r['lr']:g} | "
+              f"{r['accuracy']:.4f} | {100 * (r['original'] - r['accuracy']):.2f} | {search} "
+              f"| {r['bench']:.3f} | {r['seconds']} ({r['distill_seconds']}) | {r['kept']} |")
 
 
 if __name__ == "__main__":
