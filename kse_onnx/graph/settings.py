@@ -36,7 +36,9 @@ RECORDED = (KSEOptions, SelectOptions, LowerOptions, BudgetOptions, RefitOptions
             QuantizeOptions, CalibrationOptions)
 LAYOUT = 1  # the layout this version reads and writes; absent in the JSON = 1
 VERSION_KEY = "settings_version"
-UNRECORDED = {LowerOptions: ("choices",)}  # replays: the recorded layer_forms say it all
+# not recorded: replays rebuild from what they chose (the layer_forms; the budget's kept
+# channels), and a model written before budget_importance existed still reads
+UNRECORDED = {LowerOptions: ("choices",), BudgetOptions: ("budget_importance",)}
 
 
 class SettingsError(ValueError):
