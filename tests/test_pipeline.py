@@ -165,12 +165,18 @@ def test_max_drop_holds_on_the_held_out_images(resnet):
     result = kse_onnx.optimize(original, calibration=x, guard=guard,
                                lower_options=LowerOptions("compact"), refit=RefitOptions("none"))
     accuracy = result.report.extra["accuracy"]
-    assert accuracy["source"] == "held-out calibration images" and accuracy["images"] == 32
-    # measured again, independently, on the held-out half: the same number, within D
-    again = drop(outputs(original, x[32:]), outputs(result.model, x[32:]))
+    # the reported drop is the one on the last 16 images, which neither the refit (the
+    # first 32) nor the choice (images 32-47) saw
+    assert accuracy["source"].endswith("kept back to confirm the choice")
+    assert accuracy["images"] == 16
+    again = drop(outputs(original, x[48:]), outputs(result.model, x[48:]))
     assert again.points == pytest.approx(accuracy["points"]) and again.points <= 1.0
     search = result.report.extra["max_drop_search"]
     assert search["refit_images"] == 32 and search["chosen"]["drop"]["points"] <= 1.0
+    assert search["chosen"]["drop"]["images"] == 16 and search["confirmations"] >= 1
+    assert search["chosen"]["confirmed_drop"]["points"] == accuracy["points"]
+    chose = drop(outputs(original, x[32:48]), outputs(result.model, x[32:48]))
+    assert chose.points == pytest.approx(search["chosen"]["drop"]["points"])
     assert len(search["tried"]) > 1 and search["tried"][0]["drop"]["points"] > 1.0
     left_whole = search["chosen"]["layers_left_whole"]
     assert left_whole and len(result.report.settings["skip"]) == len(left_whole)

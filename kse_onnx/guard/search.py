@@ -3,15 +3,19 @@
 Search (greedy relaxation over a G/T ladder):
 
 1. the calibration images are split: the first ``1 - holdout`` refit the model, the
-   rest (or ``--validation`` data, with labels) measure the drop; the refit never sees them;
+   rest (or ``--validation`` data, with labels) measure the drop; the refit never sees
+   them; they are cut again into selection and confirmation images;
 2. for each (G, T) of ``LADDER``, most aggressive first, every eligible Conv's
    sensitivity is measured alone: the original with only that layer's W_hat, its
    relative output error on the held-out images (one forward pass per layer, no refit);
 3. the model compressed at (G, T) with the ``k`` most sensitive layers left whole is
    built in full (refit included) and measured; ``k`` is the smallest that holds the
    drop, found by bisection (the drop falls as layers are left whole);
-4. the smallest file that holds the drop wins; the ladder stops at the first (G, T)
-   that holds it with no layer left whole (gentler ones are larger).
+4. the smallest file that holds the drop on the selection images wins; the ladder stops
+   at the first (G, T) that holds it with no layer left whole (gentler ones are larger);
+5. the winner's drop is measured again on the confirmation images (the last ``--confirm``
+   of the held-out ones), which neither the refit nor the choice saw: that drop is the
+   one reported and held to D (:mod:`.confirm`: the winner's curse, the statistics).
 
 Why this search: per-layer sensitivity without the refit costs one forward pass per
 layer, where a refit per layer and setting would cost minutes each; a misranked layer
@@ -33,6 +37,8 @@ import onnx
 from ..analysis.model import analyse
 from ..errors import ModelError, OptionError
 from ..options import DataOptions, GuardOptions, KSEOptions, SelectOptions
+from .confirm import confirmed, cut
+from .fastest import budget_ratio, fastest_search
 from .measure import Drop, drop, outputs
 
 LADDER = ((5, 1), (4, 1), (5, 0), (4, 0), (3, 0))  # (G, T), smallest files first
@@ -108,32 +114,41 @@ def sensitivity(source: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
 
 def guarded_search(builder: Builder, images, guard: GuardOptions, data: DataOptions | None,
                    log=None):
-    """(the smallest candidate whose drop is at most ``guard.max_drop``, its Drop); an
-    OptionError naming the best drop reached when none is."""
+    """(the smallest candidate whose drop is at most ``guard.max_drop`` on the selection
+    images and then on the confirmation images (:mod:`.confirm`), its confirmation Drop);
+    an error naming the best drop reached when none is. ``--minimize latency``: the
+    fastest model instead (:mod:`.fastest`)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     quiet = getattr(builder.settings.get("progress"), "quiet", False)
     say = (lambda line: None) if quiet else log
     fit, x, y, source = split(images, guard, data)
+    parts = cut(x, y, guard.confirm, source)
+    if guard.minimize == "latency":
+        return fastest_search(builder, fit, parts, guard, say)
+    x, y = parts.select_x, parts.select_y
     reference = outputs(builder.source, x, "the original")
     base = builder.settings.get("kse") or KSEOptions()
     select = builder.settings.get("select") or SelectOptions()
-    tried, best = [], None  # best: (file size, built, drop)
+    tried, held, best = [], [], None  # held: (file size, order, kse, skip, entry)
 
     def build(kse, ranked, k):
         skip = tuple(escape(name) for name, _ in ranked[:k])
         built = builder(fit, kse, skip)
         measured = drop(reference, outputs(built.model, x, "a candidate"), y, source)
-        tried.append({"G": kse.G, "T": kse.T, "layers_left_whole": [n for n, _ in ranked[:k]],
-                      "drop": measured.to_dict(), "file_size": built.report.file_size_after})
+        entry = {"G": kse.G, "T": kse.T, "layers_left_whole": [n for n, _ in ranked[:k]],
+                 "drop": measured.to_dict(), "file_size": built.report.file_size_after}
+        tried.append(entry)
         say(f"max-drop search: G={kse.G} T={kse.T}, {k} layer(s) left whole: "
             f"{measured.line()}")
+        if measured.points <= guard.max_drop:
+            held.append((built.report.file_size_after, len(tried), kse, skip, entry))
         return built, measured
 
     def keep(built, measured):
         nonlocal best
         if measured.points <= guard.max_drop and (
                 best is None or built.report.file_size_after < best[0]):
-            best = (built.report.file_size_after, built, measured)
+            best = (built.report.file_size_after, built, len(tried))
 
     for G, T in LADDER:
         kse = dataclasses.replace(base, G=G, T=T)
@@ -157,13 +172,24 @@ def guarded_search(builder: Builder, images, guard: GuardOptions, data: DataOpti
                    f"{len(closest['layers_left_whole'])} layers left whole)")
         raise ModelError(f"--max-drop {guard.max_drop:g}: no setting holds the drop on the "
                          f"{len(x)} {source}; {reached}; nothing written")
-    _, built, measured = best
-    chosen = next(t for t in tried if t["file_size"] == best[0]
-                  and t["drop"]["points"] == measured.to_dict()["points"])
+
+    def rebuild(candidate):
+        _, order, kse, skip, _ = candidate
+        return best[1] if order == best[2] else builder(fit, kse, skip)
+
+    def named(candidate):
+        entry = candidate[4]
+        return (f"G={entry['G']} T={entry['T']}, {len(entry['layers_left_whole'])} layer(s) "
+                "left whole")
+
+    built, candidate, measured, looks = confirmed(builder.source, sorted(held, key=lambda h: h[:2]),
+                                                  rebuild, parts, guard.max_drop, say, named)
     built.report.extra["max_drop_search"] = {
         "max_drop": guard.max_drop, "ladder": [list(p) for p in LADDER],
-        "refit_images": len(fit), "measured_on": f"{len(x)} {source}", "tried": tried,
-        "chosen": chosen}
+        "refit_images": len(fit), "measured_on": f"{len(x)} {source}",
+        "confirmed_on": f"{len(parts.confirm_x)} {parts.confirm_source()}",
+        "confirmations": looks, "tried": tried,
+        "chosen": {**candidate[4], "confirmed_drop": measured.to_dict()}}
     return built, measured
 
 
@@ -172,20 +198,20 @@ def guarded_budget(builder: Builder, images, guard: GuardOptions, data: DataOpti
     """``--target-latency R --max-drop D``: the budget's model at R, refitted on the
     calibration images the guard does not hold out, and its drop measured on those it
     does; (built, Drop) when the drop is at most D, else a ModelError naming the pair
-    reached (R and its measured ratio, the drop), nothing written. No search over R:
-    each R is a full latency search of its own (minutes), so the pair is checked, and
-    the user lowers D or raises R."""
+    reached (R and its measured ratio, the drop), nothing written. One R, so no
+    selection and no confirmation: every held-out image measures it. The search over R
+    is ``--minimize latency`` (:mod:`.fastest`)."""
+    if guard.minimize == "latency":
+        raise OptionError("--minimize", "latency searches --target-latency itself: give "
+                                        "--max-drop without --target-latency")
     fit, x, y, source = split(images, guard, data)
     built = builder(fit, builder.settings.get("kse") or KSEOptions(), ())
     measured = drop(outputs(builder.source, x, "the original"),
                     outputs(built.model, x, "the compressed model"), y, source)
     if measured.points <= guard.max_drop:
         return built, measured
-    budget = built.report.extra.get("budget") or {}
-    met = [max(r["ratio"].values()) for r in budget.get("measured") or []
-           if isinstance(r.get("ratio"), dict) and r["ratio"]
-           and r.get("indicator_mass_kept") == budget.get("indicator_mass_kept")]
-    speed = f" (measured {min(met):.3f}x)" if met else ""
+    ratio = budget_ratio(built.report)
+    speed = "" if ratio is None else f" (measured {ratio:.3f}x)"
     raise ModelError(f"--target-latency {target:g} --max-drop {guard.max_drop:g}: the best "
                      f"pair reached is R = {target:g}{speed} with a drop of "
                      f"{measured.points:.2f} points on the {len(x)} {source}; raise "
