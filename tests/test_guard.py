@@ -56,7 +56,7 @@ def test_the_chosen_model_is_confirmed_on_images_kept_back():
         confirmed(original, ["bad"] * (LOOKS + 1) + ["good"], build, parts, 1.0,
                   lines.append, str)
     message = str(failed.value)
-    assert f"the {LOOKS} best candidates held the drop" in message
+    assert f"the {LOOKS} best candidate(s) held the drop" in message
     assert "nothing written" in message and "\n" not in message
     with pytest.raises(OptionError, match="--confirm"):
         cut(x[:2 * MIN_PART - 1], None, 0.5, "held-out calibration images")

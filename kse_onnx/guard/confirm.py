@@ -82,7 +82,7 @@ def confirmed(original, candidates: list, build, parts: Parts, max_drop: float, 
         raise ModelError(f"--max-drop {max_drop:g}: no candidate held the drop on the "
                          f"{len(parts.select_x)} {parts.source} used to choose; nothing written")
     candidate, measured = min(looked, key=lambda c: _points(c[1]))
-    raise ModelError(f"--max-drop {max_drop:g}: the {len(looked)} best candidates held the "
+    raise ModelError(f"--max-drop {max_drop:g}: the {len(looked)} best candidate(s) held the "
                      f"drop on the {len(parts.select_x)} images used to choose, but not on "
                      f"the {len(parts.confirm_x)} kept back to confirm (best: {what(candidate)}"
                      f", {_shown(measured)}); raise --max-drop or give more --calibration "

@@ -1,27 +1,26 @@
 """``--max-drop D``: the smallest model whose measured drop is at most D points.
 
-Search (greedy relaxation over a G/T ladder):
+Search (greedy per-layer settings, :mod:`.layerwise`):
 
 1. the calibration images are split: the first ``1 - holdout`` refit the model, the
    rest (or ``--validation`` data, with labels) measure the drop; the refit never sees
-   them; they are cut again into selection and confirmation images;
-2. for each (G, T) of ``LADDER``, most aggressive first, every eligible Conv's
-   sensitivity is measured alone: the original with only that layer's W_hat, its
-   relative output error on the held-out images (one forward pass per layer, no refit);
-3. the model compressed at (G, T) with the ``k`` most sensitive layers left whole is
-   built in full (refit included) and measured; ``k`` is the smallest that holds the
-   drop, found by bisection (the drop falls as layers are left whole);
-4. the smallest file that holds the drop on the selection images wins; the ladder stops
-   at the first (G, T) that holds it with no layer left whole (gentler ones are larger);
-5. the winner's drop is measured again on the confirmation images (the last ``--confirm``
-   of the held-out ones), which neither the refit nor the choice saw: that drop is the
-   one reported and held to D (:mod:`.confirm`: the winner's curse, the statistics).
+   them; they are cut again into selection and confirmation images (:mod:`.confirm`);
+2. each eligible Conv's options, the (G, T) of ``LADDER`` and whole, are priced: the
+   relative output error of the original with only that layer's W_hat (one forward pass
+   per layer and setting, no refit, on the selection images) and the bytes of its weight;
+3. a path of states, from every layer at (5, 1) to every layer whole, moves one layer
+   at a time to the gentler option with the largest fall of error per byte added;
+4. the first state on the path that holds the drop is found by bisection, each state
+   built in full (refit included) and measured on the selection images; the smallest
+   file among the states that held is the choice;
+5. its drop is measured again on the confirmation images, which neither the refit nor
+   the choice saw: that drop is the one reported and held to D.
 
-Why this search: per-layer sensitivity without the refit costs one forward pass per
-layer, where a refit per layer and setting would cost minutes each; a misranked layer
-costs file size, never accuracy, because every candidate is judged by a full build
-measured on held-out images. Layers left whole are recorded as ``--skip`` globs, so
-``verify`` and ``refit`` replay the result like any other.
+Why this search: pricing each layer without the refit costs one forward pass, where a
+refit per layer and setting would cost minutes each; a misranked layer costs file size,
+never accuracy, because every candidate is judged by a full build measured on held-out
+images. Per-layer settings are recorded as ``--layer-gt GLOB=G,T`` and layers left whole
+as ``--skip`` globs, so ``verify`` and ``refit`` replay the result like any other.
 """
 
 from __future__ import annotations
@@ -34,14 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..analysis.model import analyse
 from ..errors import ModelError, OptionError
 from ..options import DataOptions, GuardOptions, KSEOptions, SelectOptions
 from .confirm import confirmed, cut
 from .fastest import budget_ratio, fastest_search
+from .layerwise import LADDER, layer_options, settings_of, upgrade_path
 from .measure import Drop, drop, outputs
 
-LADDER = ((5, 1), (4, 1), (5, 0), (4, 0), (3, 0))  # (G, T), smallest files first
 MIN_HELD_OUT = 32
 SENSITIVITY_IMAGES = 256
 
@@ -56,9 +54,11 @@ class Builder:
     size: int
     settings: dict
 
-    def __call__(self, images, kse: KSEOptions, skip: tuple[str, ...]):
+    def __call__(self, images, kse: KSEOptions, skip: tuple[str, ...],
+                 layer_gt: tuple[str, ...] = ()):
         select = self.settings.get("select") or SelectOptions()
-        select = dataclasses.replace(select, skip=tuple(select.skip) + skip)
+        select = dataclasses.replace(select, skip=tuple(select.skip) + skip,
+                                     layer_gt=layer_gt)
         return self.compress(self.source, self.where, self.size, images=images,
                              **{**self.settings, "kse": kse, "select": select})
 
@@ -86,32 +86,6 @@ def split(images, guard: GuardOptions, data: DataOptions | None):
     return images[:-held], images[-held:], None, "held-out calibration images"
 
 
-def escape(name: str) -> str:
-    """A glob matching exactly ``name`` (``[``, ``*`` and ``?`` taken literally)."""
-    return "".join(f"[{c}]" if c in "[]*?" else c for c in name)
-
-
-def sensitivity(source: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
-                x: np.ndarray, reference: list) -> list[tuple[str, float]]:
-    """Eligible layers, most sensitive first: the relative output error of the original
-    with only that layer's weight replaced by its W_hat."""
-    result = analyse(source, kse, select)
-    weights = {n.name: n.input[1] for n in source.graph.node if n.op_type == "Conv"}
-    inits = {i.name for i in source.graph.initializer}
-    scores = []
-    for name, plan in sorted(result.plans.items()):
-        if not plan.compressed or weights.get(name) not in inits:
-            continue
-        probe = onnx.ModelProto()
-        probe.CopyFrom(source)
-        tensor = next(i for i in probe.graph.initializer if i.name == weights[name])
-        tensor.CopyFrom(onnx.numpy_helper.from_array(
-            plan.w_hat.astype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)),
-            tensor.name))
-        scores.append((name, drop(reference, outputs(probe, x, name)).rel_error))
-    return sorted(scores, key=lambda s: (-s[1], s[0]))
-
-
 def guarded_search(builder: Builder, images, guard: GuardOptions, data: DataOptions | None,
                    log=None):
     """(the smallest candidate whose drop is at most ``guard.max_drop`` on the selection
@@ -127,69 +101,71 @@ def guarded_search(builder: Builder, images, guard: GuardOptions, data: DataOpti
         return fastest_search(builder, fit, parts, guard, say)
     x, y = parts.select_x, parts.select_y
     reference = outputs(builder.source, x, "the original")
-    base = builder.settings.get("kse") or KSEOptions()
+    base = dataclasses.replace(builder.settings.get("kse") or KSEOptions(), G=LADDER[0][0],
+                               T=LADDER[0][1])
     select = builder.settings.get("select") or SelectOptions()
-    tried, held, best = [], [], None  # held: (file size, order, kse, skip, entry)
+    options = layer_options(builder.source, base, select, x[:SENSITIVITY_IMAGES], reference)
+    path = upgrade_path(options)
+    say(f"max-drop search: {len(options)} layers priced at {len(LADDER)} settings and "
+        f"whole; a path of {len(path)} states")
+    tried, held, best = [], [], None  # held: (file size, order, state, entry)
 
-    def build(kse, ranked, k):
-        skip = tuple(escape(name) for name, _ in ranked[:k])
-        built = builder(fit, kse, skip)
+    def build(step):
+        layer_gt, skip, chosen = settings_of(options, path[step])
+        built = builder(fit, base, skip, layer_gt)
         measured = drop(reference, outputs(built.model, x, "a candidate"), y, source)
-        entry = {"G": kse.G, "T": kse.T, "layers_left_whole": [n for n, _ in ranked[:k]],
+        entry = {"step": step, "G": base.G, "T": base.T,
+                 "layers_left_whole": sorted(n for n, c in chosen.items() if c == "whole"),
+                 "layer_gt": {n: c for n, c in chosen.items() if c != "whole"},
                  "drop": measured.to_dict(), "file_size": built.report.file_size_after}
         tried.append(entry)
-        say(f"max-drop search: G={kse.G} T={kse.T}, {k} layer(s) left whole: "
-            f"{measured.line()}")
-        if measured.points <= guard.max_drop:
-            held.append((built.report.file_size_after, len(tried), kse, skip, entry))
-        return built, measured
+        say(f"max-drop search: state {step}/{len(path) - 1} ({len(entry['layer_gt'])} "
+            f"layer(s) gentler, {len(entry['layers_left_whole'])} whole): {measured.line()}")
+        holds = measured.points <= guard.max_drop
+        if holds:
+            held.append((built.report.file_size_after, len(tried), step, entry))
+            keep(built)
+        return holds
 
-    def keep(built, measured):
+    def keep(built):
         nonlocal best
-        if measured.points <= guard.max_drop and (
-                best is None or built.report.file_size_after < best[0]):
+        if best is None or built.report.file_size_after < best[0]:
             best = (built.report.file_size_after, built, len(tried))
 
-    for G, T in LADDER:
-        kse = dataclasses.replace(base, G=G, T=T)
-        ranked = sensitivity(builder.source, kse, select, x[:SENSITIVITY_IMAGES], reference)
-        built, measured = build(kse, ranked, 0)
-        keep(built, measured)
-        if measured.points <= guard.max_drop:
-            break
-        lo, hi = 0, len(ranked)  # lo fails; hi (all whole) assumed to hold
+    lo, hi = 0, len(path) - 1  # lo fails; hi (every layer whole) assumed to hold
+    if not build(0):
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            built, measured = build(kse, ranked, mid)
-            keep(built, measured)
-            lo, hi = (lo, mid) if measured.points <= guard.max_drop else (mid, hi)
+            lo, hi = (lo, mid) if build(mid) else (mid, hi)
     if best is None:
         finite = [t for t in tried if t["drop"]["points"] is not None]
         closest = min(finite, key=lambda t: t["drop"]["points"]) if finite else None
         reached = ("no candidate ran" if closest is None else
                    f"the best drop reached was {closest['drop']['points']:.2f} points "
-                   f"(G={closest['G']} T={closest['T']}, "
-                   f"{len(closest['layers_left_whole'])} layers left whole)")
+                   f"({len(closest['layer_gt'])} layers at a gentler G/T, "
+                   f"{len(closest['layers_left_whole'])} left whole)")
         raise ModelError(f"--max-drop {guard.max_drop:g}: no setting holds the drop on the "
                          f"{len(x)} {source}; {reached}; nothing written")
 
     def rebuild(candidate):
-        _, order, kse, skip, _ = candidate
-        return best[1] if order == best[2] else builder(fit, kse, skip)
+        _, order, step, _ = candidate
+        if order == best[2]:
+            return best[1]
+        layer_gt, skip, _ = settings_of(options, path[step])
+        return builder(fit, base, skip, layer_gt)
 
     def named(candidate):
-        entry = candidate[4]
-        return (f"G={entry['G']} T={entry['T']}, {len(entry['layers_left_whole'])} layer(s) "
-                "left whole")
+        return f"state {candidate[2]}"
 
-    built, candidate, measured, looks = confirmed(builder.source, sorted(held, key=lambda h: h[:2]),
-                                                  rebuild, parts, guard.max_drop, say, named)
+    held.sort(key=lambda h: h[:2])  # the smallest file first
+    built, candidate, measured, looks = confirmed(builder.source, held, rebuild, parts,
+                                                  guard.max_drop, say, named)
     built.report.extra["max_drop_search"] = {
         "max_drop": guard.max_drop, "ladder": [list(p) for p in LADDER],
-        "refit_images": len(fit), "measured_on": f"{len(x)} {source}",
+        "path_states": len(path), "refit_images": len(fit), "measured_on": f"{len(x)} {source}",
         "confirmed_on": f"{len(parts.confirm_x)} {parts.confirm_source()}",
         "confirmations": looks, "tried": tried,
-        "chosen": {**candidate[4], "confirmed_drop": measured.to_dict()}}
+        "chosen": {**candidate[3], "confirmed_drop": measured.to_dict()}}
     return built, measured
 
 
@@ -218,4 +194,4 @@ def guarded_budget(builder: Builder, images, guard: GuardOptions, data: DataOpti
                      "--target-latency or --max-drop; nothing written")
 
 
-__all__ = ["Builder", "Drop", "guarded_budget", "guarded_search", "sensitivity", "split"]
+__all__ = ["LADDER", "Builder", "Drop", "guarded_budget", "guarded_search", "split"]
