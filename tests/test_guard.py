@@ -15,6 +15,7 @@ from test_budget import macs_as_time, padded_resnet  # noqa: F401 (a fixture)
 from graphs import folded_resnet, photo_batch
 from kse_onnx.cli import main
 from kse_onnx.errors import ModelError, OptionError
+from kse_onnx.graph.export import METADATA_KEY
 from kse_onnx.guard.confirm import LOOKS, MIN_PART, confirmed, cut
 from kse_onnx.guard.measure import drop, outputs
 
@@ -103,3 +104,51 @@ def test_fastest_model_within_a_max_drop(tmp_path, capsys, monkeypatch):
         assert main([*args, "--quiet", "--max-drop", "1", *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert flag in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_per_layer_settings_are_recorded_and_replayed(tmp_path, capsys):
+    """``--layer-gt GLOB=G,T`` (what --max-drop records): the layer gets its own G and T,
+    the model records the entries, ``verify`` rebuilds the same plans from them (and
+    fails without them) and ``refit`` replays them; a model without them records no key."""
+    src, out, again = tmp_path / "m.onnx", tmp_path / "o.onnx", tmp_path / "r.onnx"
+    onnx.save(folded_resnet(width=8, hw=8), src)
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, x=photo_batch((32, 3, 8, 8), seed=3))
+    common = ["--lowering", "compact", "--calibration", str(calibration), "--quiet"]
+    assert main(["optimize", str(src), str(out), *common, "--refit", "none", "--G", "5",
+                 "--T", "1", "--layer-gt", "conv[1]0=3,0", "--report",
+                 str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    layers = {layer["name"]: layer for layer in report["layers"]}
+    assert report["settings"]["layer_gt"] == ["conv[1]0=3,0"]
+    assert len(layers["conv10"]["channels_per_level"]) == 3
+    assert all(len(layer["channels_per_level"]) == 5 for name, layer in layers.items()
+               if name != "conv10" and layer["status"] == "compressed")
+    assert main(["verify", str(src), str(out)]) == 0
+    tampered = onnx.load(out)  # the same model without its per-layer setting: fails
+    entry = next(p for p in tampered.metadata_props if p.key == METADATA_KEY)
+    recorded = json.loads(entry.value)
+    del recorded["layer_gt"]
+    entry.value = json.dumps(recorded)
+    onnx.save(tampered, tmp_path / "t.onnx")
+    capsys.readouterr()
+    assert main(["verify", str(src), str(tmp_path / "t.onnx")]) == 1
+    assert main(["refit", str(out), str(again), "--teacher", str(src), "--calibration",
+                 str(calibration), "--refit", "ls", "--quiet"]) == 0
+    assert main(["verify", str(src), str(again)]) == 0
+    plain = tmp_path / "plain.onnx"
+    assert main(["optimize", str(src), str(plain), *common, "--refit", "none", "--report",
+                 str(tmp_path / "p.json")]) == 0
+    assert "layer_gt" not in json.loads((tmp_path / "p.json").read_text())["settings"]
+
+
+@pytest.mark.parametrize("entry", ["conv10", "conv10=3", "=3,0", "conv10=0,0", "conv10=3,x",
+                                   "conv10=3,99"])
+def test_a_bad_layer_setting_is_a_one_line_error(tmp_path, capsys, entry):
+    src = tmp_path / "m.onnx"
+    onnx.save(folded_resnet(width=8, hw=8), src)
+    code = main(["optimize", str(src), str(tmp_path / "o.onnx"), "--lowering", "compact",
+                 "--quiet", "--layer-gt", entry])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--layer-gt" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
