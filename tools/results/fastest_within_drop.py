@@ -27,6 +27,7 @@ import numpy as np
 
 import kse_onnx
 from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.errors import KSEError
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.graph.io import load_model
 from kse_onnx.guard.measure import outputs
@@ -64,10 +65,20 @@ def main() -> None:
     base = accuracy(original, x_test, y_test)
     reference = outputs(original, x_test)[0].argmax(1)
     start = time.perf_counter()
-    fastest = kse_onnx.optimize(original, calibration=x_cal,
-                                lower_options=LowerOptions("compact", batches="1,64"),
-                                guard=GuardOptions(max_drop=args.max_drop, minimize="latency",
-                                                   validation=validation))
+    try:
+        fastest = kse_onnx.optimize(original, calibration=x_cal,
+                                    lower_options=LowerOptions("compact", batches="1,64"),
+                                    guard=GuardOptions(max_drop=args.max_drop,
+                                                       minimize="latency",
+                                                       validation=validation))
+    except KSEError as exc:  # no R holds the drop: the one-line error is the result
+        print(f"no model within {args.max_drop:g}: {exc}", flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps({
+                "environment": common.environment(), "model": args.model,
+                "max_drop": args.max_drop, "validation_images": args.validation_images,
+                "error": str(exc)}, indent=2) + "\n")
+        return
     seconds = time.perf_counter() - start
     search = fastest.report.extra["max_drop_search"]
     acc = accuracy(fastest.model, x_test, y_test)
