@@ -26,24 +26,18 @@ from pathlib import Path
 import numpy as np
 
 import kse_onnx
-from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.data import load_data
 from kse_onnx.errors import KSEError
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.graph.io import load_model
 from kse_onnx.guard.measure import outputs
 from kse_onnx.options import DataOptions, GuardOptions, LowerOptions
 from tools import common
-from tools.common import ROOT
-from tools.results.max_drop_table import accuracy, agreement_drop
+from tools.results.max_drop_table import accuracy, agreement_drop, guard_parser
 
 
 def main() -> None:
-    parser = common.parser(__doc__)
-    parser.add_argument("--model", default=str(ROOT / "models" / "fmnist_resnet20.onnx"))
-    parser.add_argument("--train", default=str(FASHION_MNIST / "train-images-idx3-ubyte.gz"))
-    parser.add_argument("--test", default=str(FASHION_MNIST / "t10k-images-idx3-ubyte.gz"))
-    parser.add_argument("--max-drop", type=float, default=1.5)
-    parser.add_argument("--images", type=int, default=1024)
+    parser = guard_parser(__doc__, 1.5)
     parser.add_argument("--validation-images", type=int, default=0)
     parser.add_argument("--out", default="")
     args = parser.parse_args()

@@ -48,13 +48,20 @@ def agreement_drop(model, x, reference) -> float:
     return 100 * float((outputs(model, x)[0].argmax(1) != reference).mean())
 
 
-def main() -> None:
-    parser = common.parser(__doc__)
+def guard_parser(doc: str, max_drop: float):
+    """The arguments of the guard's result tools: the classifier, its training and test
+    data, D and the calibration images."""
+    parser = common.parser(doc)
     parser.add_argument("--model", default=str(ROOT / "models" / "fmnist_resnet20.onnx"))
     parser.add_argument("--train", default=str(FASHION_MNIST / "train-images-idx3-ubyte.gz"))
     parser.add_argument("--test", default=str(FASHION_MNIST / "t10k-images-idx3-ubyte.gz"))
-    parser.add_argument("--max-drop", type=float, default=1.0)
+    parser.add_argument("--max-drop", type=float, default=max_drop)
     parser.add_argument("--images", type=int, default=1024)
+    return parser
+
+
+def main() -> None:
+    parser = guard_parser(__doc__, 1.0)
     parser.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
                         help="also build every fixed G/T of the ladder")
     parser.add_argument("--out", default="")
