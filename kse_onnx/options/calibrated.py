@@ -126,12 +126,13 @@ class GuardOptions:
     measured on images the refit never saw."""
 
     max_drop: float = option(0.0, "search for the smallest file whose drop against the original "
-                                  "is at most D points: layers the held-out images show most "
-                                  "sensitive are left whole first, then gentler G/T (overrides "
-                                  "--G/--T). Drop: 100 x (1 - top-1 agreement) on held-out "
-                                  "calibration images; with --validation labels, the accuracy "
-                                  "lost; for outputs that are not logits, 100 x the relative L2 "
-                                  "error of the outputs (0 = off)", metavar="D")
+                                  "is at most D points: each layer gets a G/T of its own, the "
+                                  "gentler the more sensitive it is per byte, or is left whole "
+                                  "(overrides --G/--T/--layer-gt). Drop: 100 x (1 - top-1 "
+                                  "agreement) on held-out calibration images the choice did not "
+                                  "see; with --validation labels, the accuracy lost; for "
+                                  "outputs that are not logits, 100 x the relative L2 error of "
+                                  "the outputs (0 = off)", metavar="D")
     validation: str = option("", "with --max-drop: labeled data the drop is measured on (.npz x "
                                  "and y, or IDX images with their labels file beside them), "
                                  "read with the data options", metavar="DATA")
