@@ -19,6 +19,7 @@ from kse_onnx.cli import main
 from kse_onnx.errors import ModelError, OptionError
 from kse_onnx.guard.measure import drop, outputs
 from kse_onnx.options import GuardOptions, LowerOptions, RefitOptions
+from kse_onnx.report import accuracy_lines
 
 pytest.importorskip("torch")  # the refit
 COMPACT = ["--lowering", "compact", "--quiet"]
@@ -190,6 +191,9 @@ def test_max_drop_holds_on_the_held_out_images(resnet):
     for name, (g, _) in gentler.items():  # the layer's own G: its count of levels
         assert layers[name].status == "compressed"
         assert len(layers[name].channels_per_level) == g
+    lines = accuracy_lines(result.report.extra)
+    assert f"{len(gentler)} layer(s) at their own G/T" in lines[0]
+    assert "confirmed on 64 held-out calibration images kept back" in lines[1]
     # the smallest file among the candidates that held the drop
     held = [t["file_size"] for t in search["tried"] if t["drop"]["points"] <= 25.0]
     assert result.report.file_size_after == min(held)
