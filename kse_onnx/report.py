@@ -222,9 +222,20 @@ def accuracy_lines(extra: ReportExtra) -> list[str]:
     search = extra.get("max_drop_search")
     if search:
         last = search["chosen"]
-        lines.append(f"max-drop search: {len(search['tried'])} candidates built; chosen "
-                     f"G={last['G']} T={last['T']} with {len(last['layers_left_whole'])} "
-                     "layer(s) left whole: " + (", ".join(last["layers_left_whole"]) or "none"))
+        if search.get("minimize") == "latency":
+            ratio = "" if last["ratio"] is None else f" (measured {last['ratio']:.3f}x)"
+            lines.append(f"fastest-within-drop search: {len(search['tried'])} latency budgets "
+                         f"tried; chosen R={last['R']:g}{ratio}")
+        else:
+            own = ", ".join(f"{name} G={g} T={t}" for name, (g, t) in
+                            sorted((last.get("layer_gt") or {}).items()))
+            lines.append(f"max-drop search: {len(search['tried'])} candidates built; chosen "
+                         f"G={last['G']} T={last['T']}, {len(last.get('layer_gt') or {})} "
+                         f"layer(s) at their own G/T ({own or 'none'}), "
+                         f"{len(last['layers_left_whole'])} left whole ("
+                         + (", ".join(last["layers_left_whole"]) or "none") + ")")
+        lines.append(f"  chosen on {search['measured_on']}; confirmed on "
+                     f"{search['confirmed_on']} ({search['confirmations']} looked at)")
     accuracy = extra.get("accuracy")
     if accuracy and accuracy.get("measured", True):
         if accuracy["points"] is None:

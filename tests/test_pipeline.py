@@ -19,6 +19,7 @@ from kse_onnx.cli import main
 from kse_onnx.errors import ModelError, OptionError
 from kse_onnx.guard.measure import drop, outputs
 from kse_onnx.options import GuardOptions, LowerOptions, RefitOptions
+from kse_onnx.report import accuracy_lines
 
 pytest.importorskip("torch")  # the refit
 COMPACT = ["--lowering", "compact", "--quiet"]
@@ -159,33 +160,50 @@ def test_bad_validation_file_is_a_one_line_error(resnet, tmp_path, capsys):
 
 
 def test_max_drop_holds_on_the_held_out_images(resnet):
-    _, src, _, x = resnet
+    _, src, _, _ = resnet
     original = onnx.load(src)
-    guard = GuardOptions(max_drop=1.0, holdout=0.5)  # out of reach with every layer compressed
+    x = photo_batch((256, 3, 8, 8), seed=3)
+    guard = GuardOptions(max_drop=25.0, holdout=0.5)  # out of reach with every layer compressed
     result = kse_onnx.optimize(original, calibration=x, guard=guard,
                                lower_options=LowerOptions("compact"), refit=RefitOptions("none"))
     accuracy = result.report.extra["accuracy"]
-    assert accuracy["source"] == "held-out calibration images" and accuracy["images"] == 32
-    # measured again, independently, on the held-out half: the same number, within D
-    again = drop(outputs(original, x[32:]), outputs(result.model, x[32:]))
-    assert again.points == pytest.approx(accuracy["points"]) and again.points <= 1.0
+    # the reported drop is the one on the last 64 images, which neither the refit (the
+    # first 128) nor the choice (images 128-191) saw
+    assert accuracy["source"].endswith("kept back to confirm the choice")
+    assert accuracy["images"] == 64
+    again = drop(outputs(original, x[192:]), outputs(result.model, x[192:]))
+    assert again.points == pytest.approx(accuracy["points"]) and again.points <= 25.0
     search = result.report.extra["max_drop_search"]
-    assert search["refit_images"] == 32 and search["chosen"]["drop"]["points"] <= 1.0
-    assert len(search["tried"]) > 1 and search["tried"][0]["drop"]["points"] > 1.0
-    left_whole = search["chosen"]["layers_left_whole"]
-    assert left_whole and len(result.report.settings["skip"]) == len(left_whole)
-    status = {layer.name: layer.status for layer in result.report.layers}
-    assert all(status[name] == "skipped" for name in left_whole)
+    assert search["refit_images"] == 128 and search["chosen"]["drop"]["points"] <= 25.0
+    assert search["chosen"]["drop"]["images"] == 64 and search["confirmations"] >= 1
+    assert search["chosen"]["confirmed_drop"]["points"] == accuracy["points"]
+    chose = drop(outputs(original, x[128:192]), outputs(result.model, x[128:192]))
+    assert chose.points == pytest.approx(search["chosen"]["drop"]["points"])
+    assert len(search["tried"]) > 1 and search["tried"][0]["drop"]["points"] > 25.0
+    chosen = search["chosen"]
+    left_whole, gentler = chosen["layers_left_whole"], chosen["layer_gt"]
+    assert left_whole and gentler  # a layer at a gentler G/T, not only whole ones
+    settings = result.report.settings
+    assert len(settings["skip"]) == len(left_whole)
+    assert len(settings["layer_gt"]) == len(gentler)
+    layers = {layer.name: layer for layer in result.report.layers}
+    assert all(layers[name].status == "skipped" for name in left_whole)
+    for name, (g, _) in gentler.items():  # the layer's own G: its count of levels
+        assert layers[name].status == "compressed"
+        assert len(layers[name].channels_per_level) == g
+    lines = accuracy_lines(result.report.extra)
+    assert f"{len(gentler)} layer(s) at their own G/T" in lines[0]
+    assert "confirmed on 64 held-out calibration images kept back" in lines[1]
     # the smallest file among the candidates that held the drop
-    held = [t["file_size"] for t in search["tried"] if t["drop"]["points"] <= 1.0]
+    held = [t["file_size"] for t in search["tried"] if t["drop"]["points"] <= 25.0]
     assert result.report.file_size_after == min(held)
 
 
 def test_max_drop_out_of_reach_writes_nothing(resnet, tmp_path, capsys, monkeypatch):
-    from kse_onnx.guard import search
+    from kse_onnx.guard import layerwise
 
     _, src, calibration, _ = resnet
-    monkeypatch.setattr(search, "LADDER", ((5, 1),))
+    monkeypatch.setattr(layerwise, "LADDER", ((5, 1),))
     out = tmp_path / "out.onnx"
     code = main(["optimize", str(src), str(out), *COMPACT, "--calibration", str(calibration),
                  "--refit", "none", "--max-drop", "0.001", "--holdout", "0.5"])

@@ -127,3 +127,20 @@ def test_a_group_missing_a_field_names_it():
         RecordedSettings.from_dict(raw)
     with pytest.raises(SettingsError, match="lacks 'G'"):
         RecordedSettings().analysis()
+
+
+def test_a_later_field_is_written_only_when_set_and_read_when_absent():
+    """``layer_gt`` (per-layer G/T, added within layout 1): absent from the JSON of a
+    model that does not use it (its bytes stay) and read as the default; when set it
+    round-trips, and a crafted value is refused naming the field."""
+    plain = EVERY_GROUP.to_dict()
+    assert "layer_gt" not in plain
+    assert RecordedSettings.from_dict(plain).select.layer_gt == ()
+    select = SelectOptions(skip=("head*",), layer_gt=("conv[1]=3,0",))
+    per_layer = RecordedSettings(EVERY_GROUP.kse, select)
+    raw = per_layer.to_dict()
+    assert raw["layer_gt"] == ["conv[1]=3,0"]
+    assert RecordedSettings.from_dict(raw).select == select
+    for bad in (["conv1=0,0"], ["conv1"], "conv1=3,0"):
+        with pytest.raises(SettingsError, match="layer.gt"):
+            RecordedSettings.from_dict({**raw, "layer_gt": bad})

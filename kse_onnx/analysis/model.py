@@ -7,6 +7,7 @@ plans from the settings recorded in an optimized model.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .. import __version__, progress
@@ -47,15 +48,19 @@ def analyse(model, kse: KSEOptions, select: SelectOptions, model_name: str = "",
                        unit="channel", quiet=quiet, lines=True)
     for site in sites:
         shape = None if site.weight is None else site.weight.shape
+        levels = select.layer_levels(site.name)  # --layer-gt: this layer's own G and T
+        layer_kse = kse if levels is None else dataclasses.replace(kse, G=levels[0],
+                                                                   T=levels[1])
         if site.reason is None:
             try:
-                plans[site.name] = plan_layer(site.weight, kse, key=site.name,
+                plans[site.name] = plan_layer(site.weight, layer_kse, key=site.name,
                                               kept=(kept or {}).get(site.name))
             except ValueError as exc:
                 raise ModelError(f"node {site.name!r}: recorded budget: {exc}") from None
             bar.update(site.weight.shape[1], layers=f"{len(plans)}/{len(eligible)}")
         layers.append(layer_report(site.name, shape if shape and len(shape) == 4 else None,
-                                   site.output_hw, plans.get(site.name), site.reason, kse.G))
+                                   site.output_hw, plans.get(site.name), site.reason,
+                                   layer_kse.G))
     bar.close()
     settings = {"kse_onnx_version": __version__, **as_dict(kse, select)}
     report = ModelReport(model_name, settings, layers)

@@ -39,6 +39,9 @@ VERSION_KEY = "settings_version"
 # not recorded: replays rebuild from what they chose (the layer_forms; the budget's kept
 # channels), and a model written before budget_importance existed still reads
 UNRECORDED = {LowerOptions: ("choices",), BudgetOptions: ("budget_importance",)}
+# fields added within layout 1: recorded only when not their default, absent = default (so
+# models written before them still read, and the bytes of those that do not use them stay)
+LATER = {SelectOptions: ("layer_gt",)}
 
 
 class SettingsError(ValueError):
@@ -127,12 +130,13 @@ def _group(cls, raw: dict, field: str):
     names = _fields(cls)
     if not any(n in raw for n in names):
         return None
-    missing = [n for n in names if n not in raw]
+    later = LATER.get(cls, ())
+    missing = [n for n in names if n not in raw and n not in later]
     if missing:
         raise SettingsError(f"field {field!r} lacks {missing[0]!r}")
     try:
         return cls(**{n: tuple(raw[n]) if isinstance(raw[n], list) else raw[n]
-                      for n in names})
+                      for n in names if n in raw})
     except (OptionError, TypeError, ValueError) as exc:  # an OptionError names the flag
         raise SettingsError(f"field {field!r}: {exc}") from None
 
@@ -146,8 +150,10 @@ FACTS = ("kse_onnx_version", "refit_images", "budget_layers", "budget_streams",
 
 def _fields_of(options) -> dict:
     cls = type(options)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     return {n: list(v) if isinstance(v, tuple) else v
-            for n in _fields(cls) for v in [getattr(options, n)]}
+            for n in _fields(cls) for v in [getattr(options, n)]
+            if n not in LATER.get(cls, ()) or v != defaults[n]}
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,26 @@
 """``--max-drop D``: the smallest model whose measured drop is at most D points.
 
-Search (greedy relaxation over a G/T ladder):
+Search (greedy per-layer settings, :mod:`.layerwise`):
 
 1. the calibration images are split: the first ``1 - holdout`` refit the model, the
-   rest (or ``--validation`` data, with labels) measure the drop; the refit never sees them;
-2. for each (G, T) of ``LADDER``, most aggressive first, every eligible Conv's
-   sensitivity is measured alone: the original with only that layer's W_hat, its
-   relative output error on the held-out images (one forward pass per layer, no refit);
-3. the model compressed at (G, T) with the ``k`` most sensitive layers left whole is
-   built in full (refit included) and measured; ``k`` is the smallest that holds the
-   drop, found by bisection (the drop falls as layers are left whole);
-4. the smallest file that holds the drop wins; the ladder stops at the first (G, T)
-   that holds it with no layer left whole (gentler ones are larger).
+   rest (or ``--validation`` data, with labels) measure the drop; the refit never sees
+   them; they are cut again into selection and confirmation images (:mod:`.confirm`);
+2. each eligible Conv's options, the (G, T) of ``LADDER`` and whole, are priced: the
+   relative output error of the original with only that layer's W_hat (one forward pass
+   per layer and setting, no refit, on the selection images) and the bytes of its weight;
+3. a path of states, from every layer at (5, 1) to every layer whole, moves one layer
+   at a time to the gentler option with the largest fall of error per byte added;
+4. the first state on the path that holds the drop is found by bisection, each state
+   built in full (refit included) and measured on the selection images; the smallest
+   file among the states that held is the choice;
+5. its drop is measured again on the confirmation images, which neither the refit nor
+   the choice saw: that drop is the one reported and held to D.
 
-Why this search: per-layer sensitivity without the refit costs one forward pass per
-layer, where a refit per layer and setting would cost minutes each; a misranked layer
-costs file size, never accuracy, because every candidate is judged by a full build
-measured on held-out images. Layers left whole are recorded as ``--skip`` globs, so
-``verify`` and ``refit`` replay the result like any other.
+Why this search: pricing each layer without the refit costs one forward pass, where a
+refit per layer and setting would cost minutes each; a misranked layer costs file size,
+never accuracy, because every candidate is judged by a full build measured on held-out
+images. Per-layer settings are recorded as ``--layer-gt GLOB=G,T`` and layers left whole
+as ``--skip`` globs, so ``verify`` and ``refit`` replay the result like any other.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..analysis.model import analyse
 from ..errors import ModelError, OptionError
 from ..options import DataOptions, GuardOptions, KSEOptions, SelectOptions
+from .confirm import confirmed, cut
+from .fastest import budget_ratio, fastest_search
+from .layerwise import LADDER, layer_options, settings_of, upgrade_path
 from .measure import Drop, drop, outputs
 
-LADDER = ((5, 1), (4, 1), (5, 0), (4, 0), (3, 0))  # (G, T), smallest files first
 MIN_HELD_OUT = 32
 SENSITIVITY_IMAGES = 256
 
@@ -50,9 +54,11 @@ class Builder:
     size: int
     settings: dict
 
-    def __call__(self, images, kse: KSEOptions, skip: tuple[str, ...]):
+    def __call__(self, images, kse: KSEOptions, skip: tuple[str, ...],
+                 layer_gt: tuple[str, ...] = ()):
         select = self.settings.get("select") or SelectOptions()
-        select = dataclasses.replace(select, skip=tuple(select.skip) + skip)
+        select = dataclasses.replace(select, skip=tuple(select.skip) + skip,
+                                     layer_gt=layer_gt)
         return self.compress(self.source, self.where, self.size, images=images,
                              **{**self.settings, "kse": kse, "select": select})
 
@@ -80,90 +86,86 @@ def split(images, guard: GuardOptions, data: DataOptions | None):
     return images[:-held], images[-held:], None, "held-out calibration images"
 
 
-def escape(name: str) -> str:
-    """A glob matching exactly ``name`` (``[``, ``*`` and ``?`` taken literally)."""
-    return "".join(f"[{c}]" if c in "[]*?" else c for c in name)
-
-
-def sensitivity(source: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
-                x: np.ndarray, reference: list) -> list[tuple[str, float]]:
-    """Eligible layers, most sensitive first: the relative output error of the original
-    with only that layer's weight replaced by its W_hat."""
-    result = analyse(source, kse, select)
-    weights = {n.name: n.input[1] for n in source.graph.node if n.op_type == "Conv"}
-    inits = {i.name for i in source.graph.initializer}
-    scores = []
-    for name, plan in sorted(result.plans.items()):
-        if not plan.compressed or weights.get(name) not in inits:
-            continue
-        probe = onnx.ModelProto()
-        probe.CopyFrom(source)
-        tensor = next(i for i in probe.graph.initializer if i.name == weights[name])
-        tensor.CopyFrom(onnx.numpy_helper.from_array(
-            plan.w_hat.astype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)),
-            tensor.name))
-        scores.append((name, drop(reference, outputs(probe, x, name)).rel_error))
-    return sorted(scores, key=lambda s: (-s[1], s[0]))
-
-
 def guarded_search(builder: Builder, images, guard: GuardOptions, data: DataOptions | None,
                    log=None):
-    """(the smallest candidate whose drop is at most ``guard.max_drop``, its Drop); an
-    OptionError naming the best drop reached when none is."""
+    """(the smallest candidate whose drop is at most ``guard.max_drop`` on the selection
+    images and then on the confirmation images (:mod:`.confirm`), its confirmation Drop);
+    an error naming the best drop reached when none is. ``--minimize latency``: the
+    fastest model instead (:mod:`.fastest`)."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     quiet = getattr(builder.settings.get("progress"), "quiet", False)
     say = (lambda line: None) if quiet else log
     fit, x, y, source = split(images, guard, data)
+    parts = cut(x, y, guard.confirm, source)
+    if guard.minimize == "latency":
+        return fastest_search(builder, fit, parts, guard, say)
+    x, y = parts.select_x, parts.select_y
     reference = outputs(builder.source, x, "the original")
-    base = builder.settings.get("kse") or KSEOptions()
+    base = dataclasses.replace(builder.settings.get("kse") or KSEOptions(), G=LADDER[0][0],
+                               T=LADDER[0][1])
     select = builder.settings.get("select") or SelectOptions()
-    tried, best = [], None  # best: (file size, built, drop)
+    options = layer_options(builder.source, base, select, x[:SENSITIVITY_IMAGES], reference)
+    path = upgrade_path(options)
+    say(f"max-drop search: {len(options)} layers priced at {len(LADDER)} settings and "
+        f"whole; a path of {len(path)} states")
+    tried, held, best = [], [], None  # held: (file size, order, state, entry)
 
-    def build(kse, ranked, k):
-        skip = tuple(escape(name) for name, _ in ranked[:k])
-        built = builder(fit, kse, skip)
+    def build(step):
+        layer_gt, skip, chosen = settings_of(options, path[step])
+        built = builder(fit, base, skip, layer_gt)
         measured = drop(reference, outputs(built.model, x, "a candidate"), y, source)
-        tried.append({"G": kse.G, "T": kse.T, "layers_left_whole": [n for n, _ in ranked[:k]],
-                      "drop": measured.to_dict(), "file_size": built.report.file_size_after})
-        say(f"max-drop search: G={kse.G} T={kse.T}, {k} layer(s) left whole: "
-            f"{measured.line()}")
-        return built, measured
+        entry = {"step": step, "G": base.G, "T": base.T,
+                 "layers_left_whole": sorted(n for n, c in chosen.items() if c == "whole"),
+                 "layer_gt": {n: c for n, c in chosen.items() if c != "whole"},
+                 "drop": measured.to_dict(), "file_size": built.report.file_size_after}
+        tried.append(entry)
+        say(f"max-drop search: state {step}/{len(path) - 1} ({len(entry['layer_gt'])} "
+            f"layer(s) gentler, {len(entry['layers_left_whole'])} whole): {measured.line()}")
+        holds = measured.points <= guard.max_drop
+        if holds:
+            held.append((built.report.file_size_after, len(tried), step, entry))
+            keep(built)
+        return holds
 
-    def keep(built, measured):
+    def keep(built):
         nonlocal best
-        if measured.points <= guard.max_drop and (
-                best is None or built.report.file_size_after < best[0]):
-            best = (built.report.file_size_after, built, measured)
+        if best is None or built.report.file_size_after < best[0]:
+            best = (built.report.file_size_after, built, len(tried))
 
-    for G, T in LADDER:
-        kse = dataclasses.replace(base, G=G, T=T)
-        ranked = sensitivity(builder.source, kse, select, x[:SENSITIVITY_IMAGES], reference)
-        built, measured = build(kse, ranked, 0)
-        keep(built, measured)
-        if measured.points <= guard.max_drop:
-            break
-        lo, hi = 0, len(ranked)  # lo fails; hi (all whole) assumed to hold
+    lo, hi = 0, len(path) - 1  # lo fails; hi (every layer whole) assumed to hold
+    if not build(0):
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            built, measured = build(kse, ranked, mid)
-            keep(built, measured)
-            lo, hi = (lo, mid) if measured.points <= guard.max_drop else (mid, hi)
+            lo, hi = (lo, mid) if build(mid) else (mid, hi)
     if best is None:
         finite = [t for t in tried if t["drop"]["points"] is not None]
         closest = min(finite, key=lambda t: t["drop"]["points"]) if finite else None
         reached = ("no candidate ran" if closest is None else
                    f"the best drop reached was {closest['drop']['points']:.2f} points "
-                   f"(G={closest['G']} T={closest['T']}, "
-                   f"{len(closest['layers_left_whole'])} layers left whole)")
+                   f"({len(closest['layer_gt'])} layers at a gentler G/T, "
+                   f"{len(closest['layers_left_whole'])} left whole)")
         raise ModelError(f"--max-drop {guard.max_drop:g}: no setting holds the drop on the "
                          f"{len(x)} {source}; {reached}; nothing written")
-    _, built, measured = best
-    chosen = next(t for t in tried if t["file_size"] == best[0]
-                  and t["drop"]["points"] == measured.to_dict()["points"])
+
+    def rebuild(candidate):
+        _, order, step, _ = candidate
+        if order == best[2]:
+            return best[1]
+        layer_gt, skip, _ = settings_of(options, path[step])
+        return builder(fit, base, skip, layer_gt)
+
+    def named(candidate):
+        return f"state {candidate[2]}"
+
+    held.sort(key=lambda h: h[:2])  # the smallest file first
+    built, candidate, measured, looks = confirmed(builder.source, held, rebuild, parts,
+                                                  guard.max_drop, say, named)
     built.report.extra["max_drop_search"] = {
         "max_drop": guard.max_drop, "ladder": [list(p) for p in LADDER],
-        "refit_images": len(fit), "measured_on": f"{len(x)} {source}", "tried": tried,
-        "chosen": chosen}
+        "path_states": len(path), "refit_images": len(fit), "measured_on": f"{len(x)} {source}",
+        "confirmed_on": f"{len(parts.confirm_x)} {parts.confirm_source()}",
+        "confirmations": looks, "tried": tried,
+        "chosen": {**candidate[3], "confirmed_drop": measured.to_dict()}}
     return built, measured
 
 
@@ -172,24 +174,24 @@ def guarded_budget(builder: Builder, images, guard: GuardOptions, data: DataOpti
     """``--target-latency R --max-drop D``: the budget's model at R, refitted on the
     calibration images the guard does not hold out, and its drop measured on those it
     does; (built, Drop) when the drop is at most D, else a ModelError naming the pair
-    reached (R and its measured ratio, the drop), nothing written. No search over R:
-    each R is a full latency search of its own (minutes), so the pair is checked, and
-    the user lowers D or raises R."""
+    reached (R and its measured ratio, the drop), nothing written. One R, so no
+    selection and no confirmation: every held-out image measures it. The search over R
+    is ``--minimize latency`` (:mod:`.fastest`)."""
+    if guard.minimize == "latency":
+        raise OptionError("--minimize", "latency searches --target-latency itself: give "
+                                        "--max-drop without --target-latency")
     fit, x, y, source = split(images, guard, data)
     built = builder(fit, builder.settings.get("kse") or KSEOptions(), ())
     measured = drop(outputs(builder.source, x, "the original"),
                     outputs(built.model, x, "the compressed model"), y, source)
     if measured.points <= guard.max_drop:
         return built, measured
-    budget = built.report.extra.get("budget") or {}
-    met = [max(r["ratio"].values()) for r in budget.get("measured") or []
-           if isinstance(r.get("ratio"), dict) and r["ratio"]
-           and r.get("indicator_mass_kept") == budget.get("indicator_mass_kept")]
-    speed = f" (measured {min(met):.3f}x)" if met else ""
+    ratio = budget_ratio(built.report)
+    speed = "" if ratio is None else f" (measured {ratio:.3f}x)"
     raise ModelError(f"--target-latency {target:g} --max-drop {guard.max_drop:g}: the best "
                      f"pair reached is R = {target:g}{speed} with a drop of "
                      f"{measured.points:.2f} points on the {len(x)} {source}; raise "
                      "--target-latency or --max-drop; nothing written")
 
 
-__all__ = ["Builder", "Drop", "guarded_budget", "guarded_search", "sensitivity", "split"]
+__all__ = ["LADDER", "Builder", "Drop", "guarded_budget", "guarded_search", "split"]

@@ -62,6 +62,22 @@ class KSEOptions:
         check_choice("--entropy", self.entropy, ENTROPY_MODES)
 
 
+def layer_setting(entry) -> tuple[str, tuple[int, int]]:
+    """``"GLOB=G,T"`` -> (GLOB, (G, T)) with G in [1, MAX_LEVELS] and T in [0, MAX_LEVELS]
+    (the ranges of --G and --T); an OptionError naming --layer-gt otherwise."""
+    pattern, _, levels = str(entry).rpartition("=") if isinstance(entry, str) else ("", "", "")
+    check_glob("--layer-gt", pattern)
+    try:
+        g, t = (int(v) for v in levels.split(","))
+    except ValueError:
+        raise OptionError("--layer-gt", f"expected GLOB=G,T such as 'layer3*=3,0', got "
+                                        f"{str(entry)[:60]!r}") from None
+    if not (1 <= g <= MAX_LEVELS and 0 <= t <= MAX_LEVELS):
+        raise OptionError("--layer-gt", f"G must be in [1, {MAX_LEVELS}] and T in "
+                                        f"[0, {MAX_LEVELS}], got {str(entry)[:60]!r}")
+    return pattern, (g, t)
+
+
 @dataclass(frozen=True)
 class SelectOptions:
     """Which Conv nodes are compressed."""
@@ -71,6 +87,10 @@ class SelectOptions:
     skip: tuple[str, ...] = option((), "leave nodes whose name matches one of these globs "
                                        "(repeat the flag)", metavar="GLOB")
     keep_first: bool = option(True, "leave the first Conv fed by a graph input alone")
+    layer_gt: tuple[str, ...] = option((), "give the Convs whose name matches GLOB their own "
+                                           "G and T (repeat the flag; the first match wins; "
+                                           "--max-drop records its per-layer choices here)",
+                                       metavar="GLOB=G,T")
 
     def __post_init__(self) -> None:
         for flag, globs in (("--only", self.only), ("--skip", self.skip)):
@@ -78,6 +98,19 @@ class SelectOptions:
                 raise OptionError(flag, f"expected at most {MAX_GLOBS} globs")
             for pattern in globs:
                 check_glob(flag, pattern)
+        if not isinstance(self.layer_gt, tuple) or len(self.layer_gt) > MAX_GLOBS:
+            raise OptionError("--layer-gt", f"expected at most {MAX_GLOBS} settings")
+        for entry in self.layer_gt:
+            layer_setting(entry)
+
+    def layer_levels(self, name: str) -> tuple[int, int] | None:
+        """(G, T) of the first ``--layer-gt`` whose glob matches ``name``; None: the
+        model's G and T."""
+        for entry in self.layer_gt:
+            pattern, levels = layer_setting(entry)
+            if fnmatch.fnmatchcase(name, pattern):
+                return levels
+        return None
 
     def skip_reason(self, name: str) -> str | None:
         """None if the node may be compressed, else the reason it is left alone."""

@@ -8,7 +8,15 @@ import math
 from dataclasses import dataclass
 
 from ..errors import OptionError
-from .fields import QUANTIZE_MODES, REFIT_MODES, check_choice, check_int, option, shape_list
+from .fields import (
+    MINIMIZE,
+    QUANTIZE_MODES,
+    REFIT_MODES,
+    check_choice,
+    check_int,
+    option,
+    shape_list,
+)
 
 
 @dataclass(frozen=True)
@@ -118,18 +126,28 @@ class GuardOptions:
     measured on images the refit never saw."""
 
     max_drop: float = option(0.0, "search for the smallest file whose drop against the original "
-                                  "is at most D points: layers the held-out images show most "
-                                  "sensitive are left whole first, then gentler G/T (overrides "
-                                  "--G/--T). Drop: 100 x (1 - top-1 agreement) on held-out "
-                                  "calibration images; with --validation labels, the accuracy "
-                                  "lost; for outputs that are not logits, 100 x the relative L2 "
-                                  "error of the outputs (0 = off)", metavar="D")
+                                  "is at most D points: each layer gets a G/T of its own, the "
+                                  "gentler the more sensitive it is per byte, or is left whole "
+                                  "(overrides --G/--T/--layer-gt). Drop: 100 x (1 - top-1 "
+                                  "agreement) on held-out calibration images the choice did not "
+                                  "see; with --validation labels, the accuracy lost; for "
+                                  "outputs that are not logits, 100 x the relative L2 error of "
+                                  "the outputs (0 = off)", metavar="D")
     validation: str = option("", "with --max-drop: labeled data the drop is measured on (.npz x "
                                  "and y, or IDX images with their labels file beside them), "
                                  "read with the data options", metavar="DATA")
-    holdout: float = option(0.25, "with --max-drop and no --validation: fraction of the "
-                                  "calibration images held out from the refit to measure the "
-                                  "drop on (the last ones)")
+    minimize: str = option("size", "with --max-drop: what the search makes smallest within "
+                                   "D: 'size' (the file: G/T and layers left whole) or "
+                                   "'latency' (the fastest model: the lowest "
+                                   "--target-latency R that holds the drop, by bisection)",
+                           choices=MINIMIZE)
+    holdout: float = option(0.5, "with --max-drop and no --validation: fraction of the "
+                                 "calibration images held out from the refit to measure the "
+                                 "drop on (the last ones)")
+    confirm: float = option(0.5, "with --max-drop: fraction of the held-out images (or of "
+                                 "--validation) kept back to confirm the chosen model; its "
+                                 "drop on them, which neither the refit nor the choice saw, "
+                                 "is the drop reported")
     warn_error: float = option(0.1, "a written model whose outputs differ from the "
                                     "original's by more than this relative L2 error "
                                     "(on held-out or random inputs) gets a warning "
@@ -150,6 +168,10 @@ class GuardOptions:
         value = self.holdout
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < 1):
             raise OptionError("--holdout", f"must be a fraction in (0, 1), got {value!r}")
+        value = self.confirm
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 < value < 1):
+            raise OptionError("--confirm", f"must be a fraction in (0, 1), got {value!r}")
+        check_choice("--minimize", self.minimize, MINIMIZE)
         if self.validation and not self.max_drop:
             raise OptionError("--validation", "needs --max-drop")
         shape_list(self.input_shape)

@@ -22,6 +22,7 @@ MAX_LEVELS = 32  # G and T: 2**(g+1-T-G) stays a normal float
 MAX_GLOB = 256  # characters of an --only/--skip glob
 MAX_GLOBS = 256  # globs per --only/--skip
 QUANTIZE_MODES = ("none", "int8-dynamic", "int8-static")
+MINIMIZE = ("size", "latency")  # --max-drop: the smallest file, or the fastest model
 REFIT_MODES = ("none", "ls", "act", "block", "distill")
 SCHEDULES = ("cosine", "step", "constant")
 LOSSES = ("auto", "kd", "mse", "features")

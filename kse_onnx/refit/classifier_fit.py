@@ -53,8 +53,8 @@ def fit_classifier(ctx: RefitContext, i: int, s_args: list, teacher: dict) -> Cl
         new_args[2] = torch.from_numpy(bias.reshape(bias_shape).astype(np.float32))
     out = ctx.interpreter.node(i, new_args)[0]
     after = relative_error(out[judged], wanted[judged])
-    report = {"name": ctx.names[i], "error_before": before, "error_after": after,
-              "kept": after < before,
+    report = {"name": ctx.names[i], "error_before": float(before), "error_after": float(after),
+              "kept": bool(after < before),
               "judged_on": "held-out images" if k < len(wanted) else "the fitted images"}
     if not after < before:
         return ClassifierFit(old_out, old_out, report, {})
