@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from graphs import conv_stack, photo_batch, pixel_score_detector
-from kse_onnx.api import optimize, optimize_model
+from kse_onnx.api import optimize, optimize_model, save
 from kse_onnx.errors import ModelError
 from kse_onnx.graph.export import settings_of
 from kse_onnx.graph.settings import RecordedSettings
@@ -26,6 +26,7 @@ from kse_onnx.options import (
 )
 from kse_onnx.quantize.probe import QdqIndex
 from kse_onnx.quantize.ptq import expand_constants, quantize_int8
+from kse_onnx.verify import verify
 
 STATIC = QuantizeOptions(quantize="int8-static")
 QUIET = ProgressOptions(quiet=True)
@@ -120,7 +121,7 @@ def test_rank_puts_the_concat_first(detector, images):
     assert ranked[0][1] > 10 * ranked[-1][1]
 
 
-def test_max_drop_reverts_the_worst_nodes(detector, images):
+def test_max_drop_reverts_the_worst_nodes(detector, images, tmp_path):
     """int8-static within D = 5 (every conv skipped by KSE, to test the INT8 step
     quickly): the nodes flattening the scores are left float, the written model's drop
     (held-out images, against the original) is within D and recorded with the float
@@ -141,6 +142,11 @@ def test_max_drop_reverts_the_worst_nodes(detector, images):
     assert again.points == pytest.approx(guard["drop"]["points"])
     got, ref = outputs(built.model, held)[0], outputs(detector, held)[0]
     assert (got[:, 4:] > 0.25).sum() >= 0.8 * (ref[:, 4:] > 0.25).sum()
+    src, out = tmp_path / "d.onnx", tmp_path / "int8.onnx"
+    src.write_bytes(detector.SerializeToString())
+    save(built, out)
+    checked = verify(src, out, batch=8)
+    assert checked.quantized and not checked.problems, checked.summary()
 
 
 def test_max_drop_none_holds_writes_nothing(detector, images, tmp_path):
