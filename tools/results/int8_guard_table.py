@@ -2,7 +2,13 @@
 INT8 flattens the class scores, the guard's per-slice drop sees it, and ``--quantize
 int8-static --max-drop D`` leaves the worst nodes float until the drop is within D.
 
-    python -m tools.results.int8_guard_table [--max-drop 15] [--images 256]
+    python -m tools.results.int8_guard_table [--max-drop 15,20] [--int8-only 5] [--images 256]
+
+Rows: the float original; onnxruntime's quantize_static with its defaults; kse-onnx's
+int8-static (first conv float); ``optimize --skip '*' --quantize int8-static --max-drop``
+at ``--int8-only`` (no Conv compressed: the INT8 guard alone); and ``optimize
+--quantize int8-static --max-drop D`` for each D of ``--max-drop`` (KSE searched in
+float first, compact lowering, default refit).
 
 yolov8_tiny (seed 0): 3x64x64 input, boxes in 640-frame pixels and 4 sigmoid class
 scores joined by one Concat, output (batch, 8, 320). Images: crops of scikit-learn's
@@ -24,7 +30,13 @@ import numpy as np
 import onnx
 
 from kse_onnx.guard.measure import drop, outputs
-from kse_onnx.options import GuardOptions, LowerOptions, ProgressOptions, QuantizeOptions
+from kse_onnx.options import (
+    GuardOptions,
+    LowerOptions,
+    ProgressOptions,
+    QuantizeOptions,
+    SelectOptions,
+)
 from tools import common
 from tools.graphs import photo_batch
 
@@ -64,13 +76,14 @@ def row(label: str, model: onnx.ModelProto, original: onnx.ModelProto, x: np.nda
 
 def main() -> None:
     parser = common.parser(__doc__)
-    parser.add_argument("--max-drop", type=float, default=15.0)
+    parser.add_argument("--max-drop", default="15,20", help="D values, comma-separated")
+    parser.add_argument("--int8-only", type=float, default=5.0,
+                        help="D of the row without KSE")
     parser.add_argument("--images", type=int, default=256)
     args = common.parse(parser)
     import torch
 
     torch.set_num_threads(1)
-    from kse_onnx.api import optimize_model
     from kse_onnx.quantize.ptq import quantize_int8
     from models.export import export
     from models.zoo import build
@@ -83,14 +96,7 @@ def main() -> None:
     fit = calibration[:args.images - args.images // 4]
     common.print_header(f"yolov8_tiny 3x64x64, {args.images} calibration images "
                         f"({len(fit)} fit/calibrate, {args.images // 4} held out), "
-                        f"{len(unseen)} unseen, --max-drop {args.max_drop:g}")
-    built = optimize_model(original, calibration=calibration,
-                           quantize=QuantizeOptions(quantize="int8-static"),
-                           lower_options=LowerOptions(lowering="compact"),
-                           guard=GuardOptions(max_drop=args.max_drop),
-                           progress=ProgressOptions(quiet=True))
-    guard = built.report.extra["int8"]["max_drop"]
-    first = guard["tried"][0]["drop"]
+                        f"{len(unseen)} unseen")
     print("| model | detections kept (unseen) | relative error | per-slice error | drop "
           "(points) | largest INT8 score | file size (bytes) | notes |")
     print("|---|---|---|---|---|---|---|---|")
@@ -100,15 +106,31 @@ def main() -> None:
     plain, _ = quantize_int8(original, "int8-static", set(), fit, share=False)
     print(row("kse-onnx int8-static of the original (first conv float)", plain, original,
               unseen))
-    floats = built.report.extra["int8"].get("float_nodes") or []
-    print(row(f"optimize --quantize int8-static --max-drop {args.max_drop:g}", built.model,
-              original, unseen,
-              f"KSE float drop {guard['float_model_drop']['points']:.2f}, INT8 before "
-              f"reverting {first['points']:.2f}, after {guard['drop']['points']:.2f} "
-              f"(held out); {len(floats)} of {len(guard['ranked'])} nodes left float: "
-              f"{', '.join(floats)}; {len(guard['ranked'])} probes, "
-              f"{len(guard['tried'])} quantizations"))
+    print(guarded_row(original, calibration, unseen, args.int8_only, "*"))
+    for limit in args.max_drop.split(","):
+        print(guarded_row(original, calibration, unseen, float(limit)))
 
+
+def guarded_row(original, calibration, unseen, limit: float, skip: str = "") -> str:
+    from kse_onnx.api import optimize_model
+
+    built = optimize_model(original, calibration=calibration,
+                           quantize=QuantizeOptions(quantize="int8-static"),
+                           lower_options=LowerOptions(lowering="compact"),
+                           select=SelectOptions(skip=(skip,) if skip else ()),
+                           guard=GuardOptions(max_drop=limit),
+                           progress=ProgressOptions(quiet=True))
+    guard = built.report.extra["int8"]["max_drop"]
+    first = guard["tried"][0]["drop"]
+    floats = built.report.extra["int8"].get("float_nodes") or []
+    worst = ", ".join(f"{n} {e:.3f}" for n, e in guard["ranked"][:3])
+    label = f"optimize {'--skip * ' if skip else ''}--quantize int8-static --max-drop {limit:g}"
+    return row(label, built.model, original, unseen,
+               f"float model's drop {guard['float_model_drop']['points']:.2f}, INT8 "
+               f"{first['points']:.2f} before leaving nodes float, {guard['drop']['points']:.2f} "
+               f"after (held-out images); {len(floats)} of {len(guard['ranked'])} nodes left "
+               f"float; worst alone: {worst}; {len(guard['ranked'])} probes, "
+               f"{len(guard['tried'])} quantizations")
 
 if __name__ == "__main__":
     main()
