@@ -90,8 +90,9 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     ``output_name``: what errors about the compressed model call it (the CLI: OUTPUT)."""
     from .calibration import as_images
     from .guard.check import finish_checks
+    from .guard.int8 import guarded
     from .guard.measure import input_name
-    from .guard.search import Builder, guarded_budget, guarded_search
+    from .guard.search import Builder
 
     guard = guard or GuardOptions()
     check_combined(lower_options, target, budget)  # options before any file
@@ -107,12 +108,9 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     settings = dict(kse=kse, select=select, lower_options=lower_options, target=target,
                     quantize=quantize, refit=refit, budget=budget, progress=progress, log=log,
                     output_name=output_name)
-    if guard.active and budget is not None and budget.active:
-        built, drop = guarded_budget(Builder(_compress, source, where, size, settings),
-                                     images, guard, data, budget.target_latency)
-    elif guard.active:
-        built, drop = guarded_search(Builder(_compress, source, where, size, settings),
-                                     images, guard, data)
+    if guard.active:  # with int8-static: chosen in float, then INT8 within the drop
+        built, drop = guarded(Builder(_compress, source, where, size, settings), images,
+                              guard, data, budget, log)
     else:
         built, drop = _compress(source, where, size, images=images, **settings), None
     finish_checks(source, built.model, built.report, images, guard, drop)

@@ -4,6 +4,8 @@ statistics are random too, so an exported graph keeps non-trivial biases."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -302,6 +304,64 @@ class TinyYOLO(nn.Module):
         return torch.cat([self._head(0, n3), self._head(1, n4)], 1)
 
 
+class TinyYOLOv8(TinyYOLO):
+    """TinyYOLO's backbone and neck with YOLOv8's (ultralytics) anchor-free head, exported
+    the way ultralytics exports it: per level a box branch (4 x ``reg_max`` DFL bins) and a
+    class branch; DFL (softmax over the bins, expectation), ``dist2bbox`` to centre x, y,
+    width, height, times the level's stride, and sigmoid class scores in [0, 1], joined by
+    one Concat into (batch, 4 + classes, anchors). Boxes are in the pixels of a ``frame``
+    x ``frame`` image (640, YOLOv8's export size; the 64x64 input is that image resized),
+    so the output joins 0..640 coordinates and [0, 1] scores as YOLOv8n's does. The class
+    branch starts at ultralytics' prior, bias log(5 / nc / (frame / s)^2), with small
+    weights: most scores are near 0 and a few pass 0.25, as in a trained detector."""
+
+    def __init__(self, classes: int = 4, reg_max: int = 4, size: int = 64, frame: int = 640):
+        super().__init__(classes)
+        self.nc, self.reg_max, self.size, self.frame = classes, reg_max, size, frame
+        self.strides = (4, 8)  # of the 64x64 input; times frame / size in the output
+        self.box = nn.ModuleList(nn.Sequential(ConvBnSiLU(c, 32, 3), nn.Conv2d(32, 4 * reg_max, 1))
+                                 for c in (32, 64))
+        self.cls = nn.ModuleList(nn.Sequential(ConvBnSiLU(c, 32, 3), nn.Conv2d(32, classes, 1))
+                                 for c in (32, 64))
+        del self.heads
+        points, steps = [], []
+        for s in self.strides:
+            n = size // s
+            y, x = torch.meshgrid(torch.arange(n) + 0.5, torch.arange(n) + 0.5, indexing="ij")
+            points.append(torch.stack([x.flatten(), y.flatten()]))
+            steps.append(torch.full((1, n * n), float(s)))
+        self.register_buffer("anchors", torch.cat(points, 1), persistent=False)
+        self.register_buffer("stride_of", torch.cat(steps, 1), persistent=False)
+        self.register_buffer("bins", torch.arange(reg_max, dtype=torch.float32).reshape(
+            1, reg_max, 1, 1), persistent=False)
+
+    CLASS_WEIGHT_SCALE = 0.1
+
+    def init_priors(self) -> None:
+        """ultralytics' ``bias_init`` of the class branch, its weights scaled down."""
+        with torch.no_grad():
+            for cls, s in zip(self.cls, self.strides, strict=True):
+                cls[-1].weight.mul_(self.CLASS_WEIGHT_SCALE)
+                cls[-1].bias.fill_(math.log(5 / self.nc / (self.size / s) ** 2))
+
+    def forward(self, x):
+        p3 = self.p3(self.stem(x))
+        p4 = self.p4(p3)
+        n3 = self.top_down(torch.cat([self.up(p4), p3], 1))
+        n4 = self.bottom_up(torch.cat([self.down(n3), p4], 1))
+        b = x.shape[0]
+        box = torch.cat([self.box[i](f).reshape(b, 4 * self.reg_max, -1)
+                         for i, f in enumerate((n3, n4))], 2)
+        cls = torch.cat([self.cls[i](f).reshape(b, self.nc, -1)
+                         for i, f in enumerate((n3, n4))], 2)
+        bins = box.reshape(b, 4, self.reg_max, -1).transpose(2, 1).softmax(1)
+        dist = (bins * self.bins).sum(1)  # (b, 4, anchors): left, top, right, bottom
+        lt, rb = dist.chunk(2, 1)
+        centre = self.anchors + (rb - lt) / 2
+        boxes = torch.cat([centre, lt + rb], 1) * (self.stride_of * (self.frame / self.size))
+        return torch.cat([boxes, cls.sigmoid()], 1)
+
+
 def _double_conv(c_in, c_out):
     return nn.Sequential(*_conv_bn_relu(c_in, c_out), *_conv_bn_relu(c_out, c_out))
 
@@ -340,12 +400,13 @@ BUILDERS = {
     "resnet50": (ResNet50, IMAGENET),
     "small_cnn": (SmallCNN, (1, 28, 28)),
     "yolo_tiny": (TinyYOLO, (3, 64, 64)),
+    "yolov8_tiny": (TinyYOLOv8, (3, 64, 64)),
     "unet_tiny": (TinyUNet, (3, 32, 32)),
 }
 NAMES = tuple(BUILDERS)
 CONV_COUNTS = {"resnet20_cifar": 19, "resnet56_cifar": 55, "vgg16_bn_cifar": 13,
                "densenet40_cifar": 39, "mobilenetv2": 52, "resnet50": 53, "small_cnn": 4,
-               "yolo_tiny": 24, "unet_tiny": 12}
+               "yolo_tiny": 24, "yolov8_tiny": 30, "unet_tiny": 12}
 
 
 def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
@@ -368,6 +429,8 @@ def build(name: str, seed: int = 0) -> tuple[nn.Module, tuple[int, ...]]:
                 module.bias.copy_(torch.randn(c, generator=gen) * 0.1)
                 module.running_mean.copy_(torch.randn(c, generator=gen) * 0.1)
                 module.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+        if hasattr(model, "init_priors"):
+            model.init_priors()
     return model.eval(), input_shape
 
 

@@ -144,3 +144,18 @@ def shuffle_net(batch: int = 2, width: int = 16, hw: int = 8, seed: int = 0):
     x = b.op("Reshape", [x, b.const(np.array([batch, width, hw, hw], np.int64))])
     x = b.relu(b.bn(b.conv(x, width, width), width))
     return b.model(b.head(x, width), shape=(batch, 10))
+
+
+def pixel_score_detector(hw: int = 8, seed: int = 0, frame: float = 640.0):
+    """YOLOv8's export head in small: boxes in pixels of a ``frame``-wide image
+    (``frame x Sigmoid(conv)``) and class scores ``Sigmoid(conv - 4)`` (mostly near 0)
+    joined by one Concat into (batch, 8, hw * hw), after two Conv-BN-Relu."""
+    b = GraphBuilder(3, hw, seed)
+    x = b.relu(b.bn(b.conv(b.input.name, 3, 16), 16))
+    x = b.relu(b.bn(b.conv(x, 16, 16), 16))
+    boxes = b.op("Mul", [b.op("Sigmoid", [b.conv(x, 16, 4, k=1)]),
+                         b.const(np.array(frame, np.float32))])
+    logits = b.op("Add", [b.conv(x, 16, 4, k=1), b.const(np.array(-4.0, np.float32))])
+    y = b.op("Concat", [boxes, b.op("Sigmoid", [logits])], axis=1)
+    y = b.op("Reshape", [y, b.const(np.array([0, 8, hw * hw], np.int64))])
+    return b.model(y, 17, ("batch", 8, hw * hw))

@@ -85,6 +85,7 @@ EXTRA = {
     "budget_streams": (_map(_ints), "an object of stream -> list of channel indices"),
     "refit_images": CHECKS[int],
     "calibration_images": CHECKS[int],
+    "int8_float_nodes": CHECKS[tuple],
 }
 
 
@@ -145,7 +146,7 @@ def _group(cls, raw: dict, field: str):
 GROUPS = (("kse", KSEOptions), ("select", SelectOptions), ("lower", LowerOptions),
           ("budget", BudgetOptions), ("refit", RefitOptions), ("quantize", QuantizeOptions))
 FACTS = ("kse_onnx_version", "refit_images", "budget_layers", "budget_streams",
-         "calibration_images", "compact_storage", "layer_forms")
+         "calibration_images", "compact_storage", "layer_forms", "int8_float_nodes")
 
 
 def _fields_of(options) -> dict:
@@ -179,6 +180,7 @@ class RecordedSettings:
     compressed_layers: tuple[str, ...] | None = None
     compact_storage: bool | None = None
     layer_forms: dict[str, str] | None = None  # layer -> LayerForm label
+    int8_float_nodes: list[str] | None = None  # left float in INT8 by --max-drop
 
     @classmethod
     def from_dict(cls, raw, field: str = "settings") -> RecordedSettings:

@@ -2,8 +2,9 @@
 
 Without ``--max-drop`` the written model is compared with the original on the
 calibration images (which the refit has seen: said so) or, without them, on random
-inputs, with a line asking for unlabeled images. A relative output error above
-``--warn-error`` is a warning in the report; with ``--strict`` it is an error and nothing
+inputs, with a line asking for unlabeled images. A relative output error (for outputs
+that are not logits, the larger of the whole and the per-slice one: guard/measure.py)
+above ``--warn-error`` is a warning in the report; with ``--strict`` it is an error and nothing
 is written. Multiply-adds of a model with symbolic height and width are counted at the
 size of the calibration images or ``--input-shape``.
 """
@@ -38,7 +39,7 @@ def finish_checks(original: onnx.ModelProto, optimized: onnx.ModelProto, report,
             if shape is not None:
                 fill_counts(report, original, optimized, tuple(int(d) for d in shape))
             return
-    over = not drop.rel_error <= guard.warn_error  # NaN and inf are over
+    over = not drop.error <= guard.warn_error  # NaN and inf are over
     exceeded = guard.active and not drop.points <= guard.max_drop
     report.extra["accuracy"] = {**drop.to_dict(), "warn_error": guard.warn_error,
                                 "max_drop": guard.max_drop or None,
@@ -46,7 +47,7 @@ def finish_checks(original: onnx.ModelProto, optimized: onnx.ModelProto, report,
     warnings = report.extra.setdefault("warnings", [])
     if over:
         warnings.append(f"the compressed model's outputs differ from the original's by "
-                        f"{drop.rel_error:.3g} relative error, above --warn-error "
+                        f"{drop.error:.3g} relative error, above --warn-error "
                         f"{guard.warn_error:g} ({drop.line()})")
     if images is None:
         warnings.append(NO_CALIBRATION)

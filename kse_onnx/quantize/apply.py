@@ -30,16 +30,18 @@ def _static_inputs(options: QuantizeOptions, calibration: np.ndarray | None):
 
 
 def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: RecordedSettings,
-           calibration, shared: list[str], kept: set[str] = frozenset()
-           ) -> tuple[onnx.ModelProto, dict]:
+           calibration, shared: list[str], kept: set[str] = frozenset(),
+           reverted: set[str] = frozenset()) -> tuple[onnx.ModelProto, dict]:
     """Short names, recorded settings and the integer-kernel report of an INT8 model
-    (``kept``: the Convs left in float on purpose)."""
+    (``kept``: the Convs left in float on purpose; ``reverted``: the nodes the accuracy
+    guard left in float, recorded as ``int8_float_nodes``)."""
     if options.short_names:
         shorten_names(quantized)
     kernels = integer_convs(quantized)
     record_settings(quantized, dataclasses.replace(
         settings, quantize=options,
-        calibration_images=0 if calibration is None else len(calibration)))
+        calibration_images=0 if calibration is None else len(calibration),
+        int8_float_nodes=sorted(reverted) or None))
     report = {
         "mode": options.quantize,
         "calibration_inputs": 0 if calibration is None else len(calibration),
@@ -47,21 +49,30 @@ def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: Recor
         "convs": len(kernels),
         "shared_int8_weights": len(shared),
         "float_convs": {k.name: "kept in float (float_input_conv: it reads the model input)"
-                        if k.name in kept else k.reason for k in kernels if not k.integer},
+                        if k.name in kept else REVERTED if k.name in reverted else k.reason
+                        for k in kernels if not k.integer},
     }
+    if reverted:
+        report["float_nodes"] = sorted(reverted)
     return quantized, report
 
 
+REVERTED = "reverted to float by --max-drop (its INT8 error held the drop above D)"
+
+
 def quantize_output(model: onnx.ModelProto, options: QuantizeOptions,
-                    calibration: np.ndarray | None = None) -> tuple[onnx.ModelProto, dict]:
+                    calibration: np.ndarray | None = None,
+                    float_nodes: set[str] = frozenset()) -> tuple[onnx.ModelProto, dict]:
     """(INT8 model, report entry) for an optimized float ``model``; ``calibration``:
-    the inputs int8-static calibrates on (loaded by :mod:`kse_onnx.calibration`)."""
+    the inputs int8-static calibrates on (loaded by :mod:`kse_onnx.calibration`);
+    ``float_nodes``: nodes left in float besides ``options``' (int8-static)."""
     settings = settings_of(model) or RecordedSettings()
     calibration = _static_inputs(options, calibration)
     kept = kept_float(model, options)
     quantized, shared = quantize_int8(model, options.quantize, settings.compressed, calibration,
-                                      float_convs=kept)
-    return finish(quantized, options, settings, calibration, shared, kept)
+                                      float_convs=kept | set(float_nodes))
+    return finish(quantized, options, settings, calibration, shared, kept,
+                  set(float_nodes) - kept)
 
 
 def kept_float(model: onnx.ModelProto, options: QuantizeOptions) -> set[str]:
