@@ -8,6 +8,14 @@
 
 Both models run in onnxruntime on the same inputs, ``CHUNK`` images at a time. A
 non-finite output is an infinite drop, never a pass.
+
+A model whose input takes one image without a batch axis (a torchvision detector, whose
+outputs after non-maximum suppression differ in length from image to image) runs one
+image at a time and is compared image by image (:class:`PerImage`), by the relative
+error: where the two models' outputs have the same shapes, ``||y - y0||^2`` is added;
+where a shape differs (another number of boxes kept), every value of both counts as
+error, ``||y0||^2 + ||y||^2``: that image's relative error is at least 1, and the
+report counts such images (``mismatched``).
 """
 
 from __future__ import annotations
@@ -19,11 +27,12 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
-from ..graph.inputs import fixed_batch, whole_batches
+from ..graph.inputs import fixed_batch, unbatched, whole_batches
 from ..runtime.ort import random_inputs, run_batched, session
 
 CHUNK = 256
 CHUNK_BYTES = 16 * 2**20  # of input images per onnxruntime run (_batch_step)
+UNBATCHED_RANDOM = 4  # random images for a model without a batch axis (random_drop)
 
 
 @dataclass
@@ -38,10 +47,11 @@ class Drop:
     agreement: float | None = None
     accuracy_original: float | None = None
     accuracy: float | None = None
+    mismatched: int | None = None  # images whose outputs differ in shape (PerImage only)
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
+                for k, v in asdict(self).items() if k != "mismatched" or v is not None}
 
     def line(self) -> str:
         if not math.isfinite(self.points):
@@ -52,6 +62,9 @@ class Drop:
             detail = f"accuracy {self.accuracy_original:.4f} -> {self.accuracy:.4f}"
         else:
             detail = f"relative error {self.rel_error:.4f}"
+        if self.mismatched:
+            detail += (f"; outputs of another shape on {self.mismatched} of "
+                       f"{self.images} images")
         return (f"drop {self.points:.2f} points ({detail}; relative output error "
                 f"{self.rel_error:.4f}) on {self.images} {self.source}")
 
@@ -78,11 +91,18 @@ def _batch_step(model: onnx.ModelProto, x: np.ndarray) -> tuple[int, int]:
     return batch, max(batch, images - images % batch)
 
 
+class PerImage(list):
+    """The outputs of a model without a batch axis: one list of outputs per image."""
+
+
 def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> list:
     """All outputs of ``model`` on images ``x``, ``CHUNK`` at a time; a model whose input
-    fixes its batch runs on the images that fill whole batches of it."""
+    fixes its batch runs on the images that fill whole batches of it, one without a batch
+    axis on each image (:class:`PerImage`)."""
     sess = session(model)
     name = input_name(model)
+    if unbatched(model):
+        return PerImage(run_batched(sess, {name: image}, label) for image in x)
     batch, step = _batch_step(model, x)
     x = whole_batches(x, batch)
     parts = [run_batched(sess, {name: x[i:i + step]}, label) for i in range(0, len(x), step)]
@@ -99,6 +119,28 @@ class DropSums:
         self.num = self.den = 0.0
         self.n = self.agree = self.hits_ref = self.hits = 0
         self.finite, self.logits = True, None
+        self.mismatched: int | None = None
+
+    def add_image(self, reference: list, candidate: list) -> None:
+        """One image's outputs of two models without a batch axis (module docstring:
+        an output of another shape counts whole, as error)."""
+        self.n += 1
+        self.logits = False
+        self.mismatched = self.mismatched or 0
+        if len(candidate) != len(reference) or not all(np.all(np.isfinite(c))
+                                                       for c in candidate):
+            self.finite = False
+            return
+        differ = False
+        for c, r in zip(candidate, reference, strict=True):
+            r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
+            if c64.shape == r64.shape:
+                self.num += float(np.sum(np.square(c64 - r64)))
+            else:
+                differ = True
+                self.num += float(np.sum(np.square(r64)) + np.sum(np.square(c64)))
+            self.den += float(np.sum(np.square(r64)))
+        self.mismatched += differ
 
     def add(self, reference: list, candidate: list, labels: np.ndarray | None = None) -> None:
         ok = len(candidate) == len(reference) and all(
@@ -124,10 +166,11 @@ class DropSums:
     def result(self, labels: bool, source: str) -> Drop:
         n = self.n
         if not self.finite:
-            return Drop(math.inf, "relative error", n, source, math.inf)
+            return Drop(math.inf, "relative error", n, source, math.inf,
+                        mismatched=self.mismatched)
         rel = math.sqrt(self.num) / max(math.sqrt(self.den), 1e-30)
         if not self.logits:
-            return Drop(100 * rel, "relative error", n, source, rel)
+            return Drop(100 * rel, "relative error", n, source, rel, mismatched=self.mismatched)
         agreement = self.agree / max(n, 1)
         if not labels:
             return Drop(100 * (1 - agreement), "top-1 agreement", n, source, rel, agreement)
@@ -139,7 +182,11 @@ def drop(reference: list, candidate: list, labels: np.ndarray | None = None,
          source: str = "held-out calibration images") -> Drop:
     """The drop of ``candidate`` outputs against the original's ``reference`` outputs."""
     sums = DropSums()
-    sums.add(reference, candidate, labels)
+    if isinstance(reference, PerImage) or isinstance(candidate, PerImage):
+        for r, c in zip(reference, candidate, strict=True):
+            sums.add_image(r, c)
+    else:
+        sums.add(reference, candidate, labels)
     return sums.result(labels is not None, source)
 
 
@@ -152,6 +199,14 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
     held whole."""
     if reference is not None:
         return drop(reference, outputs(candidate, x, "the compressed model"), labels, source)
+    if unbatched(original) or unbatched(candidate):  # one image a run, compared per image
+        ref_sess, cand_sess = session(original), session(candidate)
+        ref_name, cand_name = input_name(original), input_name(candidate)
+        sums = DropSums()
+        for image in x:
+            sums.add_image(run_batched(ref_sess, {ref_name: image}, "the original"),
+                           run_batched(cand_sess, {cand_name: image}, "the compressed model"))
+        return sums.result(labels is not None, source)
     batch, step = max(_batch_step(original, x), _batch_step(candidate, x))
     x = whole_batches(x, batch)
     sums = DropSums()
@@ -167,8 +222,14 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
 
 def random_drop(original: onnx.ModelProto, candidate: onnx.ModelProto,
                 shape: tuple[int, ...] | None = None, batch: int = 32, seed: int = 0) -> Drop:
-    """The drop on standard-normal inputs (symbolic sizes from ``shape``, C,H,W)."""
+    """The drop on standard-normal inputs (symbolic sizes from ``shape``, C,H,W); a model
+    without a batch axis on ``UNBATCHED_RANDOM`` random images, one at a time."""
     sess = session(candidate)
+    if unbatched(candidate):
+        feeds = [random_inputs(sess, 1, seed + k) for k in range(UNBATCHED_RANDOM)]
+        return drop(PerImage(run_batched(session(original), f, "the original") for f in feeds),
+                    PerImage(run_batched(sess, f, "the compressed model") for f in feeds),
+                    None, "random inputs")
     feeds = random_inputs(sess, batch, seed)
     if shape is not None and len(feeds) == 1:
         name, value = next(iter(feeds.items()))
