@@ -16,7 +16,8 @@ import pytest
 from graphs import photo_batch, unbatched_detector
 from kse_onnx.api import optimize
 from kse_onnx.errors import ModelError, OptionError
-from kse_onnx.guard.measure import PerImage, drop, measure
+from kse_onnx.guard.frontier import before_data_dependent
+from kse_onnx.guard.measure import BEFORE, PerImage, drop, measure
 from kse_onnx.options import (
     CalibrationOptions,
     KSEOptions,
@@ -88,9 +89,12 @@ def test_an_unbatched_detector_is_refitted_one_image_at_a_time(detector):
     for got, want in zip(heads, twin_sess.run(None, {"x": x}), strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
-    accuracy = report.extra["accuracy"]
+    accuracy, twin_accuracy = report.extra["accuracy"], twin_report.extra["accuracy"]
     assert accuracy["images"] == len(x) and accuracy["measure"] == "relative error"
-    assert accuracy["mismatched"] is not None and math.isfinite(accuracy["rel_error"])
+    # measured on the heads (before the NMS, each read twice), as the twin's outputs are
+    assert accuracy["compared"] == BEFORE and accuracy["mismatched"] == 0
+    assert accuracy["rel_error"] == pytest.approx(twin_accuracy["rel_error"], rel=1e-3)
+    assert 0 < accuracy["rel_error"] < 1
     result = verify(one, tmp / "one_refit.onnx")
     assert result.exact
 
@@ -105,19 +109,29 @@ def test_the_drop_of_outputs_of_another_shape_is_measured_never_passed():
     other = drop(ref, PerImage([[np.ones((2, 4), np.float32)], [np.ones((1, 4), np.float32)]]))
     assert other.mismatched == 1 and other.images == 2
     assert other.rel_error == pytest.approx(math.sqrt((12 + 4) / (8 + 12)))
-    assert "outputs of another shape on 1 of 2 images" in other.line()
+    assert "another shape on 1 of 2 images" in other.line()
+    fewer = drop(ref, PerImage([[np.ones((2, 4), np.float32)], []]))  # a tensor missing
+    assert fewer.mismatched == 1 and fewer.rel_error == pytest.approx(math.sqrt(12 / 20))
     nan = drop(ref, PerImage([[np.full((2, 4), np.nan, np.float32)],
                               [np.ones((3, 4), np.float32)]]))
     assert nan.points == math.inf
     assert "mismatched" not in drop([np.ones((2, 3))], [np.ones((2, 3))]).to_dict()
 
 
-def test_measure_runs_an_unbatched_model_per_image(detector):
-    _, one, _, calibration = detector
+def test_measure_runs_an_unbatched_model_per_image_before_its_nms(detector):
+    """The tensors compared are those the post-processing reads (the NMS's boxes and
+    scores, and the two the Gathers of its picks read); a model without such nodes is
+    compared on its outputs."""
+    _, one, twin, calibration = detector
     model = onnx.load(one)
+    nodes = {o: n for n in model.graph.node for o in n.output}
+    found = before_data_dependent(model)
+    assert [nodes[t].op_type for t in found] == ["Transpose", "Reshape", "Squeeze", "Reshape"]
+    assert before_data_dependent(onnx.load(twin)) == []
     x = np.load(calibration)["x"][:5]
     same = measure(model, model, x)
     assert same.points == 0 and same.images == 5 and same.mismatched == 0
+    assert same.compared == BEFORE and BEFORE in same.line()
 
 
 @pytest.mark.parametrize("mode, words", [

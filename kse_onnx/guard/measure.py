@@ -12,10 +12,12 @@ non-finite output is an infinite drop, never a pass.
 A model whose input takes one image without a batch axis (a torchvision detector, whose
 outputs after non-maximum suppression differ in length from image to image) runs one
 image at a time and is compared image by image (:class:`PerImage`), by the relative
-error: where the two models' outputs have the same shapes, ``||y - y0||^2`` is added;
-where a shape differs (another number of boxes kept), every value of both counts as
-error, ``||y0||^2 + ||y||^2``: that image's relative error is at least 1, and the
-report counts such images (``mismatched``).
+error of the float tensors just before its data-dependent post-processing
+(:mod:`.frontier`: the class scores and decoded boxes before NMS), or of its outputs
+when it has none. Where the two models' tensors have the same shapes,
+``||y - y0||^2`` is added; where a shape differs (another number of boxes kept), every
+value of both counts as error, ``||y0||^2 + ||y||^2``: that image's relative error is
+at least 1, and the report counts such images (``mismatched``).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import onnx
 from ..errors import ModelError
 from ..graph.inputs import fixed_batch, unbatched, whole_batches
 from ..runtime.ort import random_inputs, run_batched, session
+from .frontier import compared_model
 
 CHUNK = 256
 CHUNK_BYTES = 16 * 2**20  # of input images per onnxruntime run (_batch_step)
 UNBATCHED_RANDOM = 4  # random images for a model without a batch axis (random_drop)
+BEFORE = "tensors before its data-dependent post-processing (NMS)"
 
 
 @dataclass
@@ -48,10 +52,12 @@ class Drop:
     accuracy_original: float | None = None
     accuracy: float | None = None
     mismatched: int | None = None  # images whose outputs differ in shape (PerImage only)
+    compared: str | None = None  # PerImage: "outputs" or "tensors before post-processing"
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items() if k != "mismatched" or v is not None}
+                for k, v in asdict(self).items()
+                if k not in ("mismatched", "compared") or v is not None}
 
     def line(self) -> str:
         if not math.isfinite(self.points):
@@ -62,9 +68,10 @@ class Drop:
             detail = f"accuracy {self.accuracy_original:.4f} -> {self.accuracy:.4f}"
         else:
             detail = f"relative error {self.rel_error:.4f}"
+        if self.compared == BEFORE:
+            detail += f" of the {BEFORE}"
         if self.mismatched:
-            detail += (f"; outputs of another shape on {self.mismatched} of "
-                       f"{self.images} images")
+            detail += f"; another shape on {self.mismatched} of {self.images} images"
         return (f"drop {self.points:.2f} points ({detail}; relative output error "
                 f"{self.rel_error:.4f}) on {self.images} {self.source}")
 
@@ -92,17 +99,40 @@ def _batch_step(model: onnx.ModelProto, x: np.ndarray) -> tuple[int, int]:
 
 
 class PerImage(list):
-    """The outputs of a model without a batch axis: one list of outputs per image."""
+    """What a model without a batch axis gives, one list per image (:func:`per_image`);
+    ``compared``: what the lists hold, "outputs" or :data:`BEFORE`."""
+
+    compared = "outputs"
+
+
+def per_image(model: onnx.ModelProto, label: str):
+    """A function of one image (C, H, W) giving what the drop compares of ``model``, an
+    unbatched model: the float tensors before its data-dependent post-processing
+    (:func:`.frontier.compared_model`), else its outputs; and which of the two."""
+    compared, before = compared_model(model)
+    sess, name = session(compared), input_name(model)
+
+    def run(image: np.ndarray) -> list:
+        got = run_batched(sess, {name: image}, label)
+        return [a for a in got if a.dtype.kind == "f"] if before else got
+    return run, BEFORE if before else "outputs"
+
+
+def _per_image_outputs(model, images, label: str) -> PerImage:
+    run, compared = per_image(model, label)
+    out = PerImage(run(image) for image in images)
+    out.compared = compared
+    return out
 
 
 def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> list:
     """All outputs of ``model`` on images ``x``, ``CHUNK`` at a time; a model whose input
     fixes its batch runs on the images that fill whole batches of it, one without a batch
     axis on each image (:class:`PerImage`)."""
+    if unbatched(model):
+        return _per_image_outputs(model, x, label)
     sess = session(model)
     name = input_name(model)
-    if unbatched(model):
-        return PerImage(run_batched(sess, {name: image}, label) for image in x)
     batch, step = _batch_step(model, x)
     x = whole_batches(x, batch)
     parts = [run_batched(sess, {name: x[i:i + step]}, label) for i in range(0, len(x), step)]
@@ -127,13 +157,14 @@ class DropSums:
         self.n += 1
         self.logits = False
         self.mismatched = self.mismatched or 0
-        if len(candidate) != len(reference) or not all(np.all(np.isfinite(c))
-                                                       for c in candidate):
+        if not all(np.all(np.isfinite(c)) for c in candidate):
             self.finite = False
             return
-        differ = False
-        for c, r in zip(candidate, reference, strict=True):
-            r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
+        differ = len(candidate) != len(reference)
+        none = np.zeros(0)  # a tensor one side lacks: all of the other's values count
+        for i in range(max(len(candidate), len(reference))):
+            r64 = np.asarray(reference[i] if i < len(reference) else none, np.float64)
+            c64 = np.asarray(candidate[i] if i < len(candidate) else none, np.float64)
             if c64.shape == r64.shape:
                 self.num += float(np.sum(np.square(c64 - r64)))
             else:
@@ -163,14 +194,15 @@ class DropSums:
                 self.hits_ref += int(np.sum(ref.argmax(1) == labels))
                 self.hits += int(np.sum(first.argmax(1) == labels))
 
-    def result(self, labels: bool, source: str) -> Drop:
+    def result(self, labels: bool, source: str, compared: str | None = None) -> Drop:
         n = self.n
         if not self.finite:
             return Drop(math.inf, "relative error", n, source, math.inf,
-                        mismatched=self.mismatched)
+                        mismatched=self.mismatched, compared=compared)
         rel = math.sqrt(self.num) / max(math.sqrt(self.den), 1e-30)
         if not self.logits:
-            return Drop(100 * rel, "relative error", n, source, rel, mismatched=self.mismatched)
+            return Drop(100 * rel, "relative error", n, source, rel,
+                        mismatched=self.mismatched, compared=compared)
         agreement = self.agree / max(n, 1)
         if not labels:
             return Drop(100 * (1 - agreement), "top-1 agreement", n, source, rel, agreement)
@@ -185,8 +217,9 @@ def drop(reference: list, candidate: list, labels: np.ndarray | None = None,
     if isinstance(reference, PerImage) or isinstance(candidate, PerImage):
         for r, c in zip(reference, candidate, strict=True):
             sums.add_image(r, c)
-    else:
-        sums.add(reference, candidate, labels)
+        compared = {getattr(v, "compared", "outputs") for v in (reference, candidate)}
+        return sums.result(labels is not None, source, " and ".join(sorted(compared)))
+    sums.add(reference, candidate, labels)
     return sums.result(labels is not None, source)
 
 
@@ -200,13 +233,12 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
     if reference is not None:
         return drop(reference, outputs(candidate, x, "the compressed model"), labels, source)
     if unbatched(original) or unbatched(candidate):  # one image a run, compared per image
-        ref_sess, cand_sess = session(original), session(candidate)
-        ref_name, cand_name = input_name(original), input_name(candidate)
+        (ref, compared), (cand, other) = (per_image(original, "the original"),
+                                          per_image(candidate, "the compressed model"))
         sums = DropSums()
         for image in x:
-            sums.add_image(run_batched(ref_sess, {ref_name: image}, "the original"),
-                           run_batched(cand_sess, {cand_name: image}, "the compressed model"))
-        return sums.result(labels is not None, source)
+            sums.add_image(ref(image), cand(image))
+        return sums.result(labels is not None, source, " and ".join(sorted({compared, other})))
     batch, step = max(_batch_step(original, x), _batch_step(candidate, x))
     x = whole_batches(x, batch)
     sums = DropSums()
@@ -226,9 +258,10 @@ def random_drop(original: onnx.ModelProto, candidate: onnx.ModelProto,
     without a batch axis on ``UNBATCHED_RANDOM`` random images, one at a time."""
     sess = session(candidate)
     if unbatched(candidate):
-        feeds = [random_inputs(sess, 1, seed + k) for k in range(UNBATCHED_RANDOM)]
-        return drop(PerImage(run_batched(session(original), f, "the original") for f in feeds),
-                    PerImage(run_batched(sess, f, "the compressed model") for f in feeds),
+        images = [next(iter(random_inputs(sess, 1, seed + k).values()))
+                  for k in range(UNBATCHED_RANDOM)]
+        return drop(_per_image_outputs(original, images, "the original"),
+                    _per_image_outputs(candidate, images, "the compressed model"),
                     None, "random inputs")
     feeds = random_inputs(sess, batch, seed)
     if shape is not None and len(feeds) == 1:
