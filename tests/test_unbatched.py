@@ -15,6 +15,7 @@ import pytest
 
 from graphs import photo_batch, unbatched_detector
 from kse_onnx.api import optimize
+from kse_onnx.cli import main
 from kse_onnx.errors import ModelError, OptionError
 from kse_onnx.guard.frontier import before_data_dependent
 from kse_onnx.guard.measure import BEFORE, PerImage, drop, measure
@@ -97,6 +98,10 @@ def test_an_unbatched_detector_is_refitted_one_image_at_a_time(detector):
     assert 0 < accuracy["rel_error"] < 1
     result = verify(one, tmp / "one_refit.onnx")
     assert result.exact
+    gate = ["verify", str(one), str(tmp / "one_refit.onnx"), "--inputs", str(calibration)]
+    points = 100 * accuracy["rel_error"]
+    assert main([*gate, "--max-drop", f"{points + 0.1:.2f}"]) == 0
+    assert main([*gate, "--max-drop", f"{points - 0.1:.2f}"]) == 1
 
 
 def test_the_drop_of_outputs_of_another_shape_is_measured_never_passed():
