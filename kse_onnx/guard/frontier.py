@@ -25,7 +25,8 @@ DATA_DEPENDENT = frozenset({"NonZero", "NonMaxSuppression", "TopK", "Compress", 
 def before_data_dependent(model: onnx.ModelProto) -> list[str]:
     """The tensors computed from the graph's inputs by nodes outside the data-dependent
     region (the :data:`DATA_DEPENDENT` nodes and everything computed from them) that a
-    node of that region reads, in graph order; [] when the graph has no such node."""
+    node of that region reads, sorted by name (a rewrite may reorder the graph's nodes,
+    not rename these); [] when the graph has no such node."""
     graph = model.graph
     produced_by = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
     inits = {t.name for t in graph.initializer}
@@ -42,7 +43,7 @@ def before_data_dependent(model: onnx.ModelProto) -> list[str]:
         for t in graph.node[i].input:
             if t in from_input and produced_by.get(t) not in region and t not in found:
                 found.append(t)
-    return found
+    return sorted(found)
 
 
 def compared_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
