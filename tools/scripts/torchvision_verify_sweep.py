@@ -156,6 +156,7 @@ def run(folder: Path, json_path: str | None, models: list[str] | None = None) ->
 
     from tools.graphs import photo_batch
 
+    common.print_header()  # machine, date and load as the sweep starts
     sizes = json.loads((folder / "sizes.json").read_text())
     for size in sorted(set(sizes.values())):
         np.savez(folder / f"images{size}.npz", x=photo_batch((64, 3, size, size), seed=1))
