@@ -93,6 +93,7 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
     from .guard.int8 import guarded
     from .guard.measure import input_name
     from .guard.search import Builder
+    from .quantize.apply import check_static_inputs
 
     guard = guard or GuardOptions()
     check_combined(lower_options, target, budget)  # options before any file
@@ -103,8 +104,7 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
                           "--target-size (it chooses G and T itself)")
     name = input_name(source) if guard.active else None
     images = as_images(calibration, calibration_images, data, name, model=source)
-    if quantize is not None and quantize.quantize == "int8-static" and images is None:
-        raise OptionError("--calibration", "int8-static needs calibration inputs")
+    check_static_inputs(source, images, quantize)  # int8-static: before any work
     settings = dict(kse=kse, select=select, lower_options=lower_options, target=target,
                     quantize=quantize, refit=refit, budget=budget, progress=progress, log=log,
                     output_name=output_name)

@@ -12,6 +12,7 @@ the same images give the same model whichever way they are passed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
@@ -59,6 +60,8 @@ def as_images(calibration, count: int | None = None, data: DataOptions | None = 
     CalibrationOptions(calibration_images=count)  # validated like the flag
     if isinstance(calibration, (str, os.PathLike)):
         expect = ModelInput.of(model) if model is not None else None
+        if expect is not None:  # calibration feeds an unbatched input one image at a time
+            expect = dataclasses.replace(expect, per_image=True)
         return load_data(str(calibration), data or DataOptions(), expect, limit=count)[0]
     if isinstance(calibration, np.ndarray):
         batches = [calibration]

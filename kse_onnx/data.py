@@ -298,6 +298,7 @@ class ModelInput:
 
     name: str
     dims: tuple
+    per_image: bool = False  # an input without a batch axis is fed one image at a time
 
     @classmethod
     def of(cls, model) -> ModelInput | None:
@@ -317,16 +318,17 @@ class ModelInput:
         and width (where they are fixed)."""
         if self.dims is None:
             return
-        if len(self.dims) == 3:
+        if len(self.dims) == 3 and not self.per_image:
             shown = [d if d is not None else "?" for d in self.dims]
             raise ModelError(f"{where}: model input {self.name!r} takes one image without "
-                             f"a batch axis {shown}; calibration (refit, int8-static) needs "
-                             "a batched input (n, C, H, W): export the model with one")
-        if len(self.dims) != 4:
+                             f"a batch axis {shown}; this command feeds it batches "
+                             "(n, C, H, W): export the model with one")
+        dims = (None, *self.dims) if len(self.dims) == 3 else self.dims
+        if len(dims) != 4:
             raise ModelError(f"{where}: images (n, C, H, W) do not fit model input "
                              f"{self.name!r} of rank {len(self.dims)}")
         for axis, what in ((1, "channels"), (2, "height"), (3, "width")):
-            want = self.dims[axis]
+            want = dims[axis]
             if want is not None and want != x.shape[axis]:
                 hint = "" if axis == 1 else "; use --resize/--crop"
                 raise ModelError(f"{where}: images have {x.shape[axis]} {what}, model input "

@@ -159,3 +159,57 @@ def pixel_score_detector(hw: int = 8, seed: int = 0, frame: float = 640.0):
     y = b.op("Concat", [boxes, b.op("Sigmoid", [logits])], axis=1)
     y = b.op("Reshape", [y, b.const(np.array([0, 8, hw * hw], np.int64))])
     return b.model(y, 17, ("batch", 8, hw * hw))
+
+
+def unbatched_detector(hw: int = 16, seed: int = 0, batched: bool = False):
+    """torchvision's detectors as exported: one image [3, hw, hw] without a batch axis,
+    in-graph preprocessing (Sub, Div, Unsqueeze, a Gather dropping the axis again and an
+    Unsqueeze restoring it, as the image batching does), a small backbone (stem, two
+    3x3 convs with a residual Add), box and score heads, then NonMaxSuppression: outputs
+    boxes [k, 4] and scores [k], k depending on the image. ``batched``: the same weights
+    on a batched input (batch, 3, hw, hw), ending at the heads (boxes (batch, 4, hw, hw),
+    scores (batch, 1, hw, hw)): the refit of both must agree."""
+    b = GraphBuilder(3, hw, seed)
+    if batched:
+        x = b.input.name
+    else:
+        b.input = helper.make_tensor_value_info("image", TensorProto.FLOAT, [3, hw, hw])
+        mean = b.const(np.array([0.4, 0.45, 0.5], np.float32).reshape(3, 1, 1))
+        std = b.const(np.array([0.25, 0.25, 0.25], np.float32).reshape(3, 1, 1))
+        x = b.op("Div", [b.op("Sub", [b.input.name, mean]), std])
+        axis = b.const(np.array([0], np.int64))
+        x = b.op("Gather", [b.op("Unsqueeze", [x, axis]), b.const(np.array(0, np.int64))],
+                 axis=0)
+        x = b.op("Unsqueeze", [x, axis])
+    if batched:  # the same arithmetic as the preprocessing above, on (batch, 3, hw, hw)
+        mean = b.const(np.array([0.4, 0.45, 0.5], np.float32).reshape(1, 3, 1, 1))
+        std = b.const(np.array([0.25, 0.25, 0.25], np.float32).reshape(1, 3, 1, 1))
+        x = b.op("Div", [b.op("Sub", [x, mean]), std])
+    stem = b.relu(b.conv(x, 3, 16))
+    y = b.conv(b.relu(b.conv(stem, 16, 16)), 16, 16)
+    x = b.relu(b.op("Add", [stem, y]))
+    boxes = b.conv(x, 16, 4, k=1)
+    scores = b.op("Sigmoid", [b.conv(x, 16, 1, k=1)])
+    if batched:
+        outs = [helper.make_tensor_value_info(boxes, TensorProto.FLOAT, ["batch", 4, hw, hw]),
+                helper.make_tensor_value_info(scores, TensorProto.FLOAT, ["batch", 1, hw, hw])]
+    else:
+        cells = hw * hw
+        boxes = b.op("Transpose", [b.op("Reshape", [boxes, b.const(np.array(
+            [1, 4, cells], np.int64))])], perm=[0, 2, 1])  # [1, cells, 4]
+        scores = b.op("Reshape", [scores, b.const(np.array([1, 1, cells], np.int64))])
+        picked = b.op("NonMaxSuppression", [boxes, scores, b.const(np.array([8], np.int64)),
+                                             b.const(np.array([0.3], np.float32)),
+                                             b.const(np.array([0.5], np.float32))])
+        index = b.op("Gather", [picked, b.const(np.array(2, np.int64))], axis=1)  # [k]
+        kept_boxes = b.op("Gather", [b.op("Squeeze", [boxes, b.const(np.array([0], np.int64))]),
+                                     index], axis=0)
+        kept_scores = b.op("Gather", [b.op("Reshape", [scores, b.const(np.array(
+            [-1], np.int64))]), index], axis=0)
+        outs = [helper.make_tensor_value_info(kept_boxes, TensorProto.FLOAT, ["k", 4]),
+                helper.make_tensor_value_info(kept_scores, TensorProto.FLOAT, ["k"])]
+    graph = helper.make_graph(b.nodes, "detector", [b.input], outs, b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

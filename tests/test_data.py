@@ -201,6 +201,19 @@ def test_images_are_checked_against_the_model_input(tmp_path, dims, words):
     assert x.shape == IMAGES.shape
 
 
+def test_an_input_without_a_batch_axis_takes_images_fed_one_at_a_time(tmp_path):
+    """Calibration (the refit, the drop measurement) feeds such an input one image at a
+    time: the images are checked against its (C, H, W); other commands still refuse it."""
+    path = _npz(tmp_path, x=IMAGES)
+    x, _ = load_data(path, DataOptions(), ModelInput("x", (3, 4, 4), per_image=True))
+    assert x.shape == IMAGES.shape
+    with pytest.raises(ModelError, match=re.escape("images have 4 height, model input 'x' "
+                                                   "takes 8")):
+        load_data(path, DataOptions(), ModelInput("x", (3, 8, 8), per_image=True))
+    with pytest.raises(ModelError, match="this command feeds it batches"):
+        load_data(path, DataOptions(), ModelInput("x", (3, 4, 4)))
+
+
 def test_image_folder_is_read_as_grayscale_for_a_one_channel_model(tmp_path):
     root = _folder(tmp_path)
     x, y = load_data(root, DataOptions(), ModelInput("x", (None, 1, 5, 6)))

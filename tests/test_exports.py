@@ -75,6 +75,25 @@ def test_unbatched_input_verifies(tmp_path, lowering):
     assert result.exact and result.exactness[0].rel_error <= 1e-4, result.summary()
 
 
+def test_unbatched_input_is_refitted_and_verifies(tmp_path):
+    """--calibration on the same export: the images, given batched, are fed one at a time
+    through its preprocessing (a Resize to sizes read from a Shape of one image, Gather,
+    Pad, Unsqueeze, a Concat and a Split on the batch axis of 1); the refit lowers the
+    compressed conv's error and the output verifies (issue #30, SSDlite320)."""
+    src, dst = tmp_path / "stem.onnx", tmp_path / "stem_refit.onnx"
+    onnx.save(detector_stem(), src)
+    images = tmp_path / "images.npz"
+    np.savez(images, x=photo_batch((20, 3, 12, 12), seed=2))
+    report = optimize(src, dst, lower_options=LowerOptions("compact"),
+                      calibration=CalibrationOptions(str(images)), refit=RefitOptions("act"),
+                      log=lambda line: None)
+    layer, = report.extra["refit"]["layers"]
+    assert layer["error_after"] < layer["error_before"]
+    assert report.extra["accuracy"]["images"] == 20
+    result = verify(src, dst)
+    assert result.exact and result.exactness[0].rel_error <= 1e-4, result.summary()
+
+
 def test_a_reference_that_cannot_load_is_blamed_on_kse_onnx(tmp_path, capsys, monkeypatch):
     src, dst = tmp_path / "stem.onnx", tmp_path / "stem_kse.onnx"
     onnx.save(detector_stem(), src)

@@ -101,20 +101,44 @@ def check_same_inputs(model: onnx.ModelProto, original: onnx.ModelProto) -> None
                          f"{' ...' if len(changed) > 3 else ''}): refused, nothing written")
 
 
-def fixed_batch(model: onnx.ModelProto) -> int | None:
-    """The batch size the model's first input fixes (its first dimension, a number), or
-    None when it is symbolic or absent. Such a graph is defined on that many images at a
-    time (a Reshape may hold the number), so whatever runs it in torch runs it that many
-    images at a time."""
+def _image_input(model: onnx.ModelProto):
+    """The dims of the model's first graph input that is not an initializer, or None."""
     listed = {i.name for i in model.graph.initializer}
     for value in model.graph.input:
-        if value.name in listed:
-            continue
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return int(dims[0].dim_value)
-        return None
+        if value.name not in listed:
+            return value.type.tensor_type.shape.dim
     return None
+
+
+def unbatched(model: onnx.ModelProto) -> bool:
+    """True when the model's first input has rank 3: one image (C, H, W) without a batch
+    axis (torchvision's detectors). Such a graph is defined on one image per run: the
+    calibration images, still given batched (n, C, H, W), are fed one at a time with
+    that axis dropped (:func:`as_fed`), and :func:`fixed_batch` is 1."""
+    dims = _image_input(model)
+    return dims is not None and len(dims) == 3
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size the model's first input fixes (its first dimension, a number; 1 for
+    an input without a batch axis, :func:`unbatched`), or None when it is symbolic or
+    absent. Such a graph is defined on that many images at a time (a Reshape may hold the
+    number), so whatever runs it in torch or onnxruntime runs it that many images at a
+    time."""
+    dims = _image_input(model)
+    if dims is None:
+        return None
+    if len(dims) == 3:
+        return 1
+    if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+        return int(dims[0].dim_value)
+    return None
+
+
+def as_fed(x, model_unbatched: bool):
+    """What one run of the model takes from the images ``x`` (a whole batch of it): ``x``,
+    or for an input without a batch axis its one image ``x[0]``."""
+    return x[0] if model_unbatched else x
 
 
 def whole_batches(x, batch: int | None):

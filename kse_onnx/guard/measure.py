@@ -16,6 +16,16 @@
 
 Both models run in onnxruntime on the same inputs, ``CHUNK`` images at a time. A
 non-finite output is an infinite drop, never a pass.
+
+A model whose input takes one image without a batch axis (a torchvision detector, whose
+outputs after non-maximum suppression differ in length from image to image) runs one
+image at a time and is compared image by image (:class:`PerImage`), by the relative
+error of the float tensors just before its data-dependent post-processing
+(:mod:`.frontier`: the class scores and decoded boxes before NMS), or of its outputs
+when it has none. Where the two models' tensors have the same shapes,
+``||y - y0||^2`` is added; where a shape differs (another number of boxes kept), every
+value of both counts as error, ``||y0||^2 + ||y||^2``: that image's relative error is
+at least 1, and the report counts such images (``mismatched``).
 """
 
 from __future__ import annotations
@@ -27,11 +37,14 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
-from ..graph.inputs import fixed_batch, whole_batches
+from ..graph.inputs import fixed_batch, unbatched, whole_batches
 from ..runtime.ort import random_inputs, run_batched, session
+from .frontier import compared_model
 
 CHUNK = 256
 CHUNK_BYTES = 16 * 2**20  # of input images per onnxruntime run (_batch_step)
+UNBATCHED_RANDOM = 4  # random images for a model without a batch axis (random_drop)
+BEFORE = "tensors before its data-dependent post-processing (NMS)"
 
 
 @dataclass
@@ -47,6 +60,8 @@ class Drop:
     accuracy_original: float | None = None
     accuracy: float | None = None
     slice_error: float | None = None  # the per-slice error (module docstring)
+    mismatched: int | None = None  # images whose outputs differ in shape (PerImage only)
+    compared: str | None = None  # PerImage: "outputs" or "tensors before post-processing"
 
     @property
     def error(self) -> float:
@@ -60,7 +75,8 @@ class Drop:
 
     def to_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
+                for k, v in asdict(self).items()
+                if k not in ("mismatched", "compared") or v is not None}
 
     def line(self) -> str:
         if not math.isfinite(self.points):
@@ -73,6 +89,10 @@ class Drop:
             detail = f"relative error {self.rel_error:.4f}"
             if self.slice_error is not None:
                 detail += f", per-slice {self.slice_error:.4f}"
+        if self.compared == BEFORE:
+            detail += f" of the {BEFORE}"
+        if self.mismatched:
+            detail += f"; another shape on {self.mismatched} of {self.images} images"
         return (f"drop {self.points:.2f} points ({detail}; relative output error "
                 f"{self.rel_error:.4f}) on {self.images} {self.source}")
 
@@ -99,9 +119,39 @@ def _batch_step(model: onnx.ModelProto, x: np.ndarray) -> tuple[int, int]:
     return batch, max(batch, images - images % batch)
 
 
+class PerImage(list):
+    """What a model without a batch axis gives, one list per image (:func:`per_image`);
+    ``compared``: what the lists hold, "outputs" or :data:`BEFORE`."""
+
+    compared = "outputs"
+
+
+def per_image(model: onnx.ModelProto, label: str):
+    """A function of one image (C, H, W) giving what the drop compares of ``model``, an
+    unbatched model: the float tensors before its data-dependent post-processing
+    (:func:`.frontier.compared_model`), else its outputs; and which of the two."""
+    compared, before = compared_model(model)
+    sess, name = session(compared), input_name(model)
+
+    def run(image: np.ndarray) -> list:
+        got = run_batched(sess, {name: image}, label)
+        return [a for a in got if a.dtype.kind == "f"] if before else got
+    return run, BEFORE if before else "outputs"
+
+
+def _per_image_outputs(model, images, label: str) -> PerImage:
+    run, compared = per_image(model, label)
+    out = PerImage(run(image) for image in images)
+    out.compared = compared
+    return out
+
+
 def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> list:
     """All outputs of ``model`` on images ``x``, ``CHUNK`` at a time; a model whose input
-    fixes its batch runs on the images that fill whole batches of it."""
+    fixes its batch runs on the images that fill whole batches of it, one without a batch
+    axis on each image (:class:`PerImage`)."""
+    if unbatched(model):
+        return _per_image_outputs(model, x, label)
     sess = session(model)
     name = input_name(model)
     batch, step = _batch_step(model, x)
@@ -121,6 +171,29 @@ class DropSums:
         self.n = self.agree = self.hits_ref = self.hits = 0
         self.finite, self.logits = True, None
         self.slices: dict[tuple[int, int], list] = {}  # (output, axis) -> [num_c, den_c]
+        self.mismatched: int | None = None
+
+    def add_image(self, reference: list, candidate: list) -> None:
+        """One image's outputs of two models without a batch axis (module docstring:
+        an output of another shape counts whole, as error)."""
+        self.n += 1
+        self.logits = False
+        self.mismatched = self.mismatched or 0
+        if not all(np.all(np.isfinite(c)) for c in candidate):
+            self.finite = False
+            return
+        differ = len(candidate) != len(reference)
+        none = np.zeros(0)  # a tensor one side lacks: all of the other's values count
+        for i in range(max(len(candidate), len(reference))):
+            r64 = np.asarray(reference[i] if i < len(reference) else none, np.float64)
+            c64 = np.asarray(candidate[i] if i < len(candidate) else none, np.float64)
+            if c64.shape == r64.shape:
+                self.num += float(np.sum(np.square(c64 - r64)))
+            else:
+                differ = True
+                self.num += float(np.sum(np.square(r64)) + np.sum(np.square(c64)))
+            self.den += float(np.sum(np.square(r64)))
+        self.mismatched += differ
 
     def add(self, reference: list, candidate: list, labels: np.ndarray | None = None) -> None:
         ok = len(candidate) == len(reference) and all(
@@ -158,14 +231,17 @@ class DropSums:
             worst = max(worst, float(np.mean(np.sqrt(num) / np.maximum(norms, floor))))
         return worst
 
-    def result(self, labels: bool, source: str) -> Drop:
+    def result(self, labels: bool, source: str, compared: str | None = None) -> Drop:
         n = self.n
         if not self.finite:
-            return Drop(math.inf, "relative error", n, source, math.inf)
+            return Drop(math.inf, "relative error", n, source, math.inf,
+                        mismatched=self.mismatched, compared=compared)
         rel = math.sqrt(self.num) / max(math.sqrt(self.den), 1e-30)
         if not self.logits:
-            per = self.slice_error()
-            return Drop(100 * max(rel, per), "relative error", n, source, rel, slice_error=per)
+            per = self.slice_error() if self.slices else None
+            points = rel if per is None else max(rel, per)
+            return Drop(100 * points, "relative error", n, source, rel, slice_error=per,
+                        mismatched=self.mismatched, compared=compared)
         agreement = self.agree / max(n, 1)
         if not labels:
             return Drop(100 * (1 - agreement), "top-1 agreement", n, source, rel, agreement)
@@ -177,6 +253,11 @@ def drop(reference: list, candidate: list, labels: np.ndarray | None = None,
          source: str = "held-out calibration images") -> Drop:
     """The drop of ``candidate`` outputs against the original's ``reference`` outputs."""
     sums = DropSums()
+    if isinstance(reference, PerImage) or isinstance(candidate, PerImage):
+        for r, c in zip(reference, candidate, strict=True):
+            sums.add_image(r, c)
+        compared = {getattr(v, "compared", "outputs") for v in (reference, candidate)}
+        return sums.result(labels is not None, source, " and ".join(sorted(compared)))
     sums.add(reference, candidate, labels)
     return sums.result(labels is not None, source)
 
@@ -190,6 +271,13 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
     held whole."""
     if reference is not None:
         return drop(reference, outputs(candidate, x, "the compressed model"), labels, source)
+    if unbatched(original) or unbatched(candidate):  # one image a run, compared per image
+        (ref, compared), (cand, other) = (per_image(original, "the original"),
+                                          per_image(candidate, "the compressed model"))
+        sums = DropSums()
+        for image in x:
+            sums.add_image(ref(image), cand(image))
+        return sums.result(labels is not None, source, " and ".join(sorted({compared, other})))
     batch, step = max(_batch_step(original, x), _batch_step(candidate, x))
     x = whole_batches(x, batch)
     sums = DropSums()
@@ -205,8 +293,15 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
 
 def random_drop(original: onnx.ModelProto, candidate: onnx.ModelProto,
                 shape: tuple[int, ...] | None = None, batch: int = 32, seed: int = 0) -> Drop:
-    """The drop on standard-normal inputs (symbolic sizes from ``shape``, C,H,W)."""
+    """The drop on standard-normal inputs (symbolic sizes from ``shape``, C,H,W); a model
+    without a batch axis on ``UNBATCHED_RANDOM`` random images, one at a time."""
     sess = session(candidate)
+    if unbatched(candidate):
+        images = [next(iter(random_inputs(sess, 1, seed + k).values()))
+                  for k in range(UNBATCHED_RANDOM)]
+        return drop(_per_image_outputs(original, images, "the original"),
+                    _per_image_outputs(candidate, images, "the compressed model"),
+                    None, "random inputs")
     feeds = random_inputs(sess, batch, seed)
     if shape is not None and len(feeds) == 1:
         name, value = next(iter(feeds.items()))

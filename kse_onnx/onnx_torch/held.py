@@ -49,6 +49,22 @@ class HeldRunner:
         if fixed:  # the model's own batch, a chunk at a time
             self.chunk = fixed
         self.predict_step = self.chunk if self.chunk < CHUNK else None  # smaller on disk
+        # an input without a batch axis (feed_one_image): the names holding one value
+        # per image, and those of them whose first axis is one added for the images
+        self.one_image = False
+        self.per_image: set[str] = set()
+        self.stacked: set[str] = set()
+
+    def feed_one_image(self, name: str) -> None:
+        """The graph's input ``name`` takes one image without a batch axis: every node
+        reading the images runs once per image. Each value it gets is that image's
+        (the held tensor's row, or its first axis dropped where the graph's tensor has
+        no batch axis); each per-image result is held joined along its first axis when
+        that axis has length 1 (a Conv's [1, C, H, W]: the held tensor is the usual
+        (n, C, H, W)), else with an axis added (a preprocessed [C, H, W] image)."""
+        self.one_image = True
+        self.per_image.add(name)
+        self.stacked.add(name)
 
     def __enter__(self) -> HeldRunner:
         return self
@@ -87,25 +103,32 @@ class HeldRunner:
                     and all(v is not value for v in (other or {}).values())):
                 reuse = value
         n = self.images
-        batch = [name in env and a.dim() >= 1 and a.shape[0] == n
+        batch = [name in self.per_image if self.one_image else
+                 name in env and a.dim() >= 1 and a.shape[0] == n
                  for name, a in zip(node.input, raw, strict=True)]
-        by_images = self.holding.disk and any(batch) and runs_by_images(
+        by_images = self.holding.disk and any(batch) and not self.one_image and runs_by_images(
             node.op_type, self.interpreter.attrs[i], raw, batch)  # Concat, Reshape...
         fixed = self.fixed and any(batch)  # the model's own batch, a chunk at a time
         if fixed and node.op_type in ("Shape", "Size"):  # of one chunk, as the graph sees it
-            args = [a[:self.fixed].float() if b else a for a, b in zip(raw, batch, strict=True)]
+            args = [self.rows(a, name, 0) if b else a
+                    for a, b, name in zip(raw, batch, node.input, strict=True)]
             return self.interpreter.node(i, args)
+        if fixed and self.one_image:
+            self.per_image.update(o for o in node.output if o)
         if not (chunked and node.op_type in PER_IMAGE and any(batch) or by_images or fixed):
             args = [a.float() if a is not None and (a.dtype == torch.float16 or (
                 is_held_on_disk(a) and node.op_type != "Shape")) else a for a in raw]
             return tuple(self.keep(v) for v in self.interpreter.node(i, args))
         outs: list[torch.Tensor] = []
         for start in range(0, n, self.chunk):
-            args = [a[start:start + self.chunk].float() if b else a for a, b in zip(raw, batch,
-                                                                                  strict=True)]
+            args = [self.rows(a, name, start) if b else a
+                    for a, b, name in zip(raw, batch, node.input, strict=True)]
             if by_images:
                 args = chunk_args(node.op_type, args, len(args[0]), n)
             for k, value in enumerate(self.interpreter.node(i, args)):
+                if self.one_image and (value.dim() == 0 or value.shape[0] != 1):
+                    self.stacked.add(node.output[k])  # no batch axis: one added
+                    value = value.unsqueeze(0)
                 value = self.hold(value)
                 if k == len(outs):  # written in place, chunk by chunk: no list + cat copy
                     outs.append(reuse if k == 0 and reuse is not None
@@ -116,6 +139,13 @@ class HeldRunner:
                     outs[k] = self.holding.widened(outs[k])
                 outs[k][start:start + len(value)] = value
         return tuple(outs)
+
+    def rows(self, value, name: str, start: int) -> torch.Tensor:
+        """The images ``start`` to ``start + chunk`` of held ``value`` (tensor ``name``) as
+        the graph sees them, float32: for an input without a batch axis, image ``start``
+        with the added axis dropped where ``name`` has one (:meth:`feed_one_image`)."""
+        rows = value[start:start + self.chunk].float()
+        return rows[0] if self.one_image and name in self.stacked else rows
 
     def hold(self, value: torch.Tensor) -> torch.Tensor:
         """How an activation is kept until its last reader: float16 when the model's

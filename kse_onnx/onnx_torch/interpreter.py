@@ -36,14 +36,16 @@ Override = Callable[[list], "torch.Tensor | tuple"]
 class Interpreter:
     """The nodes of ``model``'s graph, ready to run with torch (:mod:`.ops`).
 
-    ``where`` names the model in errors (a path, "refit", "distill")."""
+    ``where`` names the model in errors (a path, "refit", "distill"); ``only``: the
+    indices of the nodes that will run (all by default), the only ones checked."""
 
-    def __init__(self, model: onnx.ModelProto, where: str = "model"):
+    def __init__(self, model: onnx.ModelProto, where: str = "model",
+                 only: set[int] | None = None):
         self.model = model
         self.nodes = model.graph.node
         self.opset = default_opset(model)
         self.attrs = [ops.attributes(node, self.opset) for node in self.nodes]
-        refuse_unmapped(model.graph, self.attrs, where)
+        refuse_unmapped(model.graph, self.attrs, where, only)
 
     def node(self, i: int, args: list, override: Override | None = None) -> tuple:
         """The outputs (a tuple) of node ``i`` from its input values ``args`` (None for
@@ -83,11 +85,15 @@ def constant_value(node: onnx.NodeProto) -> np.ndarray:
     return np.array(value, dtype=dtype)
 
 
-def refuse_unmapped(graph: onnx.GraphProto, attrs: list[dict], where: str) -> None:
-    """One ModelError listing every node the interpreter cannot compute as onnxruntime
-    does (grouped by operator or setting, with the node names), before anything runs."""
+def refuse_unmapped(graph: onnx.GraphProto, attrs: list[dict], where: str,
+                    only: set[int] | None = None) -> None:
+    """One ModelError listing every node (of ``only``, when given) the interpreter cannot
+    compute as onnxruntime does (grouped by operator or setting, with the node names),
+    before anything runs."""
     missing: dict[str, list[str]] = {}
-    for node, node_attrs in zip(graph.node, attrs, strict=True):
+    for i, (node, node_attrs) in enumerate(zip(graph.node, attrs, strict=True)):
+        if only is not None and i not in only:
+            continue
         why = ops.refusal(node, node_attrs)
         if why is not None:
             missing.setdefault(why, []).append(node.name or node.output[0])

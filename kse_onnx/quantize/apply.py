@@ -16,7 +16,7 @@ from ..graph.settings import RecordedSettings
 from ..options import QuantizeOptions
 from .inspect import integer_convs
 from .names import shorten_names
-from .ptq import input_convs, quantize_int8
+from .ptq import input_convs, quantize_int8, refuse_unbatched
 from .shared import quantized_weight_names, share_int8_weights
 
 
@@ -27,6 +27,17 @@ def _static_inputs(options: QuantizeOptions, calibration: np.ndarray | None):
     if calibration is None:
         raise OptionError("--calibration", "int8-static needs calibration inputs")
     return calibration
+
+
+def check_static_inputs(model: onnx.ModelProto, calibration: np.ndarray | None,
+                        options: QuantizeOptions | None) -> None:
+    """With ``options`` int8-static, its inputs checked before any work: calibration
+    images, and a model input with a batch axis (the static quantizer is fed batches)."""
+    if options is None or options.quantize != "int8-static":
+        return
+    if calibration is None:
+        raise OptionError("--calibration", "int8-static needs calibration inputs")
+    refuse_unbatched(model)
 
 
 def finish(quantized: onnx.ModelProto, options: QuantizeOptions, settings: RecordedSettings,

@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from ..errors import ModelError, first_line
 from ..graph.core import quiet_graphsurgeon
 from ..graph.export import copy_model_fields
-from ..graph.inputs import overridable_as_inputs, restore_graph_inputs
+from ..graph.inputs import overridable_as_inputs, restore_graph_inputs, unbatched
 from ..graph.walk import default_opset
 from ..options import QUANTIZE_MODES
 from .shared import quantized_weight_names, share_int8_weights
@@ -93,6 +93,18 @@ def input_convs(model: onnx.ModelProto) -> set[str]:
     return {n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs}
 
 
+def refuse_unbatched(model: onnx.ModelProto) -> None:
+    """int8-static on a model whose input has no batch axis: refused in one line (the
+    static quantizer feeds its calibration data reader's batches (n, C, H, W) and gathers
+    every tensor's range over them; a detector's per-image outputs of varying length
+    would not gather)."""
+    if unbatched(model):
+        raise ModelError("int8-static: the model's input takes one image without a batch "
+                         "axis; onnxruntime's static quantizer calibrates on batches "
+                         "(n, C, H, W): export the model with a batch axis, or use "
+                         "int8-dynamic")
+
+
 def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
                   calibration: np.ndarray | None = None, share: bool = True,
                   float_convs: set[str] = frozenset()) -> tuple[onnx.ModelProto, list[str]]:
@@ -111,6 +123,7 @@ def quantize_int8(model: onnx.ModelProto, mode: str, shared_convs: set[str],
         raise ValueError(f"unknown quantization mode {mode!r}")
     floating = expand_constants(model)
     if mode == "int8-static":
+        refuse_unbatched(model)
         floating = at_least_opset(floating, STATIC_MIN_OPSET)
     weights = {n.input[1] for n in floating.graph.node
                if n.op_type == "Conv" and n.name in shared_convs}

@@ -14,11 +14,11 @@ from onnx import numpy_helper
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
 from ..graph.classifier import classifier_gemms
-from ..graph.inputs import fixed_batch
+from ..graph.inputs import fixed_batch, unbatched
 from ..onnx_torch.held import HeldRunner, largest_activation
 from ..onnx_torch.interpreter import Interpreter, constant_value
 from ..options import RefitOptions
-from .graph_walk import Walk, node_names, static_nodes, walk
+from .graph_walk import Walk, needed_nodes, node_names, static_nodes, walk
 
 
 @dataclass(frozen=True)
@@ -60,46 +60,68 @@ def refit_context(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.nda
         raise ModelError(f"input {name!r}: refit supports float32 models only")
     dims = [d.dim_value if d.HasField("dim_value") else None
             for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != x.ndim or any(d and d != s for d, s in zip(dims[1:], x.shape[1:],
-                                                                strict=False)):
-        shown = ["?" if d is None else d for d in dims]
+    one = unbatched(model)  # one image (C, H, W) per run: fed one at a time, axis dropped
+    image_dims = dims if one else dims[1:]
+    if len(image_dims) != x.ndim - 1 or any(d and d != s for d, s in zip(
+            image_dims, x.shape[1:], strict=False)):
+        shown = ["?" if d is None else d for d in image_dims]
         raise ModelError(f"calibration images of shape {tuple(x.shape[1:])} do not fit "
-                         f"input {name!r} of shape {shown[1:]}: check "
+                         f"input {name!r} of shape {shown}: check "
                          "--resize/--crop and the channels")
     images = torch.from_numpy(np.ascontiguousarray(x, np.float32))
     names = node_names(model)
-    interpreter = Interpreter(model, "refit")
     compressed = {i: plans[n] for i, n in enumerate(names)
                   if n in plans and plans[n].compressed and graph.node[i].op_type == "Conv"}
+    classifiers = frozenset(classifier_gemms(model) if options.refit_classifier else ())
+    # only what the fits read runs (a detector's NMS and decoding do not)
+    needed = needed_nodes(model, set(compressed), set(classifiers))
+    interpreter = Interpreter(model, "refit", needed)
     for i, plan in compressed.items():
         if plan.w_hat.dtype != np.float32:
             raise ModelError(f"node {names[i]!r}: refit supports float32 weights "
                              f"only, not {plan.w_hat.dtype}")
     with torch.no_grad():
-        values = constants(interpreter)
+        values = constants(interpreter, needed)
     # a graph whose input fixes its batch (a Reshape may hold it) runs that many
-    # images at a time: every node that reads the images, a chunk at a time
+    # images at a time: every node that reads the images, a chunk at a time (one
+    # image, its batch axis dropped, for an input without one)
     fixed = fixed_batch(model)
     runner = HeldRunner(interpreter, len(x), largest_activation(model), fixed, values)
+    if one:
+        refuse_distill_unbatched(options.refit)
+        runner.feed_one_image(name)
     if fixed:
         if len(x) % fixed:
             raise ModelError(f"the refit runs the model's fixed batch of {fixed} "
                              f"images at a time: {len(x)} calibration images are not a "
                              "multiple of it")
         if options.refit == "block":
+            why = ("takes one image without a batch axis" if one else f"fixes {fixed}")
             raise OptionError("--refit", "block needs a model whose batch is not fixed "
-                              f"(its input fixes {fixed}); use act or distill")
-    classifiers = frozenset(classifier_gemms(model) if options.refit_classifier else ())
+                              f"(its input {why}); use act")
     return RefitContext(model, options, name, images, len(x) - held, names, compressed,
-                        classifiers, walk(model, set(compressed)), runner)
+                        classifiers, walk(model, set(compressed), needed), runner)
 
 
-def constants(interpreter: Interpreter) -> dict[str, torch.Tensor]:
-    """Initializers, Constant nodes, then every node computed from constants alone."""
+def refuse_distill_unbatched(mode: str) -> None:
+    """``--refit distill`` on a model whose input has no batch axis: refused in one line.
+    The distillation trains on minibatches through the whole graph, outputs included; a
+    graph of one image per run ending in non-maximum suppression has outputs whose length
+    differs from image to image, so there is no batched loss to train on."""
+    if mode == "distill":
+        raise OptionError("--refit", "distill needs a model whose input has a batch axis "
+                          "(this one takes one image (C, H, W) per run, and its outputs "
+                          "may differ in length from image to image); use act")
+
+
+def constants(interpreter: Interpreter, needed: set[int] | None = None
+              ) -> dict[str, torch.Tensor]:
+    """Initializers, Constant nodes, then every node computed from constants alone (of
+    ``needed``, when given)."""
     model = interpreter.model
     values = {init.name: as_tensor(numpy_helper.to_array(init))
               for init in model.graph.initializer}
-    static = static_nodes(model)
+    static = [i for i in static_nodes(model) if needed is None or i in needed]
     for i in static:
         node = model.graph.node[i]
         if node.op_type == "Constant":

@@ -43,9 +43,10 @@ from ..finetune.losses import Teacher, with_outputs
 from ..graph.core import import_graph
 from ..graph.export import settings_of
 from ..graph.groups import residual_groups
-from ..graph.inputs import fixed_batch, whole_batches
+from ..graph.inputs import fixed_batch, unbatched, whole_batches
 from ..graph.settings import RecordedSettings
 from ..options import DataOptions, RefitOptions
+from .context import refuse_distill_unbatched
 
 TEMPERATURE = 2.0
 CLIP_NORM = 5.0
@@ -59,6 +60,8 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     report). ``x``: calibration images, the last ``held`` of them held out (none: judged
     on the fitted ones)."""
     started = time.perf_counter()
+    if unbatched(student):
+        refuse_distill_unbatched(options.refit)
     module = import_model(student, "distill")
     module.eval()  # BatchNormalization uses stored statistics either way
     fixed = fixed_batch(student)  # the graph's own batch: every run takes exactly that many

@@ -41,6 +41,31 @@ def static_nodes(model: onnx.ModelProto) -> list[int]:
     return found
 
 
+def needed_nodes(model: onnx.ModelProto, compressed: set[int], fitted: set[int]) -> set[int]:
+    """The nodes the refit reads: the compressed Convs, the other ``fitted`` nodes (the
+    classifier), every reader of a compressed Conv's output and of the residual Add it
+    feeds (its target and its ReLU), and everything these are computed from. The rest (a
+    detector's decoding and non-maximum suppression, whose outputs differ in length from
+    image to image) is neither run nor required to be computable in torch."""
+    nodes = model.graph.node
+    produced_by = proto_producers(model.graph)
+    readers = proto_consumers(model.graph)
+    targets = set(compressed) | set(fitted)
+    for i in compressed:
+        for j in readers.get(nodes[i].output[0], []):
+            targets.add(j)
+            if nodes[j].op_type == "Add":
+                targets.update(readers.get(nodes[j].output[0], []))
+    needed: set[int] = set()
+    stack = sorted(targets)
+    while stack:
+        i = stack.pop()
+        if i not in needed:
+            needed.add(i)
+            stack.extend(produced_by[t] for t in nodes[i].input if t in produced_by)
+    return needed
+
+
 @dataclass
 class Walk:
     order: list[int]  # node indices; static nodes (static_nodes) excluded
@@ -49,7 +74,9 @@ class Walk:
     cuts: list[int]  # positions in ``order`` after which one tensor is live
 
 
-def walk(model: onnx.ModelProto, compressed: set[int]) -> Walk:
+def walk(model: onnx.ModelProto, compressed: set[int], needed: set[int] | None = None) -> Walk:
+    """The walk over ``needed`` nodes (all by default, :func:`needed_nodes`); every
+    output of a walked node is counted in ``consumers``, 0 when no walked node reads it."""
     nodes = model.graph.node
     produced_by = proto_producers(model.graph)
     readers = proto_consumers(model.graph)
@@ -59,7 +86,8 @@ def walk(model: onnx.ModelProto, compressed: set[int]) -> Walk:
         if len(users) == 1 and nodes[users[0]].op_type == "Add":
             residual[i] = users[0]
     static = set(static_nodes(model))
-    runnable = [i for i in range(len(nodes)) if i not in static]
+    runnable = [i for i in range(len(nodes)) if i not in static
+                and (needed is None or i in needed)]
     waits = {i: {produced_by[t] for t in nodes[i].input
                  if t in produced_by and produced_by[t] not in static}
              for i in runnable}
@@ -79,7 +107,7 @@ def walk(model: onnx.ModelProto, compressed: set[int]) -> Walk:
                 heapq.heappush(ready, (int(j in residual), j))
     if len(order) != len(runnable):
         raise ValueError("the graph has a cycle")
-    consumers: dict[str, int] = {}
+    consumers: dict[str, int] = {o: 0 for i in order for o in nodes[i].output if o}
     for i in order:
         for name in nodes[i].input:
             if name:

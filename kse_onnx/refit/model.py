@@ -133,6 +133,7 @@ class Refit:
                     if name in remaining:
                         remaining[name] -= 1
                 release(node.input, remaining, keep, teacher, student)
+                release(node.output, remaining, keep, teacher, student)  # read by no walked node
         bar.close()
         self.result.model = refitted_model(ctx.model, ctx.names, self.convs, self.classifier)
         self.result.seconds = time.perf_counter() - started

@@ -14,7 +14,9 @@ package above holds real ones). ``run`` (this repository's environment, 1 thread
 optimizes each file with ``--lowering compact``, without and with ``--calibration`` (64
 photo crops, tests/graphs.py, default ``--refit``), then
 runs ``verify``; a row passes when both verifies pass and every group-1 Conv reading
-three channels (the colours) is left alone.
+three channels (the colours) is left alone. Each row also keeps the error ``optimize``
+measured against the original (``rel_error``, on what: ``error_source``, ``compared``).
+``table`` prints the rows of ``--json`` as the table of docs/results.md.
 """
 
 from __future__ import annotations
@@ -139,11 +141,22 @@ def colour_convs_compressed(src: Path, report: Path) -> list[str]:
     return [x["name"] for x in layers if x["name"] in colour and x["status"] == "compressed"]
 
 
+def measured_error(report: Path) -> dict:
+    """The error ``optimize`` measured against the original (its report's ``accuracy``):
+    the relative error, on what (random inputs, or the calibration images; for a model
+    without a batch axis, the tensors before its post-processing or its outputs) and on
+    how many images the outputs differed in shape."""
+    accuracy = json.loads(report.read_text()).get("accuracy") or {}
+    return {"rel_error": accuracy.get("rel_error"), "error_source": accuracy.get("source"),
+            "compared": accuracy.get("compared"), "mismatched": accuracy.get("mismatched")}
+
+
 def run(folder: Path, json_path: str | None, models: list[str] | None = None) -> int:
     import numpy as np
 
     from tools.graphs import photo_batch
 
+    common.print_header()  # machine, date and load as the sweep starts
     sizes = json.loads((folder / "sizes.json").read_text())
     for size in sorted(set(sizes.values())):
         np.savez(folder / f"images{size}.npz", x=photo_batch((64, 3, size, size), seed=1))
@@ -164,6 +177,7 @@ def run(folder: Path, json_path: str | None, models: list[str] | None = None) ->
                 row["optimize"] = line
             else:
                 row["colour_convs_compressed"] = colour_convs_compressed(src, report)
+                row.update(measured_error(report))
                 row["verify_exit"], row["verify"] = _kse("verify", src, dst)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             ok = (row.get("verify_exit") == 0 and not row.get("colour_convs_compressed"))
@@ -178,15 +192,36 @@ def run(folder: Path, json_path: str | None, models: list[str] | None = None) ->
     return 1 if failed else 0
 
 
+def table(rows: list[dict]) -> str:
+    """The rows of ``run --json`` as a markdown table."""
+    lines = ["| model | --calibration | optimize | verify | colour convs compressed | "
+             "measured error (on) | s |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        error = row.get("rel_error")
+        on = row.get("compared") or ""
+        on = f"{row.get('error_source') or ''}{'; ' + on if on else ''}"
+        if row.get("mismatched"):
+            on += f"; another shape on {row['mismatched']} images"
+        verdict = (row.get("verify") or "").split(":")[0] or "-"
+        lines.append(f"| {row['model']} | {'yes' if row['calibration'] else 'no'} | "
+                     f"{'ok' if not row['optimize_exit'] else row.get('optimize', 'failed')} | "
+                     f"{verdict} | {len(row.get('colour_convs_compressed') or [])} | "
+                     f"{'-' if error is None else f'{error:.4f}'} ({on}) | {row['seconds']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = common.parser(__doc__)
-    parser.add_argument("step", choices=["export", "run"])
+    parser.add_argument("step", choices=["export", "run", "table"])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--json", help="write the rows here (run)")
     parser.add_argument("--models", help="comma-separated names, in this order (run)")
     args = parser.parse_args(argv)
     if args.step == "export":
         export(args.folder)
+        return 0
+    if args.step == "table":
+        print(table(json.loads(Path(args.json).read_text())))
         return 0
     return run(args.folder, args.json, args.models.split(",") if args.models else None)
 
