@@ -1,6 +1,7 @@
 """The one loader of images: calibration images from a file, an array, or an iterable
 of arrays (batches) or of input dicts (``{input name: batch}``), all to one float32
-array; and fine-tuning's training images and labels (:func:`training_data`).
+array (held on disk when large: :mod:`kse_onnx.held_images`); and fine-tuning's
+training images and labels (:func:`training_data`).
 
 The facade calls it once (``optimize``; the CLI for ``finetune --quantize``); the refit,
 the latency budget, the quantizer and fine-tuning receive the array and read no file.
@@ -21,6 +22,7 @@ import numpy as np
 
 from .data import ModelInput, load_data
 from .errors import OptionError
+from .held_images import image_store
 from .options import CalibrationOptions, DataOptions
 
 MAX_BATCHES = 1 << 20  # an endless data loader is cut here, not read forever
@@ -46,9 +48,10 @@ def training_data(path, data: DataOptions, model) -> TrainingData:
 def as_images(calibration, count: int | None = None, data: DataOptions | None = None,
               input_name: str | None = None, flag: str = "calibration",
               model=None) -> np.ndarray | None:
-    """The first ``count`` (default 1024) calibration images as one float32 array, None
-    without a source. ``input_name``: the model's input, the key taken from input dicts;
-    ``model``: a file's images are checked against its input (kse_onnx.data)."""
+    """The first ``count`` (default 1024) calibration images as one float32 array (a file's
+    above 1 GiB: a :class:`kse_onnx.held_images.DiskImages`), None without a source.
+    ``input_name``: the model's input, the key taken from input dicts; ``model``: a file's
+    images are checked against its input (kse_onnx.data)."""
     if calibration is None:
         return None
     if isinstance(calibration, CalibrationOptions):
@@ -62,7 +65,8 @@ def as_images(calibration, count: int | None = None, data: DataOptions | None = 
         expect = ModelInput.of(model) if model is not None else None
         if expect is not None:  # calibration feeds an unbatched input one image at a time
             expect = dataclasses.replace(expect, per_image=True)
-        return load_data(str(calibration), data or DataOptions(), expect, limit=count)[0]
+        return load_data(str(calibration), data or DataOptions(), expect, limit=count,
+                         hold=image_store)[0]
     if isinstance(calibration, np.ndarray):
         batches = [calibration]
     elif isinstance(calibration, Mapping):

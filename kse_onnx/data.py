@@ -24,12 +24,12 @@ import struct
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import KSEError, ModelError, OptionError, first_line
+from .model_input import ModelInput
 from .paths import regular_file
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -38,6 +38,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 NUMERIC_KINDS = "uif"  # unsigned, signed, floating
 _CHUNK = 1 << 20
+CHUNK_VALUES = 8 * 2**20  # load_data converts about this many values at a time
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -174,9 +175,10 @@ def fashion_mnist(split: str = "train", root: Path = FASHION_MNIST):
     return read_idx(images), read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
 
 
-def load_dataset(path: str | Path, channels: int | None = None):
+def load_dataset(path: str | Path, channels: int | None = None, raw: bool = False):
     """(x float32 (n, C, H, W), y int64 (n,) or None) from ``path``, checked (at least one
-    image, finite values; labels by :func:`check_labels`):
+    image, finite values; labels by :func:`check_labels`); ``raw``: x as the file holds it
+    (its dtype and layout; its first image checked), for :func:`load_data`'s chunks:
     - ``.npz`` with array ``x`` (and optional ``y``); uint8 images are scaled to [0, 1];
       (n, H, W) gains a channel axis; (n, H, W, C) with C in (1, 3) becomes NCHW;
     - an IDX images file (``*images-idx3-ubyte[.gz]``), labels read from the matching
@@ -188,15 +190,15 @@ def load_dataset(path: str | Path, channels: int | None = None):
     if not path.exists():
         raise ModelError(f"{path}: no such data file or folder")
     if path.is_dir():
-        return _image_folder(path, channels)
+        return _image_folder(path, channels, raw)
     regular_file(path, "a data file")  # a FIFO would block the reader
     if path.suffix == ".npz":
         arrays = read_npz(path, ["x", "y"], optional=("y",))
-        x = as_images(arrays["x"], path)
+        x = _checked(arrays["x"], path, raw)
         y = check_labels(arrays["y"], len(x), f"{path} (array y)") if "y" in arrays else None
         return x, y
     if "idx" in path.name:
-        x = as_images(read_idx(path), path)
+        x = _checked(read_idx(path), path, raw)
         labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
         y = (check_labels(read_idx(labels), len(x), labels)
              if labels != path and labels.exists() else None)
@@ -229,9 +231,17 @@ def check_labels(y, n: int, where, classes: int | None = None) -> np.ndarray:
     return y
 
 
-def as_images(x: np.ndarray, where) -> np.ndarray:
+def _checked(x: np.ndarray, where, raw: bool) -> np.ndarray:
+    if not raw:
+        return as_images(x, where)
+    as_images(x[:1], where)  # the checks, on one image
+    return x
+
+
+def as_images(x: np.ndarray, where, first: int = 0) -> np.ndarray:
     """``x`` as float32 images (n, C, H, W), checked: numeric, at least one image, no
-    empty axis, finite after the conversion (uint8 is scaled to [0, 1])."""
+    empty axis, finite after the conversion (uint8 is scaled to [0, 1]); ``first``: the
+    index of x's first image in its file (named in errors)."""
     _check_dtype(x.dtype, str(where))
     scale = 255.0 if x.dtype == np.uint8 else 1.0
     if x.ndim == 3:
@@ -252,12 +262,12 @@ def as_images(x: np.ndarray, where) -> np.ndarray:
             x /= np.float32(scale)  # a new array here (converted from uint8)
     finite = np.isfinite(x)
     if not finite.all():
-        first = int(np.argmin(finite.reshape(len(x), -1).all(axis=1)))
+        first += int(np.argmin(finite.reshape(len(x), -1).all(axis=1)))
         raise ModelError(f"{where}: image {first} holds NaN or infinite values (as float32)")
     return x
 
 
-def _image_folder(path: Path, channels: int | None = None):
+def _image_folder(path: Path, channels: int | None = None, raw: bool = False):
     from PIL import Image
 
     classes = sorted(p for p in path.iterdir() if p.is_dir())
@@ -289,50 +299,7 @@ def _image_folder(path: Path, channels: int | None = None):
     shapes = {im.shape for im in images}
     if len(shapes) > 1:
         raise ModelError(f"{path}: images differ in size {sorted(shapes)[:3]}; use --resize")
-    return as_images(np.stack(images), path), np.array(labels, np.int64)
-
-
-@dataclass(frozen=True)
-class ModelInput:
-    """The image input of a model: its name and declared dims (None where symbolic)."""
-
-    name: str
-    dims: tuple
-    per_image: bool = False  # an input without a batch axis is fed one image at a time
-
-    @classmethod
-    def of(cls, model) -> ModelInput | None:
-        """The single graph input of an ``onnx.ModelProto`` that is not an initializer;
-        None when there are several (nothing is checked then)."""
-        inits = {i.name for i in model.graph.initializer}
-        inputs = [i for i in model.graph.input if i.name not in inits]
-        if len(inputs) != 1 or not inputs[0].type.HasField("tensor_type"):
-            return None
-        tensor = inputs[0].type.tensor_type
-        dims = (tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-                      for d in tensor.shape.dim) if tensor.HasField("shape") else None)
-        return cls(inputs[0].name, dims)
-
-    def check(self, x: np.ndarray, where) -> None:
-        """A one-line error unless images ``x`` fit this input's rank, channels, height
-        and width (where they are fixed)."""
-        if self.dims is None:
-            return
-        if len(self.dims) == 3 and not self.per_image:
-            shown = [d if d is not None else "?" for d in self.dims]
-            raise ModelError(f"{where}: model input {self.name!r} takes one image without "
-                             f"a batch axis {shown}; this command feeds it batches "
-                             "(n, C, H, W): export the model with one")
-        dims = (None, *self.dims) if len(self.dims) == 3 else self.dims
-        if len(dims) != 4:
-            raise ModelError(f"{where}: images (n, C, H, W) do not fit model input "
-                             f"{self.name!r} of rank {len(self.dims)}")
-        for axis, what in ((1, "channels"), (2, "height"), (3, "width")):
-            want = dims[axis]
-            if want is not None and want != x.shape[axis]:
-                hint = "" if axis == 1 else "; use --resize/--crop"
-                raise ModelError(f"{where}: images have {x.shape[axis]} {what}, model input "
-                                 f"{self.name!r} takes {want}{hint}")
+    return _checked(np.stack(images), path, raw), np.array(labels, np.int64)
 
 
 def _memory_bytes() -> int | None:
@@ -343,12 +310,14 @@ def _memory_bytes() -> int | None:
 
 
 def preprocess(x: np.ndarray, resize: int | None = None, crop: int | None = None,
-               mean=None, std=None, where="images") -> np.ndarray:
+               mean=None, std=None, where="images", count: int | None = None) -> np.ndarray:
     """Resize (shorter side, bilinear), centre-crop, then ``(x - mean) / std``; each
     checked against the images: a resized set larger than the machine's memory, a crop
     larger than the image, or a count of ``mean``/``std`` values other than 1 or the
-    channels is an option error naming ``where``."""
+    channels is an option error naming ``where``; ``count``: the whole set's images when
+    ``x`` is a chunk of it."""
     n, c, h, w = x.shape
+    n = count or n
     for flag, values in (("--mean", mean), ("--std", std)):
         if values is not None and len(values) not in (1, c):
             raise OptionError(flag, f"{len(values)} values for the {c}-channel images of "
@@ -381,20 +350,40 @@ def preprocess(x: np.ndarray, resize: int | None = None, crop: int | None = None
 
 
 def load_data(path, options, model_input: ModelInput | None = None,
-              limit: int | None = None):
+              limit: int | None = None, hold=None):
     """``load_dataset`` (the first ``limit`` images when given) then ``preprocess`` with a
-    DataOptions' resize/crop/mean/std, checked against ``model_input`` when given."""
+    DataOptions' resize/crop/mean/std, checked against ``model_input`` when given. The
+    file's values are converted a chunk of images at a time into ``hold(n, shape)``
+    (kse_onnx.held_images.image_store: on disk when large), by default over the file's
+    own float32 array when it fits, else into a new array: no whole float32 copy beside
+    the file's values (docs/refit.md, "Memory")."""
     channels = model_input.dims[1] if model_input and model_input.dims and len(
         model_input.dims) == 4 else None
-    x, y = load_dataset(path, channels)
-    if limit is not None and limit < len(x):  # a copy: the rest of the file is freed
-        x, y = x[:limit].copy(), (None if y is None else y[:limit].copy())
+    raw, y = load_dataset(path, channels, raw=True)
+    n = len(raw) if limit is None else min(limit, len(raw))
+    y = y if y is None or n == len(y) else y[:n].copy()
     mean = [float(v) for v in options.mean] or None
     std = [float(v) for v in options.std] or None
-    x = preprocess(x, options.resize or None, options.crop or None, mean, std, where=path)
-    if not np.all(np.isfinite(x)):  # a huge mean or a tiny std overflows float32
-        raise OptionError("--std" if std else "--mean", f"{path}: preprocessed images hold "
-                                                        "non-finite values")
-    if model_input is not None:
-        model_input.check(x, path)
+    x, step = None, max(1, CHUNK_VALUES // max(1, raw[:1].size))
+    for start in range(0, n, step):
+        part = preprocess(as_images(raw[start:min(n, start + step)], path, start),
+                          options.resize or None, options.crop or None, mean, std, where=path,
+                          count=n)
+        if not np.all(np.isfinite(part)):  # a huge mean or a tiny std overflows float32
+            raise OptionError("--std" if std else "--mean", f"{path}: preprocessed images "
+                                                            "hold non-finite values")
+        if model_input is not None:
+            model_input.check(part, path)
+        if x is None:
+            x = hold(n, part.shape[1:]) if hold else _over(raw, n, part.shape[1:])
+        x[start:start + len(part)] = part
     return x, y
+
+
+def _over(raw: np.ndarray, n: int, shape) -> np.ndarray:
+    """The first ``n`` images of ``raw`` to be written over, when they are float32 images of
+    ``shape`` (the file's own array: no second copy); else a new array."""
+    if raw.dtype == np.float32 and raw.shape[1:] == tuple(shape) and raw.flags.c_contiguous \
+            and raw.flags.writeable and n == len(raw):
+        return raw
+    return np.empty((n, *shape), np.float32)

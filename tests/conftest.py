@@ -1,3 +1,5 @@
+import tempfile
+
 import pytest
 
 
@@ -10,3 +12,12 @@ def quick_auto_timing(monkeypatch):
     monkeypatch.setattr(auto, "LAYER_BUDGET_S", 0.01)
     monkeypatch.setattr(auto, "MODEL_BUDGET_S", 0.05)
 
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """tempfile's folder pointed at an empty one, to see what is left there."""
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder

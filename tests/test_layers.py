@@ -23,6 +23,8 @@ LAYERS = [
     "options",
     "paths",  # output paths checked against inputs and each other; atomic writes
     "report",  # counts and the summary table (numpy only)
+    "model_input",  # a model's image input and the check of images against it
+    "held_images",  # calibration images held in memory or on disk (numpy only)
     "data",  # dataset readers (numpy only)
     "calibration",  # the one loader of calibration images (a file, arrays or a stream)
     "runtime",  # onnxruntime sessions, latency, output checks (onnxruntime, numpy)

@@ -3,8 +3,6 @@ slices, the same bytes as holding in memory, and no file left behind."""
 
 from __future__ import annotations
 
-import tempfile
-
 import numpy as np
 import onnx
 import pytest
@@ -20,15 +18,6 @@ from kse_onnx.onnx_torch.holding import DiskTensor, Holding  # noqa: E402
 from kse_onnx.refit.layer import SharedConv  # noqa: E402
 
 FAST = dict(refit_steps=20, refit_batch=16)
-
-
-@pytest.fixture
-def private_tmp(tmp_path, monkeypatch):
-    """tempfile's folder pointed at an empty one, to see what the refit leaves there."""
-    folder = tmp_path / "tmpdir"
-    folder.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(folder))
-    return folder
 
 
 def _left(folder) -> list:

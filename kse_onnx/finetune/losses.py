@@ -84,9 +84,9 @@ class Teacher:
         self.step = step
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        if self.step is None:
-            return self.session.run(None, {self.input: x})
-        outs = [self.session.run(None, {self.input: x[i:i + self.step]})
+        if self.step is None:  # np.asarray: images held on disk are read a step at a time
+            return self.session.run(None, {self.input: np.asarray(x)})
+        outs = [self.session.run(None, {self.input: np.asarray(x[i:i + self.step])})
                 for i in range(0, len(x), self.step)]
         return [np.concatenate([o[k] for o in outs]).astype(np.float32)
                 for k in range(len(outs[0]))]

@@ -133,6 +133,20 @@ class DiskTensor:
         os.ftruncate(self._fd, len(self) * self._row * self._np.itemsize)
         self._first, self._base = 0, None  # a view of rows of another: see rows()
 
+    @classmethod
+    def reading(cls, images) -> DiskTensor:
+        """The calibration images of a :class:`kse_onnx.held_images.DiskImages` as a
+        float32 DiskTensor reading the same file (a duplicated descriptor: nothing is
+        copied)."""
+        held = object.__new__(cls)
+        held.path, held.shape, held.dtype = "held calibration images", torch.Size(
+            images.shape), torch.float32
+        held._np, held._row = np.dtype(np.float32), int(np.prod(images.shape[1:], dtype=np.int64))
+        held._fd = os.dup(images.fileno())
+        held._closer = weakref.finalize(held, os.close, held._fd)
+        held._first, held._base = images.offset // max(1, held._row * 4), None
+        return held
+
     def rows(self, start: int, stop: int) -> DiskTensor:
         """Images ``start:stop`` as a view reading the same file (nothing copied; the
         view keeps the file open)."""

@@ -31,13 +31,14 @@ from .shared import quantized_weight_names, share_int8_weights
 
 
 class _Batches:
-    """onnxruntime's CalibrationDataReader protocol over an array, 32 images a batch."""
+    """onnxruntime's CalibrationDataReader protocol over an array, 32 images a batch (a
+    batch read when it is asked for: images held on disk are never read whole)."""
 
     def __init__(self, name: str, x: np.ndarray, batch: int = 32):
         self.items = [{name: x[i:i + batch]} for i in range(0, len(x), batch)]
 
     def get_next(self):
-        return self.items.pop(0) if self.items else None
+        return {k: np.asarray(v) for k, v in self.items.pop(0).items()} if self.items else None
 
 
 @contextlib.contextmanager

@@ -15,7 +15,9 @@ from ..analysis.plan import LayerPlan
 from ..errors import ModelError, OptionError
 from ..graph.classifier import classifier_gemms
 from ..graph.inputs import fixed_batch, unbatched
+from ..held_images import DiskImages
 from ..onnx_torch.held import HeldRunner, largest_activation
+from ..onnx_torch.holding import DiskTensor
 from ..onnx_torch.interpreter import Interpreter, constant_value
 from ..options import RefitOptions
 from .graph_walk import Walk, needed_nodes, node_names, static_nodes, walk
@@ -26,7 +28,7 @@ class RefitContext:
     model: onnx.ModelProto
     options: RefitOptions
     input: str  # the graph's one input
-    x: torch.Tensor  # the calibration images, fitted ones first
+    x: torch.Tensor  # the calibration images, fitted ones first (DiskTensor when on disk)
     fitted: int  # the first ``fitted`` images are fitted on, the others judge
     names: list[str]  # node names as kse-onnx's graph import gives them
     plans: dict[int, LayerPlan]  # node index -> plan of each compressed Conv
@@ -68,7 +70,8 @@ def refit_context(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.nda
         raise ModelError(f"calibration images of shape {tuple(x.shape[1:])} do not fit "
                          f"input {name!r} of shape {shown}: check "
                          "--resize/--crop and the channels")
-    images = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    images = (DiskTensor.reading(x) if isinstance(x, DiskImages)  # read a chunk at a time
+              else torch.from_numpy(np.ascontiguousarray(x, np.float32)))
     names = node_names(model)
     compressed = {i: plans[n] for i, n in enumerate(names)
                   if n in plans and plans[n].compressed and graph.node[i].op_type == "Conv"}

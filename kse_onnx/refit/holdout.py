@@ -30,14 +30,15 @@ def fitted_first(x: np.ndarray, share: float, seed: int):
 
     The rows are permuted in place and put back on leaving the block (also on an error),
     so no second copy of the calibration images is made: 512 detector images at 640x640
-    are 2.5 GB, and a reordered copy held them twice (three times while it was built). A
-    read-only array is copied instead."""
+    are 2.5 GB, and a reordered copy held them twice (three times while it was built).
+    Images held on disk (kse_onnx.held_images) are reordered in their file the same way;
+    a read-only array is copied instead."""
     fitted, held = holdout_split(len(x), share, seed)
     if not len(held):
         yield x, 0
         return
     order = np.concatenate([fitted, held])
-    if not x.flags.writeable:
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
         yield x[order], len(held)
         return
     permute_rows(x, order)

@@ -87,7 +87,8 @@ def run_batched(sess: ort.InferenceSession, feeds: dict, label: str = "the model
                 ) -> list[np.ndarray]:
     """Outputs for ``feeds``; a model whose inputs are fixed at batch b gets the samples b
     at a time (outputs concatenated on the first axis). onnxruntime's failures are one
-    line naming ``label``."""
+    line naming ``label``. Array-likes (images held on disk) are read here."""
+    feeds = {k: np.asarray(v) for k, v in feeds.items()}
     n = len(next(iter(feeds.values()))) if feeds else 0
     fixed = {i.shape[0] for i in sess.get_inputs() if i.shape and isinstance(i.shape[0], int)
              and i.shape[0] > 0}

