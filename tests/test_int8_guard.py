@@ -125,7 +125,7 @@ def test_max_drop_reverts_the_worst_nodes(detector, images, tmp_path):
     """int8-static within D = 5 (every conv skipped by KSE, to test the INT8 step
     quickly): the nodes flattening the scores are left float, the written model's drop
     (held-out images, against the original) is within D and recorded with the float
-    nodes; the scores survive."""
+    nodes, measured on the images kept back to confirm; the scores survive."""
     built = optimize_model(detector, calibration=images, quantize=STATIC, lower_options=COMPACT,
                            select=NO_KSE, guard=GuardOptions(max_drop=5.0), progress=QUIET)
     info = built.report.extra["int8"]
@@ -133,11 +133,12 @@ def test_max_drop_reverts_the_worst_nodes(detector, images, tmp_path):
     assert info["float_nodes"] and guard["tried"][0]["drop"]["points"] > 40
     assert guard["drop"]["points"] <= 5.0 and guard["measured_on"].endswith("held-out "
                                                                             "calibration images")
+    assert guard["confirmed_on"] == "40 held-out calibration images kept back to confirm the choice"
     assert built.report.extra["accuracy"]["points"] == guard["drop"]["points"]
     recorded = settings_of(built.model)
     assert recorded.int8_float_nodes == info["float_nodes"]
     assert RecordedSettings.from_dict(recorded.to_dict()) == recorded
-    held = images[-40:]  # the last quarter is held out from refit and calibration
+    held = images[-40:]  # half of the held-out half: kept back to confirm, seen by no choice
     again = measure(detector, built.model, held, source="held-out")
     assert again.points == pytest.approx(guard["drop"]["points"])
     got, ref = outputs(built.model, held)[0], outputs(detector, held)[0]

@@ -4,7 +4,8 @@ left in float.
 1. the ``--max-drop`` search (or the latency budget) chooses the KSE model in float
    (its layer forms still timed in INT8);
 2. that model is quantized (onnxruntime's ``quantize_static``, calibrated on the images
-   the refit used) and its drop against the original measured on the held-out images;
+   the refit used) and its drop against the original measured on the selection part of
+   the held-out images (:mod:`.confirm`);
 3. over D, every node the QDQ model rounds next to is ranked by the error it causes
    alone: the QDQ model with only that node's (de)quantization kept, the rest in float
    (:mod:`kse_onnx.quantize.probe`), one forward pass on up to ``RANK_IMAGES`` held-out
@@ -12,6 +13,9 @@ left in float.
    outputs that are not logits, so scores flattened beside pixel coordinates count);
 4. the ``k`` worst are left float (``nodes_to_exclude``), ``k`` the smallest that holds
    D found by bisection, each candidate quantized again and measured in full;
+   the chosen one is measured again on the confirmation images, which no choice saw,
+   and that drop is the one reported (the next candidate with more nodes float, when it
+   fails there);
 5. when only leaving every ranked node float would hold D, no INT8 setting does: a
    one-line error names the best drop reached, and nothing is written.
 
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from types import SimpleNamespace
 
 import onnx
 
@@ -38,6 +43,7 @@ from ..quantize.apply import kept_float, quantize_output
 from ..quantize.probe import QdqIndex
 from ..quantize.ptq import STATIC_MIN_OPSET, at_least_opset, expand_constants, quantize_int8
 from ..runtime.loadcheck import runtime_check
+from .confirm import confirmed, cut
 from .measure import Drop, drop, outputs
 from .search import Builder, guarded_budget, guarded_search, split
 
@@ -84,8 +90,11 @@ def int8_within(original: onnx.ModelProto, built, options: QuantizeOptions, imag
                 guard: GuardOptions, data: DataOptions | None, float_drop: Drop, say,
                 output_name: str = "compressed model"):
     """(built with its INT8 model, its Drop): the chosen float ``built.model`` quantized,
-    the worst nodes left float until the drop on the held-out images is at most D."""
+    the worst nodes left float until the drop on the selection images is at most D, then
+    confirmed on the images kept back (:mod:`.confirm`): the confirmed drop is reported."""
     fit, x, y, source = split(images, guard, data)
+    parts = cut(x, y, guard.confirm, source)
+    x, y = parts.select_x, parts.select_y
     floating = built.model
     reference = outputs(original, x, "the original")
     tried = []
@@ -95,29 +104,38 @@ def int8_within(original: onnx.ModelProto, built, options: QuantizeOptions, imag
         measured = drop(reference, outputs(model, x, "an INT8 candidate"), y, source)
         tried.append({"float_nodes": len(float_nodes), "drop": measured.to_dict()})
         say(f"max-drop INT8: {len(float_nodes)} node(s) left float: {measured.line()}")
-        return model, info, measured
+        return float_nodes, SimpleNamespace(model=model, info=info), measured
 
-    chosen = candidate([])
+    held = []  # (float nodes, built, selection drop) that held D, fewest float nodes first
+    first = candidate([])
     ranked: list[tuple[str, float]] = []
-    if not chosen[2].points <= guard.max_drop:
+    if first[2].points <= guard.max_drop:
+        held.append(first)
+    else:
         ranked = rank_nodes(floating, options, fit, x[:RANK_IMAGES],
                             outputs(original, x[:RANK_IMAGES], "the original"))
-        chosen, lo, hi = None, 0, len(ranked)  # lo fails; hi (all float) is no INT8
+        lo, hi = 0, len(ranked)  # lo fails; hi (all float) is no INT8
         while hi - lo > 1:
             mid = (lo + hi) // 2
             result = candidate([name for name, _ in ranked[:mid]])
             if result[2].points <= guard.max_drop:
-                chosen, hi = result, mid
+                held.insert(0, result)
+                hi = mid
             else:
                 lo = mid
-        if chosen is None:
+        if not held:
             raise ModelError(_none_holds(guard, tried, len(ranked), len(x), source))
-    model, info, measured = chosen
+    quantized, chosen, measured, looks = confirmed(
+        original, held, lambda c: c[1], parts, guard.max_drop, say,
+        lambda c: f"INT8 with {len(c[0])} node(s) left float")
+    info = quantized.info
     info["max_drop"] = {
         "float_model_drop": float_drop.to_dict(), "measured_on": f"{len(x)} {source}",
-        "calibrated_on": len(fit), "ranked": [[n, _finite(e)] for n, e in ranked],
-        "tried": tried, "drop": measured.to_dict()}
-    return _with_model(built, model, info, original, output_name), measured
+        "confirmed_on": f"{len(parts.confirm_x)} {parts.confirm_source()}",
+        "confirmations": looks, "calibrated_on": len(fit),
+        "ranked": [[n, _finite(e)] for n, e in ranked], "tried": tried,
+        "selection_drop": chosen[2].to_dict(), "drop": measured.to_dict()}
+    return _with_model(built, quantized.model, info, original, output_name), measured
 
 
 def _finite(value: float) -> float | None:
