@@ -110,7 +110,7 @@ def test_the_held_out_split_reorders_disk_images_like_an_array():
 
 
 @pytest.mark.parametrize("refit, quantize", [
-    ("act", None), ("act", "int8-static"),
+    ("act", "int8-static"), pytest.param("act", None, marks=pytest.mark.slow),
     pytest.param("distill", None, marks=pytest.mark.slow)])
 def test_images_on_disk_give_the_bytes_images_in_memory_give(tmp_path, monkeypatch, private_tmp,
                                                               refit, quantize):
