@@ -3,6 +3,8 @@ block fits, the classifier, verify on refitted models, and bad calibration data.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -161,6 +163,7 @@ def test_a_classifier_that_overfits_is_not_kept(resnet):
     refit = refit_model(model, result.plans, x, RefitOptions("ls"), quiet=True, held=42)
     classifier = refit.to_dict()["classifier"]
     assert classifier["judged_on"] == "held-out images" and not classifier["kept"]
+    json.dumps(refit.to_dict())  # what --report writes (a numpy bool was not JSON)
     assert classifier["error_after"] > classifier["error_before"]
     gemm = next(n for n in refit.model.graph.node if n.op_type == "Gemm")
     assert "_kse_refit_" not in gemm.input[1]  # the original weights stay

@@ -54,7 +54,7 @@ def fit_classifier(ctx: RefitContext, i: int, s_args: list, teacher: dict) -> Cl
     out = ctx.interpreter.node(i, new_args)[0]
     after = relative_error(out[judged], wanted[judged])
     report = {"name": ctx.names[i], "error_before": float(before), "error_after": float(after),
-              "kept": bool(after < before),
+              "kept": bool(after < before),  # a numpy bool is no JSON
               "judged_on": "held-out images" if k < len(wanted) else "the fitted images"}
     if not after < before:
         return ClassifierFit(old_out, old_out, report, {})
