@@ -134,6 +134,7 @@ def test_max_drop_reverts_the_worst_nodes(detector, images, tmp_path):
     assert guard["drop"]["points"] <= 5.0 and guard["measured_on"].endswith("held-out "
                                                                             "calibration images")
     assert built.report.extra["accuracy"]["points"] == guard["drop"]["points"]
+    assert f"--max-drop: {len(info['float_nodes'])} node(s) left float" in built.report.table()
     recorded = settings_of(built.model)
     assert recorded.int8_float_nodes == info["float_nodes"]
     assert RecordedSettings.from_dict(recorded.to_dict()) == recorded
