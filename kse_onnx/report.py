@@ -199,6 +199,11 @@ class ModelReport:
                          f"as integer kernels in onnxruntime, {int8['shared_int8_weights']} "
                          f"weights stored as int8 codebook + codes"
                          + (f"; float: {floats}" if floats else ""))
+            nodes = int8.get("float_nodes") or []
+            if nodes:
+                shown = ", ".join(nodes[:8]) + (", ..." if len(nodes) > 8 else "")
+                lines.append(f"--max-drop: {len(nodes)} node(s) left float in INT8 to hold "
+                             f"the drop ({shown}; all in the report's int8.float_nodes)")
         refit = self.extra.get("refit")
         if refit:
             lines.extend(refit_lines(refit))

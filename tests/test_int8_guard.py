@@ -135,6 +135,7 @@ def test_max_drop_reverts_the_worst_nodes(detector, images, tmp_path):
                                                                             "calibration images")
     assert guard["confirmed_on"] == "40 held-out calibration images kept back to confirm the choice"
     assert built.report.extra["accuracy"]["points"] == guard["drop"]["points"]
+    assert f"--max-drop: {len(info['float_nodes'])} node(s) left float" in built.report.table()
     recorded = settings_of(built.model)
     assert recorded.int8_float_nodes == info["float_nodes"]
     assert RecordedSettings.from_dict(recorded.to_dict()) == recorded
