@@ -203,9 +203,11 @@ def table(rows: list[dict]) -> str:
         if row.get("mismatched"):
             on += f"; another shape on {row['mismatched']} images"
         verdict = (row.get("verify") or "").split(":")[0] or "-"
+        colour = row.get("colour_convs_compressed")
+        colour = "-" if colour is None else len(colour)
         lines.append(f"| {row['model']} | {'yes' if row['calibration'] else 'no'} | "
                      f"{'ok' if not row['optimize_exit'] else row.get('optimize', 'failed')} | "
-                     f"{verdict} | {len(row.get('colour_convs_compressed') or [])} | "
+                     f"{verdict} | {colour} | "
                      f"{'-' if error is None else f'{error:.4f}'} ({on}) | {row['seconds']} |")
     return "\n".join(lines)
 
