@@ -277,7 +277,9 @@ def test_a_clearly_slower_model_stops_being_timed():
     models = {"fast": _bench_model(False), "slow": _bench_model(True)}
     timings = {t.label: t for t in interleaved_latency(models, 1, repeats=12, warmup=1,
                                                        drop_slower=1.25, drop_after=3)}
-    assert timings["fast"].runs == 12 and timings["slow"].runs == 3  # a conv vs a Relu
+    # a conv vs a Relu (10x): dropped at the first check, round 3, unless a loaded machine
+    # made its first medians close; never timed to the end
+    assert timings["fast"].runs == 12 and 3 <= timings["slow"].runs < 12
     kept = {t.label: t for t in interleaved_latency(models, 1, repeats=12, warmup=1)}
     assert kept["slow"].runs == 12  # off by default
 
