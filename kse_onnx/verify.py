@@ -63,7 +63,8 @@ class VerifyResult:
         if self.quantized:  # exactness cannot judge it: its outputs must still hold
             found += [f"{c.label}: INT8 output collapsed against the {c.reference}: {why}"
                       for c in self.int8 or self.approximation if not c.problem
-                      and (why := collapse(c.rel_error, c.top1_agreement, c.classes))]
+                      and (why := collapse(c.rel_error, c.top1_agreement, c.classes,
+                                           c.worst_channel))]
         return found
 
     @property

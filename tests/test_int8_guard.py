@@ -176,3 +176,18 @@ def test_strict_catches_the_collapse_without_max_drop(detector, images):
     with pytest.raises(ModelError, match="--strict"):
         optimize_model(detector, calibration=images, quantize=STATIC, lower_options=COMPACT,
                        select=NO_KSE, progress=QUIET, guard=GuardOptions(strict=True))
+
+
+def test_verify_fails_the_flattened_scores(detector, images, tmp_path):
+    """verify judges an INT8 output channel by channel too: our static INT8 of the
+    detector without the guard (scores flattened) fails it, naming a score channel."""
+    built = optimize_model(detector, calibration=images, quantize=STATIC, lower_options=COMPACT,
+                           select=NO_KSE, progress=QUIET)
+    assert np.all(outputs(built.model, images[:16])[0][:, 4:] == 0)
+    src, out = tmp_path / "d.onnx", tmp_path / "int8.onnx"
+    src.write_bytes(detector.SerializeToString())
+    save(built, out)
+    checked = verify(src, out, batch=8)
+    assert checked.quantized
+    assert any("INT8 output collapsed" in p and "channel" in p for p in checked.problems), \
+        checked.summary()

@@ -135,3 +135,31 @@ def test_collapsed_int8_output_fails(int8_model, tmp_path, capsys):
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("FAIL: random: INT8 output collapsed against the original with "
                            "W_hat: relative error 1.9") and ">= 1" in last
+
+
+def test_a_flattened_channel_is_a_collapse():
+    """Pixel boxes beside [0, 1] scores in one output: the scores flattened to zero move
+    the whole error by < 1 % but leave their channels at error 1, a collapse; a channel
+    the reference leaves at zero is not judged."""
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0, 640, (8, 4, 20)), rng.uniform(0, 0.06, (8, 4, 20))],
+                         1).astype(np.float32)
+    flat = ref.copy()
+    flat[:, 4:] = 0
+    c = compare("random", [flat], [ref], "original with W_hat")
+    assert c.rel_error < 0.01 and c.worst_channel[0] == 0 and c.worst_channel[1] >= 4
+    assert c.worst_channel[2] == pytest.approx(1.0)
+    why = collapse(c.rel_error, c.top1_agreement, c.classes, c.worst_channel)
+    assert why.startswith(f"channel {c.worst_channel[1]} of output 0 has relative error 1")
+    summary = VerifyResult(1e-4, int8=[c], quantized=True).summary()
+    assert summary.splitlines()[-1].startswith("FAIL: random: INT8 output collapsed")
+    dead = ref.copy()
+    dead[:, 4:] = 0  # the reference's own scores at zero: nothing to lose there
+    near = dead.copy()
+    near[:, 4:] = 1e-3
+    c = compare("random", [near], [dead], "original")
+    assert c.worst_channel[1] < 4 and collapse(c.rel_error, None, None, c.worst_channel) is None
+    noisy = ref * 1.05
+    c = compare("random", [noisy], [ref], "original")
+    assert c.worst_channel[2] == pytest.approx(0.05, rel=1e-4)
+    assert collapse(c.rel_error, None, None, c.worst_channel) is None

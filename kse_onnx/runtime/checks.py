@@ -50,12 +50,19 @@ def default_rtol(model: onnx.ModelProto) -> float:
     return max([RTOL_BY_DTYPE[t] for t in types if t in RTOL_BY_DTYPE], default=DEFAULT_RTOL)
 
 
-def collapse(rel_error: float, top1_agreement: float | None, classes: int | None) -> str | None:
-    """Why an INT8 output has collapsed against the original's (``INT8_COLLAPSE_REL_ERROR``,
-    chance-level agreement over ``classes`` logits), or None."""
+def collapse(rel_error: float, top1_agreement: float | None, classes: int | None,
+             worst_channel: tuple[int, int, float] | None = None) -> str | None:
+    """Why an INT8 output has collapsed against the original's (``INT8_COLLAPSE_REL_ERROR``
+    over a whole output or over one of its channels, chance-level agreement over
+    ``classes`` logits), or None."""
     if not rel_error < INT8_COLLAPSE_REL_ERROR:  # NaN collapses too
         return (f"relative error {rel_error:.3g} >= {INT8_COLLAPSE_REL_ERROR:g} (an all-zero "
                 "output scores 1)")
+    if worst_channel is not None and not worst_channel[2] < INT8_COLLAPSE_REL_ERROR:
+        output, channel, error = worst_channel
+        return (f"channel {channel} of output {output} has relative error {error:.3g} >= "
+                f"{INT8_COLLAPSE_REL_ERROR:g} (an all-zero channel scores 1; the whole "
+                f"output's error is {rel_error:.3g})")
     if top1_agreement is not None and classes and top1_agreement <= 1 / classes:
         return (f"top-1 agreement {top1_agreement:.3f} is chance level or below "
                 f"(1/{classes} classes)")

@@ -30,6 +30,9 @@ class Comparison:
     note: str | None = None  # e.g. non-finite in both models alike: compared where finite
     classes: int | None = None  # columns of the first output when it is logits
     reference: str = "reference"  # what the outputs were compared with
+    # the worst channel (axis 1) of an output of rank >= 3: (output, channel, its relative
+    # error); a channel the reference leaves at zero is not judged (``worst_channel``)
+    worst_channel: tuple[int, int, float] | None = None
 
 
 def compare(label, outputs, references, reference: str = "reference") -> Comparison:
@@ -62,7 +65,36 @@ def compare(label, outputs, references, reference: str = "reference") -> Compari
     first = np.asarray(references[0])
     classes = first.shape[1] if first.ndim == 2 and first.shape[1] > 1 else None
     return Comparison(label, rel, max_abs, _agreement(outputs[0], references[0]), note=note,
-                      classes=classes, reference=reference)
+                      classes=classes, reference=reference,
+                      worst_channel=worst_channel(outputs, references))
+
+
+def worst_channel(outputs, references) -> tuple[int, int, float] | None:
+    """The channel (axis 1) of an output of rank >= 3 with the largest relative error
+    ``||a_c - b_c|| / ||b_c||`` over the values finite in both: (output, channel, error),
+    or None. Why per channel: an output that joins values of very different ranges (a
+    detector's pixel boxes beside [0, 1] scores in one Concat) hides a flattened channel
+    from the whole error. A channel whose reference norm is below ``1e-6`` of the output's
+    RMS channel norm is not judged (a dead channel has nothing to lose)."""
+    worst = None
+    for i, (out, ref) in enumerate(zip(outputs, references, strict=True)):
+        a, b = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+        if b.ndim < 3 or a.shape != b.shape or b.shape[1] < 2:
+            continue
+        both = np.isfinite(a) & np.isfinite(b)
+        a, b = np.where(both, a, 0.0), np.where(both, b, 0.0)
+        others = tuple(k for k in range(b.ndim) if k != 1)
+        num = np.sqrt(np.square(a - b).sum(axis=others))
+        den = np.sqrt(np.square(b).sum(axis=others))
+        floor = 1e-6 * float(np.sqrt(np.mean(np.square(den))))
+        judged = den > max(floor, 1e-30)
+        if not judged.any():
+            continue
+        errors = np.where(judged, num / np.where(judged, den, 1.0), -1.0)
+        c = int(np.argmax(errors))
+        if worst is None or errors[c] > worst[2]:
+            worst = (i, c, float(errors[c]))
+    return worst
 
 
 def _non_finite_problem(i: int, a: np.ndarray, b: np.ndarray, reference: str) -> str | None:
