@@ -4,6 +4,7 @@ test set and timed side by side with the original.
 
     python -m tools.results.fastest_within_drop [--model models/fmnist_resnet20.onnx]
         [--max-drop 1.5] [--images 1024] [--validation-images 0] [--out fastest.json]
+    python -m tools.results.fastest_within_drop --dataset cifar10   # the authors' ResNet-56
 
 Calibration: the first ``--images`` training images, labels unused. Without
 ``--validation-images`` the guard holds out the last half of them (a quarter selects, a
@@ -33,7 +34,12 @@ from kse_onnx.graph.io import load_model
 from kse_onnx.guard.measure import outputs
 from kse_onnx.options import DataOptions, GuardOptions, LowerOptions
 from tools import common
-from tools.results.max_drop_table import accuracy, agreement_drop, guard_parser
+from tools.results.max_drop_table import (
+    accuracy,
+    agreement_drop,
+    classifier_data,
+    guard_parser,
+)
 
 
 def main() -> None:
@@ -46,16 +52,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     common.print_header()
-    data = DataOptions()
-    x_train, y_train = load_data(args.train, data)
+    model_path, x_train, y_train, x_test, y_test = classifier_data(args)
     x_cal = x_train[:args.images]
     validation = ""
     if args.validation_images:
         end = args.images + args.validation_images
         validation = str(Path(tempfile.mkdtemp()) / "validation.npz")
         np.savez(validation, x=x_train[args.images:end], y=y_train[args.images:end])
-    x_test, y_test = load_data(args.test, data)
-    original = load_model(args.model)
+    original = load_model(model_path)
     base = accuracy(original, x_test, y_test)
     reference = outputs(original, x_test)[0].argmax(1)
     start = time.perf_counter()
@@ -69,7 +73,7 @@ def main() -> None:
         print(f"no model within {args.max_drop:g}: {exc}", flush=True)
         if args.out:
             Path(args.out).write_text(json.dumps({
-                "environment": common.environment(), "model": args.model,
+                "environment": common.environment(), "model": model_path,
                 "max_drop": args.max_drop, "validation_images": args.validation_images,
                 "error": str(exc)}, indent=2) + "\n")
         return
@@ -85,7 +89,7 @@ def main() -> None:
            "validation_images": args.validation_images, "R": search["chosen"]["R"],
            "search_ratio": search["chosen"]["ratio"], "latency_ratio": timed,
            "macs_ratio": round(macs, 3), "file_size": fastest.report.file_size_after,
-           "original_file_size": os.path.getsize(args.model),
+           "original_file_size": os.path.getsize(model_path),
            "test_accuracy_original": base, "test_accuracy": acc,
            "test_drop": 100 * (base - acc),
            "test_agreement_drop": agreement_drop(fastest.model, x_test, reference),
@@ -96,7 +100,7 @@ def main() -> None:
     print(json.dumps(row), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps({"environment": common.environment(),
-                                              "model": args.model, "row": row}, indent=2) + "\n")
+                                              "model": model_path, "row": row}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
