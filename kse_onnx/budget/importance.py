@@ -27,7 +27,8 @@ import dataclasses
 import numpy as np
 import onnx
 
-from ..graph.inputs import fixed_batch, whole_batches
+from ..errors import OptionError
+from ..graph.inputs import fixed_batch, unbatched, whole_batches
 from ..graph.run_images import run_images
 from ..progress import bar
 from .spans import Cuts
@@ -59,7 +60,14 @@ def sensitivities(cuts: Cuts, model: onnx.ModelProto, images: np.ndarray, step: 
                   build, quiet: bool = False) -> dict[str, float]:
     """Span name -> relative output error with only that span cut by one aligned step
     (0 for a span too small to cut); ``build(counts)`` is the float model for span
-    counts ``counts`` (serialized)."""
+    counts ``counts`` (serialized). A model whose input has no batch axis is refused in
+    one line: its outputs (after an NMS) may differ in length from image to image, so a
+    probe's outputs cannot be set against the original's value by value."""
+    if unbatched(model):
+        raise OptionError("--budget-importance", "sensitivity needs a model whose input has "
+                          "a batch axis (this one takes one image (C, H, W) per run, and "
+                          "its outputs may differ in length from image to image); use "
+                          "indicator")
     batch = fixed_batch(model) or 1
     x = whole_batches(np.asarray(images[:SENSITIVITY_IMAGES], dtype=np.float32), batch)
     reference = model_outputs(model, x, batch)
