@@ -20,6 +20,7 @@ from kse_onnx.errors import ModelError, OptionError
 from kse_onnx.guard.frontier import before_data_dependent
 from kse_onnx.guard.measure import BEFORE, PerImage, drop, measure
 from kse_onnx.options import (
+    BudgetOptions,
     CalibrationOptions,
     KSEOptions,
     LowerOptions,
@@ -159,3 +160,19 @@ def test_int8_static_is_refused_before_any_work(detector):
                                          "without a batch axis") as info:
         _refit(one, tmp / "int8.onnx", calibration, quantize=QuantizeOptions("int8-static"))
     assert "\n" not in str(info.value)
+
+
+def test_sensitivity_budget_is_refused_in_one_line(detector):
+    """``--budget-importance sensitivity`` compares each probe's outputs with the
+    original's value by value: refused, where it used to fail in onnxruntime on the rank
+    of the input (the indicator budget takes such a model)."""
+    tmp, one, _, calibration = detector
+    out = tmp / "sensitivity.onnx"
+    with pytest.raises(OptionError, match=re.escape("--budget-importance: sensitivity "
+                                                    "needs a model whose input has a batch "
+                                                    "axis")) as info:
+        optimize(one, out, KSEOptions(G=4), lower_options=LowerOptions("compact"),
+                 calibration=CalibrationOptions(str(calibration)),
+                 budget=BudgetOptions(target_latency=0.9, budget_importance="sensitivity"),
+                 log=lambda line: None)
+    assert "\n" not in str(info.value) and not out.exists()

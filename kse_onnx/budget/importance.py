@@ -27,9 +27,10 @@ import dataclasses
 import numpy as np
 import onnx
 
-from ..graph.inputs import fixed_batch, whole_batches
+from ..errors import OptionError
+from ..graph.inputs import fixed_batch, unbatched, whole_batches
+from ..graph.run_images import run_images
 from ..progress import bar
-from ..runtime.ort import run_batched, session
 from .spans import Cuts
 
 SENSITIVITY_IMAGES = 256  # calibration images per forward pass
@@ -39,16 +40,12 @@ MAX_ERROR = 1e6  # a probe's error is capped here (inf or NaN outputs)
 
 
 def model_outputs(model: bytes | onnx.ModelProto, x: np.ndarray, batch: int) -> np.ndarray:
-    """Every output of ``model`` on ``x``, flattened per image and joined (float64), one
-    onnxruntime thread, ``CHUNK`` images (whole batches of ``batch``) at a time."""
-    sess = session(model, threads=1)
-    name = sess.get_inputs()[0].name
-    step = max(batch, CHUNK - CHUNK % batch)
-    parts = []
-    for start in range(0, len(x), step):
-        out = run_batched(sess, {name: x[start:start + step]}, "a sensitivity probe")
-        parts.append(np.concatenate([o.reshape(len(o), -1) for o in out], axis=1))
-    return np.concatenate(parts).astype(np.float64)
+    """Every output of ``model`` (its fixed batch ``batch``, or 1) on ``x``, flattened per
+    image and joined (float64), one onnxruntime thread, ``CHUNK`` images (whole batches
+    of ``batch``) at a time (:func:`kse_onnx.graph.run_images.run_images`)."""
+    out = run_images(model, x, batch=batch, threads=1, label="a sensitivity probe",
+                     chunk=CHUNK, chunk_bytes=None)
+    return np.concatenate([o.reshape(len(o), -1) for o in out], axis=1).astype(np.float64)
 
 
 def relative_error(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -63,7 +60,14 @@ def sensitivities(cuts: Cuts, model: onnx.ModelProto, images: np.ndarray, step: 
                   build, quiet: bool = False) -> dict[str, float]:
     """Span name -> relative output error with only that span cut by one aligned step
     (0 for a span too small to cut); ``build(counts)`` is the float model for span
-    counts ``counts`` (serialized)."""
+    counts ``counts`` (serialized). A model whose input has no batch axis is refused in
+    one line: its outputs (after an NMS) may differ in length from image to image, so a
+    probe's outputs cannot be set against the original's value by value."""
+    if unbatched(model):
+        raise OptionError("--budget-importance", "sensitivity needs a model whose input has "
+                          "a batch axis (this one takes one image (C, H, W) per run, and "
+                          "its outputs may differ in length from image to image); use "
+                          "indicator")
     batch = fixed_batch(model) or 1
     x = whole_batches(np.asarray(images[:SENSITIVITY_IMAGES], dtype=np.float32), batch)
     reference = model_outputs(model, x, batch)

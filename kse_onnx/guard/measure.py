@@ -14,7 +14,8 @@
   slices' RMS norm is measured against that floor, so an all-zero channel is not a
   division by zero.
 
-Both models run in onnxruntime on the same inputs, ``CHUNK`` images at a time. A
+Both models run in onnxruntime on the same inputs, a chunk of whole batches at a time
+(:mod:`kse_onnx.graph.run_images`: ``CHUNK`` images and ``CHUNK_BYTES`` a run). A
 non-finite output is an infinite drop, never a pass.
 
 A model whose input takes one image without a batch axis (a torchvision detector, whose
@@ -37,12 +38,11 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
-from ..graph.inputs import fixed_batch, unbatched, whole_batches
+from ..graph.inputs import unbatched, whole_batches
+from ..graph.run_images import batch_and_step, chunk_outputs, image_runner, run_images
 from ..runtime.ort import random_inputs, run_batched, session
 from .frontier import compared_model
 
-CHUNK = 256
-CHUNK_BYTES = 16 * 2**20  # of input images per onnxruntime run (_batch_step)
 UNBATCHED_RANDOM = 4  # random images for a model without a batch axis (random_drop)
 BEFORE = "tensors before its data-dependent post-processing (NMS)"
 
@@ -107,18 +107,6 @@ def input_name(model: onnx.ModelProto) -> str:
     return names[0]
 
 
-def _batch_step(model: onnx.ModelProto, x: np.ndarray) -> tuple[int, int]:
-    """(the batch the model's input fixes or 1, images per onnxruntime run): at most
-    CHUNK images and CHUNK_BYTES of them, a multiple of that batch. Why the byte cap:
-    onnxruntime holds a run's activations, and 256 images of 3x640x640 make a 6.7 GB
-    first activation of a 16-channel detector (a refit of 512 such images was killed at
-    24 GB by the measurement alone)."""
-    batch = fixed_batch(model) or 1
-    per_image = max(1, x[:1].nbytes)
-    images = max(1, min(CHUNK, CHUNK_BYTES // per_image))
-    return batch, max(batch, images - images % batch)
-
-
 class PerImage(list):
     """What a model without a batch axis gives, one list per image (:func:`per_image`);
     ``compared``: what the lists hold, "outputs" or :data:`BEFORE`."""
@@ -131,10 +119,11 @@ def per_image(model: onnx.ModelProto, label: str):
     unbatched model: the float tensors before its data-dependent post-processing
     (:func:`.frontier.compared_model`), else its outputs; and which of the two."""
     compared, before = compared_model(model)
-    sess, name = session(compared), input_name(model)
+    input_name(model)  # one input, else the guard's error
+    outputs_of = image_runner(compared, label=label)
 
     def run(image: np.ndarray) -> list:
-        got = run_batched(sess, {name: image}, label)
+        got = outputs_of(image)
         return [a for a in got if a.dtype.kind == "f"] if before else got
     return run, BEFORE if before else "outputs"
 
@@ -147,17 +136,14 @@ def _per_image_outputs(model, images, label: str) -> PerImage:
 
 
 def outputs(model: onnx.ModelProto, x: np.ndarray, label: str = "the model") -> list:
-    """All outputs of ``model`` on images ``x``, ``CHUNK`` at a time; a model whose input
-    fixes its batch runs on the images that fill whole batches of it, one without a batch
-    axis on each image (:class:`PerImage`)."""
+    """All outputs of ``model`` on images ``x``, a chunk at a time
+    (:func:`kse_onnx.graph.run_images.run_images`); a model whose input fixes its batch
+    runs on the images that fill whole batches of it, one without a batch axis on each
+    image (:class:`PerImage`)."""
     if unbatched(model):
         return _per_image_outputs(model, x, label)
-    sess = session(model)
-    name = input_name(model)
-    batch, step = _batch_step(model, x)
-    x = whole_batches(x, batch)
-    parts = [run_batched(sess, {name: x[i:i + step]}, label) for i in range(0, len(x), step)]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    input_name(model)  # one input, else the guard's error
+    return run_images(model, x, label=label)
 
 
 class DropSums:
@@ -278,16 +264,14 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
         for image in x:
             sums.add_image(ref(image), cand(image))
         return sums.result(labels is not None, source, " and ".join(sorted({compared, other})))
-    batch, step = max(_batch_step(original, x), _batch_step(candidate, x))
+    batch, step = max(batch_and_step(original, x), batch_and_step(candidate, x))
     x = whole_batches(x, batch)
+    input_name(original), input_name(candidate)  # one input each, else the guard's error
     sums = DropSums()
-    ref_sess, cand_sess = session(original), session(candidate)
-    ref_name, cand_name = input_name(original), input_name(candidate)
-    for i in range(0, len(x), step):
-        chunk = x[i:i + step]
-        sums.add(run_batched(ref_sess, {ref_name: chunk}, "the original"),
-                 run_batched(cand_sess, {cand_name: chunk}, "the compressed model"),
-                 None if labels is None else labels[i:i + step])
+    runs = zip(chunk_outputs(original, x, step, label="the original"),
+               chunk_outputs(candidate, x, step, label="the compressed model"), strict=True)
+    for i, (ref, cand) in zip(range(0, len(x), step), runs, strict=True):
+        sums.add(ref, cand, None if labels is None else labels[i:i + step])
     return sums.result(labels is not None, source)
 
 
