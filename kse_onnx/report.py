@@ -299,7 +299,8 @@ def refit_lines(refit: dict) -> list[str]:
                      f"{c.get('judged_on', 'the fitted images')}{verdict}")
     d = refit.get("distill")
     if d:
-        lines.append(f"  distill ({d['epochs']} epochs, {d['seconds']:.1f} s): held-out "
+        rate = f", rate {d['rate']:.3g} (depth {d['depth']})" if "rate" in d else ""
+        lines.append(f"  distill ({d['epochs']} epochs{rate}, {d['seconds']:.1f} s): held-out "
                      f"{d['measure']} {d['held_before']:.4f} -> {d['held_after']:.4f}; "
                      f"kept {d['kept']}")
     return lines

@@ -603,3 +603,22 @@ def test_a_fixed_batch_model_is_refitted_that_many_images_at_a_time(tmp_path, mo
     assert report.extra["refit"]["images"] == 40
     assert report.extra["accuracy"]["images"] == 40
     assert verify(src, out).exact
+
+
+def test_distill_rate_falls_with_depth_beyond_the_reference():
+    """The distillation's rate is scaled by ``REFERENCE_DEPTH / depth`` for a network
+    deeper than the ResNet-20 its default was chosen on (a residual stream adds every
+    block's change), never raised for a shallower one; the depth counts weighted layers
+    on the longest path, so a shortcut conv beside a block adds nothing."""
+    from graphs import GraphBuilder
+    from kse_onnx.graph.count import weighted_depth
+    from kse_onnx.refit.distill import REFERENCE_DEPTH, depth_scale
+
+    assert weighted_depth(folded_resnet()) == 6  # stem, 2 + 2 block convs, Gemm
+    assert depth_scale(folded_resnet()) == (6, 1.0)
+    b = GraphBuilder(3, 8, 0)
+    x = b.relu(b.conv(b.input.name, 3, 4))
+    for _ in range(2 * REFERENCE_DEPTH - 2):
+        x = b.op("Add", [x, b.conv(b.relu(x), 4, 4)])  # residual blocks of one conv
+    deep = b.model(b.head(x, 4))
+    assert depth_scale(deep) == (2 * REFERENCE_DEPTH, 0.5)

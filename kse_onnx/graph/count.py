@@ -53,3 +53,19 @@ def conv_counts(model: onnx.ModelProto) -> dict:
 def _dims(value_info) -> list:
     shape = value_info.type.tensor_type.shape
     return [d.dim_value if d.HasField("dim_value") else None for d in shape.dim]
+
+
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+
+
+def weighted_depth(model: onnx.ModelProto) -> int:
+    """The most weighted layers (Conv, ConvTranspose, Gemm, MatMul) on any path from an
+    input to an output of the main graph: 20 for a ResNet-20 (the shortcut convs run
+    beside the blocks, not after them), 56 for a ResNet-56. Subgraphs are not entered."""
+    depth: dict[str, int] = {}
+    for node in model.graph.node:  # ONNX orders nodes topologically
+        d = max((depth.get(name, 0) for name in node.input if name), default=0)
+        d += node.op_type in WEIGHTED_OPS
+        for name in node.output:
+            depth[name] = d
+    return max((depth.get(v.name, 0) for v in model.graph.output), default=0)

@@ -67,7 +67,9 @@ class RefitOptions:
                                        "the error on them; 0 = judge on the fitted images")
     refit_distill_epochs: int = option(32, "distill: passes over the fitted calibration images")
     refit_distill_lr: float = option(1e-2, "distill: Adam learning rate relative to each "
-                                           "tensor's RMS (one-epoch warm-up, cosine decay)")
+                                           "tensor's RMS (one-epoch warm-up, cosine decay), "
+                                           "times 20 / depth for a network of more than 20 "
+                                           "weighted layers on its longest path")
     refit_distill_batch: int = option(32, "distill: calibration images per Adam step")
     refit_distill_mixup: bool = option(True, "distill: blend each augmented image with another "
                                              "of its batch (weight uniform in [0, 1]); the "

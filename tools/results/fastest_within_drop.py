@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 
 import kse_onnx
-from kse_onnx.data import load_data
 from kse_onnx.errors import KSEError
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.graph.io import load_model
 from kse_onnx.guard.measure import outputs
-from kse_onnx.options import DataOptions, GuardOptions, LowerOptions
+from kse_onnx.options import GuardOptions, LowerOptions
 from tools import common
 from tools.results.max_drop_table import (
     accuracy,
