@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 import kse_onnx
 from kse_onnx.errors import KSEError
@@ -38,12 +35,12 @@ from tools.results.max_drop_table import (
     agreement_drop,
     classifier_data,
     guard_parser,
+    validation_file,
 )
 
 
 def main() -> None:
     parser = guard_parser(__doc__, 1.5)
-    parser.add_argument("--validation-images", type=int, default=0)
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -53,11 +50,7 @@ def main() -> None:
     common.print_header()
     model_path, x_train, y_train, x_test, y_test = classifier_data(args)
     x_cal = x_train[:args.images]
-    validation = ""
-    if args.validation_images:
-        end = args.images + args.validation_images
-        validation = str(Path(tempfile.mkdtemp()) / "validation.npz")
-        np.savez(validation, x=x_train[args.images:end], y=y_train[args.images:end])
+    validation = validation_file(args, x_train, y_train)
     original = load_model(model_path)
     base = accuracy(original, x_test, y_test)
     reference = outputs(original, x_test)[0].argmax(1)

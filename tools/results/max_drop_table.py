@@ -5,6 +5,11 @@ images, all scored on the test set.
     python -m tools.results.max_drop_table [--model models/fmnist_resnet20.onnx] [--max-drop 1.0]
         [--images 1024] [--out max_drop.json]
     python -m tools.results.max_drop_table --dataset cifar10   # the KSE authors' ResNet-56
+    python -m tools.results.max_drop_table --quantize int8-static --no-fixed   # + INT8 guard
+
+With ``--quantize int8-static`` the search's model is quantized and the guard also
+leaves the INT8 nodes float that cost the most until the drop is within D (the report's
+``int8.max_drop``); the reported drop is then the INT8 model's, on the confirmation images.
 
 With ``--dataset cifar10`` the model is the authors' ResNet-56 (exported from
 ``../shared/models``) and the data the CIFAR-10 JPEG copy: calibration images drawn
@@ -26,6 +31,7 @@ import argparse
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +39,7 @@ import numpy as np
 
 import kse_onnx
 from kse_onnx.data import FASHION_MNIST, load_data
+from kse_onnx.errors import KSEError
 from kse_onnx.graph.io import load_model
 from kse_onnx.guard.measure import outputs
 from kse_onnx.guard.search import LADDER
@@ -42,7 +49,9 @@ from kse_onnx.options import (
     KSEOptions,
     LowerOptions,
     ProgressOptions,
+    QuantizeOptions,
 )
+from kse_onnx.options.fields import QUANTIZE_MODES
 from tools import common
 from tools.common import ROOT
 
@@ -71,7 +80,21 @@ def guard_parser(doc: str, max_drop: float):
     parser.add_argument("--test", default=str(FASHION_MNIST / "t10k-images-idx3-ubyte.gz"))
     parser.add_argument("--max-drop", type=float, default=max_drop)
     parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--validation-images", type=int, default=0,
+                        help="N > 0: the N training images after the calibration ones, with "
+                             "their labels, are --validation (the drop is accuracy lost)")
     return parser
+
+
+def validation_file(args, x_train: np.ndarray, y_train: np.ndarray) -> str:
+    """``--validation`` for the guard: a temporary .npz of the ``--validation-images``
+    labelled training images after the calibration ones ("" when none)."""
+    if not args.validation_images:
+        return ""
+    end = args.images + args.validation_images
+    path = Path(tempfile.mkdtemp()) / "validation.npz"
+    np.savez(path, x=x_train[args.images:end], y=y_train[args.images:end])
+    return str(path)
 
 
 def classifier_data(args) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -96,17 +119,48 @@ def classifier_data(args) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, np.n
     return str(model), x_train, y_train, x_test, y_test
 
 
+def searched_row(args, original, x_cal, validation, shared, test, base, reference) -> dict:
+    """The ``--max-drop`` search's row: its choice, file, test scores and reported drop."""
+    x_test, y_test = test
+    start = time.perf_counter()
+    searched = kse_onnx.optimize(original, calibration=x_cal, **shared,
+                                 quantize=QuantizeOptions(args.quantize),
+                                 guard=GuardOptions(max_drop=args.max_drop,
+                                                    validation=validation))
+    seconds = time.perf_counter() - start
+    acc = accuracy(searched.model, x_test, y_test)
+    chosen = searched.report.extra["max_drop_search"]["chosen"]
+    reported = searched.report.extra["accuracy"]["points"]
+    int8 = (searched.report.extra.get("int8") or {}).get("max_drop") or {}
+    return {"model": f"--max-drop {args.max_drop:g}", "quantize": args.quantize,
+            "validation_images": args.validation_images,
+            "measure": searched.report.extra["accuracy"].get("measure"),
+            "int8_guard": {k: v for k, v in int8.items() if k not in ("tried", "ranked")},
+            "G": chosen["G"], "T": chosen["T"],
+            "layers_left_whole": chosen["layers_left_whole"],
+            "layer_gt": chosen["layer_gt"],
+            "selection_drop": chosen["drop"]["points"],
+            "file_size": searched.report.file_size_after, "test_accuracy": acc,
+            "test_drop": 100 * (base - acc), "reported_drop": reported,
+            "test_agreement_drop": agreement_drop(searched.model, x_test, reference),
+            "candidates": len(searched.report.extra["max_drop_search"]["tried"]),
+            "seconds": round(seconds, 1)}
+
+
 def main() -> None:
     parser = guard_parser(__doc__, 1.0)
     parser.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
                         help="also build every fixed G/T of the ladder")
+    parser.add_argument("--quantize", choices=QUANTIZE_MODES, default="none",
+                        help="quantize the searched model (its drop guarded too)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
-    model_path, x_train, _, x_test, y_test = classifier_data(args)
+    model_path, x_train, y_train, x_test, y_test = classifier_data(args)
+    validation = validation_file(args, x_train, y_train)
     x_cal = x_train[:args.images]
     original = load_model(model_path)
     base = accuracy(original, x_test, y_test)
@@ -115,22 +169,12 @@ def main() -> None:
     rows = [{"model": "original", "file_size": os.path.getsize(model_path),
              "test_accuracy": base}]
     print(f"original: test accuracy {base:.4f}", flush=True)
-    start = time.perf_counter()
-    searched = kse_onnx.optimize(original, calibration=x_cal, **shared,
-                                 guard=GuardOptions(max_drop=args.max_drop))
-    seconds = time.perf_counter() - start
-    acc = accuracy(searched.model, x_test, y_test)
-    chosen = searched.report.extra["max_drop_search"]["chosen"]
-    reported = searched.report.extra["accuracy"]["points"]
-    rows.append({"model": f"--max-drop {args.max_drop:g}", "G": chosen["G"], "T": chosen["T"],
-                 "layers_left_whole": chosen["layers_left_whole"],
-                 "layer_gt": chosen["layer_gt"],
-                 "selection_drop": chosen["drop"]["points"],
-                 "file_size": searched.report.file_size_after, "test_accuracy": acc,
-                 "test_drop": 100 * (base - acc), "reported_drop": reported,
-                 "test_agreement_drop": agreement_drop(searched.model, x_test, reference),
-                 "candidates": len(searched.report.extra["max_drop_search"]["tried"]),
-                 "seconds": round(seconds, 1)})
+    try:
+        rows.append(searched_row(args, original, x_cal, validation, shared, (x_test, y_test),
+                                 base, reference))
+    except KSEError as exc:  # no setting held D (or was confirmed): the error is the result
+        rows.append({"model": f"--max-drop {args.max_drop:g}", "quantize": args.quantize,
+                     "validation_images": args.validation_images, "error": str(exc)})
     print(json.dumps(rows[-1]), flush=True)
     if args.fixed:
         for G, T in LADDER:
