@@ -442,9 +442,9 @@ def jumping_time(macs_as_time, monkeypatch):
     monkeypatch.setattr(search, "measure", jumping)
 
 
-def _jump_budget(tmp_path, rounds: int = 4):
+def _jump_budget(tmp_path, rounds: int = 4, width: int = 16):
     src, out = tmp_path / "m.onnx", tmp_path / "b.onnx"
-    onnx.save(padded_resnet(width=16, hw=8), src)
+    onnx.save(padded_resnet(width=width, hw=8), src)
     report = optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("compact"),
                       budget=BudgetOptions(0.6, budget_rounds=rounds))
     assert verify(src, out).exact
@@ -482,6 +482,33 @@ def test_a_jump_in_measured_time_is_bisected(tmp_path, jumping_time):
     assert under and budget["indicator_mass_kept"] == max(under)
     assert all(max(r["ratio"].values()) <= 0.45 or max(r["ratio"].values()) > 0.6
                for r in rounds)  # the jump: nothing measured in between
+
+
+def test_rounds_all_under_r_are_bisected_towards_the_whole_model(tmp_path, macs_as_time,
+                                                                 monkeypatch):
+    """Whole-model time far below the table's prediction (the square of the multiply-add
+    ratio; ResNet-56 at batch 64: R = 0.8 asked, 0.653x measured, 14 points lost): with
+    no round over R, the whole model (1x) is the upper end of the bisection, so the
+    search keeps more mass than its round under R and stays at or under R."""
+    fake = search.measure
+
+    def faster(models, points, providers):
+        out = fake(models, points, providers)
+        for label, ratios in out.items():
+            if not label.endswith(" ms") and label != "reference":
+                out[label] = {p: round(r * r, 4) for p, r in ratios.items()}
+        return out
+
+    monkeypatch.setattr(search, "measure", faster)
+    budget = _jump_budget(tmp_path, rounds=1, width=48)
+    rounds = budget["measured"]
+    assert max(rounds[0]["ratio"].values()) < 0.6 - 2 * search.CLOSE, rounds
+    refined = [r for r in rounds if str(r["round"]).startswith("refine")]
+    assert refined, rounds
+    assert budget["indicator_mass_kept"] > rounds[0]["indicator_mass_kept"], [
+        (r["round"], r["ratio"], r["indicator_mass_kept"]) for r in rounds]
+    chosen = [r for r in rounds if r["indicator_mass_kept"] == budget["indicator_mass_kept"]]
+    assert all(max(r["ratio"].values()) <= 0.6 for r in chosen)
 
 
 @pytest.mark.parametrize("mode", ["act", "distill"])

@@ -12,7 +12,8 @@ The first pair is the smallest model (every unit at its smallest aligned count),
 first: if even it is above R, R is out of reach and the error names the best reachable
 ratio. Of everything measured at or under R (the smallest model included), the set
 keeping the most indicator mass wins; when it is far under R, :func:`_refine` bisects
-towards the nearest set measured over R. Float and INT8 budgets follow this one rule.
+towards the nearest set measured over R, or towards the whole model (1x, over any R < 1)
+when every round landed under R. Float and INT8 budgets follow this one rule.
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ def search(cuts: Cuts, table: dict, build: Builder, reference: bytes, original: 
         if 0 <= target - worst <= CLOSE:
             break
         history.append((plan.predicted, ratios))
+    if over is None and target < 1:  # every round under R: the whole model is over it
+        over = ({span.name: span.size for span in cuts.spans}, 1.0)
     if over is not None and target - under[1] > 2 * CLOSE:
         _refine(cuts, budget, build, reference, target, step, points, providers, under, over)
     return budget
