@@ -511,6 +511,44 @@ def test_rounds_all_under_r_are_bisected_towards_the_whole_model(tmp_path, macs_
     assert all(max(r["ratio"].values()) <= 0.6 for r in chosen)
 
 
+def _misaligned(model_bytes) -> bool:
+    """Whether a Conv after the stem reads or writes a channel count off the 8 grid."""
+    model = onnx.load_from_string(model_bytes) if isinstance(model_bytes, bytes) else model_bytes
+    inferred = onnx.shape_inference.infer_shapes(model)
+    channels = {v.name: v.type.tensor_type.shape.dim[1].dim_value
+                for v in (*inferred.graph.value_info, *inferred.graph.output)
+                if len(v.type.tensor_type.shape.dim) == 4}
+    image = model.graph.input[0].name  # the stem reads 3 channels in every candidate
+    return any(channels.get(name, 8) % 8 for n in model.graph.node
+               if n.op_type == "Conv" and n.input[0] != image
+               for name in (n.input[0], n.output[0]))
+
+
+@pytest.mark.parametrize("penalty, step", [(1.0, 4), (10.0, 8)])
+def test_the_step_is_chosen_by_the_reach_of_its_smallest_model(tmp_path, macs_as_time,
+                                                                monkeypatch, penalty, step):
+    """A clock where a network with any conv channel count off the 8-channel layout runs
+    ``penalty`` times slower (onnxruntime's blocked layout at 320x320): the search times
+    the smallest model at step 4 and at step 8 side by side and takes step 8 when its
+    smallest model is the faster; on multiply-adds alone step 4 reaches further and stays.
+    Every kept count is then a multiple of the step (or the span whole)."""
+    fake = search.measure
+
+    def layout_clock(models, points, providers):
+        out = fake(models, points, providers)
+        for label, model in models.items():
+            if label != "reference" and _misaligned(model):
+                out[label] = {p: round(r * penalty, 4) for p, r in out[label].items()}
+        return out
+
+    monkeypatch.setattr(search, "measure", layout_clock)
+    budget = _jump_budget(tmp_path, rounds=2, width=32)
+    assert budget["layout"]["steps"] == [4, 8] and budget["layout"]["chosen_step"] == step, (
+        budget["layout"])
+    assert budget["step"] == step
+    assert all(c % step == 0 for c in budget["kept_counts"].values()), budget["kept_counts"]
+
+
 @pytest.mark.parametrize("mode", ["act", "distill"])
 def test_budget_then_refit_verifies(tmp_path, macs_as_time, mode):
     """A latency budget that prunes a residual group through a channel Pad, then the
