@@ -193,7 +193,8 @@ class BudgetOptions:
                                         "of the original's at every timing point (0 = off)",
                                    metavar="R")
     budget_step: int = option(4, "target-latency: kept channel counts are multiples of this "
-                                 "(the SIMD block of the convolutions)")
+                                 "(the SIMD block of the convolutions); of lcm(this, 8) when "
+                                 "its smallest model is over a tenth faster (float)")
     budget_rounds: int = option(4, "target-latency: whole-model measurements at most; each one "
                                    "tightens the predicted target")
     budget_importance: str = option(
