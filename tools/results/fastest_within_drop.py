@@ -28,7 +28,8 @@ from kse_onnx.errors import KSEError
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.graph.io import load_model
 from kse_onnx.guard.measure import outputs
-from kse_onnx.options import GuardOptions, LowerOptions
+from kse_onnx.options import GuardOptions, LowerOptions, RefitOptions
+from kse_onnx.options.fields import REFIT_MODES
 from tools import common
 from tools.results.max_drop_table import (
     accuracy,
@@ -41,6 +42,8 @@ from tools.results.max_drop_table import (
 
 def main() -> None:
     parser = guard_parser(__doc__, 1.5)
+    parser.add_argument("--refit", choices=REFIT_MODES, default=RefitOptions().refit,
+                        help="the refit of every candidate (distill: slower, stronger)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -56,7 +59,7 @@ def main() -> None:
     reference = outputs(original, x_test)[0].argmax(1)
     start = time.perf_counter()
     try:
-        fastest = kse_onnx.optimize(original, calibration=x_cal,
+        fastest = kse_onnx.optimize(original, calibration=x_cal, refit=RefitOptions(args.refit),
                                     lower_options=LowerOptions("compact", batches="1,64"),
                                     guard=GuardOptions(max_drop=args.max_drop,
                                                        minimize="latency",
@@ -77,7 +80,8 @@ def main() -> None:
          "fastest": fastest.model.SerializeToString()}, batch, 1, repeats=200,
         budget_s=8.0)["fastest"], 3) for batch in (1, 64)}
     macs = conv_counts(fastest.model)["macs"] / conv_counts(original)["macs"]
-    row = {"max_drop": args.max_drop, "measure": fastest.report.extra["accuracy"]["measure"],
+    row = {"max_drop": args.max_drop, "refit": args.refit,
+           "measure": fastest.report.extra["accuracy"]["measure"],
            "validation_images": args.validation_images, "R": search["chosen"]["R"],
            "search_ratio": search["chosen"]["ratio"], "latency_ratio": timed,
            "macs_ratio": round(macs, 3), "file_size": fastest.report.file_size_after,
