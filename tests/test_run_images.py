@@ -34,6 +34,31 @@ def test_a_fixed_batch_runs_whole_batches_and_leaves_the_remainder_out():
     assert np.array_equal(serialized, want)
 
 
+def test_fewer_images_than_the_fixed_batch_is_one_line_naming_it(tmp_path, capsys):
+    """One image for a graph fixed at 2: a one-line error naming the batch, from the
+    runner and from ``verify --max-drop`` (onnxruntime said only "invalid dimensions")."""
+    import onnx
+
+    from kse_onnx.api import optimize
+    from kse_onnx.cli import main
+    from kse_onnx.options import CalibrationOptions, KSEOptions, LowerOptions
+
+    model = shuffle_net(batch=2)
+    with pytest.raises(ModelError, match="fewer than the batch of 2"):
+        run_images(model, photo_batch((1, 3, 8, 8), seed=1), label="one image")
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    np.savez(tmp_path / "three.npz", x=photo_batch((3, 3, 8, 8), seed=1))
+    np.savez(tmp_path / "one.npz", x=photo_batch((1, 3, 8, 8), seed=1))
+    optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("compact"),
+             calibration=CalibrationOptions(str(tmp_path / "three.npz")),
+             log=lambda line: None)
+    assert main(["verify", str(src), str(out), "--max-drop", "1", "--inputs",
+                 str(tmp_path / "one.npz")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fewer than the batch of 2" in err[0], err
+
+
 def test_an_unbatched_model_runs_image_by_image():
     """torchvision's detector layout: one output list per image, as onnxruntime gives for
     that image alone (shapes may differ between images: boxes kept by NMS)."""

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import onnx
 
+from ..errors import ModelError
 from ..runtime.ort import run_batched, session
 from .inputs import fixed_batch, unbatched, whole_batches
 
@@ -40,6 +41,14 @@ def images_per_run(batch: int, x, chunk: int = CHUNK,
     if chunk_bytes is not None:
         images = max(1, min(chunk, chunk_bytes // max(1, x[:1].nbytes)))
     return max(batch, images - images % batch)
+
+
+def enough_images(x, batch: int, label: str) -> None:
+    """A one-line error when a graph fixed at ``batch`` images a run gets fewer images
+    than one batch (onnxruntime's own message names only "invalid dimensions")."""
+    if batch > 1 and len(x) < batch:
+        raise ModelError(f"{label}: {len(x)} image(s), fewer than the batch of {batch} "
+                         "images the model's input fixes (every run takes exactly that many)")
 
 
 def batch_and_step(model: onnx.ModelProto, x, chunk: int = CHUNK,
@@ -92,6 +101,7 @@ def run_images(model: onnx.ModelProto | bytes, x, *, batch: int | None = None,
         batch, step = batch_and_step(proto, x, chunk, chunk_bytes)
     else:
         step = images_per_run(batch, x, chunk, chunk_bytes)
+    enough_images(x, batch, label)
     parts = list(chunk_outputs(model, whole_batches(x, batch), step, threads=threads,
                                label=label))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]

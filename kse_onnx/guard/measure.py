@@ -39,7 +39,13 @@ import onnx
 
 from ..errors import ModelError
 from ..graph.inputs import unbatched, whole_batches
-from ..graph.run_images import batch_and_step, chunk_outputs, image_runner, run_images
+from ..graph.run_images import (
+    batch_and_step,
+    chunk_outputs,
+    enough_images,
+    image_runner,
+    run_images,
+)
 from ..runtime.ort import random_inputs, run_batched, session
 from .frontier import compared_model
 
@@ -265,6 +271,7 @@ def measure(original: onnx.ModelProto, candidate: onnx.ModelProto, x: np.ndarray
             sums.add_image(ref(image), cand(image))
         return sums.result(labels is not None, source, " and ".join(sorted({compared, other})))
     batch, step = max(batch_and_step(original, x), batch_and_step(candidate, x))
+    enough_images(x, batch, f"the {source}")
     x = whole_batches(x, batch)
     input_name(original), input_name(candidate)  # one input each, else the guard's error
     sums = DropSums()
