@@ -10,6 +10,7 @@ import onnx
 
 from .data import ModelInput, check_labels, load_data
 from .errors import ModelError
+from .graph.inputs import fixed_batch
 from .graph.io import load_model
 from .options import DataOptions
 from .runtime.ort import run_batched, session
@@ -33,8 +34,17 @@ class Evaluation:
 
 def logits(model_path, x: np.ndarray, batch: int = 256, threads: int = 0,
            model: onnx.ModelProto | None = None) -> np.ndarray:
-    """Outputs of the model at ``model_path`` (``model``: it, loaded already) on ``x``."""
-    sess = session(model if model is not None else load_model(model_path), threads=threads)
+    """Outputs of the model at ``model_path`` (``model``: it, loaded already) on ``x``,
+    ``batch`` images a run, or exactly the batch the model's input fixes: every image is
+    scored, so their count must then be a multiple of it (a one-line error otherwise)."""
+    model = model if model is not None else load_model(model_path)
+    fixed = fixed_batch(model)
+    if fixed:
+        if len(x) % fixed:
+            raise ModelError(f"{model_path}: {len(x)} images, not a multiple of the batch of "
+                             f"{fixed} images its input fixes (every image is scored)")
+        batch = fixed
+    sess = session(model, threads=threads)
     name = sess.get_inputs()[0].name
     return np.concatenate([run_batched(sess, {name: x[i:i + batch]}, str(model_path))[0]
                            for i in range(0, len(x), batch)])

@@ -59,6 +59,27 @@ def test_fewer_images_than_the_fixed_batch_is_one_line_naming_it(tmp_path, capsy
     assert len(err) == 1 and "fewer than the batch of 2" in err[0], err
 
 
+def test_eval_of_a_fixed_batch_model_scores_every_image_or_says_why(tmp_path, capsys):
+    """``eval`` counts every image, so a graph fixed at 2 runs 2 at a time (4 images: the
+    logits onnxruntime gives 2 at a time) and 3 images are a one-line error naming the
+    batch (it was onnxruntime's "invalid dimensions")."""
+    import onnx
+
+    from kse_onnx.cli import main
+    from kse_onnx.evaluate import logits
+
+    model = shuffle_net(batch=2)
+    src = tmp_path / "m.onnx"
+    onnx.save(model, src)
+    x = photo_batch((4, 3, 8, 8), seed=2)
+    want = np.concatenate([o[0] for o in _by_hand(model, [x[:2], x[2:]])])
+    assert np.array_equal(logits(src, x), want)
+    np.savez(tmp_path / "three.npz", x=x[:3], y=np.arange(3))
+    assert main(["eval", str(src), "--data", str(tmp_path / "three.npz")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a multiple of the batch of 2" in err[0], err
+
+
 def test_an_unbatched_model_runs_image_by_image():
     """torchvision's detector layout: one output list per image, as onnxruntime gives for
     that image alone (shapes may differ between images: boxes kept by NMS)."""
