@@ -12,8 +12,8 @@ from .data import ModelInput, check_labels, load_data
 from .errors import ModelError
 from .graph.inputs import fixed_batch
 from .graph.io import load_model
+from .graph.run_images import run_images
 from .options import DataOptions
-from .runtime.ort import run_batched, session
 
 
 @dataclass
@@ -35,19 +35,16 @@ class Evaluation:
 def logits(model_path, x: np.ndarray, batch: int = 256, threads: int = 0,
            model: onnx.ModelProto | None = None) -> np.ndarray:
     """Outputs of the model at ``model_path`` (``model``: it, loaded already) on ``x``,
-    ``batch`` images a run, or exactly the batch the model's input fixes: every image is
-    scored, so their count must then be a multiple of it (a one-line error otherwise)."""
+    ``batch`` images a run at most (:func:`kse_onnx.graph.run_images.run_images`), whole
+    batches of the one the model's input fixes: every image is scored, so their count
+    must then be a multiple of it (a one-line error otherwise)."""
     model = model if model is not None else load_model(model_path)
     fixed = fixed_batch(model)
-    if fixed:
-        if len(x) % fixed:
-            raise ModelError(f"{model_path}: {len(x)} images, not a multiple of the batch of "
-                             f"{fixed} images its input fixes (every image is scored)")
-        batch = fixed
-    sess = session(model, threads=threads)
-    name = sess.get_inputs()[0].name
-    return np.concatenate([run_batched(sess, {name: x[i:i + batch]}, str(model_path))[0]
-                           for i in range(0, len(x), batch)])
+    if fixed and len(x) % fixed:
+        raise ModelError(f"{model_path}: {len(x)} images, not a multiple of the batch of "
+                         f"{fixed} images its input fixes (every image is scored)")
+    return run_images(model, x, batch=fixed or 1, threads=threads, label=str(model_path),
+                      chunk=batch)[0]
 
 
 def evaluate_data(model_path, data_path, options: DataOptions, other=None) -> Evaluation:
