@@ -12,6 +12,7 @@ import onnx
 from .analysis.model import Analysis, analyse
 from .analysis.target import choose_levels
 from .errors import ModelError, OptionError
+from .graph.blocks import remove_blocks
 from .graph.core import import_graph
 from .graph.count import conv_counts
 from .graph.export import METADATA_KEY, check_model, export_model, settings_of
@@ -174,19 +175,22 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
     budget = budget or BudgetOptions()
     original = model
     kse, reached = _targeted(model, kse, select, target, file_size)
-    kept, streams, budget_report = None, None, None
+    kept, streams, budget_report, skipped, removed = None, None, None, [], []
     if budget.active:
-        from .budget.run import run_budget
+        from .budget.run import run_budget, unmasked_constants
 
-        model, kept, streams, budget_report = run_budget(
-            model, kse, select, lower_options, budget, target, quantize, images, quiet)
+        pruned = run_budget(model, kse, select, lower_options, budget, target, quantize,
+                            images, quiet, refit.refit if images is not None else "none")
+        model, kept, streams, budget_report = (pruned.model, pruned.layers, pruned.streams,
+                                               pruned.report)
+        skipped, removed = pruned.skipped_blocks, pruned.removed_blocks
     result = analyse(model, kse, select, where, quiet=quiet, kept=kept)
     # choices are not recorded: the layer_forms say what they gave (replays byte-equal)
     base = RecordedSettings(kse, select, result.report.settings["kse_onnx_version"],
                             dataclasses.replace(lower_options, choices=""))
     if budget.active:
         base = dataclasses.replace(base, budget=budget, budget_layers=kept,
-                                   budget_streams=streams)
+                                   budget_streams=streams, removed_blocks=removed or None)
         result.report.extra["budget"] = budget_report
     source = model  # the graph the lowering rewrites: the original, or its refitted copy
     refitting = images is not None and refit.active
@@ -194,7 +198,8 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         images = _whole_batches(images, model, log, quiet)
         with fitted_first(images, refit.refit_holdout, refit.refit_seed) as split:
             source = _refit(model, result, select, refit, split, log, quiet,
-                            _unmasked(original, model) if budget.active else None)
+                            unmasked_constants(original, model) if budget.active else None,
+                            skipped)
         base = dataclasses.replace(base, refit=refit, refit_images=len(images))
     distilling = refitting and refit.refit == "distill"
     if budget.active:
@@ -207,6 +212,7 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
         optimized = export_model(result.graph, model, dataclasses.replace(
             base, compressed_layers=tuple(sorted(lowered)), compact_storage=storage,
             layer_forms={n: lowered[n].form.label for n in sorted(lowered)}))
+        optimized = remove_blocks(optimized, skipped)  # the refit's student skipped them
     elif lower_options.lowering == "auto":
         optimized, lowered = _lower_auto(source, result, select, lower_options, base, quantize,
                                          images, quiet, distilling)
@@ -299,31 +305,13 @@ def _whole_batches(images, model, log, quiet: bool):
     return images[:kept]
 
 
-def _unmasked(original, masked) -> dict:
-    """Constants a latency budget's mask replaced (masked name -> the original's values,
-    node by node), so that the refit's teacher is the original."""
-    import onnx
-
-    values = {i.name: i for i in original.graph.initializer}
-    nodes = {n.name: n for n in original.graph.node}
-    changed = {}
-    masked_values = {i.name for i in masked.graph.initializer}
-    for node in masked.graph.node:
-        before = nodes.get(node.name)
-        if before is None:
-            continue
-        for new, old in zip(node.input, before.input, strict=False):
-            if new != old and new in masked_values and old in values:
-                changed[new] = onnx.numpy_helper.to_array(values[old])
-    return changed
-
-
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
 def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, split,
-           log, quiet: bool = False, teacher_constants: dict | None = None) -> object:
+           log, quiet: bool = False, teacher_constants: dict | None = None,
+           skipped_blocks=()) -> object:
     """Refit ``result``'s plans in place from ``split`` (images, fitted first; how many
     are held out at the end); returns the model to lower (the original with the
     refitted biases and classifier) and points ``result`` at its graph."""
@@ -335,7 +323,7 @@ def _refit(model, result: Analysis, select: SelectOptions, refit: RefitOptions, 
 
     images, held = split
     fitted = refit_model(model, result.plans, images, refit, log, quiet, teacher_constants,
-                         held)
+                         held, skipped_blocks)
     result.graph = import_graph(fitted.model)
     result.sites = conv_sites(result.graph, select)
     result.report.extra["refit"] = fitted.to_dict()

@@ -23,6 +23,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis.model import analyse
 from .errors import ModelError
+from .graph.blocks import remove_blocks
 from .graph.classifier import classifier_gemms
 from .graph.core import constant_values, import_graph, quiet_graphsurgeon
 from .graph.export import METADATA_KEY, copy_model_fields, settings_of
@@ -117,6 +118,12 @@ def reference_model(original: onnx.ModelProto, settings: RecordedSettings,
     and the refitted classifier's weights are taken from ``optimized`` too (docs/refit.md)."""
     kse, select = _analysis(settings, "optimized model")
     kept, streams = settings.budget_layers, settings.budget_streams
+    if settings.removed_blocks:  # --budget-blocks: the reference lacks them too
+        try:
+            original = remove_blocks(original, settings.removed_blocks)
+        except ValueError as exc:
+            raise ModelError(f"optimized model: recorded removed blocks refused: {exc}"
+                             ) from None
     if streams:  # a latency budget: pruned stream channels are zero in the reference
         try:
             original = masked_model(original, streams)

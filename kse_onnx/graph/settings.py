@@ -41,7 +41,7 @@ VERSION_KEY = "settings_version"
 UNRECORDED = {LowerOptions: ("choices",), BudgetOptions: ("budget_importance",)}
 # fields added within layout 1: recorded only when not their default, absent = default (so
 # models written before them still read, and the bytes of those that do not use them stay)
-LATER = {SelectOptions: ("layer_gt",)}
+LATER = {SelectOptions: ("layer_gt",), BudgetOptions: ("budget_blocks",)}
 
 
 class SettingsError(ValueError):
@@ -83,6 +83,7 @@ EXTRA = {
     "layer_forms": (_map(lambda v: isinstance(v, str)), "an object of layer -> form"),
     "budget_layers": (_map(_ints), "an object of layer -> list of channel indices"),
     "budget_streams": (_map(_ints), "an object of stream -> list of channel indices"),
+    "removed_blocks": CHECKS[tuple],
     "refit_images": CHECKS[int],
     "calibration_images": CHECKS[int],
     "int8_float_nodes": CHECKS[tuple],
@@ -146,7 +147,8 @@ def _group(cls, raw: dict, field: str):
 GROUPS = (("kse", KSEOptions), ("select", SelectOptions), ("lower", LowerOptions),
           ("budget", BudgetOptions), ("refit", RefitOptions), ("quantize", QuantizeOptions))
 FACTS = ("kse_onnx_version", "refit_images", "budget_layers", "budget_streams",
-         "calibration_images", "compact_storage", "layer_forms", "int8_float_nodes")
+         "removed_blocks", "calibration_images", "compact_storage", "layer_forms",
+         "int8_float_nodes")
 
 
 def _fields_of(options) -> dict:
@@ -181,6 +183,7 @@ class RecordedSettings:
     compact_storage: bool | None = None
     layer_forms: dict[str, str] | None = None  # layer -> LayerForm label
     int8_float_nodes: list[str] | None = None  # left float in INT8 by --max-drop
+    removed_blocks: list[str] | None = None  # residual blocks removed (--budget-blocks)
 
     @classmethod
     def from_dict(cls, raw, field: str = "settings") -> RecordedSettings:

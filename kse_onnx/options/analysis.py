@@ -204,6 +204,11 @@ class BudgetOptions:
           "cut by one step, one forward pass per group; needs --calibration)",
           choices=BUDGET_IMPORTANCES,
       )
+    budget_blocks: bool = option(
+        False, "target-latency: first remove whole residual blocks (y = x + F(x) with a "
+               "branch F of Convs reading only x), least output error per multiply-add "
+               "first, until the measured latency meets R; channels are cut only when "
+               "removing every such block is not enough. Needs --calibration")
 
     def __post_init__(self) -> None:
         value = self.target_latency
@@ -213,6 +218,9 @@ class BudgetOptions:
         check_int(self, "budget_step", low=1, high=1024)
         check_int(self, "budget_rounds", low=1, high=50)
         check_choice("--budget-importance", self.budget_importance, BUDGET_IMPORTANCES)
+        if not isinstance(self.budget_blocks, bool):
+            raise OptionError("--budget-blocks", f"must be true or false, got "
+                                                 f"{self.budget_blocks!r}")
 
     @property
     def active(self) -> bool:

@@ -54,6 +54,7 @@ TEMPERATURE = 2.0
 CLIP_NORM = 5.0
 EVAL_BATCH = 128
 EVAL_BYTES = 16 * 2**20
+SHIFT_DIVISOR = 16  # augmentation: random shift of up to width / SHIFT_DIVISOR pixels
 REFERENCE_DEPTH = 20  # weighted layers of the Fashion-MNIST ResNet-20 the default rate fits
 
 
@@ -129,7 +130,7 @@ def distill(student: onnx.ModelProto, teacher: onnx.ModelProto, x: np.ndarray, h
     batch = fixed or min(options.refit_distill_batch, len(fitted))
     steps = max(1, len(fitted) // batch)
     rng = np.random.default_rng(options.refit_seed)
-    shift = max(1, fitted.shape[-1] // 16) if fitted.ndim == 4 else 0
+    shift = max(1, fitted.shape[-1] // SHIFT_DIVISOR) if fitted.ndim == 4 else 0
     augmentation = DataOptions(pad_crop=shift, flip=fitted.ndim == 4)
     depth, rate_scale = depth_scale(teacher)
     rate = options.refit_distill_lr * rate_scale

@@ -28,12 +28,14 @@ import torch
 from .. import progress
 from ..analysis.plan import LayerPlan
 from ..errors import ModelError, first_line
+from ..graph.blocks import removable_blocks
 from ..onnx_torch.held import release
 from ..options import RefitOptions
 from .block_fit import fit_block
 from .classifier_fit import fit_classifier
 from .context import as_tensor, refit_context
 from .conv_fit import fit_conv
+from .graph_walk import node_names
 from .layer import SharedConv
 from .result import RefitResult
 from .writer import refitted_model
@@ -41,18 +43,52 @@ from .writer import refitted_model
 
 def refit_model(model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarray,
                 options: RefitOptions, log=None, quiet: bool = False,
-                teacher_constants: dict | None = None, held: int = 0) -> RefitResult:
+                teacher_constants: dict | None = None, held: int = 0,
+                skipped_blocks=()) -> RefitResult:
     """Refit the compressed layers of ``plans`` (changed in place) from calibration
     inputs ``x``, whose last ``held`` images are held out: fitted on none, they judge
     every step (:mod:`.holdout`). The result's ``model`` is ``model`` with the refitted
     biases (and classifier), to be lowered with the changed plans. Progress: a bar on a terminal,
     else a ``log`` line per conv; nothing when ``quiet``. ``teacher_constants`` (name ->
     array) replace constants of ``model`` in the teacher only (a latency budget's
-    masked filters: the teacher is the unmasked original)."""
+    masked filters: the teacher is the unmasked original). ``skipped_blocks``: residual
+    blocks (Add node names, :mod:`..graph.blocks`) the student lacks (``--budget-blocks``):
+    the teacher runs them, the student passes each one's shortcut on, so every later
+    layer is fitted to the original's values, making up for them."""
     log = (lambda line: None) if quiet else (log or _stderr)
-    refit = Refit(model, plans, x, options, log, quiet, teacher_constants, held)
+    skipped = _skipped_nodes(model, skipped_blocks)
+    names = node_names(model)
+    plans = {n: p for n, p in plans.items()
+             if not any(names[i] == n for i in skipped)}  # the skipped blocks' Convs
+    refit = Refit(model, plans, x, options, log, quiet, teacher_constants, held, skipped)
     with refit.ctx.runner:  # the disk folder goes on success, error and Ctrl-C alike
         return refit.run()
+
+
+def _skipped_nodes(model: onnx.ModelProto, blocks) -> dict[int, str | None]:
+    """Node index -> the student value it passes on (a block's Add: its shortcut; the
+    Relu after it: the Add's output), or None (the branch: nothing), for every node of
+    the residual blocks named ``blocks``."""
+    if not blocks:
+        return {}
+    found = {b.name: b for b in removable_blocks(model)}
+    missing = sorted(set(blocks) - set(found))
+    if missing:
+        raise ModelError(f"refit: {missing[0]!r} is not a removable residual block")
+    nodes = list(model.graph.node)
+    out: dict[int, str | None] = {}
+    ends: dict[int, str] = {}
+    for block in (found[name] for name in blocks):
+        for i, node in enumerate(nodes):
+            if node.name == block.name:
+                ends[i] = block.shortcut
+            elif node.name in block.nodes and node.output and node.output[0] == block.output:
+                ends[i] = node.input[0]  # the Relu after the Add
+            elif node.name in block.nodes:
+                out[i] = None  # the branch (of a block nested in another's too)
+    for i, source in ends.items():
+        out.setdefault(i, source)
+    return out
 
 
 def _stderr(line: str) -> None:
@@ -67,8 +103,10 @@ class Refit:
 
     def __init__(self, model: onnx.ModelProto, plans: dict[str, LayerPlan], x: np.ndarray,
                  options: RefitOptions, log, quiet: bool = False,
-                 teacher_constants: dict | None = None, held: int = 0):
+                 teacher_constants: dict | None = None, held: int = 0,
+                 skipped: dict[int, str | None] | None = None):
         self.ctx = refit_context(model, plans, x, options, held)
+        self.skipped = skipped or {}  # node -> the student value it passes on, or None
         self.log, self.quiet = log, quiet
         self.teacher_constants = {k: as_tensor(v) for k, v in (teacher_constants or {}).items()}
         self.result = RefitResult(options.refit, len(x), held_out=held)
@@ -105,7 +143,10 @@ class Refit:
                 for name in node.input:
                     if remaining.get(name, 2) <= 1 and name not in keep:
                         teacher.pop(name, None)
-                if i in ctx.plans:
+                if i in self.skipped:  # a removed block: the student passes x on
+                    source = self.skipped[i]
+                    s_out = (student[source],) if source else ()
+                elif i in ctx.plans:
                     s_out = (self._fit_conv(i, teacher, student, bar),)
                 elif i in ctx.classifiers:
                     s_args = [ctx.lookup(student, n) for n in node.input]

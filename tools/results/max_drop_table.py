@@ -28,9 +28,11 @@ model. "test drop" is the original's test accuracy minus the model's, in points.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -88,11 +90,14 @@ def guard_parser(doc: str, max_drop: float):
 
 def validation_file(args, x_train: np.ndarray, y_train: np.ndarray) -> str:
     """``--validation`` for the guard: a temporary .npz of the ``--validation-images``
-    labelled training images after the calibration ones ("" when none)."""
+    labelled training images after the calibration ones ("" when none), removed when the
+    tool exits."""
     if not args.validation_images:
         return ""
     end = args.images + args.validation_images
-    path = Path(tempfile.mkdtemp()) / "validation.npz"
+    folder = tempfile.mkdtemp(prefix="kse_validation_")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = Path(folder) / "validation.npz"
     np.savez(path, x=x_train[args.images:end], y=y_train[args.images:end])
     return str(path)
 

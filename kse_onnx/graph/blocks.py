@@ -1,0 +1,148 @@
+"""Residual blocks a latency budget may remove whole (``--budget-blocks``, docs/budget.md).
+
+A *removable block* is ``y = Add(x, F(x))`` (optionally followed by a Relu) where the
+branch ``F`` is a set of nodes whose only non-constant input is ``x``, whose tensors are
+read only inside the branch or by the Add, and which holds at least one Conv. Removing
+it replaces ``y`` by ``x`` everywhere: exact for ``F = 0``, and the identity the block
+adds to. With a Relu after the Add, ``x`` must itself be a Relu's output
+(non-negative), so that ``Relu(x) = x`` and the Relu goes too; a block whose Relu would
+stay is not offered. Why: in a residual network the time left once every block's inner
+channels are at their smallest is in the full-width stream tensors each block still
+writes (a Conv output, an Add, a Relu). On the authors' ResNet-56 at batch 64, three
+blocks of nine per stage removed ran at 0.67x (float) / 0.69x (INT8, against
+onnxruntime's INT8 of the original), where every channel cut could reach no further
+than 1.05x in INT8 (docs/results.md).
+
+A downsampling block (its shortcut a Pad, a strided Conv or a pooling of the block's
+input) reads something besides ``x``, so it is never removable: the shapes stay whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx
+
+MAX_BRANCH_NODES = 64  # a branch larger than this is not one block (the walk stops)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One removable block: its Add node's name, the shortcut tensor ``x``, the tensor
+    the block writes (the Add's or its Relu's output) and its nodes (names)."""
+
+    name: str
+    shortcut: str
+    output: str
+    nodes: frozenset[str]
+    convs: tuple[str, ...]
+
+
+def _constant_names(model: onnx.ModelProto) -> set[str]:
+    names = {i.name for i in model.graph.initializer}
+    names |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return names
+
+
+def removable_blocks(model: onnx.ModelProto) -> list[Block]:
+    """Every removable block of ``model``, in graph order (module docstring)."""
+    nodes = list(model.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for v in n.input:
+            if v:
+                consumers.setdefault(v, []).append(i)
+    constants = _constant_names(model)
+    outputs = {o.name for o in model.graph.output}
+    blocks = []
+    for i, node in enumerate(nodes):
+        if node.op_type != "Add" or len(node.input) != 2 or not node.name:
+            continue
+        for x, b in (node.input, node.input[::-1]):
+            block = _block(i, x, b, nodes, producer, consumers, constants, outputs)
+            if block is not None:
+                blocks.append(block)
+                break
+    return blocks
+
+
+def _block(add: int, x: str, b: str, nodes, producer, consumers, constants, outputs):
+    """The block ``Add(x, b)`` with ``b`` the branch's output, or None."""
+    if x in constants or b in constants or b not in producer or x == b:
+        return None
+    branch: set[int] = set()
+    stack = [producer[b]]
+    while stack:
+        i = stack.pop()
+        if i in branch:
+            continue
+        branch.add(i)
+        if len(branch) > MAX_BRANCH_NODES:
+            return None
+        for v in nodes[i].input:
+            if not v or v == x or v in constants:
+                continue
+            if v not in producer:  # a graph input other than x
+                return None
+            stack.append(producer[v])
+    if not any(nodes[i].op_type == "Conv" for i in branch):
+        return None
+    for i in branch:
+        for o in nodes[i].output:
+            if o in outputs or any(c not in branch and c != add for c in consumers.get(o, ())):
+                return None
+    add_node = nodes[add]
+    out = add_node.output[0]
+    members = {nodes[i].name for i in branch} | {add_node.name}
+    readers = consumers.get(out, [])
+    if len(readers) == 1 and nodes[readers[0]].op_type == "Relu":
+        relu = nodes[readers[0]]
+        if x not in producer or nodes[producer[x]].op_type != "Relu":
+            return None  # Relu(x) would stay: x is not known non-negative
+        members.add(relu.name)
+        out = relu.output[0]
+    if out in outputs or not all(nodes[i].name for i in branch):
+        return None
+    convs = tuple(nodes[i].name for i in sorted(branch) if nodes[i].op_type == "Conv")
+    return Block(add_node.name, x, out, frozenset(members), convs)
+
+
+def remove_blocks(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``model`` without the blocks named ``names`` (Add node names): every
+    reader of a block's output reads its shortcut. A name that is not a removable block
+    of ``model`` is a ValueError naming it."""
+    names = set(names)
+    if not names:
+        return model
+    blocks = {b.name: b for b in removable_blocks(model)}
+    unknown = sorted(names - set(blocks))
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not a removable residual block of this model")
+    chosen = [blocks[n] for n in sorted(names)]
+    gone = set().union(*(b.nodes for b in chosen))
+    alias = {b.output: b.shortcut for b in chosen}
+
+    def source(v: str) -> str:
+        while v in alias:
+            v = alias[v]
+        return v
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kept = [n for n in out.graph.node if n.name not in gone]
+    for n in kept:
+        for k, v in enumerate(n.input):
+            if v:
+                n.input[k] = source(v)
+    del out.graph.node[:]
+    out.graph.node.extend(kept)
+    read = {v for n in kept for v in n.input} | {o.name for o in out.graph.output}
+    written = {o for n in kept for o in n.output}
+    inits = [i for i in out.graph.initializer if i.name in read]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(inits)
+    infos = [v for v in out.graph.value_info if v.name in written]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(infos)
+    return out
