@@ -229,3 +229,29 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, clock, capsys):
     assert not out.exists()
     with pytest.raises(OptionError, match="--budget-blocks"):
         BudgetOptions(0.5, budget_blocks="yes")
+
+
+def test_a_crafted_block_record_is_refused_in_one_line(tmp_path, clock, capsys):
+    """A model whose recorded ``removed_blocks`` names no removable block: --choices and
+    verify refuse it naming the field or the block; nothing is written."""
+    from kse_onnx.graph.export import record_settings, settings_of
+
+    src, out = tmp_path / "m.onnx", tmp_path / "b.onnx"
+    onnx.save(deep_resnet(), src)
+    optimize(src, out, KSEOptions(G=4), lower_options=LowerOptions("compact"),
+             budget=BudgetOptions(0.8, budget_blocks=True),
+             calibration=CalibrationOptions(_images(tmp_path)))
+    crafted = onnx.load(out)
+    settings = settings_of(crafted)
+    record_settings(crafted, type(settings)(**{**settings.__dict__,
+                                               "removed_blocks": ["conv2"]}))
+    onnx.save(crafted, tmp_path / "crafted.onnx")
+    again = tmp_path / "again.onnx"
+    capsys.readouterr()  # the first optimize's log
+    code = main(["optimize", str(src), str(again), "--target-latency", "0.8",
+                 "--choices", str(tmp_path / "crafted.onnx")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "'conv2' is not a removable residual block" in err, err
+    assert len(err.splitlines()) == 1 and not again.exists()
+    with pytest.raises(ModelError, match="recorded removed blocks refused"):
+        verify(src, tmp_path / "crafted.onnx")

@@ -200,6 +200,10 @@ def check_combined(lower=None, target=None, budget=None, quantize=None,
                 and calibration is not None and not calibration.calibration):
             raise OptionError("--budget-importance", "sensitivity needs --calibration (its "
                                                      "images measure each group's cost)")
+        if (budget.budget_blocks and not replayed and calibration is not None
+                and not calibration.calibration):
+            raise OptionError("--budget-blocks", "needs --calibration (its images measure "
+                                                 "what each block costs)")
     if (quantize is not None and quantize.quantize == "int8-static"
             and not (calibration is not None and calibration.calibration)):
         raise OptionError("--calibration", "int8-static needs calibration inputs")

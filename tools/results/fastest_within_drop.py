@@ -3,7 +3,8 @@ with IDX/npz test data): ``optimize --max-drop D --minimize latency``, then scor
 test set and timed side by side with the original.
 
     python -m tools.results.fastest_within_drop [--model models/fmnist_resnet20.onnx]
-        [--max-drop 1.5] [--images 1024] [--validation-images 0] [--out fastest.json]
+        [--max-drop 1.5] [--images 1024] [--validation-images 0] [--budget-blocks]
+        [--out fastest.json]
     python -m tools.results.fastest_within_drop --dataset cifar10   # the authors' ResNet-56
 
 Calibration: the first ``--images`` training images, labels unused. Without
@@ -11,7 +12,8 @@ Calibration: the first ``--images`` training images, labels unused. Without
 quarter confirms) and the drop is by top-1 agreement; with N, the N training images after
 the calibration ones, with their labels, are ``--validation`` (half select, half confirm)
 and the drop is accuracy lost, the test set's own measure. Compact lowering, default refit
-(act), the budget timed at batch 1 and 64, 1 thread. Accuracy: top-1 on the 10,000 test
+(act), the budget timed at batch 1 and 64, 1 thread (``--budget-blocks``: whole residual
+blocks removed first, docs/budget.md). Accuracy: top-1 on the 10,000 test
 images (onnxruntime, 1 thread). Latency: ratio of the written model to the original,
 medians of interleaved runs at batch 1 and 64, 1 thread (``tools.common.ratios``).
 """
@@ -28,7 +30,7 @@ from kse_onnx.errors import KSEError
 from kse_onnx.graph.count import conv_counts
 from kse_onnx.graph.io import load_model
 from kse_onnx.guard.measure import outputs
-from kse_onnx.options import GuardOptions, LowerOptions, RefitOptions
+from kse_onnx.options import BudgetOptions, GuardOptions, LowerOptions, RefitOptions
 from kse_onnx.options.fields import REFIT_MODES
 from tools import common
 from tools.results.max_drop_table import (
@@ -44,6 +46,8 @@ def main() -> None:
     parser = guard_parser(__doc__, 1.5)
     parser.add_argument("--refit", choices=REFIT_MODES, default=RefitOptions().refit,
                         help="the refit of every candidate (distill: slower, stronger)")
+    parser.add_argument("--budget-blocks", action="store_true",
+                        help="the budget removes whole residual blocks first")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -60,6 +64,7 @@ def main() -> None:
     start = time.perf_counter()
     try:
         fastest = kse_onnx.optimize(original, calibration=x_cal, refit=RefitOptions(args.refit),
+                                    budget=BudgetOptions(budget_blocks=args.budget_blocks),
                                     lower_options=LowerOptions("compact", batches="1,64"),
                                     guard=GuardOptions(max_drop=args.max_drop,
                                                        minimize="latency",
@@ -80,7 +85,7 @@ def main() -> None:
          "fastest": fastest.model.SerializeToString()}, batch, 1, repeats=200,
         budget_s=8.0)["fastest"], 3) for batch in (1, 64)}
     macs = conv_counts(fastest.model)["macs"] / conv_counts(original)["macs"]
-    row = {"max_drop": args.max_drop, "refit": args.refit,
+    row = {"max_drop": args.max_drop, "refit": args.refit, "budget_blocks": args.budget_blocks,
            "measure": fastest.report.extra["accuracy"]["measure"],
            "validation_images": args.validation_images, "R": search["chosen"]["R"],
            "search_ratio": search["chosen"]["ratio"], "latency_ratio": timed,
