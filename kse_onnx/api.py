@@ -175,7 +175,7 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
     budget = budget or BudgetOptions()
     original = model
     kse, reached = _targeted(model, kse, select, target, file_size)
-    kept, streams, budget_report, skipped, removed = None, None, None, [], []
+    kept, streams, budget_report, skipped, removed, gone = None, None, None, [], [], set()
     if budget.active:
         from .budget.run import run_budget, unmasked_constants
 
@@ -183,8 +183,11 @@ def _compress(model: onnx.ModelProto, where: str, file_size: int, *, images=None
                             images, quiet, refit.refit if images is not None else "none")
         model, kept, streams, budget_report = (pruned.model, pruned.layers, pruned.streams,
                                                pruned.report)
-        skipped, removed = pruned.skipped_blocks, pruned.removed_blocks
+        skipped, removed, gone = pruned.skipped_blocks, pruned.removed_blocks, \
+            set(pruned.skipped_convs)
     result = analyse(model, kse, select, where, quiet=quiet, kept=kept)
+    for name in gone:  # in blocks the lowering deletes: neither refitted nor lowered
+        result.plans.pop(name, None)
     # choices are not recorded: the layer_forms say what they gave (replays byte-equal)
     base = RecordedSettings(kse, select, result.report.settings["kse_onnx_version"],
                             dataclasses.replace(lower_options, choices=""))

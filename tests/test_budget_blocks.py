@@ -147,6 +147,14 @@ def test_blocks_removed_refitted_replayed_and_verified(tmp_path, clock, mode):
     third = tmp_path / "third.onnx"
     optimize(src, third, KSEOptions(G=4), **replay)
     assert third.read_bytes() == out.read_bytes()
+    fourth = tmp_path / "fourth.onnx"  # the record, not the flag, says what was removed
+    optimize(src, fourth, KSEOptions(G=4), **dict(replay, budget=BudgetOptions(0.8)))
+    assert fourth.read_bytes() == out.read_bytes()
+    if mode == "act":
+        with pytest.raises(OptionError, match="--refit: block cannot refit"):
+            optimize(src, tmp_path / "fifth.onnx", KSEOptions(G=4),
+                     **dict(replay, refit=RefitOptions("block"), budget=BudgetOptions(0.8)))
+        assert not (tmp_path / "fifth.onnx").exists()
     if mode == "act":  # refit of the written model: the same record, the same blocks
         from kse_onnx.api import refit
 
@@ -255,3 +263,43 @@ def test_a_crafted_block_record_is_refused_in_one_line(tmp_path, clock, capsys):
     assert len(err.splitlines()) == 1 and not again.exists()
     with pytest.raises(ModelError, match="recorded removed blocks refused"):
         verify(src, tmp_path / "crafted.onnx")
+
+
+def test_blocks_that_cannot_become_y_equals_x_are_not_offered():
+    """A broadcasting Add (x has one channel, the branch eight), an Add whose output is a
+    graph output, and a block whose Relu has no name are not removable; an unnamed
+    Constant read only by a removed branch goes with it."""
+    b = GraphBuilder(3, 8, 0)
+    x = b.relu(b.conv(b.input.name, 3, 1))
+    y = b.conv(b.relu(b.conv(x, 1, 8)), 8, 8)
+    broadcast = b.model(b.head(b.relu(b.op("Add", [x, y])), 8))
+    assert removable_blocks(broadcast) == []
+    model = deep_resnet(blocks=2)
+    add = next(n for n in model.graph.node if n.op_type == "Add")
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    exposed.graph.output.append(onnx.helper.make_tensor_value_info(
+        add.output[0], onnx.TensorProto.FLOAT, None))
+    assert add.name not in {blk.name for blk in removable_blocks(exposed)}
+    unnamed = onnx.ModelProto()
+    unnamed.CopyFrom(model)
+    relu = next(n for n in unnamed.graph.node
+                if n.op_type == "Relu" and n.input[0] == add.output[0])
+    relu.name = ""
+    assert add.name not in {blk.name for blk in removable_blocks(unnamed)}
+    assert len(removable_blocks(model)) == 2
+
+
+def test_a_constant_read_only_by_a_removed_branch_goes_with_it():
+    model = deep_resnet(blocks=2)
+    first = removable_blocks(model)[0]
+    conv = next(n for n in model.graph.node if n.name == first.convs[1])
+    bias = next(i for i in model.graph.initializer if i.name == conv.input[2])
+    model.graph.node.insert(0, onnx.helper.make_node("Constant", [], [bias.name],
+                                                     value=bias))
+    model.graph.initializer.remove(bias)
+    without = remove_blocks(model, [first.name])
+    assert not any(n.op_type == "Constant" for n in without.graph.node)
+    onnx.checker.check_model(without, full_check=True)
+    x = photo_batch((2, 3, 8, 8))
+    assert run(without, x).shape == run(model, x).shape

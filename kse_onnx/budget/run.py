@@ -21,7 +21,7 @@ import onnx
 
 from ..analysis.plan import layer_indicator
 from ..errors import OptionError
-from ..graph.blocks import remove_blocks
+from ..graph.blocks import removable_blocks, remove_blocks
 from ..graph.core import import_graph
 from ..graph.groups import masked_model
 from ..graph.runtime_shapes import fill_conv_shapes
@@ -53,6 +53,7 @@ class Pruned:
     skipped_blocks: list[str] = field(default_factory=list)
     removed_blocks: list[str] = field(default_factory=list)
     report: dict = field(default_factory=dict)
+    skipped_convs: list[str] = field(default_factory=list)  # in the skipped blocks
 
 
 def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
@@ -76,6 +77,10 @@ def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
     else:
         layers, streams, report, blocks = _measured(model, kse, select, lower_options, budget,
                                                     quantize, images, quiet)
+    if blocks and refit_mode == "block":
+        raise OptionError("--refit", f"block cannot refit a model whose residual blocks "
+                                     f"were removed ({lower_options.choices} records "
+                                     f"{len(blocks)}); use act or distill")
     try:
         shallow = remove_blocks(model, blocks)
     except ValueError as exc:
@@ -85,7 +90,8 @@ def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
     except ValueError as exc:
         raise OptionError("--choices", str(exc)) from None
     skipped = [] if streams else list(blocks)
-    return Pruned(masked, layers, streams, skipped, list(blocks), report)
+    gone = {c for b in removable_blocks(model) if b.name in skipped for c in b.convs}
+    return Pruned(masked, layers, streams, skipped, list(blocks), report, sorted(gone))
 
 
 def unmasked_constants(original, masked) -> dict:

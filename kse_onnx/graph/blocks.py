@@ -19,6 +19,7 @@ input) reads something besides ``x``, so it is never removable: the shapes stay 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import onnx
@@ -55,16 +56,36 @@ def removable_blocks(model: onnx.ModelProto) -> list[Block]:
                 consumers.setdefault(v, []).append(i)
     constants = _constant_names(model)
     outputs = {o.name for o in model.graph.output}
+    shapes = _shapes(model)
+    named = Counter(n.name for n in nodes)
     blocks = []
     for i, node in enumerate(nodes):
-        if node.op_type != "Add" or len(node.input) != 2 or not node.name:
+        if node.op_type != "Add" or len(node.input) != 2:
             continue
         for x, b in (node.input, node.input[::-1]):
             block = _block(i, x, b, nodes, producer, consumers, constants, outputs)
-            if block is not None:
+            if block is None or shapes.get(x) is None or shapes.get(x) != shapes.get(b):
+                continue  # a broadcasting Add (or shapes unknown): y = x would change them
+            if all(name and named[name] == 1 for name in block.nodes):  # named once each
                 blocks.append(block)
                 break
     return blocks
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple]:
+    """Tensor name -> its inferred shape (dim values or names), where fully known."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - no inference, no shapes: no block is offered
+        return {}
+    out = {}
+    for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None
+                      for d in dims)
+        if dims and None not in shape:
+            out[v.name] = shape
+    return out
 
 
 def _block(add: int, x: str, b: str, nodes, producer, consumers, constants, outputs):
@@ -94,6 +115,8 @@ def _block(add: int, x: str, b: str, nodes, producer, consumers, constants, outp
                 return None
     add_node = nodes[add]
     out = add_node.output[0]
+    if out in outputs:
+        return None
     members = {nodes[i].name for i in branch} | {add_node.name}
     readers = consumers.get(out, [])
     if len(readers) == 1 and nodes[readers[0]].op_type == "Relu":
@@ -135,9 +158,15 @@ def remove_blocks(model: onnx.ModelProto, names) -> onnx.ModelProto:
         for k, v in enumerate(n.input):
             if v:
                 n.input[k] = source(v)
+    read = {v for n in kept for v in n.input} | {o.name for o in out.graph.output}
+    while True:  # the removed branches' Constant nodes, now read by nothing
+        dead = {id(n) for n in kept if n.op_type == "Constant" and not read & set(n.output)}
+        if not dead:
+            break
+        kept = [n for n in kept if id(n) not in dead]
+        read = {v for n in kept for v in n.input} | {o.name for o in out.graph.output}
     del out.graph.node[:]
     out.graph.node.extend(kept)
-    read = {v for n in kept for v in n.input} | {o.name for o in out.graph.output}
     written = {o for n in kept for o in n.output}
     inits = [i for i in out.graph.initializer if i.name in read]
     del out.graph.initializer[:]

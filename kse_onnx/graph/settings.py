@@ -37,11 +37,13 @@ RECORDED = (KSEOptions, SelectOptions, LowerOptions, BudgetOptions, RefitOptions
 LAYOUT = 1  # the layout this version reads and writes; absent in the JSON = 1
 VERSION_KEY = "settings_version"
 # not recorded: replays rebuild from what they chose (the layer_forms; the budget's kept
-# channels), and a model written before budget_importance existed still reads
-UNRECORDED = {LowerOptions: ("choices",), BudgetOptions: ("budget_importance",)}
+# channels and removed blocks), and a model written before budget_importance existed
+# still reads
+UNRECORDED = {LowerOptions: ("choices",),
+              BudgetOptions: ("budget_importance", "budget_blocks")}
 # fields added within layout 1: recorded only when not their default, absent = default (so
 # models written before them still read, and the bytes of those that do not use them stay)
-LATER = {SelectOptions: ("layer_gt",), BudgetOptions: ("budget_blocks",)}
+LATER = {SelectOptions: ("layer_gt",)}
 
 
 class SettingsError(ValueError):
