@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import onnx
 
+from .runtime_shapes import runtime_shapes
+
 MAX_BRANCH_NODES = 64  # a branch larger than this is not one block (the walk stops)
 
 
@@ -56,35 +58,47 @@ def removable_blocks(model: onnx.ModelProto) -> list[Block]:
                 consumers.setdefault(v, []).append(i)
     constants = _constant_names(model)
     outputs = {o.name for o in model.graph.output}
-    shapes = _shapes(model)
     named = Counter(n.name for n in nodes)
-    blocks = []
+    found = []  # (block, branch output)
     for i, node in enumerate(nodes):
         if node.op_type != "Add" or len(node.input) != 2:
             continue
         for x, b in (node.input, node.input[::-1]):
             block = _block(i, x, b, nodes, producer, consumers, constants, outputs)
-            if block is None or shapes.get(x) is None or shapes.get(x) != shapes.get(b):
-                continue  # a broadcasting Add (or shapes unknown): y = x would change them
-            if all(name and named[name] == 1 for name in block.nodes):  # named once each
-                blocks.append(block)
+            if block is not None and all(n and named[n] == 1 for n in block.nodes):
+                found.append((block, b))  # every node named, once (recorded by name)
                 break
-    return blocks
+    shapes = _shapes(model, {t for block, b in found for t in (block.shortcut, b)})
+    # a broadcasting Add (or a shape unknown): y = x would change the stream's shape
+    return [block for block, b in found
+            if shapes.get(block.shortcut) is not None
+            and shapes.get(block.shortcut) == shapes.get(b)]
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, tuple]:
-    """Tensor name -> its inferred shape (dim values or names), where fully known."""
+def _shapes(model: onnx.ModelProto, names: set[str]) -> dict[str, tuple]:
+    """Tensor name -> its shape, for ``names``: from ONNX shape inference where it knows
+    every axis (a size, or a name the graph's inputs declare), else from one batch-1
+    onnxruntime run (:func:`.runtime_shapes.runtime_shapes`; the Slices of a YOLO C2f
+    leave inference with made-up names); absent when neither knows."""
+    if not names:
+        return {}
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - no inference, no shapes: no block is offered
-        return {}
+    except Exception:  # noqa: BLE001 - a model inference refuses: every shape from a run
+        inferred = model
+    declared = {d.dim_param for v in model.graph.input
+                for d in v.type.tensor_type.shape.dim if d.dim_param}
     out = {}
     for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output):
         dims = v.type.tensor_type.shape.dim
-        shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param or None
-                      for d in dims)
-        if dims and None not in shape:
+        shape = tuple(d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims)
+        if v.name in names and dims and all(isinstance(d, int) and d > 0 or d in declared
+                                            for d in shape):
             out[v.name] = shape
+    missing = sorted(names - set(out))
+    if missing:
+        ran = runtime_shapes(model, missing)
+        out.update({n: ("run", *shape) for n, shape in ran.items()})
     return out
 
 
