@@ -98,6 +98,10 @@ def optimize_model(model: str | os.PathLike | onnx.ModelProto, *, calibration=No
 
     guard = guard or GuardOptions()
     check_combined(lower_options, target, budget)  # options before any file
+    if (budget is not None and budget.budget_blocks and not budget.active
+            and not (guard.active and guard.minimize == "latency")):
+        raise OptionError("--budget-blocks", "needs --target-latency R (or --max-drop D "
+                                             "--minimize latency): it shapes a latency budget")
     source, where, size = _source(model)
     refuse_listed_weights(source, where)  # before any work: IR 3 lists every weight
     if guard.active and target is not None and target.active:

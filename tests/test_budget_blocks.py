@@ -237,6 +237,10 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path, clock, capsys):
     assert not out.exists()
     with pytest.raises(OptionError, match="--budget-blocks"):
         BudgetOptions(0.5, budget_blocks="yes")
+    code = main(["optimize", str(src), str(out), "--budget-blocks", "--calibration", images])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--budget-blocks: needs --target-latency" in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_a_crafted_block_record_is_refused_in_one_line(tmp_path, clock, capsys):
