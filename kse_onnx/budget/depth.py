@@ -1,5 +1,5 @@
 """``--budget-blocks``: remove whole residual blocks before cutting channels
-(docs/budget.md, "Removing blocks").
+(docs/budget.md, "Removing whole blocks").
 
 1. Every removable block (:mod:`..graph.blocks`) is scored by the relative output error
    of the original with that block alone removed, on the first calibration images
@@ -16,7 +16,7 @@ costs are not in one unit (a block's output error against the indicator mass of
 channels), and on the authors' ResNet-56 at batch 64 a block costs far less than the
 channels that save as much time: at R = 0.6 float, 76.9% on the 10,000 test images
 after ``act`` with 11 blocks removed, against 68.0% with channels (83.3% original); in
-INT8 the channels cannot go below 0.89x of onnxruntime's INT8, 13 blocks reach 0.58x
+INT8 the channels cannot go below 0.87x of onnxruntime's INT8, 13 blocks reach 0.61x
 (docs/results.md, "Removing whole blocks").
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError, OptionError
-from ..graph.blocks import removable_blocks, remove_blocks
+from ..graph.blocks import Block, removable_blocks, remove_blocks
 from ..graph.count import conv_counts
 from ..graph.inputs import fixed_batch, unbatched, whole_batches
 from ..progress import bar
@@ -49,15 +49,16 @@ class Depth:
                 "rounds": self.rounds}
 
 
-def block_scores(model: onnx.ModelProto, images: np.ndarray, quiet: bool = False
-                 ) -> dict[str, dict]:
+def block_scores(model: onnx.ModelProto, images: np.ndarray, quiet: bool = False,
+                 blocks: list[Block] | None = None) -> dict[str, dict]:
     """Block name -> {error, macs_share, score}: the relative output error with that
-    block alone removed, its share of the Conv multiply-adds, and ``error / share``."""
+    block alone removed, its share of the Conv multiply-adds, and ``error / share``
+    (``blocks``: :func:`removable_blocks` of ``model``, when the caller has them)."""
     if unbatched(model):
         raise OptionError("--budget-blocks", "needs a model whose input has a batch axis "
                                              "(its outputs are set against the original's "
                                              "value by value)")
-    blocks = removable_blocks(model)
+    blocks = removable_blocks(model) if blocks is None else blocks
     if not blocks:
         raise ModelError("--budget-blocks: no removable residual block in this model (an "
                          "Add of a tensor and a branch of Convs that reads only it)")
@@ -68,7 +69,7 @@ def block_scores(model: onnx.ModelProto, images: np.ndarray, quiet: bool = False
     scores = {}
     progress = bar(len(blocks), "budget blocks", unit="block", quiet=quiet, lines=True)
     for block in blocks:
-        without = remove_blocks(model, [block.name])
+        without = remove_blocks(model, [block.name], blocks)
         error = min(relative_error(reference, model_outputs(without, x, batch)), MAX_ERROR)
         after = conv_counts(without)["macs"]
         share = (total - after) / total if total and after is not None else None

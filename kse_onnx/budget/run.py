@@ -81,8 +81,9 @@ def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
         raise OptionError("--refit", f"block cannot refit a model whose residual blocks "
                                      f"were removed ({lower_options.choices} records "
                                      f"{len(blocks)}); use act or distill")
+    found = removable_blocks(model) if blocks else []
     try:
-        shallow = remove_blocks(model, blocks)
+        shallow = remove_blocks(model, blocks, found)
     except ValueError as exc:
         raise OptionError("--choices", f"{lower_options.choices}: {exc}") from None
     try:
@@ -90,7 +91,7 @@ def run_budget(model: onnx.ModelProto, kse: KSEOptions, select: SelectOptions,
     except ValueError as exc:
         raise OptionError("--choices", str(exc)) from None
     skipped = [] if streams else list(blocks)
-    gone = {c for b in removable_blocks(model) if b.name in skipped for c in b.convs}
+    gone = {c for b in found if b.name in skipped for c in b.convs}
     return Pruned(masked, layers, streams, skipped, list(blocks), report, sorted(gone))
 
 
@@ -139,14 +140,16 @@ def _measured(model, kse, select, lower_options, budget, quantize, images, quiet
 
     every = model_cuts(model, kse, select)
     compressed = set(keeps(every, {s.name: s.size for s in every.spans})[0])
+    found = removable_blocks(model)
 
     def timed(names: list[str]) -> dict:
-        built = _as_timed(remove_blocks(model, names), quantize, few, compressed)
+        built = _as_timed(remove_blocks(model, names, found), quantize, few, compressed)
         return measure({"reference": reference.SerializeToString(),
                         "blocks": built.SerializeToString()}, points, providers)["blocks"]
 
-    depth = choose_blocks(block_scores(model, images, quiet), budget.target_latency, timed)
-    shallow = remove_blocks(model, depth.removed)
+    depth = choose_blocks(block_scores(model, images, quiet, found), budget.target_latency,
+                          timed)
+    shallow = remove_blocks(model, depth.removed, found)
     worst = max(depth.ratio.values())
     label = _label(quantize)
     if worst <= budget.target_latency:  # blocks alone: every layer keeps its channels

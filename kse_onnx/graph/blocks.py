@@ -8,10 +8,10 @@ adds to. With a Relu after the Add, ``x`` must itself be a Relu's output
 (non-negative), so that ``Relu(x) = x`` and the Relu goes too; a block whose Relu would
 stay is not offered. Why: in a residual network the time left once every block's inner
 channels are at their smallest is in the full-width stream tensors each block still
-writes (a Conv output, an Add, a Relu). On the authors' ResNet-56 at batch 64, three
-blocks of nine per stage removed ran at 0.67x (float) / 0.69x (INT8, against
-onnxruntime's INT8 of the original), where every channel cut could reach no further
-than 1.05x in INT8 (docs/results.md).
+writes (a Conv output, an Add, a Relu). On the authors' ResNet-56 at batch 64, 13 of
+its 25 identity blocks removed ran at 0.61x-0.62x of onnxruntime's INT8 of the
+original, where every channel cut could reach no further than 0.87x-0.89x
+(docs/results.md, "Removing whole blocks").
 
 A downsampling block (its shortcut a Pad, a strided Conv or a pooling of the block's
 input) reads something besides ``x``, so it is never removable: the shapes stay whole.
@@ -145,14 +145,17 @@ def _block(add: int, x: str, b: str, nodes, producer, consumers, constants, outp
     return Block(add_node.name, x, out, frozenset(members), convs)
 
 
-def remove_blocks(model: onnx.ModelProto, names) -> onnx.ModelProto:
+def remove_blocks(model: onnx.ModelProto, names, found: list[Block] | None = None
+                  ) -> onnx.ModelProto:
     """A copy of ``model`` without the blocks named ``names`` (Add node names): every
     reader of a block's output reads its shortcut. A name that is not a removable block
-    of ``model`` is a ValueError naming it."""
+    of ``model`` is a ValueError naming it. ``found``: :func:`removable_blocks` of
+    ``model``, when the caller has it (finding them runs shape inference, and may run
+    the model once)."""
     names = set(names)
     if not names:
         return model
-    blocks = {b.name: b for b in removable_blocks(model)}
+    blocks = {b.name: b for b in (removable_blocks(model) if found is None else found)}
     unknown = sorted(names - set(blocks))
     if unknown:
         raise ValueError(f"{unknown[0]!r} is not a removable residual block of this model")
