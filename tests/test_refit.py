@@ -133,6 +133,7 @@ def test_refit_keeps_codes_and_never_increases_an_error(resnet, mode):
     assert len(refit["layers"]) == sum(p.compressed for p in fresh.plans.values()) >= 4
     assert any(f["target"] == "residual Add" for f in refit["layers"])
     assert refit["held_out"] == 10  # 20% of the 48 images judge every step
+    assert {f["error_images"] for f in refit["layers"]} == {38}  # the fitted ones, < 256
     for layer in refit["layers"]:
         assert layer["held_error_after"] <= layer["held_error_before"]
         kept_clustered = layer["solver"].startswith("kept the clustered")
@@ -500,6 +501,60 @@ def test_sampled_least_squares_recovers_representable_kernels_deterministically(
     assert len(sampled_positions(total, total // 4, 0)) == total // 4
     assert not np.array_equal(sampled_positions(total, 50, 0), sampled_positions(total, 50, 1))
     assert sampled_positions(total, 0, 0) is None and sampled_positions(total, total, 0) is None
+
+
+def test_after_relu_rounds_from_their_cache_give_the_same_kernels(monkeypatch):
+    """The rounds' cached sampled batches (patches, targets, floors) sum what reading
+    the activations again sums: on images that make one batch either way, the kernels
+    are equal to the bit, cached or not."""
+    from kse_onnx.refit import layer
+
+    rng = np.random.default_rng(8)
+    truth, x = _strided_conv(rng, pads=[1, 1, 1, 1])
+    target = truth.forward(x) + 0.5 * torch.from_numpy(
+        rng.standard_normal(truth.forward(x).shape).astype(np.float32))
+    total = target.numel() // target.shape[1]
+    kernels, rounds_read = [], []
+    for cap in (layer._ROUND_CACHE_BYTES, 0):
+        monkeypatch.setattr(layer, "_ROUND_CACHE_BYTES", cap)
+        fit = layer.SharedConv(truth.node, truth.plan, None, 17)
+        reads = []
+
+        def counted(v, at=None, reads=reads, original=fit.patches):
+            reads.append(1)
+            return original(v, at)
+        monkeypatch.setattr(fit, "patches", counted)
+        solution = fit.least_squares(x, target, damping=1e-6, floor=torch.zeros(()),
+                                     rounds=4, positions=total // 3, seed=1)
+        assert "4 after-ReLU rounds" in solution.solver
+        kernels.append(fit.kernels)
+        rounds_read.append(len(reads))
+    np.testing.assert_array_equal(kernels[0], kernels[1])
+    assert rounds_read[0] < rounds_read[1]  # cached: rounds 2-4 read no patches
+
+
+def test_held_out_judge_on_sampled_positions_tracks_the_whole_error(monkeypatch):
+    """Past JUDGE_POSITIONS, the held-out error is measured on a sample of positions:
+    close to the error over every position, for the first kernels and after a change;
+    below it, on every position (count 0) and equal to the whole measurement."""
+    from kse_onnx.refit import conv_fit
+
+    rng = np.random.default_rng(9)
+    conv, x = _strided_conv(rng, pads=[1, 1, 1, 1])
+    target = conv.forward(x) + 0.5 * torch.from_numpy(
+        rng.standard_normal(conv.forward(x).shape).astype(np.float32))
+    held = [x, target, torch.zeros(())]
+    total = target.numel() // target.shape[1]
+    judge, count = conv_fit.held_judge(conv, held, seed=0)
+    assert count == 0 and judge() == conv.errors(*held)[1]
+    monkeypatch.setattr(conv_fit, "JUDGE_POSITIONS", total // 2)
+    judge, count = conv_fit.held_judge(conv, held, seed=0)
+    assert count == total // 2
+    for _ in range(2):
+        whole = conv.errors(*held)[1]
+        assert np.isfinite(judge()) and abs(judge() - whole) < 0.1 * whole
+        conv.kernels = conv.kernels * 1.5  # judged again on the new kernels
+    assert conv_fit.held_judge(conv, held, seed=0)[0]() == judge()  # same seed, same sample
 
 
 DISTILL = dict(refit_distill_epochs=2, refit_distill_batch=16)

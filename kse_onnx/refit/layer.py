@@ -23,6 +23,10 @@ from .normal import (
 _PATCH_ELEMENTS = 32_000_000
 # Whole-set error sums run over chunks of images of at most this many values each.
 _CHUNK_ELEMENTS = 4_000_000
+# The after-ReLU rounds keep the sampled patches, targets and floors of their first round
+# (not re-read from the walk's held activations by every round) when they take at most
+# this many bytes.
+_ROUND_CACHE_BYTES = 768 * 2**20
 # After-ReLU rounds stop once a round lowers its bound by less than this share.
 ROUND_STALL = 1e-3
 
@@ -109,7 +113,8 @@ class SharedConv:
         ``positions``: when the calibration images hold more output positions than this
         (images x Ho x Wo), the normal equations are summed over this many of them, drawn
         uniformly without replacement by ``seed`` (the same ones in every round); 0 uses
-        all.
+        all. The sampled patches, targets and floors are then read from the activations
+        once and kept for the rounds when they take at most _ROUND_CACHE_BYTES.
 
         ``judge``: a function of the current kernels giving the error on held-out images;
         the first solve and each round are kept only where they lower it (the solver
@@ -118,17 +123,28 @@ class SharedConv:
         eq = NormalEquations(c * kh * kw, n)
         sample = sampled_positions(len(x) * target.shape[2] * target.shape[3], positions,
                                    seed)
-        self._accumulate(eq, x, target, with_gram=True, sample=sample)
+        relaxed = floor is not None and rounds > 0
+        cache = ([] if relaxed and sample is not None
+                 and sampled_bytes(len(sample), c * kh * kw, n) <= _ROUND_CACHE_BYTES else None)
+        if cache is not None:  # the floors read now, with the patches, for the rounds
+            cache.extend(self.sampled_batches(x, target, floor, sample))
+            for cols, ys, _ in cache:
+                eq.add_batched(cols, ys.contiguous(), True)
+        else:
+            self._accumulate(eq, x, target, with_gram=True, sample=sample)
         problem = SharedLeastSquares(self.layout, eq, kh * kw, damping)
         solution = problem.solve(self.kernels, self.bias)
         self.kernels, self.bias = solution.kernels, solution.bias
-        if floor is None or not rounds:
+        if not relaxed:
             return solution
         first = solution.solver
         best = (judge(), self.kernels, self.bias, first) if judge else None
         for done in range(1, rounds + 1):
             eq.reset_targets()
-            self._accumulate(eq, x, target, with_gram=False, floor=floor, sample=sample)
+            if cache is not None:
+                self._add_relaxed(eq, cache)
+            else:
+                self._accumulate(eq, x, target, with_gram=False, floor=floor, sample=sample)
             problem.retarget()  # A (and its factor) is the same: only the targets moved
             again = problem.solve(self.kernels, self.bias, round_iterations(eq.P, c * kh * kw))
             self.kernels, self.bias = again.kernels, again.bias
@@ -152,47 +168,80 @@ class SharedConv:
         relaxed where the teacher is inactive: ``min(prediction, floor)`` there, computed
         batch by batch so no whole-set temporary is made. ``sample``: sorted flat indices
         (image * Ho * Wo + position) of the only positions to add."""
+        if sample is not None:
+            weight = self._matrix() if floor is not None else None
+            for cols, ys, low in self.sampled_batches(x, target, floor, sample):
+                if low is not None:
+                    ys = _relaxed(ys, low, torch.addmm(weight[1], weight[0], cols))
+                eq.add_batched(cols, ys.contiguous(), with_gram)
+            return
+        n = self.shape[0]
+        step = self._step(x, target, floor, None)
+        for start in range(0, len(x), step):
+            inputs = x[start:start + step].float()
+            ys = target[start:start + step].float()
+            cols = self.patches(inputs)  # (CD, B*P)
+            if floor is not None:
+                low = _rows(floor, start, step, len(x)).float()
+                ys = torch.where(ys > low, ys, torch.minimum(self.forward(inputs), low))
+            eq.add_batched(cols, ys.transpose(0, 1).reshape(n, -1), with_gram)  # (N, B*P)
+
+    def _step(self, x, target, floor, sample) -> int:
+        """Images per batch of :meth:`_accumulate`, its temporaries within _PATCH_ELEMENTS."""
         n, c, kh, kw = self.shape
         positions = target.shape[2] * target.shape[3]
         # per image: the patches and their (CD, B*P) copy; the targets and their copy;
         # after a ReLU also the floor, the prediction and the relaxed target
         width = 2 * c * kh * kw + (5 if floor is not None else 2) * n
         if sample is None:
-            step = max(1, _PATCH_ELEMENTS // max(1, positions * width))
-        else:  # the sampled patches are few; the batch's targets and inputs are whole
-            kept = max(1, len(sample) // len(x))  # sampled positions per image
-            whole = (3 if floor is not None else 1) * n * positions + c * x[0, 0].numel()
-            step = max(1, min(_PATCH_ELEMENTS // max(1, kept * width),
-                              _PATCH_ELEMENTS // max(1, whole)))
-        weight = None
+            return max(1, _PATCH_ELEMENTS // max(1, positions * width))
+        # the sampled patches are few; the batch's targets and inputs are whole
+        kept = max(1, len(sample) // len(x))  # sampled positions per image
+        whole = (3 if floor is not None else 1) * n * positions + c * x[0, 0].numel()
+        return max(1, min(_PATCH_ELEMENTS // max(1, kept * width),
+                          _PATCH_ELEMENTS // max(1, whole)))
+
+    def sampled_batches(self, x, target, floor, sample: np.ndarray):
+        """Per batch of images holding sampled positions: (their patches (CD, S), the
+        targets there (N, S), the floors there (N, S) or None without ``floor``)."""
+        positions = target.shape[2] * target.shape[3]
+        step = self._step(x, target, floor, sample)
         for start in range(0, len(x), step):
             stop = min(start + step, len(x))
-            inputs = x[start:stop].float()
-            ys = target[start:stop].float()
-            low = None if floor is None else _rows(floor, start, step, len(x)).float()
-            if sample is None:
-                cols = self.patches(inputs)  # (CD, B*P)
-                if low is not None:
-                    ys = torch.where(ys > low, ys, torch.minimum(self.forward(inputs), low))
-                eq.add_batched(cols, ys.transpose(0, 1).reshape(n, -1), with_gram)  # (N, B*P)
-                continue
             lo, hi = np.searchsorted(sample, [start * positions, stop * positions])
             if lo == hi:
                 continue
+            ys = target[start:stop].float()
             flat = torch.from_numpy(sample[lo:hi] - start * positions)
             image, where = flat // positions, flat % positions
             row, col = where // target.shape[3], where % target.shape[3]
-            cols = self.patches(inputs, (image, row, col))  # (CD, S)
-            if low is not None:  # a broadcast floor (a scalar, a constant) as a view
+            cols = self.patches(x[start:stop].float(), (image, row, col))  # (CD, S)
+            low = None
+            if floor is not None:  # a broadcast floor (a scalar, a constant) as a view
+                low = _rows(floor, start, step, len(x)).float()
                 low = torch.broadcast_to(low, ys.shape)[image, :, row, col].T
-            ys = ys[image, :, row, col].T  # (N, S)
-            if low is not None:
-                if weight is None:
-                    kernels, bias = self.tensors()
-                    weight = (self.weight(kernels).reshape(n, -1), bias[:, None])
-                predicted = torch.addmm(weight[1], weight[0], cols)
-                ys = torch.where(ys > low, ys, torch.minimum(predicted, low))
-            eq.add_batched(cols, ys.contiguous(), with_gram)
+            yield cols, ys[image, :, row, col].T, low  # (N, S)
+
+    def _matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the weight as an (N, C*kh*kw) matrix, the bias as a column) in float32."""
+        kernels, bias = self.tensors()
+        return self.weight(kernels).reshape(self.shape[0], -1), bias[:, None]
+
+    def _add_relaxed(self, eq: NormalEquations, cache: list) -> None:
+        """A round's target sums from the cached batches of sampled (patches, targets,
+        floors)."""
+        weight, bias = self._matrix()
+        for cols, ys, low in cache:
+            eq.add_batched(cols, _relaxed(ys, low, torch.addmm(bias, weight, cols)), False)
+
+    def sampled_errors(self, batches: list) -> tuple[float, float | None]:
+        """:func:`relative_errors` of the current kernels over cached sampled batches
+        (:meth:`sampled_batches`) instead of whole images."""
+        weight, bias = self._matrix()
+        sums = np.zeros(4)
+        for cols, ys, low in batches:
+            _add_error_sums(sums, torch.addmm(bias, weight, cols), ys, low)
+        return _error_ratios(sums, batches[0][2] is not None if batches else False)
 
     def commit(self) -> np.ndarray:
         """Write the kernels into the plan (codes unchanged); returns the bias."""
@@ -206,6 +255,19 @@ class SharedConv:
                 plan.kernels[ch] = self.kernels[start:start + q].reshape(q, kh, kw).astype(dtype)
         plan.w_hat = effective_weight(plan.weight_shape, dtype, plan.labels, plan.kernels)
         return self.bias.astype(dtype)
+
+
+def _relaxed(target: torch.Tensor, floor: torch.Tensor, predicted: torch.Tensor
+             ) -> torch.Tensor:
+    """The after-ReLU round's target: the teacher's where it is active (above ``floor``),
+    else ``min(prediction, floor)``."""
+    return torch.where(target > floor, target, torch.minimum(predicted, floor)).contiguous()
+
+
+def sampled_bytes(positions: int, columns: int, filters: int) -> int:
+    """Bytes of ``positions`` sampled patches of ``columns`` values with their targets and
+    floors for ``filters`` outputs, in float32."""
+    return positions * (columns + 2 * filters) * 4
 
 
 def sampled_positions(total: int, wanted: int, seed: int) -> np.ndarray | None:
@@ -289,13 +351,23 @@ def relative_errors(out, target: torch.Tensor, floor: torch.Tensor | None = None
     for start in range(0, len(target), step):
         stop = start + step
         o = out(start, stop) if callable(out) else out[start:stop]
-        o, t = o.float(), target[start:stop].float()
-        sums[0] += float(torch.linalg.vector_norm(o - t)) ** 2
-        sums[1] += float(torch.linalg.vector_norm(t)) ** 2
-        if floor is not None:
-            low = _rows(floor, start, step, len(target)).float()
-            o, t = torch.relu(o - low), torch.relu(t - low)
-            sums[2] += float(torch.linalg.vector_norm(o - t)) ** 2
-            sums[3] += float(torch.linalg.vector_norm(t)) ** 2
+        low = None if floor is None else _rows(floor, start, step, len(target)).float()
+        _add_error_sums(sums, o.float(), target[start:stop].float(), low)
+    return _error_ratios(sums, floor is not None)
+
+
+def _add_error_sums(sums: np.ndarray, o: torch.Tensor, t: torch.Tensor,
+                    low: torch.Tensor | None) -> None:
+    """Add ``|o - t|^2`` and ``|t|^2`` to ``sums[:2]``; with ``low``, the same after the
+    activation to ``sums[2:]``."""
+    sums[0] += float(torch.linalg.vector_norm(o - t)) ** 2
+    sums[1] += float(torch.linalg.vector_norm(t)) ** 2
+    if low is not None:
+        o, t = torch.relu(o - low), torch.relu(t - low)
+        sums[2] += float(torch.linalg.vector_norm(o - t)) ** 2
+        sums[3] += float(torch.linalg.vector_norm(t)) ** 2
+
+
+def _error_ratios(sums: np.ndarray, activated: bool) -> tuple[float, float | None]:
     plain = (sums[0] / max(sums[1], 1e-30)) ** 0.5
-    return plain, None if floor is None else (sums[2] / max(sums[3], 1e-30)) ** 0.5
+    return plain, (sums[2] / max(sums[3], 1e-30)) ** 0.5 if activated else None

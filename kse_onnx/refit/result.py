@@ -13,13 +13,15 @@ class LayerFit:
     name: str
     target: str  # "conv output" or "residual Add"
     solver: str
-    error_before: float  # relative error ||y - target|| / ||target|| on the calibration set
+    error_before: float  # relative error ||y - target|| / ||target|| (error_images)
     error_after: float
     seconds: float
     act_error_before: float | None = None  # after the activation ("act" mode)
     act_error_after: float | None = None
     held_error_before: float | None = None  # the judged error on the held-out images
     held_error_after: float | None = None
+    error_images: int = 0  # the fitted images error_* and act_error_* are measured on
+    held_positions: int = 0  # output positions held_error_* is measured on; 0: all
 
 
 @dataclass
