@@ -276,9 +276,11 @@ def budget_line(budget: dict) -> str:
 def refit_lines(refit: dict) -> list[str]:
     """Per-layer reconstruction errors of a refit (relative, on the calibration set)."""
     held = refit.get("held_out", 0)
+    shown = max((f.get("error_images", 0) for f in refit["layers"]), default=0)
     lines = [f"refit ({refit['mode']}, {refit['images']} calibration images, {held} of them "
              f"held out, {refit['seconds']:.1f} s): relative error of each compressed conv's "
              "output before -> after on the fitted images"
+             + (f" (the first {shown})" if 0 < shown < refit["images"] - held else "")
              + ("; every step judged on the held-out ones" if held else "")]
     for f in refit["layers"]:
         extra = ("" if f["act_error_after"] is None else
@@ -286,6 +288,8 @@ def refit_lines(refit: dict) -> list[str]:
                  f"{f['act_error_after']:.4f}")
         if f.get("held_error_after") is not None:
             extra += f"; held-out {f['held_error_before']:.4f} -> {f['held_error_after']:.4f}"
+            if f.get("held_positions"):
+                extra += f" on {f['held_positions']:,} sampled positions"
         lines.append(f"  {f['name']}: {f['error_before']:.4f} -> {f['error_after']:.4f} "
                      f"({f['target']}, {f['solver']}, {f['seconds']:.2f} s){extra}")
     for b in refit["blocks"]:
