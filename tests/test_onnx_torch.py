@@ -84,6 +84,29 @@ def test_unmappable_nodes_are_refused_all_at_once_before_running():
     assert "Celu (nodes 'celu1', 'celu2')" in message and "Resize mode=cubic" in message
 
 
+def test_constants_in_the_environment_are_never_cut_into_chunks(monkeypatch):
+    """The refit puts a latency budget's unmasked weights in the teacher's environment;
+    a weight whose first axis happens to equal the number of images (1,024 filters and
+    1,024 images on ResNet-50) must still be whole for every chunk, not cut as if it
+    held one row per image."""
+    monkeypatch.setattr(held, "CHUNK", 3)
+    monkeypatch.setattr(held, "HALF_FROM_BYTES", 0)
+    model, interpreter, constants, _ = _residual(1)
+    weight = next(v for v in constants.values() if v.dim() == 4)
+    x = torch.from_numpy(photo_batch((weight.shape[0], 3, 8, 8)))
+    with torch.no_grad():
+        plain = interpreter.run({"x": x}, lookup=constants.__getitem__)
+        with HeldRunner(interpreter, len(x), largest=16 * 64, fixed=0,
+                        constants=constants) as runner:
+            env = {"x": x, **constants}
+            for i in range(len(model.graph.node)):
+                for name, value in zip(model.graph.node[i].output, runner.run(i, env),
+                                       strict=True):
+                    env[name] = value
+    output = model.graph.output[0].name
+    assert torch.allclose(runner.lookup(env, output), plain[output], rtol=1e-2, atol=1e-2)
+
+
 @pytest.mark.parametrize("half", [False, True])
 def test_the_held_runner_chunks_as_the_plain_run_computes(monkeypatch, half):
     """Chunks of 3 images (the last one short), float16 holding or not: every node's output

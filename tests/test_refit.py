@@ -557,6 +557,27 @@ def test_held_out_judge_on_sampled_positions_tracks_the_whole_error(monkeypatch)
     assert conv_fit.held_judge(conv, held, seed=0)[0]() == judge()  # same seed, same sample
 
 
+def test_a_constant_beside_a_conv_is_not_cut_as_if_it_held_the_images():
+    """Add(conv, constant of shape (C, 1, 1)) with as many calibration images as C: the
+    constant is the same for every image, not one row per image (it was cut into the
+    fitted and held-out images' rows, and broadcast against the wrong axis)."""
+    from graphs import GraphBuilder
+    from kse_onnx.api import optimize_model
+
+    rng = np.random.default_rng(10)
+    b = GraphBuilder(3)
+    x = b.relu(b.conv(b.input.name, 3, 10))
+    y = b.op("Add", [b.conv(x, 10, 10), b.const(rng.standard_normal((10, 1, 1)).astype(
+        np.float32))])
+    model = b.model(b.relu(y), shape=("batch", 10, 8, 8))
+    images = rng.standard_normal((10, 3, 8, 8)).astype(np.float32)
+    built = optimize_model(model, calibration=images, kse=KSEOptions(G=2),
+                           refit=RefitOptions("act"), log=lambda line: None)
+    layers = built.report.extra["refit"]["layers"]
+    assert [f["target"] for f in layers][-1] == "residual Add"
+    assert all(np.isfinite(f["held_error_after"]) for f in layers)
+
+
 DISTILL = dict(refit_distill_epochs=2, refit_distill_batch=16)
 
 

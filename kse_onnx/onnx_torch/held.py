@@ -99,12 +99,17 @@ class HeldRunner:
             first = node.input[0]
             value = env.get(first)
             if (value is not None and remaining.get(first, 2) <= 1 and first not in keep
+                    and first not in self.constants
                     and sum(v is value for v in env.values()) == 1
                     and all(v is not value for v in (other or {}).values())):
                 reuse = value
         n = self.images
+        # a value holds one row per image when it is in the environment and is not a
+        # constant put there (the refit's teacher reads a budget's unmasked weights from
+        # it: a weight of 1,024 filters is not 1,024 images' rows)
         batch = [name in self.per_image if self.one_image else
-                 name in env and a.dim() >= 1 and a.shape[0] == n
+                 name in env and name not in self.constants and a.dim() >= 1
+                 and a.shape[0] == n
                  for name, a in zip(node.input, raw, strict=True)]
         by_images = self.holding.disk and any(batch) and not self.one_image and runs_by_images(
             node.op_type, self.interpreter.attrs[i], raw, batch)  # Concat, Reshape...

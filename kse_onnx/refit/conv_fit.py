@@ -43,8 +43,8 @@ def fit_conv(ctx: RefitContext, i: int, s_args: list, teacher: dict, student: di
         if all(n in student or n in ctx.constants for n in others):
             target = ChunkedSum([(1, target)] + [
                 term for n in others for term in (
-                    (1, ctx.lookup(teacher, n, raw=True)),
-                    (-1, ctx.lookup(student, n, raw=True)))])
+                    (1, residual_term(ctx, teacher, n)),
+                    (-1, residual_term(ctx, student, n)))])
             kind = "residual Add"
         else:
             add, others = None, []
@@ -129,4 +129,18 @@ def relu_floor(ctx: RefitContext, i: int, add: int | None, others: list[str],
         return None
     if not others:
         return torch.zeros(())
-    return ChunkedSum([(-1, ctx.lookup(student, n, raw=True)) for n in others])
+    floor = ChunkedSum([(-1, residual_term(ctx, student, n)) for n in others])
+    if all(n in ctx.constants or n not in student for n in others):
+        return floor[:]  # the same for every image: one broadcast tensor
+    return floor
+
+
+def residual_term(ctx: RefitContext, env: dict, name: str):
+    """The other input ``name`` of a residual Add as held; a constant with leading unit
+    axes up to the 4-D output of the (2-D) Conv, so that no axis of it can pass for the
+    images' (a (1024, 1, 1) constant beside 1,024 calibration images would be cut as
+    their rows)."""
+    value = ctx.lookup(env, name, raw=True)
+    if name in env and name not in ctx.constants:
+        return value
+    return value.reshape((1,) * max(0, 4 - value.dim()) + tuple(value.shape))
