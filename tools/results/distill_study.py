@@ -6,11 +6,12 @@ images of the JPEG test split, ../shared/data/README.md; calibration drawn from 
 
     python -m tools.results.distill_study [--model fmnist_resnet20|resnet56] [--r 0.6]
         [--images 256,1024,4096] [--epochs 0,2,4,8,16] [--lr 1e-4,3e-4,1e-3]
-        [--importance indicator|sensitivity] [--tag NAME]
+        [--importance indicator|sensitivity] [--tag NAME] [--choices EARLIER.onnx]
 
 The budget is searched once (float, ``--target-latency R``, batches 1 and 64, 1 thread;
 ``--importance``: ``--budget-importance``) and every row replays its kept channels
-(``--choices``), so rows differ only in the refit. ``epochs 0`` is ``--refit act``.
+(``--choices``), so rows differ only in the refit; ``--choices EARLIER.onnx`` replays an
+earlier run's kept channels instead of searching. ``epochs 0`` is ``--refit act``.
 Each row also gives the search's measured ratio of the chosen kept set (``search``) and
 the written model's latency against the original afterwards (interleaved medians, 1
 thread, at batch 1 for Fashion-MNIST and 64 for ResNet-56: ``bench``). Rows go to
@@ -100,6 +101,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="added to the output names")
     parser.add_argument("--importance", default="indicator", choices=BUDGET_IMPORTANCES,
                         help="--budget-importance of the search")
+    parser.add_argument("--choices", type=Path, default=None,
+                        help="replay this earlier budget model's kept channels (its JSON "
+                             "report beside it) instead of searching")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out_dir = OUT if args.model == "fmnist_resnet20" else OUT / args.model
@@ -113,6 +117,10 @@ def main() -> None:
     found = out_dir / f"budget_{args.r:g}{args.tag}.json"
     calibration = out_dir / "calibration_1024.npz"
     np.savez(calibration, x=x_train[:1024])
+    if args.choices:  # an earlier search's model and its report's budget section
+        searched, found = args.choices, out_dir / f"budget_{args.r:g}{args.tag}.json"
+        found.write_text(json.dumps(json.loads(searched.with_suffix(".json").read_text())[
+            "budget"] | {"table": None}))
     if not searched.exists():
         start = time.perf_counter()
         report = optimize(teacher, searched, calibration=CalibrationOptions(str(calibration)),
