@@ -105,16 +105,14 @@ def held_judge(conv: SharedConv, held: list, seed: int):
                                seed)
     if sample is not None and sampled_bytes(len(sample), c * kh * kw, n) <= JUDGE_BYTES:
         batches = list(conv.sampled_batches(x, target, floor, sample))
+        measure, count = (lambda: conv.sampled_errors(batches)), len(sample)
+    else:
+        measure, count = (lambda: conv.errors(x, target, floor)), 0
 
-        def judge() -> float:
-            plain, act = conv.sampled_errors(batches)
-            return plain if act is None else act
-        return judge, len(sample)
-
-    def whole() -> float:
-        plain, act = conv.errors(x, target, floor)
+    def judge() -> float:
+        plain, act = measure()
         return plain if act is None else act
-    return whole, 0
+    return judge, count
 
 
 def relu_floor(ctx: RefitContext, i: int, add: int | None, others: list[str],
